@@ -1,0 +1,274 @@
+//! Dead letters: the one envelope for every record that cannot go on, with the reason, the source
+//! position and the original bytes, so nothing is ever dropped silently.
+
+use std::fmt;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::record::{SourcePosition, Timestamp};
+
+/// Why a record was dead-lettered. Serialized as a stable snake_case code (`decode_error`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterReason {
+    /// The bytes could not be decoded (malformed JSON, wrong types).
+    DecodeError,
+    /// The record decoded but broke the data contract.
+    ContractViolation,
+    /// The record arrived after its windows were closed and their allowed lateness had passed.
+    LateEvent,
+    /// The sink refused the record permanently.
+    SinkRejected,
+    /// A user processing step rejected the record.
+    ProcessingError,
+}
+
+impl DeadLetterReason {
+    /// Every reason, in a stable order (for metrics and reports).
+    pub const ALL: [DeadLetterReason; 5] = [
+        DeadLetterReason::DecodeError,
+        DeadLetterReason::ContractViolation,
+        DeadLetterReason::LateEvent,
+        DeadLetterReason::SinkRejected,
+        DeadLetterReason::ProcessingError,
+    ];
+
+    /// The stable code used in envelopes, logs and metric labels.
+    pub const fn code(self) -> &'static str {
+        match self {
+            DeadLetterReason::DecodeError => "decode_error",
+            DeadLetterReason::ContractViolation => "contract_violation",
+            DeadLetterReason::LateEvent => "late_event",
+            DeadLetterReason::SinkRejected => "sink_rejected",
+            DeadLetterReason::ProcessingError => "processing_error",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A record that cannot go on, with everything needed to inspect and replay it.
+///
+/// # Examples
+/// ```
+/// use bytes::Bytes;
+/// use ferroflow_core::{DeadLetter, DeadLetterReason, SourcePosition};
+/// let dl = DeadLetter::new(
+///     DeadLetterReason::DecodeError,
+///     "line 3: expected value at column 1",
+///     SourcePosition::new(0, 2),
+///     Bytes::from_static(b"{oops"),
+/// );
+/// let json = serde_json::to_value(&dl).unwrap();
+/// assert_eq!(json["reason"], "decode_error");
+/// assert_eq!(json["original"], "{oops");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Machine-readable reason.
+    pub reason: DeadLetterReason,
+    /// Human-readable detail: what exactly was wrong.
+    pub detail: String,
+    /// Where the record was read from.
+    pub position: SourcePosition,
+    /// Event time, when it was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<Timestamp>,
+    /// The original bytes: UTF-8 text as a string, anything else base64-encoded (see `original_encoding`).
+    #[serde(with = "original_bytes")]
+    #[serde(flatten)]
+    pub original: Bytes,
+}
+
+impl DeadLetter {
+    /// Builds a dead letter.
+    pub fn new(
+        reason: DeadLetterReason,
+        detail: impl Into<String>,
+        position: SourcePosition,
+        original: Bytes,
+    ) -> Self {
+        Self { reason, detail: detail.into(), position, event_time: None, original }
+    }
+
+    /// Sets the event time.
+    pub fn with_event_time(mut self, event_time: Timestamp) -> Self {
+        self.event_time = Some(event_time);
+        self
+    }
+}
+
+/// Serializes the original bytes as `original` (UTF-8) plus `original_encoding` (`utf8` or `base64`).
+mod original_bytes {
+    use super::*;
+    use serde::ser::SerializeMap;
+
+    pub fn serialize<S: serde::Serializer>(bytes: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(2))?;
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                map.serialize_entry("original", text)?;
+                map.serialize_entry("original_encoding", "utf8")?;
+            }
+            Err(_) => {
+                map.serialize_entry("original", &base64::engine::general_purpose::STANDARD.encode(bytes))?;
+                map.serialize_entry("original_encoding", "base64")?;
+            }
+        }
+        map.end()
+    }
+
+    #[derive(Deserialize)]
+    struct Encoded {
+        original: String,
+        #[serde(default)]
+        original_encoding: Option<String>,
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let enc = Encoded::deserialize(d)?;
+        match enc.original_encoding.as_deref() {
+            Some("base64") => base64::engine::general_purpose::STANDARD
+                .decode(enc.original.as_bytes())
+                .map(Bytes::from)
+                .map_err(serde::de::Error::custom),
+            _ => Ok(Bytes::from(enc.original)),
+        }
+    }
+}
+
+/// Why a processing step refused a record: a reason and a detail, before the engine adds the
+/// position and the original bytes to make a [`DeadLetter`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Machine-readable reason.
+    pub reason: DeadLetterReason,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+impl Rejection {
+    /// Builds a rejection.
+    pub fn new(reason: DeadLetterReason, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into() }
+    }
+
+    /// A decode failure.
+    pub fn decode(detail: impl Into<String>) -> Self {
+        Self::new(DeadLetterReason::DecodeError, detail)
+    }
+
+    /// A contract violation.
+    pub fn contract(detail: impl Into<String>) -> Self {
+        Self::new(DeadLetterReason::ContractViolation, detail)
+    }
+}
+
+/// Payloads that can give back bytes for a dead letter (their original form, or a faithful encoding).
+///
+/// Implemented for raw byte and text payloads and for `serde_json::Value`; implement it for your own
+/// event types, usually by keeping the raw bytes or serializing to JSON.
+///
+/// # Examples
+/// ```
+/// use bytes::Bytes;
+/// use ferroflow_core::OriginalBytes;
+/// #[derive(serde::Serialize)]
+/// struct Click { user: String }
+/// impl OriginalBytes for Click {
+///     fn original_bytes(&self) -> Bytes {
+///         serde_json::to_vec(self).map(Bytes::from).unwrap_or_default()
+///     }
+/// }
+/// assert_eq!(Click { user: "a".into() }.original_bytes(), Bytes::from_static(br#"{"user":"a"}"#));
+/// ```
+pub trait OriginalBytes {
+    /// The bytes to keep in a dead letter for this payload.
+    fn original_bytes(&self) -> Bytes;
+}
+
+impl OriginalBytes for Bytes {
+    fn original_bytes(&self) -> Bytes {
+        self.clone()
+    }
+}
+
+impl OriginalBytes for Vec<u8> {
+    fn original_bytes(&self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl OriginalBytes for String {
+    fn original_bytes(&self) -> Bytes {
+        Bytes::copy_from_slice(self.as_bytes())
+    }
+}
+
+impl OriginalBytes for &'static str {
+    fn original_bytes(&self) -> Bytes {
+        Bytes::from_static(self.as_bytes())
+    }
+}
+
+impl OriginalBytes for serde_json::Value {
+    fn original_bytes(&self) -> Bytes {
+        Bytes::from(self.to_string())
+    }
+}
+
+macro_rules! original_bytes_display {
+    ($($t:ty),*) => {$(
+        impl OriginalBytes for $t {
+            fn original_bytes(&self) -> Bytes {
+                Bytes::from(self.to_string())
+            }
+        }
+    )*};
+}
+original_bytes_display!(i64, u64, i32, u32, f64);
+
+macro_rules! original_bytes_tuple {
+    ($($name:ident),+) => {
+        /// Tuples keep their JSON encoding (an array).
+        impl<$($name: Serialize),+> OriginalBytes for ($($name,)+) {
+            fn original_bytes(&self) -> Bytes {
+                serde_json::to_vec(self).map(Bytes::from).unwrap_or_default()
+            }
+        }
+    };
+}
+original_bytes_tuple!(A, B);
+original_bytes_tuple!(A, B, C);
+original_bytes_tuple!(A, B, C, D);
+
+/// Implements [`OriginalBytes`] for types that derive `Serialize`, using their JSON encoding.
+///
+/// # Examples
+/// ```
+/// #[derive(serde::Serialize)]
+/// struct Click { user: String }
+/// ferroflow_core::original_bytes_as_json!(Click);
+/// use ferroflow_core::OriginalBytes;
+/// assert_eq!(&Click { user: "a".into() }.original_bytes()[..], br#"{"user":"a"}"#);
+/// ```
+#[macro_export]
+macro_rules! original_bytes_as_json {
+    ($($t:ty),+ $(,)?) => {$(
+        impl $crate::OriginalBytes for $t {
+            fn original_bytes(&self) -> $crate::__private::Bytes {
+                $crate::__private::serde_json::to_vec(self).map($crate::__private::Bytes::from).unwrap_or_default()
+            }
+        }
+    )+};
+}

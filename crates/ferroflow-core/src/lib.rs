@@ -1,0 +1,57 @@
+//! # ferroflow-core
+//!
+//! The event-time engine behind ferroflow: records with keys, event time and source positions;
+//! operators chained batch-at-a-time inside one task; per-partition watermarks with idleness;
+//! keyed tumbling, sliding and session windows with allowed lateness; dead letters for everything
+//! that cannot go on; a state backend trait; and a tokio runner with bounded channels.
+//!
+//! ```
+//! use std::time::Duration;
+//! use ferroflow_core::sink::CollectSink;
+//! use ferroflow_core::source::MemorySource;
+//! use ferroflow_core::time::WatermarkStrategy;
+//! use ferroflow_core::window::{Count, WindowSpec};
+//! use ferroflow_core::{Key, Record, Runner, Stream};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let clicks = vec![("alice", 1_000i64), ("bob", 2_000), ("alice", 61_000)];
+//! let source = MemorySource::new(clicks.into_iter().map(|c| Record::new(c, 0)).collect());
+//! let stream = Stream::<(&str, i64)>::new()
+//!     .assign_timestamps(|c| c.1, WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5)))
+//!     .key_by(|c| Key::from(c.0))
+//!     .window(WindowSpec::tumbling(Duration::from_secs(60)).unwrap(), Count);
+//! let (sink, dlq) = (CollectSink::new(), CollectSink::new());
+//! let rows = sink.handle();
+//! Runner::default().run(source, stream, sink, dlq).await.unwrap();
+//! let rows = rows.take();
+//! assert_eq!(rows.len(), 3);   // alice [0,60s): 1, bob [0,60s): 1, alice [60s,120s): 1
+//! # });
+//! ```
+#![deny(missing_docs)]
+
+pub mod dead_letter;
+pub mod error;
+pub mod metrics;
+pub mod operator;
+pub mod record;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod state;
+mod stream;
+pub mod time;
+pub mod window;
+
+pub use dead_letter::{DeadLetter, DeadLetterReason, OriginalBytes, Rejection};
+pub use error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, SourceError, StateError};
+pub use metrics::{CountersSnapshot, JobCounters, LocalCounters};
+pub use operator::{Context, Operator, Signal};
+pub use record::{Key, PartitionId, Record, SourcePosition, Timestamp};
+pub use runtime::{JobReport, Runner, RunnerConfig};
+pub use stream::{Stream, Then};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use bytes::Bytes;
+    pub use serde_json;
+}

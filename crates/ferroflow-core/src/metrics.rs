@@ -1,0 +1,181 @@
+//! Record accounting: the counters behind the identity
+//! `records_in + records_expanded = records_windowed + records_out + records_filtered
+//!  + records_deduplicated + records_dead_lettered`.
+//!
+//! Operators count into a plain [`LocalCounters`] (no atomics on the hot path); the runner adds
+//! them to the shared [`JobCounters`] once per batch, where metrics exporters and reports read them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::dead_letter::DeadLetterReason;
+
+const REASONS: usize = DeadLetterReason::ALL.len();
+
+/// Counters an operator chain updates while it processes one batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LocalCounters {
+    /// Source records that entered the job (including those the source itself dead-lettered).
+    pub records_in: u64,
+    /// Records added by `flat_map` steps beyond one output per input.
+    pub records_expanded: u64,
+    /// Records accepted by a window operator.
+    pub records_windowed: u64,
+    /// Records that reached the sink of a job without a window.
+    pub records_out: u64,
+    /// Records dropped on purpose by a filter (or a `flat_map` that returned nothing).
+    pub records_filtered: u64,
+    /// Records dropped as duplicates.
+    pub records_deduplicated: u64,
+    /// Dead letters by reason, indexed like [`DeadLetterReason::ALL`].
+    pub dead_letters: [u64; REASONS],
+    /// Window results emitted (every revision counts).
+    pub window_rows_emitted: u64,
+}
+
+impl LocalCounters {
+    /// Total dead letters over every reason.
+    pub fn records_dead_lettered(&self) -> u64 {
+        self.dead_letters.iter().sum()
+    }
+
+    /// Adds one dead letter of `reason`.
+    pub fn dead_letter(&mut self, reason: DeadLetterReason) {
+        self.dead_letters[reason.index()] += 1;
+    }
+
+    fn take(&mut self) -> LocalCounters {
+        std::mem::take(self)
+    }
+}
+
+/// The job's shared counters, cheap to clone and read from any thread.
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::JobCounters;
+/// let c = JobCounters::default();
+/// let snap = c.snapshot();
+/// assert!(snap.identity_holds());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct JobCounters {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    records_in: AtomicU64,
+    records_expanded: AtomicU64,
+    records_windowed: AtomicU64,
+    records_out: AtomicU64,
+    records_filtered: AtomicU64,
+    records_deduplicated: AtomicU64,
+    dead_letters: [AtomicU64; REASONS],
+    window_rows_emitted: AtomicU64,
+    watermark: AtomicI64,
+    batches: AtomicU64,
+}
+
+impl JobCounters {
+    /// Adds a batch's local counts and resets them.
+    pub fn absorb(&self, local: &mut LocalCounters) {
+        let l = local.take();
+        let s = &self.inner;
+        let add = |a: &AtomicU64, v: u64| {
+            if v != 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        };
+        add(&s.records_in, l.records_in);
+        add(&s.records_expanded, l.records_expanded);
+        add(&s.records_windowed, l.records_windowed);
+        add(&s.records_out, l.records_out);
+        add(&s.records_filtered, l.records_filtered);
+        add(&s.records_deduplicated, l.records_deduplicated);
+        for (a, v) in s.dead_letters.iter().zip(l.dead_letters) {
+            add(a, v);
+        }
+        add(&s.window_rows_emitted, l.window_rows_emitted);
+        s.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the job's current combined watermark.
+    pub fn set_watermark(&self, watermark: i64) {
+        self.inner.watermark.store(watermark, Ordering::Relaxed);
+    }
+
+    /// A consistent-enough copy of every counter (each read is atomic; the set is not).
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let s = &self.inner;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut dead_letters = [0u64; REASONS];
+        for (d, a) in dead_letters.iter_mut().zip(&s.dead_letters) {
+            *d = get(a);
+        }
+        CountersSnapshot {
+            records_in: get(&s.records_in),
+            records_expanded: get(&s.records_expanded),
+            records_windowed: get(&s.records_windowed),
+            records_out: get(&s.records_out),
+            records_filtered: get(&s.records_filtered),
+            records_deduplicated: get(&s.records_deduplicated),
+            dead_letters_by_reason: DeadLetterReason::ALL
+                .iter()
+                .zip(dead_letters)
+                .map(|(r, n)| (r.code(), n))
+                .collect(),
+            records_dead_lettered: dead_letters.iter().sum(),
+            window_rows_emitted: get(&s.window_rows_emitted),
+            watermark: s.watermark.load(Ordering::Relaxed),
+            batches: get(&s.batches),
+        }
+    }
+}
+
+/// A copy of the job counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CountersSnapshot {
+    /// Source records that entered the job.
+    pub records_in: u64,
+    /// Extra records produced by `flat_map` steps.
+    pub records_expanded: u64,
+    /// Records accepted into windows.
+    pub records_windowed: u64,
+    /// Records that reached the sink of a job without a window.
+    pub records_out: u64,
+    /// Records filtered out on purpose.
+    pub records_filtered: u64,
+    /// Records dropped as duplicates.
+    pub records_deduplicated: u64,
+    /// Dead letters by reason code.
+    pub dead_letters_by_reason: Vec<(&'static str, u64)>,
+    /// Total dead letters.
+    pub records_dead_lettered: u64,
+    /// Window results emitted, every revision counted.
+    pub window_rows_emitted: u64,
+    /// The job's combined watermark (`i64::MIN` before the first one).
+    pub watermark: i64,
+    /// Batches processed.
+    pub batches: u64,
+}
+
+impl CountersSnapshot {
+    /// Dead letters of one reason.
+    pub fn dead_letters(&self, reason: DeadLetterReason) -> u64 {
+        self.dead_letters_by_reason.iter().find(|(c, _)| *c == reason.code()).map_or(0, |(_, n)| *n)
+    }
+
+    /// True when every record that came in is accounted for:
+    /// `in + expanded == windowed + out + filtered + deduplicated + dead_lettered`.
+    pub fn identity_holds(&self) -> bool {
+        self.records_in + self.records_expanded
+            == self.records_windowed
+                + self.records_out
+                + self.records_filtered
+                + self.records_deduplicated
+                + self.records_dead_lettered
+    }
+}

@@ -1,0 +1,144 @@
+//! Sets event time from the payload and generates per-partition watermarks.
+
+use std::marker::PhantomData;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Context, Operator, Signal};
+use crate::error::StateError;
+use crate::record::{PartitionId, Record, Timestamp};
+use crate::state::StateBackend;
+use crate::time::{Watermark, WatermarkStrategy, WatermarkTracker};
+
+/// State namespace of the watermark generator.
+const NAMESPACE: &str = "watermarks";
+
+/// Sets each record's event time with `f(payload)` and tracks one watermark per source partition
+/// (see [`crate::time`] for the strategy); proposes the combined watermark after every batch and
+/// on every idleness tick.
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::operator::AssignTimestamps;
+/// use ferroflow_core::time::{Watermark, WatermarkStrategy};
+/// use ferroflow_core::{Context, Operator, Record};
+/// let mut op = AssignTimestamps::new(|ts: &i64| *ts, WatermarkStrategy::monotonous());
+/// let mut ctx = Context::default();
+/// let mut out = Vec::new();
+/// op.process_batch(&mut vec![Record::new(1_000i64, 0)], &mut ctx, &mut out);
+/// assert_eq!(out[0].event_time, 1_000);
+/// assert_eq!(ctx.take_watermark(), Some(Watermark(999)));
+/// ```
+pub struct AssignTimestamps<T, F> {
+    f: F,
+    tracker: WatermarkTracker,
+    _t: PhantomData<fn(T)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    current: Watermark,
+    partitions: Vec<(PartitionId, Watermark)>,
+}
+
+impl<T, F: FnMut(&T) -> Timestamp> AssignTimestamps<T, F> {
+    /// Uses `f` for event time and `strategy` for watermarks.
+    pub fn new(f: F, strategy: WatermarkStrategy) -> Self {
+        Self { f, tracker: WatermarkTracker::new(strategy), _t: PhantomData }
+    }
+
+    /// The watermark tracker (per-partition watermarks, idle partitions).
+    pub fn tracker(&self) -> &WatermarkTracker {
+        &self.tracker
+    }
+}
+
+impl<T, F> std::fmt::Debug for AssignTimestamps<T, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssignTimestamps").field("tracker", &self.tracker).finish()
+    }
+}
+
+impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> AssignTimestamps<T, F> {
+    fn propose(&mut self, ctx: &mut Context) {
+        if let Some(w) = self.tracker.advance(ctx.processing_time()) {
+            ctx.propose_watermark(w);
+        }
+    }
+}
+
+impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for AssignTimestamps<T, F> {
+    type In = T;
+    type Out = T;
+
+    #[inline]
+    fn process_batch(&mut self, input: &mut Vec<Record<T>>, ctx: &mut Context, out: &mut Vec<Record<T>>) {
+        let now = ctx.processing_time();
+        // Consecutive records mostly share a partition: look the partition up once per run.
+        let mut run: Option<(PartitionId, Timestamp)> = None;
+        for r in input.iter_mut() {
+            r.event_time = (self.f)(&r.payload);
+            match &mut run {
+                Some((p, max)) if *p == r.position.partition => *max = (*max).max(r.event_time),
+                _ => {
+                    if let Some((p, max)) = run {
+                        self.tracker.observe(p, max, now);
+                    }
+                    run = Some((r.position.partition, r.event_time));
+                }
+            }
+        }
+        if let Some((p, max)) = run {
+            self.tracker.observe(p, max, now);
+        }
+        if out.is_empty() {
+            std::mem::swap(input, out);
+        } else {
+            out.append(input);
+        }
+        self.propose(ctx);
+    }
+
+    fn on_signal(&mut self, signal: &Signal, ctx: &mut Context) {
+        match signal {
+            Signal::PartitionsAssigned(ps) => {
+                for p in ps {
+                    self.tracker.register(*p, ctx.processing_time());
+                }
+            }
+            Signal::PartitionsRevoked(ps) => {
+                for p in ps {
+                    self.tracker.remove(*p);
+                }
+            }
+            Signal::PartitionFinished(p) => self.tracker.finish(*p),
+            Signal::EndOfInput => self.tracker.finish_all(),
+            Signal::Tick => {}
+        }
+        self.propose(ctx);
+        if matches!(signal, Signal::EndOfInput) {
+            ctx.propose_watermark(Watermark::MAX);
+        }
+    }
+
+    fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
+        let persisted =
+            Persisted { current: self.tracker.current(), partitions: self.tracker.partition_watermarks() };
+        let bytes = postcard::to_stdvec(&persisted)
+            .map_err(|e| StateError::Corrupt { what: format!("watermark state: {e}") })?;
+        state.put(NAMESPACE, b"tracker", &bytes)
+    }
+
+    fn restore_state(&mut self, state: &dyn StateBackend) -> Result<(), StateError> {
+        if let Some(bytes) = state.get(NAMESPACE, b"tracker")? {
+            let p: Persisted = postcard::from_bytes(&bytes)
+                .map_err(|e| StateError::Corrupt { what: format!("watermark state: {e}") })?;
+            self.tracker.restore_current(p.current);
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "assign_timestamps"
+    }
+}

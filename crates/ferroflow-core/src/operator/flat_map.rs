@@ -1,0 +1,76 @@
+//! Turns each payload into zero or more payloads.
+
+use std::marker::PhantomData;
+
+use super::{Context, Operator};
+use crate::record::Record;
+
+/// Turns each payload into zero or more payloads. An input that yields nothing is counted as
+/// filtered; outputs beyond the first are counted as expanded, so the accounting identity holds.
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::operator::FlatMap;
+/// use ferroflow_core::{Context, Operator, Record};
+/// let mut op = FlatMap::new(|s: String| s.split(' ').map(str::to_owned).collect::<Vec<_>>());
+/// let mut out = Vec::new();
+/// op.process_batch(&mut vec![Record::new("a b c".to_string(), 5)], &mut Context::default(), &mut out);
+/// assert_eq!(out.len(), 3);
+/// assert_eq!(out[2].event_time, 5);
+/// ```
+pub struct FlatMap<T, I, F> {
+    f: F,
+    _t: PhantomData<fn(T) -> I>,
+}
+
+impl<T, I: IntoIterator, F: FnMut(T) -> I> FlatMap<T, I, F> {
+    /// Applies `f` and flattens its output.
+    pub fn new(f: F) -> Self {
+        Self { f, _t: PhantomData }
+    }
+}
+
+impl<T, I, F> std::fmt::Debug for FlatMap<T, I, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlatMap")
+    }
+}
+
+impl<T, I, F> Operator for FlatMap<T, I, F>
+where
+    T: Send + 'static,
+    I: IntoIterator + 'static,
+    I::Item: Send + 'static,
+    F: FnMut(T) -> I + Send + 'static,
+{
+    type In = T;
+    type Out = I::Item;
+
+    fn process_batch(
+        &mut self,
+        input: &mut Vec<Record<T>>,
+        ctx: &mut Context,
+        out: &mut Vec<Record<I::Item>>,
+    ) {
+        let (mut empty, mut extra) = (0u64, 0u64);
+        for r in input.drain(..) {
+            let (key, event_time, position) = (r.key, r.event_time, r.position);
+            let mut n = 0u64;
+            for payload in (self.f)(r.payload) {
+                out.push(Record { key: key.clone(), event_time, position, payload });
+                n += 1;
+            }
+            if n == 0 {
+                empty += 1;
+            } else {
+                extra += n - 1;
+            }
+        }
+        ctx.count_filtered(empty);
+        ctx.count_expanded(extra);
+    }
+
+    fn name(&self) -> &'static str {
+        "flat_map"
+    }
+}

@@ -1,0 +1,56 @@
+//! Sets each record's grouping key from its payload.
+
+use std::marker::PhantomData;
+
+use super::{Context, Operator};
+use crate::record::{Key, Record};
+
+/// Sets each record's key from its payload; windows and state are then per key.
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::operator::KeyBy;
+/// use ferroflow_core::{Context, Key, Operator, Record};
+/// let mut op = KeyBy::new(|s: &(&'static str, i64)| Key::from(s.0));
+/// let mut out = Vec::new();
+/// op.process_batch(&mut vec![Record::new(("u1", 3), 0)], &mut Context::default(), &mut out);
+/// assert_eq!(out[0].key, Key::from("u1"));
+/// ```
+pub struct KeyBy<T, F> {
+    f: F,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T, F: FnMut(&T) -> Key> KeyBy<T, F> {
+    /// Keys records by `f(payload)`.
+    pub fn new(f: F) -> Self {
+        Self { f, _t: PhantomData }
+    }
+}
+
+impl<T, F> std::fmt::Debug for KeyBy<T, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyBy")
+    }
+}
+
+impl<T: Send + 'static, F: FnMut(&T) -> Key + Send + 'static> Operator for KeyBy<T, F> {
+    type In = T;
+    type Out = T;
+
+    #[inline]
+    fn process_batch(&mut self, input: &mut Vec<Record<T>>, _ctx: &mut Context, out: &mut Vec<Record<T>>) {
+        for r in input.iter_mut() {
+            r.key = (self.f)(&r.payload);
+        }
+        if out.is_empty() {
+            std::mem::swap(input, out);
+        } else {
+            out.append(input);
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "key_by"
+    }
+}

@@ -1,0 +1,257 @@
+//! Operators and their chaining.
+//!
+//! Every step of a job implements [`Operator`]: one required method, [`Operator::process_batch`],
+//! plus lifecycle hooks with defaults (source signals, watermarks, state snapshots). Steps are
+//! chained with [`Chain`] inside one task: a batch flows through the whole chain by direct calls,
+//! with one reusable buffer between neighbours and no channel per operator.
+//!
+//! Users rarely name these types: the [`Stream`](crate::Stream) builder (`.filter(..)`, `.map(..)`,
+//! `.window(..)`, …) assembles them.
+
+mod assign_timestamps;
+mod chain;
+mod filter;
+mod flat_map;
+mod key_by;
+mod map;
+mod ok_err;
+mod process;
+mod source_input;
+
+pub use assign_timestamps::AssignTimestamps;
+pub use chain::Chain;
+pub use filter::Filter;
+pub use flat_map::FlatMap;
+pub use key_by::KeyBy;
+pub use map::Map;
+pub use ok_err::OkErr;
+pub use process::{Process, ProcessOutput};
+pub use source_input::SourceInput;
+
+use crate::dead_letter::DeadLetter;
+use crate::error::StateError;
+use crate::metrics::LocalCounters;
+use crate::record::{PartitionId, Record, Timestamp};
+use crate::state::StateBackend;
+use crate::time::Watermark;
+
+/// Events from the source side that operators may react to (the watermark generator does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// These partitions now belong to this job instance.
+    PartitionsAssigned(Vec<PartitionId>),
+    /// These partitions were taken away from this job instance.
+    PartitionsRevoked(Vec<PartitionId>),
+    /// A bounded partition reached its end.
+    PartitionFinished(PartitionId),
+    /// Every partition reached its end: the final watermark follows.
+    EndOfInput,
+    /// Periodic wake-up with no data, so idleness can be detected.
+    Tick,
+}
+
+/// What an operator can reach while it runs: processing time, the dead-letter output, counters and
+/// the watermark.
+#[derive(Debug)]
+pub struct Context {
+    now_ms: Timestamp,
+    pub(crate) counters: LocalCounters,
+    pub(crate) dead_letters: Vec<DeadLetter>,
+    pending_watermark: Option<Watermark>,
+    /// False downstream of a window: those steps see results, not source records, so they are
+    /// kept out of the record accounting.
+    counting: bool,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl Context {
+    /// A context at processing time `now_ms`.
+    pub fn new(now_ms: Timestamp) -> Self {
+        Self {
+            now_ms,
+            counters: LocalCounters::default(),
+            dead_letters: Vec::new(),
+            pending_watermark: None,
+            counting: true,
+        }
+    }
+
+    /// Processing time (wall clock) in milliseconds since the epoch.
+    #[inline]
+    pub fn processing_time(&self) -> Timestamp {
+        self.now_ms
+    }
+
+    /// Sets processing time; the runner does this before each batch.
+    pub fn set_processing_time(&mut self, now_ms: Timestamp) {
+        self.now_ms = now_ms;
+    }
+
+    /// Sends a dead letter to the job's dead-letter output and counts it.
+    pub fn dead_letter(&mut self, dead_letter: DeadLetter) {
+        if self.counting {
+            self.counters.dead_letter(dead_letter.reason);
+        }
+        self.dead_letters.push(dead_letter);
+    }
+
+    /// Counts `n` records dropped on purpose.
+    #[inline]
+    pub fn count_filtered(&mut self, n: u64) {
+        if self.counting {
+            self.counters.records_filtered += n;
+        }
+    }
+
+    /// Counts `n` records dropped as duplicates.
+    #[inline]
+    pub fn count_deduplicated(&mut self, n: u64) {
+        if self.counting {
+            self.counters.records_deduplicated += n;
+        }
+    }
+
+    /// Counts `n` records added beyond one output per input.
+    #[inline]
+    pub fn count_expanded(&mut self, n: u64) {
+        if self.counting {
+            self.counters.records_expanded += n;
+        }
+    }
+
+    /// Counts `n` records accepted into a window.
+    #[inline]
+    pub fn count_windowed(&mut self, n: u64) {
+        if self.counting {
+            self.counters.records_windowed += n;
+        }
+    }
+
+    /// Counts `n` window results emitted.
+    #[inline]
+    pub fn count_window_rows(&mut self, n: u64) {
+        self.counters.window_rows_emitted += n;
+    }
+
+    /// Proposes a new combined watermark (the watermark generator calls this); the runner then
+    /// delivers it to every operator through [`Operator::on_watermark`].
+    pub fn propose_watermark(&mut self, watermark: Watermark) {
+        self.pending_watermark = Some(self.pending_watermark.map_or(watermark, |w| w.max(watermark)));
+    }
+
+    /// Takes the proposed watermark, if any.
+    pub fn take_watermark(&mut self) -> Option<Watermark> {
+        self.pending_watermark.take()
+    }
+
+    /// Takes the dead letters collected so far.
+    pub fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.dead_letters)
+    }
+
+    /// The counters collected so far (the runner moves them to the job counters after each batch).
+    pub fn counters_mut(&mut self) -> &mut LocalCounters {
+        &mut self.counters
+    }
+
+    pub(crate) fn with_counting<R>(&mut self, counting: bool, f: impl FnOnce(&mut Self) -> R) -> R {
+        let prev = self.counting;
+        self.counting = prev && counting;
+        let r = f(self);
+        self.counting = prev;
+        r
+    }
+}
+
+/// One step of a job, run batch-at-a-time inside a chain.
+///
+/// Only [`process_batch`](Operator::process_batch) is required. It must drain `input` (take every
+/// record out of it), push results to `out`, and account for every record it does not pass on: a
+/// filter calls [`Context::count_filtered`], a rejection goes to [`Context::dead_letter`].
+///
+/// # Examples
+/// A custom operator that upper-cases text payloads:
+/// ```
+/// use ferroflow_core::{Context, Operator, Record};
+///
+/// #[derive(Debug)]
+/// struct Upper;
+/// impl Operator for Upper {
+///     type In = String;
+///     type Out = String;
+///     fn process_batch(&mut self, input: &mut Vec<Record<String>>, _ctx: &mut Context,
+///                      out: &mut Vec<Record<String>>) {
+///         out.extend(input.drain(..).map(|r| r.map_payload(|s| s.to_uppercase())));
+///     }
+/// }
+///
+/// let mut op = Upper;
+/// let mut ctx = Context::default();
+/// let mut input = vec![Record::new("a".to_string(), 0)];
+/// let mut out = Vec::new();
+/// op.process_batch(&mut input, &mut ctx, &mut out);
+/// assert_eq!(out[0].payload, "A");
+/// assert!(input.is_empty());
+/// ```
+pub trait Operator: Send + 'static {
+    /// Payload type consumed.
+    type In: Send + 'static;
+    /// Payload type produced.
+    type Out: Send + 'static;
+
+    /// Processes one batch: drain `input`, push results to `out`.
+    fn process_batch(
+        &mut self,
+        input: &mut Vec<Record<Self::In>>,
+        ctx: &mut Context,
+        out: &mut Vec<Record<Self::Out>>,
+    );
+
+    /// Reacts to a source signal (partition assignment, end of input, idleness tick).
+    fn on_signal(&mut self, _signal: &Signal, _ctx: &mut Context) {}
+
+    /// Reacts to the combined watermark moving forward; may emit (windows fire here).
+    fn on_watermark(&mut self, _watermark: Watermark, _ctx: &mut Context, _out: &mut Vec<Record<Self::Out>>) {
+    }
+
+    /// Writes the operator's state into `state` (called at a batch boundary, for checkpoints).
+    fn snapshot_state(&mut self, _state: &mut dyn StateBackend) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    /// Replaces the operator's state with what `state` holds (called before the first batch).
+    fn restore_state(&mut self, _state: &dyn StateBackend) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    /// True for operators that consume source records for good (windows): steps after them see
+    /// results, which the record accounting does not count.
+    fn consumes_records(&self) -> bool {
+        false
+    }
+
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str {
+        "operator"
+    }
+}
+
+/// Anything the runner can run: an [`Operator`] itself or a [`Stream`](crate::Stream) builder.
+pub trait IntoOperator {
+    /// The operator chain.
+    type Op: Operator;
+    /// Finishes building.
+    fn into_operator(self) -> Self::Op;
+}
+
+impl<O: Operator> IntoOperator for O {
+    type Op = O;
+    fn into_operator(self) -> O {
+        self
+    }
+}

@@ -1,0 +1,87 @@
+//! Splits a stream in two: `Ok` results go on, `Err` results become dead letters.
+
+use std::marker::PhantomData;
+
+use super::{Context, Operator};
+use crate::dead_letter::{DeadLetter, OriginalBytes, Rejection};
+use crate::record::Record;
+
+/// Runs a fallible step: `Ok(u)` continues downstream as the new payload, `Err(e)` goes to the
+/// dead-letter output with `e`'s reason and detail, the record's position and its original bytes.
+///
+/// The error side is typed: any `E: Into<Rejection>` works, so a step can return its own error
+/// enum and decide per variant which dead-letter reason applies.
+///
+/// # Examples
+/// ```
+/// use bytes::Bytes;
+/// use ferroflow_core::operator::OkErr;
+/// use ferroflow_core::{Context, DeadLetterReason, Operator, Record, Rejection};
+/// let mut op = OkErr::new(|b: &Bytes| {
+///     std::str::from_utf8(b).map_err(|e| Rejection::decode(e.to_string()))?
+///         .trim().parse::<i64>().map_err(|e| Rejection::decode(e.to_string()))
+/// });
+/// let mut ctx = Context::default();
+/// let mut out = Vec::new();
+/// let mut input = vec![Record::new(Bytes::from_static(b"42"), 0), Record::new(Bytes::from_static(b"x"), 0)];
+/// op.process_batch(&mut input, &mut ctx, &mut out);
+/// assert_eq!(out[0].payload, 42);
+/// let dl = ctx.take_dead_letters();
+/// assert_eq!(dl[0].reason, DeadLetterReason::DecodeError);
+/// assert_eq!(&dl[0].original[..], b"x");
+/// ```
+pub struct OkErr<T, U, E, F> {
+    f: F,
+    _t: PhantomData<fn(T) -> Result<U, E>>,
+}
+
+impl<T, U, E: Into<Rejection>, F: FnMut(&T) -> Result<U, E>> OkErr<T, U, E, F> {
+    /// Splits records by the result of `f`.
+    pub fn new(f: F) -> Self {
+        Self { f, _t: PhantomData }
+    }
+}
+
+impl<T, U, E, F> std::fmt::Debug for OkErr<T, U, E, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OkErr")
+    }
+}
+
+impl<T, U, E, F> Operator for OkErr<T, U, E, F>
+where
+    T: OriginalBytes + Send + 'static,
+    U: Send + 'static,
+    E: Into<Rejection> + 'static,
+    F: FnMut(&T) -> Result<U, E> + Send + 'static,
+{
+    type In = T;
+    type Out = U;
+
+    #[inline]
+    fn process_batch(&mut self, input: &mut Vec<Record<T>>, ctx: &mut Context, out: &mut Vec<Record<U>>) {
+        for r in input.drain(..) {
+            match (self.f)(&r.payload) {
+                Ok(u) => out.push(Record {
+                    key: r.key,
+                    event_time: r.event_time,
+                    position: r.position,
+                    payload: u,
+                }),
+                Err(e) => {
+                    let rej: Rejection = e.into();
+                    ctx.dead_letter(DeadLetter::new(
+                        rej.reason,
+                        rej.detail,
+                        r.position,
+                        r.payload.original_bytes(),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "ok_err"
+    }
+}

@@ -1,0 +1,28 @@
+//! Sinks: where results and dead letters go.
+
+mod collect;
+mod file;
+mod null;
+
+use std::future::Future;
+
+pub use collect::{CollectSink, Collected};
+pub use file::JsonLinesSink;
+pub use null::NullSink;
+
+use crate::error::SinkError;
+
+/// A destination for a job's output (results or dead letters).
+///
+/// The runner calls `write_batch` from the sink's own task; while it runs, the bounded channel in
+/// front of the sink fills and the job slows down instead of buffering without limit. `flush` is
+/// called once at the end (and, with checkpoints, at every checkpoint).
+pub trait Sink<T>: Send + 'static {
+    /// Writes one batch.
+    fn write_batch(&mut self, batch: Vec<T>) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Makes everything written so far durable.
+    fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async { Ok(()) }
+    }
+}

@@ -1,0 +1,52 @@
+//! Sources: where records come from. A source yields batches of records, partition lifecycle
+//! events, and (for sources that decode) dead letters for input it could not read.
+
+mod file;
+mod memory;
+
+use std::future::Future;
+
+pub use file::JsonLinesSource;
+pub use memory::MemorySource;
+
+use crate::dead_letter::DeadLetter;
+use crate::error::SourceError;
+use crate::record::{PartitionId, Record};
+
+/// A batch of records read from a source, plus any input the source itself could not decode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceBatch<T> {
+    /// Records, in read order.
+    pub records: Vec<Record<T>>,
+    /// Input the source could not turn into records (each counts as one record in).
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl<T> Default for SourceBatch<T> {
+    fn default() -> Self {
+        Self { records: Vec::new(), dead_letters: Vec::new() }
+    }
+}
+
+/// What a source delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceEvent<T> {
+    /// Records.
+    Batch(SourceBatch<T>),
+    /// Partitions now read by this instance (they hold the watermark back until data or idleness).
+    PartitionsAssigned(Vec<PartitionId>),
+    /// Partitions no longer read by this instance.
+    PartitionsRevoked(Vec<PartitionId>),
+    /// A bounded partition reached its end.
+    PartitionFinished(PartitionId),
+}
+
+/// A source of records for the [`Runner`](crate::Runner).
+///
+/// `next_event` returns `Ok(None)` once every partition is exhausted (bounded input); an unbounded
+/// source never does. The runner calls it from its own task and applies backpressure by not
+/// calling it while the channel to the processing task is full.
+pub trait Source<T>: Send + 'static {
+    /// The next batch or partition event; `None` at the end of all input.
+    fn next_event(&mut self) -> impl Future<Output = Result<Option<SourceEvent<T>>, SourceError>> + Send;
+}

@@ -1,0 +1,171 @@
+//! The job builder: `Stream::<T>::new().filter(..).map(..).window(..)`.
+
+use crate::dead_letter::{OriginalBytes, Rejection};
+use crate::operator::{
+    AssignTimestamps, Chain, Filter, FlatMap, KeyBy, Map, OkErr, Operator, Process, ProcessOutput,
+    SourceInput,
+};
+use crate::record::{Key, Record, Timestamp};
+use crate::time::WatermarkStrategy;
+use crate::window::{Aggregator, WindowOperator, WindowSpec};
+
+/// The decoder [`Stream::decode_json`] installs.
+pub type DecodeFn<T, U> = fn(&T) -> Result<U, Rejection>;
+
+/// The step [`Stream::decode_json`] appends.
+pub type DecodeJson<T, U> = OkErr<T, U, Rejection, DecodeFn<T, U>>;
+
+fn decode_json_payload<T: AsRef<[u8]>, U: serde::de::DeserializeOwned>(b: &T) -> Result<U, Rejection> {
+    serde_json::from_slice::<U>(b.as_ref()).map_err(|e| Rejection::decode(e.to_string()))
+}
+
+/// The stream after appending step `B` to chain `Op`.
+pub type Then<Op, B> = Stream<<Op as Operator>::In, Chain<Op, B>>;
+
+/// A chain of operators under construction; each method appends one step.
+///
+/// All steps of a stream run fused in one task, batch-at-a-time (see [`crate::operator`]).
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use ferroflow_core::time::WatermarkStrategy;
+/// use ferroflow_core::window::{Count, WindowSpec};
+/// use ferroflow_core::{Key, Stream};
+///
+/// let stream = Stream::<(String, i64)>::new()
+///     .filter(|(user, _)| !user.is_empty())
+///     .assign_timestamps(|(_, ts)| *ts, WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(1)))
+///     .key_by(|(user, _)| Key::from(user.as_str()))
+///     .window(WindowSpec::tumbling(Duration::from_secs(60)).unwrap(), Count);
+/// # let _ = stream;
+/// ```
+#[derive(Debug)]
+pub struct Stream<In, Op: Operator<In = In> = SourceInput<In>> {
+    op: Op,
+    windows: usize,
+}
+
+impl<T: Send + 'static> Stream<T, SourceInput<T>> {
+    /// An empty chain over source records of type `T`.
+    pub fn new() -> Self {
+        Self { op: SourceInput::new(), windows: 0 }
+    }
+}
+
+impl<T: Send + 'static> Default for Stream<T, SourceInput<T>> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<Op: Operator> Stream<Op::In, Op> {
+    /// Appends any operator.
+    pub fn then<B: Operator<In = Op::Out>>(self, next: B) -> Then<Op, B> {
+        Stream { op: Chain::new(self.op, next), windows: self.windows }
+    }
+
+    /// Keeps records whose payload satisfies `f`; the rest are counted as filtered. See [`Filter`].
+    pub fn filter<F>(self, f: F) -> Then<Op, Filter<Op::Out, F>>
+    where
+        F: FnMut(&Op::Out) -> bool + Send + 'static,
+    {
+        self.then(Filter::new(f))
+    }
+
+    /// Transforms each payload. See [`Map`].
+    pub fn map<U, F>(self, f: F) -> Then<Op, Map<Op::Out, U, F>>
+    where
+        U: Send + 'static,
+        F: FnMut(Op::Out) -> U + Send + 'static,
+    {
+        self.then(Map::new(f))
+    }
+
+    /// Turns each payload into zero or more. See [`FlatMap`].
+    pub fn flat_map<I, F>(self, f: F) -> Then<Op, FlatMap<Op::Out, I, F>>
+    where
+        I: IntoIterator + 'static,
+        I::Item: Send + 'static,
+        F: FnMut(Op::Out) -> I + Send + 'static,
+    {
+        self.then(FlatMap::new(f))
+    }
+
+    /// Sets each record's key. See [`KeyBy`].
+    pub fn key_by<F>(self, f: F) -> Then<Op, KeyBy<Op::Out, F>>
+    where
+        F: FnMut(&Op::Out) -> Key + Send + 'static,
+    {
+        self.then(KeyBy::new(f))
+    }
+
+    /// Splits on `f`'s result: `Ok` continues, `Err` becomes a dead letter. See [`OkErr`].
+    pub fn ok_err<U, E, F>(self, f: F) -> Then<Op, OkErr<Op::Out, U, E, F>>
+    where
+        Op::Out: OriginalBytes,
+        U: Send + 'static,
+        E: Into<Rejection> + 'static,
+        F: FnMut(&Op::Out) -> Result<U, E> + Send + 'static,
+    {
+        self.then(OkErr::new(f))
+    }
+
+    /// Decodes JSON payloads into `U`; undecodable ones become `decode_error` dead letters.
+    pub fn decode_json<U>(self) -> Then<Op, DecodeJson<Op::Out, U>>
+    where
+        Op::Out: OriginalBytes + AsRef<[u8]>,
+        U: serde::de::DeserializeOwned + Send + 'static,
+    {
+        self.ok_err(decode_json_payload::<Op::Out, U> as DecodeFn<Op::Out, U>)
+    }
+
+    /// The general step: any number of outputs per record, or a rejection. See [`Process`].
+    pub fn process<U, F>(self, f: F) -> Then<Op, Process<Op::Out, U, F>>
+    where
+        Op::Out: OriginalBytes,
+        U: Send + 'static,
+        F: FnMut(Record<Op::Out>, &mut ProcessOutput<'_, Op::Out, U>) + Send + 'static,
+    {
+        self.then(Process::new(f))
+    }
+
+    /// Sets event time from the payload and generates watermarks. See [`AssignTimestamps`].
+    pub fn assign_timestamps<F>(
+        self,
+        f: F,
+        strategy: WatermarkStrategy,
+    ) -> Then<Op, AssignTimestamps<Op::Out, F>>
+    where
+        F: FnMut(&Op::Out) -> Timestamp + Send + 'static,
+    {
+        self.then(AssignTimestamps::new(f, strategy))
+    }
+
+    /// Aggregates keyed records in event-time windows. See [`WindowOperator`]; its state namespace
+    /// is `window-N` for the N-th window of the stream (use [`then`](Self::then) with
+    /// [`WindowOperator::new`] to choose the name).
+    pub fn window<A>(self, spec: WindowSpec, agg: A) -> Then<Op, WindowOperator<Op::Out, A>>
+    where
+        Op::Out: OriginalBytes,
+        A: Aggregator<Op::Out>,
+    {
+        let uid = format!("window-{}", self.windows);
+        let windows = self.windows + 1;
+        let mut s = self.then(WindowOperator::new(uid, spec, agg));
+        s.windows = windows;
+        s
+    }
+
+    /// The assembled operator chain.
+    pub fn into_operator(self) -> Op {
+        self.op
+    }
+}
+
+impl<Op: Operator> crate::operator::IntoOperator for Stream<Op::In, Op> {
+    type Op = Op;
+    fn into_operator(self) -> Op {
+        self.op
+    }
+}

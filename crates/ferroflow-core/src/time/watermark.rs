@@ -1,0 +1,333 @@
+//! Watermarks: one per input partition, combined by minimum, with idleness and finished partitions.
+//!
+//! A watermark `W` asserts that no more records with event time `<= W` are expected. With bounded
+//! out-of-orderness `B`, a partition whose highest event time so far is `M` has watermark
+//! `M - B - 1`. The job's watermark is the minimum over partitions that are neither idle nor
+//! finished, and it never goes backwards.
+//!
+//! **Idleness.** A partition that delivered nothing for the idle timeout `T` (processing time) stops
+//! holding the watermark back until it delivers again. The runner checks idleness on every batch and
+//! on a periodic tick of period `I`, so a partition is detected idle at worst `T + I` after its last
+//! record (plus the time to finish the batch in progress).
+//!
+//! **Finished partitions** (bounded input that reached its end) leave the minimum for good, so a
+//! partition that ended early neither holds the others back nor makes their records late. When every
+//! partition has finished, the watermark jumps to [`Watermark::MAX`], which fires every open window.
+
+use std::time::Duration;
+
+use ahash::AHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ConfigError, duration_ms, non_negative_ms};
+use crate::record::{PartitionId, Timestamp};
+
+/// A point in event time: no more records at or before it are expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Watermark(pub Timestamp);
+
+impl Watermark {
+    /// The watermark before any record was seen.
+    pub const MIN: Watermark = Watermark(i64::MIN);
+    /// The final watermark at the end of bounded input: every window fires.
+    pub const MAX: Watermark = Watermark(i64::MAX);
+}
+
+/// How watermarks are generated: bounded out-of-orderness plus optional idleness.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use ferroflow_core::time::WatermarkStrategy;
+/// let s = WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5))
+///     .with_idleness(Duration::from_secs(30));
+/// assert_eq!(s.out_of_orderness_ms(), 5_000);
+/// assert_eq!(s.idle_timeout_ms(), Some(30_000));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatermarkStrategy {
+    out_of_orderness_ms: i64,
+    idle_timeout_ms: Option<i64>,
+}
+
+impl Default for WatermarkStrategy {
+    /// 5 s of out-of-orderness, partitions idle after 60 s.
+    fn default() -> Self {
+        Self { out_of_orderness_ms: 5_000, idle_timeout_ms: Some(60_000) }
+    }
+}
+
+impl WatermarkStrategy {
+    /// Records may arrive up to `bound` behind the highest event time seen on their partition.
+    pub fn bounded_out_of_orderness(bound: Duration) -> Self {
+        Self { out_of_orderness_ms: duration_ms(bound), idle_timeout_ms: None }
+    }
+
+    /// Watermarks equal the highest event time seen (input is in order per partition).
+    pub fn monotonous() -> Self {
+        Self { out_of_orderness_ms: 0, idle_timeout_ms: None }
+    }
+
+    /// A partition silent for `timeout` of processing time stops holding the watermark back.
+    pub fn with_idleness(mut self, timeout: Duration) -> Self {
+        self.idle_timeout_ms = Some(duration_ms(timeout).max(1));
+        self
+    }
+
+    /// Builds a strategy from configured milliseconds, rejecting negative values.
+    pub fn from_millis(out_of_orderness_ms: i64, idle_timeout_ms: Option<i64>) -> Result<Self, ConfigError> {
+        let out_of_orderness_ms = non_negative_ms("out_of_orderness", out_of_orderness_ms)?;
+        let idle_timeout_ms = match idle_timeout_ms {
+            Some(v) => Some(crate::error::positive_ms("idle_timeout", v)?),
+            None => None,
+        };
+        Ok(Self { out_of_orderness_ms, idle_timeout_ms })
+    }
+
+    /// The out-of-orderness bound in milliseconds.
+    pub fn out_of_orderness_ms(&self) -> i64 {
+        self.out_of_orderness_ms
+    }
+
+    /// The idle timeout in milliseconds, if idleness is on.
+    pub fn idle_timeout_ms(&self) -> Option<i64> {
+        self.idle_timeout_ms
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionState {
+    /// Highest event time seen, `i64::MIN` before the first record.
+    max_event_time: Timestamp,
+    /// Processing time of the last record (or of registration).
+    last_activity_ms: Timestamp,
+    idle: bool,
+    finished: bool,
+}
+
+impl PartitionState {
+    fn watermark(&self, bound: i64) -> Timestamp {
+        if self.max_event_time == i64::MIN {
+            i64::MIN
+        } else {
+            self.max_event_time.saturating_sub(bound).saturating_sub(1)
+        }
+    }
+}
+
+/// Tracks one watermark per partition and combines them.
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::time::{Watermark, WatermarkStrategy, WatermarkTracker};
+/// let mut t = WatermarkTracker::new(WatermarkStrategy::monotonous());
+/// t.observe(0, 100, 0);
+/// t.observe(1, 50, 0);
+/// assert_eq!(t.advance(0), Some(Watermark(49)));   // min over partitions, minus 1
+/// t.finish(1);
+/// assert_eq!(t.advance(0), Some(Watermark(99)));   // a finished partition stops holding it back
+/// ```
+#[derive(Debug, Clone)]
+pub struct WatermarkTracker {
+    strategy: WatermarkStrategy,
+    partitions: AHashMap<PartitionId, PartitionState>,
+    current: Watermark,
+}
+
+impl WatermarkTracker {
+    /// A tracker with no partitions yet.
+    pub fn new(strategy: WatermarkStrategy) -> Self {
+        Self { strategy, partitions: AHashMap::new(), current: Watermark::MIN }
+    }
+
+    /// The strategy in use.
+    pub fn strategy(&self) -> &WatermarkStrategy {
+        &self.strategy
+    }
+
+    /// Declares a partition before its first record: it holds the watermark back until it delivers
+    /// or goes idle.
+    pub fn register(&mut self, partition: PartitionId, now_ms: Timestamp) {
+        self.partitions.entry(partition).or_insert(PartitionState {
+            max_event_time: i64::MIN,
+            last_activity_ms: now_ms,
+            idle: false,
+            finished: false,
+        });
+    }
+
+    /// Notes a record of `partition` at `event_time`, seen at processing time `now_ms`.
+    #[inline]
+    pub fn observe(&mut self, partition: PartitionId, event_time: Timestamp, now_ms: Timestamp) {
+        let p = self.partitions.entry(partition).or_insert(PartitionState {
+            max_event_time: i64::MIN,
+            last_activity_ms: now_ms,
+            idle: false,
+            finished: false,
+        });
+        if event_time > p.max_event_time {
+            p.max_event_time = event_time;
+        }
+        p.last_activity_ms = now_ms;
+        p.idle = false;
+    }
+
+    /// Marks a partition as finished: it no longer holds the watermark back.
+    pub fn finish(&mut self, partition: PartitionId) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.finished = true;
+        } else {
+            self.partitions.insert(
+                partition,
+                PartitionState { max_event_time: i64::MIN, last_activity_ms: 0, idle: false, finished: true },
+            );
+        }
+    }
+
+    /// Forgets a partition (it was revoked from this instance).
+    pub fn remove(&mut self, partition: PartitionId) {
+        self.partitions.remove(&partition);
+    }
+
+    /// Marks every partition finished: the next [`advance`](Self::advance) returns [`Watermark::MAX`].
+    pub fn finish_all(&mut self) {
+        for p in self.partitions.values_mut() {
+            p.finished = true;
+        }
+        if self.partitions.is_empty() {
+            self.current = Watermark::MAX;
+        }
+    }
+
+    /// The combined watermark so far.
+    pub fn current(&self) -> Watermark {
+        self.current
+    }
+
+    /// Partitions currently idle.
+    pub fn idle_partitions(&self) -> Vec<PartitionId> {
+        let mut v: Vec<_> = self.partitions.iter().filter(|(_, p)| p.idle).map(|(id, _)| *id).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Per-partition watermarks (finished partitions report [`Watermark::MAX`]).
+    pub fn partition_watermarks(&self) -> Vec<(PartitionId, Watermark)> {
+        let bound = self.strategy.out_of_orderness_ms;
+        let mut v: Vec<_> = self
+            .partitions
+            .iter()
+            .map(|(id, p)| (*id, if p.finished { Watermark::MAX } else { Watermark(p.watermark(bound)) }))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Re-evaluates idleness at `now_ms` and returns the new combined watermark if it moved forward.
+    pub fn advance(&mut self, now_ms: Timestamp) -> Option<Watermark> {
+        let bound = self.strategy.out_of_orderness_ms;
+        let idle_after = self.strategy.idle_timeout_ms;
+        let mut min: Option<Timestamp> = None;
+        let mut all_finished = !self.partitions.is_empty();
+        for p in self.partitions.values_mut() {
+            if p.finished {
+                continue;
+            }
+            all_finished = false;
+            if let Some(t) = idle_after {
+                if now_ms.saturating_sub(p.last_activity_ms) >= t {
+                    p.idle = true;
+                }
+            }
+            if p.idle {
+                continue;
+            }
+            let w = p.watermark(bound);
+            min = Some(min.map_or(w, |m| m.min(w)));
+        }
+        let candidate = if all_finished {
+            Watermark::MAX
+        } else {
+            match min {
+                Some(m) => Watermark(m),
+                // Every live partition is idle: hold the watermark where it is.
+                None => return None,
+            }
+        };
+        if candidate > self.current {
+            self.current = candidate;
+            Some(candidate)
+        } else {
+            None
+        }
+    }
+
+    /// Restores the combined watermark after a restart (it must not go backwards across restores).
+    pub fn restore_current(&mut self, watermark: Watermark) {
+        self.current = watermark;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounded(ms: u64) -> WatermarkTracker {
+        WatermarkTracker::new(WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(ms)))
+    }
+
+    #[test]
+    fn watermark_is_max_minus_bound_minus_one() {
+        let mut t = bounded(10);
+        t.observe(0, 100, 0);
+        assert_eq!(t.advance(0), Some(Watermark(89)));
+        t.observe(0, 95, 0);
+        assert_eq!(t.advance(0), None, "an older record must not move the watermark");
+    }
+
+    #[test]
+    fn registered_partition_without_data_holds_watermark_until_idle() {
+        let mut t = WatermarkTracker::new(
+            WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO)
+                .with_idleness(Duration::from_millis(100)),
+        );
+        t.register(1, 0);
+        t.observe(0, 500, 0);
+        assert_eq!(t.advance(50), None, "partition 1 has no data yet and is not idle");
+        t.observe(0, 600, 120);
+        assert_eq!(t.advance(120), Some(Watermark(599)), "partition 1 went idle after 100 ms");
+        assert_eq!(t.idle_partitions(), vec![1]);
+    }
+
+    #[test]
+    fn idle_partition_that_resumes_holds_again_but_never_backwards() {
+        let mut t =
+            WatermarkTracker::new(WatermarkStrategy::monotonous().with_idleness(Duration::from_millis(10)));
+        t.observe(0, 1000, 0);
+        t.observe(1, 100, 0);
+        assert_eq!(t.advance(0), Some(Watermark(99)));
+        t.observe(0, 2000, 20);
+        assert_eq!(t.advance(20), Some(Watermark(1999)), "partition 1 idle");
+        t.observe(1, 150, 21);
+        assert_eq!(t.advance(21), None, "resumed partition is behind; watermark stays");
+        assert_eq!(t.current(), Watermark(1999));
+    }
+
+    #[test]
+    fn all_idle_holds_and_all_finished_is_max() {
+        let mut t =
+            WatermarkTracker::new(WatermarkStrategy::monotonous().with_idleness(Duration::from_millis(10)));
+        t.observe(0, 1000, 0);
+        assert_eq!(t.advance(0), Some(Watermark(999)));
+        assert_eq!(t.advance(100), None, "all idle: hold");
+        t.finish(0);
+        assert_eq!(t.advance(100), Some(Watermark::MAX));
+    }
+
+    #[test]
+    fn from_millis_rejects_negative() {
+        assert!(WatermarkStrategy::from_millis(-1, None).is_err());
+        assert!(WatermarkStrategy::from_millis(0, Some(0)).is_err());
+        assert!(WatermarkStrategy::from_millis(0, Some(1)).is_ok());
+    }
+}

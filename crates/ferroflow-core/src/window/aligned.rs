@@ -1,0 +1,229 @@
+//! Tumbling and sliding windows: windows shared by every key, kept in event-time order so firing
+//! and cleanup pop from the front.
+
+use std::collections::BTreeMap;
+
+use ahash::AHashMap;
+use serde::{Deserialize, Serialize};
+
+use super::aggregate::Aggregator;
+use super::operator::{Emitter, late_detail};
+use super::spec::Window;
+use crate::error::StateError;
+use crate::record::{Key, Record, Timestamp};
+use crate::state::StateBackend;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Slot<Acc> {
+    pub acc: Acc,
+    /// Revision of the last emitted row, `None` if never emitted.
+    pub emitted: Option<u32>,
+    #[serde(skip)]
+    pub dirty: bool,
+}
+
+struct Bucket<Acc> {
+    fired: bool,
+    slots: AHashMap<Key, Slot<Acc>>,
+}
+
+/// Windows of fixed size every `slide` (tumbling when `slide == size`).
+pub(super) struct AlignedWindows<Acc> {
+    size: i64,
+    slide: i64,
+    lateness: i64,
+    watermark: Timestamp,
+    windows: BTreeMap<Window, Bucket<Acc>>,
+    /// Fired windows with keys updated by late records during the current batch.
+    dirty: Vec<(Window, Key)>,
+}
+
+impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
+    pub fn new(size: i64, slide: i64, lateness: i64) -> Self {
+        Self { size, slide, lateness, watermark: i64::MIN, windows: BTreeMap::new(), dirty: Vec::new() }
+    }
+
+    pub fn watermark(&self) -> Timestamp {
+        self.watermark
+    }
+
+    /// True when a window ending at `end` has been cleaned up (or will be, at this watermark).
+    #[inline]
+    fn expired(&self, end: Timestamp) -> bool {
+        end.saturating_sub(1).saturating_add(self.lateness) <= self.watermark
+    }
+
+    /// Adds a record to each of its windows that is still open; returns `Err(detail)` when none is.
+    #[inline]
+    pub fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), String> {
+        let ts = record.event_time;
+        let last_start = ts - ts.rem_euclid(self.slide);
+        let mut start = last_start;
+        let mut accepted = false;
+        let mut first_window = None;
+        while start > ts.saturating_sub(self.size) {
+            let w = Window { start, end: start.saturating_add(self.size) };
+            first_window.get_or_insert(w);
+            if !self.expired(w.end) {
+                accepted = true;
+                let bucket =
+                    self.windows.entry(w).or_insert_with(|| Bucket { fired: false, slots: AHashMap::new() });
+                let slot = match bucket.slots.get_mut(&record.key) {
+                    Some(s) => s,
+                    None => bucket.slots.entry(record.key.clone()).or_insert_with(|| Slot {
+                        acc: agg.create(),
+                        emitted: None,
+                        dirty: false,
+                    }),
+                };
+                agg.add(&mut slot.acc, &record.payload);
+                if bucket.fired && !slot.dirty {
+                    slot.dirty = true;
+                    self.dirty.push((w, record.key.clone()));
+                }
+            }
+            start = match start.checked_sub(self.slide) {
+                Some(s) => s,
+                None => break,
+            };
+        }
+        if accepted {
+            Ok(())
+        } else {
+            let w = first_window
+                .unwrap_or(Window { start: last_start, end: last_start.saturating_add(self.size) });
+            Err(late_detail(ts, self.watermark, self.lateness, w))
+        }
+    }
+
+    /// Emits updated rows for fired windows that late records changed in this batch.
+    pub fn flush_updates<A: Aggregator<T, Acc = Acc>, T>(
+        &mut self,
+        agg: &A,
+        out: &mut Emitter<'_, A::Output>,
+    ) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        for (w, key) in dirty.drain(..) {
+            if let Some(slot) = self.windows.get_mut(&w).and_then(|b| b.slots.get_mut(&key)) {
+                slot.dirty = false;
+                let revision = slot.emitted.map_or(0, |r| r + 1);
+                slot.emitted = Some(revision);
+                out.emit(key, w, agg.result(&slot.acc), revision, false);
+            }
+        }
+        self.dirty = dirty;
+    }
+
+    /// Fires windows the watermark has passed and drops those past their allowed lateness.
+    pub fn on_watermark<A: Aggregator<T, Acc = Acc>, T>(
+        &mut self,
+        agg: &A,
+        watermark: Timestamp,
+        out: &mut Emitter<'_, A::Output>,
+    ) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        let mut done = Vec::new();
+        let mut rows: Vec<(&Key, &mut Slot<Acc>)> = Vec::new();
+        for (w, bucket) in self.windows.iter_mut() {
+            if w.max_timestamp() > watermark {
+                break; // windows are ordered by start and share one size: later ones end later
+            }
+            let expire = w.max_timestamp().saturating_add(self.lateness) <= watermark;
+            if !bucket.fired || expire {
+                rows.clear();
+                rows.extend(bucket.slots.iter_mut());
+                // Deterministic output order: replays after a restore produce the same rows.
+                rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (key, slot) in rows.drain(..) {
+                    let revision = slot.emitted.map_or(0, |r| r + 1);
+                    slot.emitted = Some(revision);
+                    out.emit(key.clone(), *w, agg.result(&slot.acc), revision, expire);
+                }
+                bucket.fired = true;
+            }
+            if expire {
+                done.push(*w);
+            }
+        }
+        for w in done {
+            self.windows.remove(&w);
+        }
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    pub fn snapshot(&self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
+        state.delete_prefix(ns, &[])?;
+        state.put(ns, META_KEY, &self.watermark.to_be_bytes())?;
+        let mut key_buf = Vec::with_capacity(64);
+        for (w, bucket) in &self.windows {
+            for (key, slot) in &bucket.slots {
+                key_buf.clear();
+                key_buf.push(ENTRY_TAG);
+                key_buf.extend_from_slice(&ordered(w.start));
+                key_buf.extend_from_slice(&ordered(w.end));
+                key_buf.extend_from_slice(key.as_bytes());
+                let value = postcard::to_stdvec(&(bucket.fired, slot))
+                    .map_err(|e| StateError::Backend(format!("cannot encode window state: {e}")))?;
+                state.put(ns, &key_buf, &value)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn restore(&mut self, ns: &str, state: &dyn StateBackend) -> Result<(), StateError> {
+        self.windows.clear();
+        self.dirty.clear();
+        self.watermark = match state.get(ns, META_KEY)? {
+            Some(b) => i64::from_be_bytes(
+                b.as_slice().try_into().map_err(|_| corrupt("window watermark has the wrong length"))?,
+            ),
+            None => i64::MIN,
+        };
+        for kv in state.scan_prefix(ns, &[ENTRY_TAG])? {
+            let (k, v) = kv?;
+            if k.len() < 17 {
+                return Err(corrupt("window entry key too short"));
+            }
+            let start = unordered(&k[1..9]);
+            let end = unordered(&k[9..17]);
+            let key = Key::from_bytes(&k[17..]);
+            let (fired, slot): (bool, Slot<Acc>) =
+                postcard::from_bytes(&v).map_err(|e| corrupt(&format!("window entry: {e}")))?;
+            let bucket = self
+                .windows
+                .entry(Window { start, end })
+                .or_insert_with(|| Bucket { fired, slots: AHashMap::new() });
+            bucket.fired |= fired;
+            bucket.slots.insert(key, slot);
+        }
+        Ok(())
+    }
+}
+
+const META_KEY: &[u8] = b"\x00meta";
+const ENTRY_TAG: u8 = 1;
+
+/// Big-endian with the sign bit flipped, so byte order equals numeric order.
+pub(super) fn ordered(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub(super) fn unordered(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    (u64::from_be_bytes(a) ^ (1 << 63)) as i64
+}
+
+pub(super) fn corrupt(what: &str) -> StateError {
+    StateError::Corrupt { what: what.to_owned() }
+}
