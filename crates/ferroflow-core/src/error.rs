@@ -195,6 +195,10 @@ pub enum JobError {
     /// The state backend failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Taking or restoring a checkpoint failed.
+    #[cfg(feature = "checkpoints")]
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     /// A task of the runner stopped unexpectedly (panicked or was cancelled).
     #[error("runner task `{task}` stopped unexpectedly: {detail}")]
     Task {
@@ -213,6 +217,8 @@ impl JobError {
             JobError::Source(e) => e.domain(),
             JobError::Sink(e) => e.domain(),
             JobError::State(e) => e.domain(),
+            #[cfg(feature = "checkpoints")]
+            JobError::Checkpoint(e) => e.domain(),
             JobError::Task { .. } => ErrorDomain::Internal,
         }
     }

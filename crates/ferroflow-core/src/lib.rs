@@ -29,6 +29,8 @@
 //! ```
 #![deny(missing_docs)]
 
+#[cfg(feature = "checkpoints")]
+pub mod checkpoint;
 pub mod dead_letter;
 pub mod error;
 pub mod metrics;
@@ -47,7 +49,7 @@ pub use error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, Source
 pub use metrics::{CountersSnapshot, JobCounters, LocalCounters};
 pub use operator::{Context, Operator, Signal};
 pub use record::{Key, PartitionId, Record, SourcePosition, Timestamp};
-pub use runtime::{JobReport, Runner, RunnerConfig};
+pub use runtime::{JobReport, Runner, RunnerConfig, ShutdownHandle};
 pub use stream::{Stream, Then};
 
 #[doc(hidden)]

@@ -1,7 +1,13 @@
-//! The reference ferroflow pipeline: Kafka -> data contract -> dedup -> event-time windows -> ClickHouse.
+//! The reference ferroflow pipeline.
 //!
-//! This crate is a placeholder until the pipeline issue lands; it re-exports the core so the workspace
-//! shape is final from the start.
+//! Today it holds the file job (JSON-lines events → event-time windows → JSON-lines results, with
+//! RocksDB state and checkpoints) and the checkpoint tooling behind the `ferroflow-pipeline`
+//! binary; the Kafka → ClickHouse job builds on the same pieces.
 #![deny(missing_docs)]
+
+pub mod demo;
+pub mod event;
+pub mod file_job;
+pub mod paced;
 
 pub use ferroflow_core as core;

@@ -2,13 +2,11 @@
 
 use std::marker::PhantomData;
 
-use serde::{Deserialize, Serialize};
-
 use super::{Context, Operator, Signal};
 use crate::error::StateError;
 use crate::record::{PartitionId, Record, Timestamp};
 use crate::state::StateBackend;
-use crate::time::{Watermark, WatermarkStrategy, WatermarkTracker};
+use crate::time::{TrackerSnapshot, Watermark, WatermarkStrategy, WatermarkTracker};
 
 /// State namespace of the watermark generator.
 const NAMESPACE: &str = "watermarks";
@@ -32,19 +30,15 @@ const NAMESPACE: &str = "watermarks";
 pub struct AssignTimestamps<T, F> {
     f: F,
     tracker: WatermarkTracker,
+    /// Set by a restore: the next batch restarts every partition's idle timeout.
+    restored: bool,
     _t: PhantomData<fn(T)>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Persisted {
-    current: Watermark,
-    partitions: Vec<(PartitionId, Watermark)>,
 }
 
 impl<T, F: FnMut(&T) -> Timestamp> AssignTimestamps<T, F> {
     /// Uses `f` for event time and `strategy` for watermarks.
     pub fn new(f: F, strategy: WatermarkStrategy) -> Self {
-        Self { f, tracker: WatermarkTracker::new(strategy), _t: PhantomData }
+        Self { f, tracker: WatermarkTracker::new(strategy), restored: false, _t: PhantomData }
     }
 
     /// The watermark tracker (per-partition watermarks, idle partitions).
@@ -61,6 +55,11 @@ impl<T, F> std::fmt::Debug for AssignTimestamps<T, F> {
 
 impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> AssignTimestamps<T, F> {
     fn propose(&mut self, ctx: &mut Context) {
+        if self.restored {
+            self.restored = false;
+            let snapshot = self.tracker.export();
+            self.tracker.import(&snapshot, ctx.processing_time());
+        }
         if let Some(w) = self.tracker.advance(ctx.processing_time()) {
             ctx.propose_watermark(w);
         }
@@ -122,18 +121,18 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for
     }
 
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
-        let persisted =
-            Persisted { current: self.tracker.current(), partitions: self.tracker.partition_watermarks() };
-        let bytes = postcard::to_stdvec(&persisted)
+        let bytes = postcard::to_stdvec(&self.tracker.export())
             .map_err(|e| StateError::Corrupt { what: format!("watermark state: {e}") })?;
         state.put(NAMESPACE, b"tracker", &bytes)
     }
 
     fn restore_state(&mut self, state: &dyn StateBackend) -> Result<(), StateError> {
         if let Some(bytes) = state.get(NAMESPACE, b"tracker")? {
-            let p: Persisted = postcard::from_bytes(&bytes)
+            let snapshot: TrackerSnapshot = postcard::from_bytes(&bytes)
                 .map_err(|e| StateError::Corrupt { what: format!("watermark state: {e}") })?;
-            self.tracker.restore_current(p.current);
+            // Processing time is not known here; idle timeouts restart from the first batch.
+            self.tracker.import(&snapshot, i64::MAX);
+            self.restored = true;
         }
         Ok(())
     }

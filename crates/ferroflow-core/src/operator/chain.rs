@@ -88,3 +88,30 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
         "chain"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::operator::{Filter, KeyBy};
+    use crate::window::{Count, WindowOperator, WindowSpec};
+
+    #[test]
+    fn steps_after_a_window_are_outside_the_record_accounting() -> Result<(), crate::ConfigError> {
+        let window = WindowOperator::new("w", WindowSpec::tumbling(Duration::from_millis(10))?, Count);
+        let keyed = Chain::new(KeyBy::new(|_: &&'static str| crate::Key::from("k")), window);
+        // The filter after the window drops result rows; they must not count as filtered records.
+        let mut chain = Chain::new(keyed, Filter::new(|_: &crate::window::WindowResult<u64>| false));
+        assert!(chain.consumes_records());
+        let mut ctx = Context::default();
+        let mut out = Vec::new();
+        chain.process_batch(&mut vec![Record::new("a", 1), Record::new("b", 2)], &mut ctx, &mut out);
+        chain.on_watermark(Watermark(100), &mut ctx, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(ctx.counters.records_windowed, 2);
+        assert_eq!(ctx.counters.records_filtered, 0, "result rows are not source records");
+        assert_eq!(ctx.counters.window_rows_emitted, 1);
+        Ok(())
+    }
+}

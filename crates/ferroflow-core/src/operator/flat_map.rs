@@ -74,3 +74,23 @@ where
         "flat_map"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_outputs_count_as_filtered_and_extra_outputs_as_expanded() {
+        let mut op = FlatMap::new(|n: usize| vec![n; n]);
+        let mut ctx = Context::default();
+        let mut out = Vec::new();
+        let mut input = vec![Record::new(0usize, 1), Record::new(3usize, 2), Record::new(1usize, 3)];
+        op.process_batch(&mut input, &mut ctx, &mut out);
+        assert_eq!(out.len(), 4);
+        assert_eq!(ctx.counters.records_filtered, 1);
+        assert_eq!(ctx.counters.records_expanded, 2);
+        // in + expanded == out + filtered
+        assert_eq!(3 + 2, out.len() as u64 + 1);
+        assert!(out.iter().filter(|r| r.payload == 3).all(|r| r.event_time == 2));
+    }
+}

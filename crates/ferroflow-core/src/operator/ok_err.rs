@@ -85,3 +85,49 @@ where
         "ok_err"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::SourcePosition;
+
+    #[derive(Debug)]
+    enum ParseError {
+        NotANumber,
+        Negative,
+    }
+
+    impl From<ParseError> for Rejection {
+        fn from(e: ParseError) -> Self {
+            match e {
+                ParseError::NotANumber => Rejection::decode("not a number"),
+                ParseError::Negative => Rejection::contract("amount must be >= 0"),
+            }
+        }
+    }
+
+    #[test]
+    fn typed_errors_map_to_reasons_and_keep_position_and_bytes() {
+        let mut op = OkErr::new(|s: &String| -> Result<i64, ParseError> {
+            let n: i64 = s.parse().map_err(|_| ParseError::NotANumber)?;
+            if n < 0 { Err(ParseError::Negative) } else { Ok(n) }
+        });
+        let mut ctx = Context::default();
+        let mut out = Vec::new();
+        let mut input = vec![
+            Record::new("5".to_string(), 0).with_position(SourcePosition::new(1, 10)),
+            Record::new("x".to_string(), 0).with_position(SourcePosition::new(1, 11)),
+            Record::new("-3".to_string(), 0).with_position(SourcePosition::new(2, 12)),
+        ];
+        op.process_batch(&mut input, &mut ctx, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].position, SourcePosition::new(1, 10));
+        let dl = ctx.take_dead_letters();
+        let got: Vec<_> =
+            dl.iter().map(|d| (d.reason.code(), d.position.offset, d.original.to_vec())).collect();
+        assert_eq!(
+            got,
+            vec![("decode_error", 11, b"x".to_vec()), ("contract_violation", 12, b"-3".to_vec())]
+        );
+    }
+}

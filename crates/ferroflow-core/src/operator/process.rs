@@ -112,3 +112,37 @@ where
         "process"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dead_letter::DeadLetterReason;
+
+    #[test]
+    fn rejections_are_dead_letters_not_filtered_and_silence_is_filtered() {
+        let mut op = Process::new(|r: Record<String>, out: &mut ProcessOutput<'_, String, String>| {
+            match r.payload.as_str() {
+                "bad" => out.reject(&r, Rejection::contract("bad payload")),
+                "drop" => {}
+                _ => {
+                    out.emit(r.with_payload(r.payload.clone()));
+                    out.emit(r.with_payload(r.payload.to_uppercase()));
+                }
+            }
+        });
+        let mut ctx = Context::default();
+        let mut out = Vec::new();
+        let mut input =
+            vec![Record::new("ok".into(), 0), Record::new("bad".into(), 7), Record::new("drop".into(), 0)];
+        op.process_batch(&mut input, &mut ctx, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(ctx.counters.records_filtered, 1);
+        assert_eq!(ctx.counters.records_expanded, 1);
+        let dl = ctx.take_dead_letters();
+        assert_eq!(dl.len(), 1);
+        assert_eq!(dl[0].reason, DeadLetterReason::ContractViolation);
+        assert_eq!(dl[0].event_time, Some(7));
+        assert_eq!(&dl[0].original[..], b"bad");
+        assert_eq!(ctx.counters.records_dead_lettered(), 1);
+    }
+}

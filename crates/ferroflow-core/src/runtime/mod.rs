@@ -2,4 +2,4 @@
 
 mod runner;
 
-pub use runner::{JobReport, Runner, RunnerConfig};
+pub use runner::{JobReport, Runner, RunnerConfig, ShutdownHandle};

@@ -3,20 +3,29 @@
 //! The channels hold at most `channel_capacity` batches each, so a slow sink fills its channel,
 //! the processing task waits on it, the source channel fills in turn, and the source stops
 //! reading: memory stays bounded and the slowdown propagates to the input instead.
+//!
+//! With checkpointing on, the processing task takes a checkpoint at a batch boundary every
+//! interval: it sends a barrier down both sink channels and waits until the sinks have flushed
+//! everything before it, snapshots every operator into the state backend, and has the
+//! coordinator upload the state with the source offsets, the watermark and the sink epoch.
+//! After a crash the job restores the newest checkpoint, seeks the source to its offsets and
+//! replays; outputs between that checkpoint and the crash are produced again, identically.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::dead_letter::DeadLetter;
 use crate::error::{JobError, SinkError, SourceError};
 use crate::metrics::{CountersSnapshot, JobCounters};
 use crate::operator::{Context, IntoOperator, Operator, Signal};
-use crate::record::Record;
+use crate::record::{PartitionId, Record};
 use crate::sink::Sink;
 use crate::source::{Source, SourceEvent};
+use crate::state::StateBackend;
 use crate::time::{Clock, SystemClock, Watermark};
 
 /// How the runner behaves.
@@ -43,6 +52,44 @@ pub struct JobReport {
     pub counters: CountersSnapshot,
     /// The last watermark ([`Watermark::MAX`] after bounded input).
     pub final_watermark: Watermark,
+    /// Checkpoints (and savepoints) taken during the run.
+    pub checkpoints_taken: u64,
+    /// The checkpoint the run resumed from, if any.
+    pub restored_from: Option<u64>,
+    /// True when the run stopped on request rather than at the end of input.
+    pub stopped_early: bool,
+}
+
+/// Asks a running job to stop at the next batch boundary, optionally with a savepoint.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    tx: Arc<watch::Sender<Option<StopRequest>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StopRequest {
+    Stop,
+    StopWithSavepoint(String),
+}
+
+impl ShutdownHandle {
+    /// Stops after the current batch, taking a final checkpoint if checkpointing is on.
+    pub fn stop(&self) {
+        self.tx.send_replace(Some(StopRequest::Stop));
+    }
+
+    /// Stops after the current batch and takes the named savepoint.
+    pub fn stop_with_savepoint(&self, name: impl Into<String>) {
+        self.tx.send_replace(Some(StopRequest::StopWithSavepoint(name.into())));
+    }
+}
+
+#[cfg(feature = "checkpoints")]
+struct Checkpointing {
+    coordinator: crate::checkpoint::CheckpointCoordinator,
+    state: Box<dyn StateBackend>,
+    /// Restore this savepoint instead of the newest checkpoint.
+    from_savepoint: Option<String>,
 }
 
 /// Runs jobs: one source, one operator chain, a result sink and a dead-letter sink.
@@ -63,16 +110,67 @@ pub struct JobReport {
 /// assert!(report.counters.identity_holds());
 /// # });
 /// ```
-#[derive(Debug, Default)]
 pub struct Runner {
     config: RunnerConfig,
     counters: JobCounters,
+    shutdown: ShutdownHandle,
+    shutdown_rx: watch::Receiver<Option<StopRequest>>,
+    #[cfg(feature = "checkpoints")]
+    checkpointing: Option<Checkpointing>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner").field("config", &self.config).finish()
+    }
+}
+
+impl Default for Runner {
+    fn default() -> Self {
+        Self::new(RunnerConfig::default())
+    }
+}
+
+/// What travels to a sink task.
+enum SinkMsg<T> {
+    Batch(Vec<T>),
+    /// Flush everything before this point, then answer.
+    Barrier(oneshot::Sender<Result<(), SinkError>>),
 }
 
 impl Runner {
     /// A runner with `config`.
     pub fn new(config: RunnerConfig) -> Self {
-        Self { config, counters: JobCounters::default() }
+        let (tx, rx) = watch::channel(None);
+        Self {
+            config,
+            counters: JobCounters::default(),
+            shutdown: ShutdownHandle { tx: Arc::new(tx) },
+            shutdown_rx: rx,
+            #[cfg(feature = "checkpoints")]
+            checkpointing: None,
+        }
+    }
+
+    /// Turns on periodic checkpoints of `state` through `coordinator`; `run` restores the newest
+    /// usable checkpoint before the first record.
+    #[cfg(feature = "checkpoints")]
+    pub fn with_checkpoints(
+        mut self,
+        coordinator: crate::checkpoint::CheckpointCoordinator,
+        state: Box<dyn StateBackend>,
+    ) -> Self {
+        self.checkpointing = Some(Checkpointing { coordinator, state, from_savepoint: None });
+        self
+    }
+
+    /// Starts from the named savepoint instead of the newest checkpoint (needs checkpoints on).
+    #[cfg(feature = "checkpoints")]
+    pub fn from_savepoint(mut self, name: impl Into<String>) -> Self {
+        if let Some(c) = &mut self.checkpointing {
+            c.from_savepoint = Some(name.into());
+        }
+        self
     }
 
     /// Live counters (clone it before `run` to watch a running job).
@@ -80,11 +178,16 @@ impl Runner {
         self.counters.clone()
     }
 
-    /// Runs the job until the source ends (bounded input) or a component fails; flushes both sinks
-    /// before returning.
+    /// A handle that stops the job from another task (e.g. on SIGTERM).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Runs the job until the source ends (bounded input), a stop is requested, or a component
+    /// fails; flushes both sinks before returning.
     pub async fn run<S, J, K, D>(
-        &self,
-        source: S,
+        &mut self,
+        mut source: S,
         job: J,
         sink: K,
         dead_letters: D,
@@ -96,15 +199,59 @@ impl Runner {
         D: Sink<DeadLetter>,
     {
         let mut chain = job.into_operator();
-        self.drive(source, &mut chain, sink, dead_letters).await
+        let restored = self.restore(&mut chain, &mut source).await?;
+        self.drive(source, &mut chain, sink, dead_letters, restored).await
     }
 
+    #[cfg(feature = "checkpoints")]
+    async fn restore<C: Operator, S: Source<C::In>>(
+        &mut self,
+        chain: &mut C,
+        source: &mut S,
+    ) -> Result<Option<Resumed>, JobError> {
+        use crate::checkpoint::RestoreOutcome;
+        let Some(cp) = &mut self.checkpointing else { return Ok(None) };
+        let manifest = match cp.from_savepoint.take() {
+            Some(name) => Some(cp.coordinator.restore_savepoint(&name, cp.state.as_mut()).await?),
+            None => match cp.coordinator.restore_latest(cp.state.as_mut()).await? {
+                RestoreOutcome::Fresh => None,
+                RestoreOutcome::Restored(m) => Some(*m),
+            },
+        };
+        let Some(m) = manifest else { return Ok(None) };
+        chain.restore_state(cp.state.as_ref())?;
+        source.seek(&m.source_offsets)?;
+        Ok(Some(Resumed { id: m.id, offsets: m.source_offsets, watermark: m.watermark, epoch: m.sink_epoch }))
+    }
+
+    #[cfg(not(feature = "checkpoints"))]
+    async fn restore<C: Operator, S: Source<C::In>>(
+        &mut self,
+        _chain: &mut C,
+        _source: &mut S,
+    ) -> Result<Option<Resumed>, JobError> {
+        Ok(None)
+    }
+
+    fn checkpointing_enabled(&self) -> Option<Duration> {
+        #[cfg(feature = "checkpoints")]
+        {
+            self.checkpointing.as_ref().map(|c| c.coordinator.config().interval)
+        }
+        #[cfg(not(feature = "checkpoints"))]
+        {
+            None
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
     async fn drive<S, C, K, D>(
-        &self,
+        &mut self,
         source: S,
         chain: &mut C,
         sink: K,
         dead_letters: D,
+        resumed: Option<Resumed>,
     ) -> Result<JobReport, JobError>
     where
         C: Operator,
@@ -114,30 +261,52 @@ impl Runner {
     {
         let cap = self.config.channel_capacity.max(1);
         let (src_tx, mut src_rx) = mpsc::channel::<SourceEvent<C::In>>(cap);
-        let (out_tx, out_rx) = mpsc::channel::<Vec<C::Out>>(cap);
-        let (dlq_tx, dlq_rx) = mpsc::channel::<Vec<DeadLetter>>(cap);
+        let (out_tx, out_rx) = mpsc::channel::<SinkMsg<C::Out>>(cap);
+        let (dlq_tx, dlq_rx) = mpsc::channel::<SinkMsg<DeadLetter>>(cap);
 
         let source_task: JoinHandle<Result<(), SourceError>> = tokio::spawn(run_source(source, src_tx));
         let sink_task = tokio::spawn(run_sink(sink, out_rx));
         let dlq_task = tokio::spawn(run_sink(dead_letters, dlq_rx));
 
-        self.counters.set_watermark(i64::MIN);
+        let mut job =
+            JobState { offsets: BTreeMap::new(), watermark: Watermark::MIN, epoch: 0, checkpoints_taken: 0 };
+        let restored_from = resumed.as_ref().map(|r| r.id);
+        if let Some(r) = resumed {
+            job.offsets = r.offsets;
+            job.watermark = Watermark(r.watermark);
+            job.epoch = r.epoch + 1;
+        }
+        self.counters.set_watermark(job.watermark.0);
         let clock = Arc::clone(&self.config.clock);
         let counts_out = !chain.consumes_records();
         let mut ctx = Context::new(clock.now_ms());
         let mut input: Vec<Record<C::In>> = Vec::new();
         let mut output: Vec<Record<C::Out>> = Vec::new();
-        let mut watermark = Watermark::MIN;
         let mut ticker = tokio::time::interval(self.config.tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut downstream_closed = false;
+        let checkpoint_every = self.checkpointing_enabled();
+        let mut last_checkpoint = Instant::now();
+        let mut shutdown = self.shutdown_rx.clone();
+        let mut stop: Option<StopRequest> = None;
+        let mut failure: Option<JobError> = None;
+        let mut sink_gone = false;
 
         loop {
             let event = tokio::select! {
                 biased;
+                _ = shutdown.changed() => {
+                    stop = shutdown.borrow().clone();
+                    None
+                }
+                // A sink task that ended early failed: stop now, even if the source is quiet.
+                _ = out_tx.closed() => { sink_gone = true; None }
+                _ = dlq_tx.closed() => { sink_gone = true; None }
                 ev = src_rx.recv() => Some(ev),
                 _ = ticker.tick() => None,
             };
+            if stop.is_some() || sink_gone {
+                break;
+            }
             ctx.set_processing_time(clock.now_ms());
             let end = match event {
                 Some(None) => {
@@ -153,6 +322,8 @@ impl Runner {
                         SourceEvent::Batch(batch) => {
                             ctx.counters.records_in +=
                                 (batch.records.len() + batch.dead_letters.len()) as u64;
+                            job.note_positions(batch.records.iter().map(|r| r.position));
+                            job.note_positions(batch.dead_letters.iter().map(|d| d.position));
                             for dl in batch.dead_letters {
                                 ctx.dead_letter(dl);
                             }
@@ -173,8 +344,8 @@ impl Runner {
                 }
             };
             if let Some(w) = ctx.take_watermark() {
-                if w > watermark {
-                    watermark = w;
+                if w > job.watermark {
+                    job.watermark = w;
                     chain.on_watermark(w, &mut ctx, &mut output);
                     self.counters.set_watermark(w.0);
                 }
@@ -182,35 +353,165 @@ impl Runner {
             if counts_out {
                 ctx.counters.records_out += output.len() as u64;
             }
+            let mut downstream_closed = false;
             if !output.is_empty() {
                 let batch: Vec<C::Out> = output.drain(..).map(|r| r.payload).collect();
-                if out_tx.send(batch).await.is_err() {
-                    downstream_closed = true;
-                }
+                downstream_closed |= out_tx.send(SinkMsg::Batch(batch)).await.is_err();
             }
-            if !ctx.dead_letters.is_empty() && dlq_tx.send(ctx.take_dead_letters()).await.is_err() {
-                downstream_closed = true;
+            if !ctx.dead_letters.is_empty() {
+                downstream_closed |= dlq_tx.send(SinkMsg::Batch(ctx.take_dead_letters())).await.is_err();
             }
             self.counters.absorb(&mut ctx.counters);
-            if end || downstream_closed {
+            if downstream_closed {
+                sink_gone = true;
                 break;
+            }
+            let due = checkpoint_every.is_some_and(|every| last_checkpoint.elapsed() >= every);
+            if due || (end && checkpoint_every.is_some()) {
+                if let Err(e) = self.checkpoint(chain, &mut job, &out_tx, &dlq_tx, None).await {
+                    failure = Some(e);
+                    break;
+                }
+                last_checkpoint = Instant::now();
+            }
+            if end {
+                break;
+            }
+        }
+        if failure.is_none() {
+            if let Some(req) = &stop {
+                let name = match req {
+                    StopRequest::Stop => None,
+                    StopRequest::StopWithSavepoint(n) => Some(n.as_str()),
+                };
+                if checkpoint_every.is_some() || name.is_some() {
+                    if let Err(e) = self.checkpoint(chain, &mut job, &out_tx, &dlq_tx, name).await {
+                        failure = Some(e);
+                    }
+                }
             }
         }
         drop(out_tx);
         drop(dlq_tx);
         drop(src_rx);
-        let _ = input;
+        drop(input);
+        let stopped_before_end = stop.is_some() || sink_gone || failure.is_some();
+        if stopped_before_end {
+            // The source may be waiting for input that never comes; it has nothing left to deliver.
+            source_task.abort();
+        }
 
         let sink_res = join("sink", sink_task).await;
         let dlq_res = join("dead-letter sink", dlq_task).await;
-        let src_res = join("source", source_task).await;
+        let src_res = source_task.await;
         sink_res??;
         dlq_res??;
-        if !downstream_closed {
-            src_res??;
+        if let Some(e) = failure {
+            return Err(e);
         }
-        Ok(JobReport { counters: self.counters.snapshot(), final_watermark: watermark })
+        match src_res {
+            Ok(r) => r?,
+            Err(e) if e.is_cancelled() && stopped_before_end => {}
+            Err(e) => return Err(JobError::Task { task: "source", detail: e.to_string() }),
+        }
+        Ok(JobReport {
+            counters: self.counters.snapshot(),
+            final_watermark: job.watermark,
+            checkpoints_taken: job.checkpoints_taken,
+            restored_from,
+            stopped_early: stop.is_some(),
+        })
     }
+
+    /// Barrier → flush sinks → snapshot operators → upload. `savepoint` names a savepoint instead.
+    async fn checkpoint<C: Operator>(
+        &mut self,
+        chain: &mut C,
+        job: &mut JobState,
+        out_tx: &mpsc::Sender<SinkMsg<C::Out>>,
+        dlq_tx: &mpsc::Sender<SinkMsg<DeadLetter>>,
+        savepoint: Option<&str>,
+    ) -> Result<(), JobError> {
+        // Everything emitted before the barrier must be durable before the checkpoint commits.
+        barrier(out_tx, "sink").await?;
+        barrier(dlq_tx, "dead-letter sink").await?;
+        #[cfg(feature = "checkpoints")]
+        {
+            use crate::checkpoint::CheckpointMeta;
+            let Some(cp) = &mut self.checkpointing else {
+                return Err(JobError::Task {
+                    task: "checkpoint",
+                    detail: "a savepoint was requested but checkpointing is not configured".into(),
+                });
+            };
+            chain.snapshot_state(cp.state.as_mut())?;
+            let meta = CheckpointMeta {
+                source_offsets: job.offsets.clone(),
+                watermark: job.watermark.0,
+                sink_epoch: job.epoch,
+                metadata: BTreeMap::new(),
+            };
+            match savepoint {
+                Some(name) => cp.coordinator.savepoint(name, cp.state.as_mut(), meta).await?,
+                None => cp.coordinator.take(cp.state.as_mut(), meta).await?,
+            };
+            job.checkpoints_taken += 1;
+            job.epoch += 1;
+            Ok(())
+        }
+        #[cfg(not(feature = "checkpoints"))]
+        {
+            let _ = (chain, job, savepoint);
+            Ok(())
+        }
+    }
+}
+
+struct Resumed {
+    id: u64,
+    offsets: BTreeMap<PartitionId, u64>,
+    watermark: i64,
+    epoch: u64,
+}
+
+struct JobState {
+    /// Next offset to read, per partition.
+    offsets: BTreeMap<PartitionId, u64>,
+    watermark: Watermark,
+    epoch: u64,
+    checkpoints_taken: u64,
+}
+
+impl JobState {
+    fn note_positions(&mut self, positions: impl Iterator<Item = crate::record::SourcePosition>) {
+        let mut last: Option<(PartitionId, u64)> = None;
+        for p in positions {
+            match &mut last {
+                Some((part, max)) if *part == p.partition => *max = (*max).max(p.offset),
+                _ => {
+                    if let Some((part, max)) = last {
+                        self.note(part, max);
+                    }
+                    last = Some((p.partition, p.offset));
+                }
+            }
+        }
+        if let Some((part, max)) = last {
+            self.note(part, max);
+        }
+    }
+
+    fn note(&mut self, partition: PartitionId, offset: u64) {
+        let next = self.offsets.entry(partition).or_insert(0);
+        *next = (*next).max(offset.saturating_add(1));
+    }
+}
+
+async fn barrier<T>(tx: &mpsc::Sender<SinkMsg<T>>, task: &'static str) -> Result<(), JobError> {
+    let (ack_tx, ack_rx) = oneshot::channel();
+    let gone = || JobError::Task { task, detail: "stopped before acknowledging a checkpoint barrier".into() };
+    tx.send(SinkMsg::Barrier(ack_tx)).await.map_err(|_| gone())?;
+    ack_rx.await.map_err(|_| gone())?.map_err(JobError::Sink)
 }
 
 async fn join<R>(task: &'static str, handle: JoinHandle<R>) -> Result<R, JobError> {
@@ -229,9 +530,19 @@ async fn run_source<T, S: Source<T>>(
     Ok(())
 }
 
-async fn run_sink<T, K: Sink<T>>(mut sink: K, mut rx: mpsc::Receiver<Vec<T>>) -> Result<(), SinkError> {
-    while let Some(batch) = rx.recv().await {
-        sink.write_batch(batch).await?;
+async fn run_sink<T, K: Sink<T>>(mut sink: K, mut rx: mpsc::Receiver<SinkMsg<T>>) -> Result<(), SinkError> {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            SinkMsg::Batch(batch) => sink.write_batch(batch).await?,
+            SinkMsg::Barrier(ack) => {
+                let res = sink.flush().await;
+                let failed = res.as_ref().err().map(ToString::to_string);
+                let _ = ack.send(res);
+                if let Some(message) = failed {
+                    return Err(SinkError::External { message, retry: crate::error::RetryHint::WithBackoff });
+                }
+            }
+        }
     }
     sink.flush().await
 }

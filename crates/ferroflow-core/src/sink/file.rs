@@ -39,6 +39,24 @@ impl JsonLinesSink {
         Ok(Self { path, file: tokio::io::BufWriter::with_capacity(1 << 20, file), buf: Vec::new() })
     }
 
+    /// Opens `path` for appending, creating it if needed. A last line left incomplete by a crash
+    /// is cut off first, so every line in the file stays whole JSON.
+    pub async fn append(path: impl AsRef<Path>) -> Result<Self, SinkError> {
+        let path = path.as_ref().to_path_buf();
+        let io = |source| SinkError::Io { path: path.clone(), source };
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            if whole < bytes.len() {
+                let f = tokio::fs::OpenOptions::new().write(true).open(&path).await.map_err(io)?;
+                f.set_len(whole as u64).await.map_err(io)?;
+                f.sync_all().await.map_err(io)?;
+                tracing::warn!(path = %path.display(), cut = bytes.len() - whole, "cut a torn last line");
+            }
+        }
+        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.map_err(io)?;
+        Ok(Self { path, file: tokio::io::BufWriter::with_capacity(1 << 20, file), buf: Vec::new() })
+    }
+
     fn io(&self, source: std::io::Error) -> SinkError {
         SinkError::Io { path: self.path.clone(), source }
     }

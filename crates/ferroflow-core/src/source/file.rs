@@ -22,6 +22,8 @@ struct FilePartition {
     /// Bytes of an incomplete last line, carried into the next read.
     carry: BytesMut,
     next_line: u64,
+    /// Lines below this index were processed before the restored checkpoint.
+    skip_below: u64,
     done: bool,
 }
 
@@ -54,6 +56,7 @@ pub struct JsonLinesSource<T> {
     cursor: usize,
     /// Partitions that reached end of file and whose finish is not yet reported.
     finished: Vec<PartitionId>,
+    chunk: usize,
 }
 
 impl<T> std::fmt::Debug for JsonLinesSource<T> {
@@ -90,13 +93,23 @@ impl<T: Send + 'static> JsonLinesSource<T> {
                 file: None,
                 carry: BytesMut::new(),
                 next_line: 0,
+                skip_below: 0,
                 done: false,
             })
             .collect();
-        Self { partitions, decode, announced: false, cursor: 0, finished: Vec::new() }
+        Self { partitions, decode, announced: false, cursor: 0, finished: Vec::new(), chunk: CHUNK }
+    }
+
+    /// Reads `bytes` per call instead of 1 MiB (smaller batches, e.g. to pace a demo).
+    pub fn with_chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk = bytes.max(64);
+        self
     }
 
     fn push_line(&self, pid: PartitionId, line_no: u64, line: Bytes, batch: &mut SourceBatch<T>) {
+        if line_no < self.partitions[pid as usize].skip_below {
+            return; // already processed before the checkpoint this run resumed from
+        }
         let line = trim_cr(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
@@ -119,6 +132,14 @@ fn trim_cr(line: Bytes) -> Bytes {
 }
 
 impl<T: Send + 'static> Source<T> for JsonLinesSource<T> {
+    fn seek(&mut self, offsets: &std::collections::BTreeMap<PartitionId, u64>) -> Result<(), SourceError> {
+        // Lines are variable-length, so resuming re-reads the file and skips lines below the offset.
+        for (i, p) in self.partitions.iter_mut().enumerate() {
+            p.skip_below = offsets.get(&(i as PartitionId)).copied().unwrap_or(0);
+        }
+        Ok(())
+    }
+
     async fn next_event(&mut self) -> Result<Option<SourceEvent<T>>, SourceError> {
         if let Some(done) = self.finished.pop() {
             // The partition's last lines went out with the previous batch.
@@ -130,72 +151,67 @@ impl<T: Send + 'static> Source<T> for JsonLinesSource<T> {
             return Ok(Some(SourceEvent::PartitionsAssigned(ids)));
         }
         let n = self.partitions.len();
-        for _ in 0..n {
-            let idx = self.cursor % n;
-            self.cursor = self.cursor.wrapping_add(1);
-            if self.partitions[idx].done {
-                continue;
-            }
-            let pid = idx as PartitionId;
-            let p = &mut self.partitions[idx];
-            if p.file.is_none() {
-                let f = tokio::fs::File::open(&p.path)
-                    .await
-                    .map_err(|source| SourceError::Io { path: p.path.clone(), source })?;
-                p.file = Some(f);
-            }
-            let mut buf = std::mem::take(&mut p.carry);
-            buf.reserve(CHUNK);
-            let read = match p.file.as_mut() {
-                Some(f) => f
-                    .read_buf(&mut buf)
-                    .await
-                    .map_err(|source| SourceError::Io { path: p.path.clone(), source })?,
-                None => 0,
-            };
-            let eof = read == 0;
-            let data = buf.freeze();
-            // Split complete lines; keep the tail unless at end of file.
-            let complete_end = if eof {
-                data.len()
-            } else {
-                match data.iter().rposition(|&b| b == b'\n') {
-                    Some(i) => i + 1,
-                    None => 0,
+        // Keep reading until something comes out: chunks may hold only skipped or blank lines.
+        while self.partitions.iter().any(|p| !p.done) {
+            for _ in 0..n {
+                let idx = self.cursor % n;
+                self.cursor = self.cursor.wrapping_add(1);
+                if self.partitions[idx].done {
+                    continue;
                 }
-            };
-            let tail = data.slice(complete_end..);
-            let mut lines = Vec::new();
-            let mut start = 0usize;
-            let body = &data[..complete_end];
-            for (i, &b) in body.iter().enumerate() {
-                if b == b'\n' {
+                let pid = idx as PartitionId;
+                let p = &mut self.partitions[idx];
+                if p.file.is_none() {
+                    let f = tokio::fs::File::open(&p.path)
+                        .await
+                        .map_err(|source| SourceError::Io { path: p.path.clone(), source })?;
+                    p.file = Some(f);
+                }
+                let mut buf = std::mem::take(&mut p.carry);
+                buf.reserve(self.chunk);
+                let chunk = self.chunk;
+                let read = match p.file.as_mut() {
+                    Some(f) => f
+                        .read_buf(&mut bytes::BufMut::limit(&mut buf, chunk))
+                        .await
+                        .map_err(|source| SourceError::Io { path: p.path.clone(), source })?,
+                    None => 0,
+                };
+                let eof = read == 0;
+                let data = buf.freeze();
+                // Split complete lines; keep the tail unless at end of file.
+                let complete_end =
+                    if eof { data.len() } else { memchr::memrchr(b'\n', &data).map_or(0, |i| i + 1) };
+                let tail = data.slice(complete_end..);
+                let mut lines = Vec::with_capacity(complete_end / 128 + 1);
+                let mut start = 0usize;
+                for i in memchr::memchr_iter(b'\n', &data[..complete_end]) {
                     lines.push(data.slice(start..i));
                     start = i + 1;
                 }
-            }
-            if start < complete_end {
-                lines.push(data.slice(start..complete_end));
-            }
-            let p = &mut self.partitions[idx];
-            p.carry = BytesMut::from(&tail[..]);
-            let first_line = p.next_line;
-            p.next_line += lines.len() as u64;
-            if eof {
-                p.done = true;
-                p.file = None;
-                self.finished.push(pid);
-            }
-            let mut batch =
-                SourceBatch { records: Vec::with_capacity(lines.len()), dead_letters: Vec::new() };
-            for (i, line) in lines.into_iter().enumerate() {
-                self.push_line(pid, first_line + i as u64, line, &mut batch);
-            }
-            if !batch.records.is_empty() || !batch.dead_letters.is_empty() {
-                return Ok(Some(SourceEvent::Batch(batch)));
-            }
-            if let Some(done) = self.finished.pop() {
-                return Ok(Some(SourceEvent::PartitionFinished(done)));
+                if start < complete_end {
+                    lines.push(data.slice(start..complete_end));
+                }
+                let p = &mut self.partitions[idx];
+                p.carry = BytesMut::from(&tail[..]);
+                let first_line = p.next_line;
+                p.next_line += lines.len() as u64;
+                if eof {
+                    p.done = true;
+                    p.file = None;
+                    self.finished.push(pid);
+                }
+                let mut batch =
+                    SourceBatch { records: Vec::with_capacity(lines.len()), dead_letters: Vec::new() };
+                for (i, line) in lines.into_iter().enumerate() {
+                    self.push_line(pid, first_line + i as u64, line, &mut batch);
+                }
+                if !batch.records.is_empty() || !batch.dead_letters.is_empty() {
+                    return Ok(Some(SourceEvent::Batch(batch)));
+                }
+                if let Some(done) = self.finished.pop() {
+                    return Ok(Some(SourceEvent::PartitionFinished(done)));
+                }
             }
         }
         if let Some(done) = self.finished.pop() {

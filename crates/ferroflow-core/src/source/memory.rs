@@ -1,6 +1,6 @@
 //! An in-memory source for tests, examples and embedding.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::{Source, SourceBatch, SourceEvent};
 use crate::error::SourceError;
@@ -65,5 +65,21 @@ impl<T: Send + 'static> MemorySource<T> {
 impl<T: Send + 'static> Source<T> for MemorySource<T> {
     async fn next_event(&mut self) -> Result<Option<SourceEvent<T>>, SourceError> {
         Ok(self.events.pop_front())
+    }
+
+    fn seek(&mut self, offsets: &BTreeMap<PartitionId, u64>) -> Result<(), SourceError> {
+        for e in &mut self.events {
+            if let SourceEvent::Batch(b) = e {
+                let keep = |p: &crate::record::SourcePosition| {
+                    offsets.get(&p.partition).is_none_or(|o| p.offset >= *o)
+                };
+                b.records.retain(|r| keep(&r.position));
+                b.dead_letters.retain(|d| keep(&d.position));
+            }
+        }
+        self.events.retain(
+            |e| !matches!(e, SourceEvent::Batch(b) if b.records.is_empty() && b.dead_letters.is_empty()),
+        );
+        Ok(())
     }
 }

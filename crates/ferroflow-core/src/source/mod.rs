@@ -4,6 +4,7 @@
 mod file;
 mod memory;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 pub use file::JsonLinesSource;
@@ -49,4 +50,15 @@ pub enum SourceEvent<T> {
 pub trait Source<T>: Send + 'static {
     /// The next batch or partition event; `None` at the end of all input.
     fn next_event(&mut self) -> impl Future<Output = Result<Option<SourceEvent<T>>, SourceError>> + Send;
+
+    /// Resumes reading at `offsets` (per partition, the offset of the next record to deliver),
+    /// after a restore. Sources that cannot resume keep the default, which refuses: resuming from
+    /// the start would count records twice.
+    fn seek(&mut self, offsets: &BTreeMap<PartitionId, u64>) -> Result<(), SourceError> {
+        let _ = offsets;
+        Err(SourceError::External {
+            message: "this source cannot resume from checkpointed offsets".into(),
+            retry: crate::error::RetryHint::NoRetry,
+        })
+    }
 }

@@ -5,10 +5,14 @@
 //! through to the backend at batch or checkpoint boundaries, never a read-modify-write per record.
 
 mod memory;
+#[cfg(feature = "rocksdb")]
+mod rocks;
 
 use std::path::Path;
 
 pub use memory::MemoryStateBackend;
+#[cfg(feature = "rocksdb")]
+pub use rocks::{RocksDbOptions, RocksDbStateBackend};
 
 use crate::error::StateError;
 

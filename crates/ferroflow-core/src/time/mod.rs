@@ -4,4 +4,4 @@ mod clock;
 mod watermark;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use watermark::{Watermark, WatermarkStrategy, WatermarkTracker};
+pub use watermark::{TrackerSnapshot, Watermark, WatermarkStrategy, WatermarkTracker};

@@ -63,7 +63,8 @@ impl WatermarkStrategy {
         Self { out_of_orderness_ms: duration_ms(bound), idle_timeout_ms: None }
     }
 
-    /// Watermarks equal the highest event time seen (input is in order per partition).
+    /// Bound 0, for input in event-time order per partition: the watermark is the highest event
+    /// time seen minus 1 ms, so further records at that same time are still on time.
     pub fn monotonous() -> Self {
         Self { out_of_orderness_ms: 0, idle_timeout_ms: None }
     }
@@ -113,6 +114,15 @@ impl PartitionState {
             self.max_event_time.saturating_sub(bound).saturating_sub(1)
         }
     }
+}
+
+/// The persisted form of a [`WatermarkTracker`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackerSnapshot {
+    /// The combined watermark.
+    pub current: Watermark,
+    /// `(partition, highest event time, finished)`.
+    pub partitions: Vec<(PartitionId, Timestamp, bool)>,
 }
 
 /// Tracks one watermark per partition and combines them.
@@ -265,6 +275,28 @@ impl WatermarkTracker {
     /// Restores the combined watermark after a restart (it must not go backwards across restores).
     pub fn restore_current(&mut self, watermark: Watermark) {
         self.current = watermark;
+    }
+
+    /// What a checkpoint keeps: the combined watermark and, per partition, the highest event time
+    /// and whether it finished. Idleness is not kept: it is a matter of processing time, and a
+    /// restored partition gets a fresh idle timeout.
+    pub fn export(&self) -> TrackerSnapshot {
+        let mut partitions: Vec<_> =
+            self.partitions.iter().map(|(id, p)| (*id, p.max_event_time, p.finished)).collect();
+        partitions.sort_unstable();
+        TrackerSnapshot { current: self.current, partitions }
+    }
+
+    /// Restores what [`export`](Self::export) produced; `now_ms` starts the idle timeouts afresh.
+    pub fn import(&mut self, snapshot: &TrackerSnapshot, now_ms: Timestamp) {
+        self.current = snapshot.current;
+        self.partitions = snapshot
+            .partitions
+            .iter()
+            .map(|&(id, max_event_time, finished)| {
+                (id, PartitionState { max_event_time, last_activity_ms: now_ms, idle: false, finished })
+            })
+            .collect();
     }
 }
 

@@ -20,11 +20,24 @@ pub(super) struct Slot<Acc> {
     pub emitted: Option<u32>,
     #[serde(skip)]
     pub dirty: bool,
+    /// Changed since the last state snapshot.
+    #[serde(skip)]
+    pub unsaved: bool,
 }
 
 struct Bucket<Acc> {
     fired: bool,
     slots: AHashMap<Key, Slot<Acc>>,
+    /// Keys changed since the last snapshot (unless `all_unsaved`).
+    unsaved: Vec<Key>,
+    /// Every slot changed since the last snapshot (the window fired, or is new since then).
+    all_unsaved: bool,
+}
+
+impl<Acc> Bucket<Acc> {
+    fn new() -> Self {
+        Self { fired: false, slots: AHashMap::new(), unsaved: Vec::new(), all_unsaved: true }
+    }
 }
 
 /// Windows of fixed size every `slide` (tumbling when `slide == size`).
@@ -36,11 +49,21 @@ pub(super) struct AlignedWindows<Acc> {
     windows: BTreeMap<Window, Bucket<Acc>>,
     /// Fired windows with keys updated by late records during the current batch.
     dirty: Vec<(Window, Key)>,
+    /// Windows dropped since the last snapshot (their state rows must be deleted).
+    dropped: Vec<Window>,
 }
 
 impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
     pub fn new(size: i64, slide: i64, lateness: i64) -> Self {
-        Self { size, slide, lateness, watermark: i64::MIN, windows: BTreeMap::new(), dirty: Vec::new() }
+        Self {
+            size,
+            slide,
+            lateness,
+            watermark: i64::MIN,
+            windows: BTreeMap::new(),
+            dirty: Vec::new(),
+            dropped: Vec::new(),
+        }
     }
 
     pub fn watermark(&self) -> Timestamp {
@@ -66,17 +89,29 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
             first_window.get_or_insert(w);
             if !self.expired(w.end) {
                 accepted = true;
-                let bucket =
-                    self.windows.entry(w).or_insert_with(|| Bucket { fired: false, slots: AHashMap::new() });
+                let watermark = self.watermark;
+                // A window the watermark already passed counts as fired: a late record that is the
+                // first to reach it is emitted with this batch, like any other late update.
+                let bucket = self
+                    .windows
+                    .entry(w)
+                    .or_insert_with(|| Bucket { fired: w.max_timestamp() <= watermark, ..Bucket::new() });
                 let slot = match bucket.slots.get_mut(&record.key) {
                     Some(s) => s,
                     None => bucket.slots.entry(record.key.clone()).or_insert_with(|| Slot {
                         acc: agg.create(),
                         emitted: None,
                         dirty: false,
+                        unsaved: false,
                     }),
                 };
                 agg.add(&mut slot.acc, &record.payload);
+                if !slot.unsaved {
+                    slot.unsaved = true;
+                    if !bucket.all_unsaved {
+                        bucket.unsaved.push(record.key.clone());
+                    }
+                }
                 if bucket.fired && !slot.dirty {
                     slot.dirty = true;
                     self.dirty.push((w, record.key.clone()));
@@ -147,6 +182,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
                     out.emit(key.clone(), *w, agg.result(&slot.acc), revision, expire);
                 }
                 bucket.fired = true;
+                bucket.all_unsaved = true;
             }
             if expire {
                 done.push(*w);
@@ -154,6 +190,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
         }
         for w in done {
             self.windows.remove(&w);
+            self.dropped.push(w);
         }
     }
 
@@ -161,21 +198,37 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
         self.windows.len()
     }
 
-    pub fn snapshot(&self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
-        state.delete_prefix(ns, &[])?;
+    /// Writes what changed since the last snapshot: dropped windows are deleted, changed keys
+    /// rewritten. Unchanged state is not touched, so incremental checkpoints stay small.
+    pub fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
         state.put(ns, META_KEY, &self.watermark.to_be_bytes())?;
         let mut key_buf = Vec::with_capacity(64);
-        for (w, bucket) in &self.windows {
-            for (key, slot) in &bucket.slots {
-                key_buf.clear();
-                key_buf.push(ENTRY_TAG);
-                key_buf.extend_from_slice(&ordered(w.start));
-                key_buf.extend_from_slice(&ordered(w.end));
+        for w in self.dropped.drain(..) {
+            window_prefix(&mut key_buf, w);
+            state.delete_prefix(ns, &key_buf)?;
+        }
+        for (w, bucket) in &mut self.windows {
+            let mut write = |key: &Key, slot: &mut Slot<Acc>| -> Result<(), StateError> {
+                slot.unsaved = false;
+                window_prefix(&mut key_buf, *w);
                 key_buf.extend_from_slice(key.as_bytes());
-                let value = postcard::to_stdvec(&(bucket.fired, slot))
+                let value = postcard::to_stdvec(&(bucket.fired, &*slot))
                     .map_err(|e| StateError::Backend(format!("cannot encode window state: {e}")))?;
-                state.put(ns, &key_buf, &value)?;
+                state.put(ns, &key_buf, &value)
+            };
+            if bucket.all_unsaved {
+                for (key, slot) in &mut bucket.slots {
+                    write(key, slot)?;
+                }
+            } else {
+                for key in &bucket.unsaved {
+                    if let Some(slot) = bucket.slots.get_mut(key) {
+                        write(key, slot)?;
+                    }
+                }
             }
+            bucket.unsaved.clear();
+            bucket.all_unsaved = false;
         }
         Ok(())
     }
@@ -183,6 +236,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
     pub fn restore(&mut self, ns: &str, state: &dyn StateBackend) -> Result<(), StateError> {
         self.windows.clear();
         self.dirty.clear();
+        self.dropped.clear();
         self.watermark = match state.get(ns, META_KEY)? {
             Some(b) => i64::from_be_bytes(
                 b.as_slice().try_into().map_err(|_| corrupt("window watermark has the wrong length"))?,
@@ -199,15 +253,20 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
             let key = Key::from_bytes(&k[17..]);
             let (fired, slot): (bool, Slot<Acc>) =
                 postcard::from_bytes(&v).map_err(|e| corrupt(&format!("window entry: {e}")))?;
-            let bucket = self
-                .windows
-                .entry(Window { start, end })
-                .or_insert_with(|| Bucket { fired, slots: AHashMap::new() });
+            let bucket = self.windows.entry(Window { start, end }).or_insert_with(Bucket::new);
             bucket.fired |= fired;
+            bucket.all_unsaved = false;
             bucket.slots.insert(key, slot);
         }
         Ok(())
     }
+}
+
+fn window_prefix(buf: &mut Vec<u8>, w: Window) {
+    buf.clear();
+    buf.push(ENTRY_TAG);
+    buf.extend_from_slice(&ordered(w.start));
+    buf.extend_from_slice(&ordered(w.end));
 }
 
 const META_KEY: &[u8] = b"\x00meta";

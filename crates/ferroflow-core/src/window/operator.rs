@@ -186,7 +186,7 @@ where
     }
 
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
-        match &self.windows {
+        match &mut self.windows {
             Windows::Aligned(w) => w.snapshot(&self.uid, state),
             Windows::Session(w) => w.snapshot(&self.uid, state),
         }

@@ -1,8 +1,12 @@
 //! Session windows: per key, a window grows while records keep arriving within the gap, and
 //! overlapping sessions merge.
 //!
-//! Sessions follow Flink's rule: a record at `t` opens the proto-session `[t, t + gap)`, which
-//! merges with every session of the key it intersects (touching bounds included). A merge that
+//! Sessions follow Flink's merge rule: a record at `t` opens the proto-session `[t, t + gap)`,
+//! which merges with every session of the key it intersects (touching bounds included, so records
+//! exactly `gap` apart share a session). Because a record at `end` still joins, a session
+//! `[start, end)` is complete when the watermark reaches `end` (not `end - 1` as for tumbling and
+//! sliding windows); it is dropped when the watermark reaches `end + lateness`. A record whose own
+//! proto-session is past that point is late even if it touches a session still held. A merge that
 //! involves an already emitted session re-emits the merged session with the next revision; the
 //! superseded rows keep their old `window_start`, so consumers that store sessions should key them
 //! by `(key, window_start)` and treat a later row that covers them as a replacement.
@@ -43,6 +47,8 @@ pub(super) struct SessionWindows<Acc> {
     /// `(end, key)` of fired sessions waiting for cleanup at `end - 1 + lateness`.
     cleanup_timers: BTreeSet<(Timestamp, Key)>,
     dirty: Vec<Key>,
+    /// Keys whose sessions changed since the last state snapshot.
+    unsaved: ahash::AHashSet<Key>,
 }
 
 impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
@@ -55,6 +61,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
             fire_timers: BTreeSet::new(),
             cleanup_timers: BTreeSet::new(),
             dirty: Vec::new(),
+            unsaved: ahash::AHashSet::new(),
         }
     }
 
@@ -65,6 +72,14 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
     pub fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), String> {
         let ts = record.event_time;
         let proto = Window { start: ts, end: ts.saturating_add(self.gap) };
+        if !self.unsaved.contains(&record.key) {
+            self.unsaved.insert(record.key.clone());
+        }
+        // A record whose own session would be past its allowed lateness is late, even when it
+        // touches a session still held: merging it would revive a result already marked final.
+        if proto.end.saturating_add(self.lateness) <= self.watermark {
+            return Err(late_detail(ts, self.watermark, self.lateness, proto));
+        }
         let list = self.sessions.entry(record.key.clone()).or_default();
         // Indices of sessions intersecting the proto-session (bounds touching count).
         let mut hits: SmallVec<[usize; 2]> = SmallVec::new();
@@ -74,18 +89,12 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
             }
         }
         if hits.is_empty() {
-            if proto.max_timestamp().saturating_add(self.lateness) <= self.watermark {
-                if list.is_empty() {
-                    self.sessions.remove(&record.key);
-                }
-                return Err(late_detail(ts, self.watermark, self.lateness, proto));
-            }
             let mut acc = agg.create();
             agg.add(&mut acc, &record.payload);
             let pos = list.iter().position(|s| s.start > proto.start).unwrap_or(list.len());
             // A new session the watermark has already passed (late, within lateness) goes out with
             // this batch's updates instead of waiting for the next watermark.
-            let complete = proto.max_timestamp() <= self.watermark;
+            let complete = proto.end <= self.watermark;
             list.insert(
                 pos,
                 Session { start: proto.start, end: proto.end, acc, emitted: None, changed: complete },
@@ -114,7 +123,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         merged.end = merged.end.max(proto.end);
         agg.add(&mut merged.acc, &record.payload);
         let (end, emitted) = (merged.end, merged.emitted);
-        let already_complete = merged.end.saturating_sub(1) <= self.watermark;
+        let already_complete = merged.end <= self.watermark;
         list[first] = merged;
         if end != old_end || hits.len() > 1 {
             self.fire_timers.insert((end, record.key.clone()));
@@ -141,9 +150,10 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         dirty.sort_unstable();
         dirty.dedup();
         for key in dirty.drain(..) {
+            self.unsaved.insert(key.clone());
             if let Some(list) = self.sessions.get_mut(&key) {
                 let watermark = self.watermark;
-                for s in list.iter_mut().filter(|s| s.changed && s.end.saturating_sub(1) <= watermark) {
+                for s in list.iter_mut().filter(|s| s.changed && s.end <= watermark) {
                     s.changed = false;
                     let revision = s.emitted.map_or(0, |r| r + 1);
                     s.emitted = Some(revision);
@@ -171,51 +181,87 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
             return;
         }
         self.watermark = watermark;
-        // Fire every session whose end the watermark has reached, in (end, key) order.
-        while let Some((end, key)) = self.fire_timers.first().cloned() {
-            if end.saturating_sub(1) > watermark {
-                break;
-            }
-            self.fire_timers.pop_first();
-            let Some(list) = self.sessions.get_mut(&key) else { continue };
-            let Some(s) = list.iter_mut().find(|s| s.end == end) else { continue };
-            let expire = end.saturating_sub(1).saturating_add(self.lateness) <= watermark;
-            if s.emitted.is_none() || s.changed {
-                s.changed = false;
-                let revision = s.emitted.map_or(0, |r| r + 1);
-                s.emitted = Some(revision);
-                out.emit(
-                    key.clone(),
-                    Window { start: s.start, end: s.end },
-                    agg.result(&s.acc),
-                    revision,
-                    expire,
-                );
-                if expire {
-                    list.retain(|s| s.end != end);
-                    if list.is_empty() {
-                        self.sessions.remove(&key);
-                    }
-                    continue;
+        // Fire every session whose end the watermark has reached and drop every session past its
+        // allowed lateness, together in (end, key) order, so that the rows of one watermark step
+        // come out sorted by (window end, key) whichever kind they are (a session's firing comes
+        // before its own cleanup).
+        let lateness = self.lateness;
+        loop {
+            let fire = self.fire_timers.first().filter(|(end, _)| *end <= watermark).cloned();
+            let cleanup = self
+                .cleanup_timers
+                .first()
+                .filter(|(end, _)| end.saturating_add(lateness) <= watermark)
+                .cloned();
+            match (fire, cleanup) {
+                (Some(f), Some(c)) if c < f => {
+                    self.cleanup_timers.pop_first();
+                    self.drop_session(agg, c, out);
                 }
+                (Some(f), _) => {
+                    self.fire_timers.pop_first();
+                    self.fire_session(agg, f, out);
+                }
+                (None, Some(c)) => {
+                    self.cleanup_timers.pop_first();
+                    self.drop_session(agg, c, out);
+                }
+                (None, None) => break,
             }
-            self.cleanup_timers.insert((end, key));
         }
-        // Drop sessions past their allowed lateness, marking their last value final.
-        while let Some((end, key)) = self.cleanup_timers.first().cloned() {
-            if end.saturating_sub(1).saturating_add(self.lateness) > watermark {
-                break;
+    }
+
+    /// Emits the session of `key` ending at `end` if it was never emitted or changed since; drops it
+    /// at once if it is also past its allowed lateness, else schedules its cleanup.
+    fn fire_session<A: Aggregator<T, Acc = Acc>, T>(
+        &mut self,
+        agg: &A,
+        (end, key): (Timestamp, Key),
+        out: &mut Emitter<'_, A::Output>,
+    ) {
+        self.unsaved.insert(key.clone());
+        let Some(list) = self.sessions.get_mut(&key) else { return };
+        let Some(s) = list.iter_mut().find(|s| s.end == end) else { return };
+        let expire = end.saturating_add(self.lateness) <= self.watermark;
+        if s.emitted.is_none() || s.changed {
+            s.changed = false;
+            let revision = s.emitted.map_or(0, |r| r + 1);
+            s.emitted = Some(revision);
+            out.emit(
+                key.clone(),
+                Window { start: s.start, end: s.end },
+                agg.result(&s.acc),
+                revision,
+                expire,
+            );
+            if expire {
+                list.retain(|s| s.end != end);
+                if list.is_empty() {
+                    self.sessions.remove(&key);
+                }
+                return;
             }
-            self.cleanup_timers.pop_first();
-            let Some(list) = self.sessions.get_mut(&key) else { continue };
-            let Some(idx) = list.iter().position(|s| s.end == end) else { continue };
-            let s = list.remove(idx);
-            if let Some(r) = s.emitted {
-                out.emit(key.clone(), Window { start: s.start, end: s.end }, agg.result(&s.acc), r + 1, true);
-            }
-            if list.is_empty() {
-                self.sessions.remove(&key);
-            }
+        }
+        self.cleanup_timers.insert((end, key));
+    }
+
+    /// Drops the session of `key` ending at `end` (past its allowed lateness), marking its last value
+    /// final.
+    fn drop_session<A: Aggregator<T, Acc = Acc>, T>(
+        &mut self,
+        agg: &A,
+        (end, key): (Timestamp, Key),
+        out: &mut Emitter<'_, A::Output>,
+    ) {
+        self.unsaved.insert(key.clone());
+        let Some(list) = self.sessions.get_mut(&key) else { return };
+        let Some(idx) = list.iter().position(|s| s.end == end) else { return };
+        let s = list.remove(idx);
+        if let Some(r) = s.emitted {
+            out.emit(key.clone(), Window { start: s.start, end: s.end }, agg.result(&s.acc), r + 1, true);
+        }
+        if list.is_empty() {
+            self.sessions.remove(&key);
         }
     }
 
@@ -223,16 +269,17 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         self.sessions.values().map(SmallVec::len).sum()
     }
 
-    pub fn snapshot(&self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
-        state.delete_prefix(ns, &[])?;
+    /// Rewrites the sessions of keys that changed since the last snapshot; others stay untouched.
+    pub fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
         state.put(ns, META_KEY, &self.watermark.to_be_bytes())?;
         let mut key_buf = Vec::with_capacity(64);
-        for (key, list) in &self.sessions {
-            for s in list {
-                key_buf.clear();
-                key_buf.push(ENTRY_TAG);
+        for key in self.unsaved.drain() {
+            key_prefix(&mut key_buf, &key)?;
+            state.delete_prefix(ns, &key_buf)?;
+            let prefix_len = key_buf.len();
+            for s in self.sessions.get(&key).map(|l| l.as_slice()).unwrap_or_default() {
+                key_buf.truncate(prefix_len);
                 key_buf.extend_from_slice(&ordered(s.start));
-                key_buf.extend_from_slice(key.as_bytes());
                 let value = postcard::to_stdvec(s)
                     .map_err(|e| StateError::Backend(format!("cannot encode session state: {e}")))?;
                 state.put(ns, &key_buf, &value)?;
@@ -246,6 +293,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         self.fire_timers.clear();
         self.cleanup_timers.clear();
         self.dirty.clear();
+        self.unsaved.clear();
         self.watermark = match state.get(ns, META_KEY)? {
             Some(b) => i64::from_be_bytes(
                 b.as_slice().try_into().map_err(|_| corrupt("session watermark has the wrong length"))?,
@@ -254,14 +302,21 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         };
         for kv in state.scan_prefix(ns, &[ENTRY_TAG])? {
             let (k, v) = kv?;
-            if k.len() < 9 {
-                return Err(corrupt("session entry key too short"));
+            let key_len = match k.get(1..3) {
+                Some(b) => u16::from_be_bytes([b[0], b[1]]) as usize,
+                None => return Err(corrupt("session entry key too short")),
+            };
+            let Some(key_bytes) = k.get(3..3 + key_len) else {
+                return Err(corrupt("session entry key shorter than its length prefix"));
+            };
+            let key = Key::from_bytes(key_bytes);
+            if k.len() != 3 + key_len + 8 {
+                return Err(corrupt("session entry key has the wrong length"));
             }
-            let _start = unordered(&k[1..9]);
-            let key = Key::from_bytes(&k[9..]);
+            let _start = unordered(&k[3 + key_len..]);
             let s: Session<Acc> =
                 postcard::from_bytes(&v).map_err(|e| corrupt(&format!("session entry: {e}")))?;
-            if s.emitted.is_some() {
+            if s.emitted.is_some() && !s.changed {
                 self.cleanup_timers.insert((s.end, key.clone()));
             } else {
                 self.fire_timers.insert((s.end, key.clone()));
@@ -272,6 +327,18 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         }
         Ok(())
     }
+}
+
+/// `ENTRY_TAG`, the key's length (u16, big-endian) and the key: every session of one key.
+fn key_prefix(buf: &mut Vec<u8>, key: &Key) -> Result<(), StateError> {
+    let len = u16::try_from(key.as_bytes().len()).map_err(|_| {
+        StateError::Backend(format!("session key of {} bytes is too long to store", key.as_bytes().len()))
+    })?;
+    buf.clear();
+    buf.push(ENTRY_TAG);
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(key.as_bytes());
+    Ok(())
 }
 
 const META_KEY: &[u8] = b"\x00meta";

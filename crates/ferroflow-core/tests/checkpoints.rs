@@ -1,0 +1,224 @@
+//! Checkpoint store, retention, corruption fallback, savepoints and state-format versioning.
+//! The S3 test needs a real S3-compatible server: `scripts/services.sh start` starts Garage on
+//! 127.0.0.1 and writes the FERROFLOW_S3_* variables the test reads.
+#![cfg(all(feature = "checkpoints", feature = "rocksdb"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use ferroflow_core::StateError;
+use ferroflow_core::checkpoint::{
+    CheckpointConfig, CheckpointCoordinator, CheckpointError, CheckpointMeta, CheckpointStore,
+    RestoreOutcome, S3Options, coordinator_meta,
+};
+use ferroflow_core::state::{RocksDbOptions, RocksDbStateBackend, StateBackend};
+
+fn rocks(dir: &std::path::Path) -> RocksDbStateBackend {
+    RocksDbStateBackend::open(dir, RocksDbOptions::default()).unwrap()
+}
+
+fn fill(s: &mut dyn StateBackend, from: u32, to: u32, tag: &str) {
+    for i in from..to {
+        s.put("w", format!("key-{i:06}").as_bytes(), format!("{tag}-{i}").as_bytes()).unwrap();
+    }
+}
+
+async fn coordinator(
+    store: &CheckpointStore,
+    scratch: &std::path::Path,
+    retain: usize,
+) -> CheckpointCoordinator {
+    let mut cfg = CheckpointConfig::new("test-job", scratch);
+    cfg.retain = retain;
+    CheckpointCoordinator::open(store.clone(), cfg).await.unwrap()
+}
+
+fn restored_id(o: RestoreOutcome) -> u64 {
+    match o {
+        RestoreOutcome::Restored(m) => m.id,
+        RestoreOutcome::Fresh => panic!("expected a restore"),
+    }
+}
+
+#[tokio::test]
+async fn incremental_checkpoints_share_unchanged_files_and_retention_keeps_restores_valid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tmp.path().join("store").display());
+    let store = CheckpointStore::from_url(&url, &S3Options::default()).unwrap();
+    let mut state = rocks(&tmp.path().join("db"));
+    let mut coord = coordinator(&store, &tmp.path().join("scratch"), 2).await;
+
+    fill(&mut state, 0, 20_000, "v1");
+    let first = coord.take(&mut state, coordinator_meta(&[(0, 100)])).await.unwrap();
+    fill(&mut state, 0, 200, "v2"); // 1% churn
+    let second = coord.take(&mut state, coordinator_meta(&[(0, 200)])).await.unwrap();
+    assert!(
+        second.bytes_uploaded * 4 < first.bytes_uploaded,
+        "incremental checkpoint uploaded {} bytes vs {} for the full one",
+        second.bytes_uploaded,
+        first.bytes_uploaded
+    );
+    let shared_before: Vec<_> = store.list("shared/").await.unwrap();
+    assert!(!shared_before.is_empty(), "SST files must land under shared/");
+
+    for round in 0..3u32 {
+        fill(&mut state, round * 10, round * 10 + 5, "v3");
+        coord.take(&mut state, coordinator_meta(&[(0, 300 + u64::from(round))])).await.unwrap();
+    }
+    let manifests: Vec<_> =
+        store.list("checkpoints/").await.unwrap().into_iter().filter(|(k, _)| k.ends_with(".json")).collect();
+    assert_eq!(manifests.len(), 2, "retain=2 keeps two manifests: {manifests:?}");
+    // Every file a retained manifest references exists; nothing unreferenced is left in shared/.
+    let mut referenced = std::collections::BTreeSet::new();
+    for m in coord.list_checkpoints().await.unwrap() {
+        for f in &m.files {
+            assert_eq!(store.size(&f.object).await.unwrap(), Some(f.size), "{} missing", f.object);
+            if f.shared {
+                referenced.insert(f.object.clone());
+            }
+        }
+    }
+    let shared_now: std::collections::BTreeSet<_> =
+        store.list("shared/").await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(shared_now, referenced, "garbage collection must leave exactly the referenced shared files");
+
+    let mut restored = rocks(&tmp.path().join("db-restored"));
+    let mut coord2 = coordinator(&store, &tmp.path().join("scratch2"), 2).await;
+    let outcome = coord2.restore_latest(&mut restored).await.unwrap();
+    let RestoreOutcome::Restored(m) = outcome else { panic!("expected a restore") };
+    assert_eq!(m.source_offsets[&0], 302);
+    assert_eq!(restored.get("w", b"key-000021").unwrap(), Some(b"v3-21".to_vec()));
+    assert_eq!(restored.get("w", b"key-000150").unwrap(), Some(b"v2-150".to_vec()));
+    assert_eq!(restored.get("w", b"key-019999").unwrap(), Some(b"v1-19999".to_vec()));
+}
+
+#[tokio::test]
+async fn a_corrupt_or_missing_file_falls_back_to_the_previous_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let url = format!("file://{}", root.display());
+    let store = CheckpointStore::from_url(&url, &S3Options::default()).unwrap();
+    let mut state = rocks(&tmp.path().join("db"));
+    let mut coord = coordinator(&store, &tmp.path().join("scratch"), 5).await;
+    fill(&mut state, 0, 1_000, "a");
+    let older = coord.take(&mut state, coordinator_meta(&[(0, 1)])).await.unwrap().manifest;
+    fill(&mut state, 1_000, 2_000, "b");
+    let newest = coord.take(&mut state, coordinator_meta(&[(0, 2)])).await.unwrap().manifest;
+
+    // Truncate a file only the newest checkpoint references.
+    let older_objects: std::collections::BTreeSet<_> = older.files.iter().map(|f| f.object.clone()).collect();
+    let victim = newest
+        .files
+        .iter()
+        .find(|f| f.shared && f.size > 0 && !older_objects.contains(&f.object))
+        .expect("an SST only the newest checkpoint has");
+    let path = root.join(&victim.object);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+
+    let mut restored = rocks(&tmp.path().join("db2"));
+    let mut coord2 = coordinator(&store, &tmp.path().join("scratch2"), 5).await;
+    assert_eq!(restored_id(coord2.restore_latest(&mut restored).await.unwrap()), older.id);
+    assert_eq!(restored.get("w", b"key-000500").unwrap(), Some(b"a-500".to_vec()));
+    assert_eq!(
+        restored.get("w", b"key-001500").unwrap(),
+        None,
+        "state of the skipped checkpoint must not leak"
+    );
+
+    // Delete a file of the older one too: no usable checkpoint, and starting empty is refused.
+    let older_sst = older.files.iter().find(|f| f.shared).expect("an SST");
+    std::fs::remove_file(root.join(&older_sst.object)).unwrap();
+    let mut coord3 = coordinator(&store, &tmp.path().join("scratch3"), 5).await;
+    let err = coord3.restore_latest(&mut rocks(&tmp.path().join("db3"))).await.unwrap_err();
+    assert!(matches!(err, CheckpointError::NoUsableCheckpoint { found: 2, .. }), "{err}");
+    assert!(err.to_string().contains("refusing to start empty"), "{err}");
+
+    let mut cfg = CheckpointConfig::new("test-job", tmp.path().join("scratch4"));
+    cfg.allow_empty_start = true;
+    let mut coord4 = CheckpointCoordinator::open(store, cfg).await.unwrap();
+    assert!(matches!(
+        coord4.restore_latest(&mut rocks(&tmp.path().join("db4"))).await.unwrap(),
+        RestoreOutcome::Fresh
+    ));
+}
+
+#[tokio::test]
+async fn savepoints_survive_retention_and_state_format_is_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::from_url("memory://", &S3Options::default()).unwrap();
+    let mut state = rocks(&tmp.path().join("db"));
+    let mut coord = coordinator(&store, &tmp.path().join("scratch"), 1).await;
+    fill(&mut state, 0, 100, "sp");
+    coord.savepoint("before-upgrade", &mut state, CheckpointMeta::default()).await.unwrap();
+    for i in 0..4 {
+        fill(&mut state, 0, 100, &format!("later{i}"));
+        coord.take(&mut state, CheckpointMeta::default()).await.unwrap();
+    }
+    let mut restored = rocks(&tmp.path().join("db2"));
+    let m = coord.restore_savepoint("before-upgrade", &mut restored).await.unwrap();
+    assert_eq!(m.name.as_deref(), Some("before-upgrade"));
+    assert_eq!(restored.get("w", b"key-000007").unwrap(), Some(b"sp-7".to_vec()));
+
+    // A job expecting format 2 refuses format-1 state without a migration...
+    let mut cfg = CheckpointConfig::new("test-job", tmp.path().join("s2"));
+    cfg.state_format_version = 2;
+    let mut v2 = CheckpointCoordinator::open(store.clone(), cfg.clone()).await.unwrap();
+    let err = v2.restore_savepoint("before-upgrade", &mut rocks(&tmp.path().join("db3"))).await.unwrap_err();
+    assert!(matches!(err, CheckpointError::IncompatibleFormat { found: 1, expected: 2, .. }), "{err}");
+
+    // ...and upgrades it with one.
+    cfg.migration = Some(Arc::new(|from: u32, s: &mut dyn StateBackend| -> Result<(), StateError> {
+        assert_eq!(from, 1);
+        s.put("w", b"migrated", b"yes")
+    }));
+    let mut v2 = CheckpointCoordinator::open(store, cfg).await.unwrap();
+    let mut upgraded = rocks(&tmp.path().join("db4"));
+    v2.restore_savepoint("before-upgrade", &mut upgraded).await.unwrap();
+    assert_eq!(upgraded.get("w", b"migrated").unwrap(), Some(b"yes".to_vec()));
+}
+
+fn s3_from_env() -> Option<(String, S3Options)> {
+    let endpoint = std::env::var("FERROFLOW_S3_ENDPOINT").ok()?;
+    let bucket = std::env::var("FERROFLOW_S3_BUCKET").ok()?;
+    let opts = S3Options {
+        endpoint: Some(endpoint),
+        region: std::env::var("FERROFLOW_S3_REGION").ok(),
+        access_key_id: std::env::var("FERROFLOW_S3_ACCESS_KEY_ID").ok(),
+        secret_access_key: std::env::var("FERROFLOW_S3_SECRET_ACCESS_KEY").ok(),
+        virtual_hosted_style: false,
+    };
+    let prefix = format!(
+        "test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    );
+    Some((format!("s3://{bucket}/{prefix}"), opts))
+}
+
+#[tokio::test]
+#[ignore = "needs a real S3 server: run scripts/services.sh start and export its env (scripts/test.sh does)"]
+async fn checkpoints_land_in_a_real_s3_server_and_restore_from_it() {
+    let (url, opts) = s3_from_env().expect("FERROFLOW_S3_* not set: run scripts/services.sh start");
+    let tmp = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::from_url(&url, &opts).unwrap();
+    let mut state = rocks(&tmp.path().join("db"));
+    let mut coord = coordinator(&store, &tmp.path().join("scratch"), 2).await;
+    fill(&mut state, 0, 5_000, "s3");
+    let taken = coord.take(&mut state, coordinator_meta(&[(3, 33)])).await.unwrap();
+
+    // List the bucket: the manifest and every file it names are there.
+    let listed: std::collections::BTreeMap<_, _> = store.list("").await.unwrap().into_iter().collect();
+    let manifest_key = format!("checkpoints/{:020}.json", taken.manifest.id);
+    assert!(listed.contains_key(&manifest_key), "manifest missing from bucket: {listed:?}");
+    for f in &taken.manifest.files {
+        assert_eq!(listed.get(&f.object), Some(&f.size), "{} missing or wrong size", f.object);
+    }
+    assert!(listed.keys().any(|k| k.starts_with("shared/") && k.ends_with(".sst")), "no SST in bucket");
+
+    let mut restored = rocks(&tmp.path().join("db2"));
+    let mut coord2 = coordinator(&store, &tmp.path().join("scratch2"), 2).await;
+    let RestoreOutcome::Restored(m) = coord2.restore_latest(&mut restored).await.unwrap() else { panic!() };
+    assert_eq!(m.source_offsets[&3], 33);
+    assert_eq!(restored.get("w", b"key-004999").unwrap(), Some(b"s3-4999".to_vec()));
+}

@@ -1,0 +1,986 @@
+//! Property tests of the event-time engine: windows against a batch oracle, record accounting with
+//! late data, and snapshot/restore against an uninterrupted run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use ferroflow::sink::CollectSink;
+use ferroflow::source::{MemorySource, SourceBatch, SourceEvent};
+use ferroflow::state::{MemoryStateBackend, StateBackend};
+use ferroflow::time::{Watermark, WatermarkStrategy};
+use ferroflow::window::{Count, Sum, WindowKind, WindowResult, WindowSpec};
+use ferroflow::{
+    Context, DeadLetter, DeadLetterReason, JobReport, Key, Operator, PartitionId, Record, Runner, Signal,
+    SourcePosition, Stream,
+};
+use proptest::prelude::*;
+
+/// An input event: (key index, event time in ms, integer value).
+type Ev = (u8, i64, i64);
+/// What the windows emit: (count, sum of values).
+type Row = WindowResult<(u64, f64)>;
+
+/// One input record: the event and where it was read from.
+#[derive(Clone)]
+struct Input {
+    ev: Ev,
+    partition: PartitionId,
+    offset: u64,
+}
+
+/// `p<partition>#<offset> k<key>@<event time>=<value>`: failing cases stay readable.
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "p{}#{} k{}@{}={}", self.partition, self.offset, self.ev.0, self.ev.1, self.ev.2)
+    }
+}
+
+fn key_name(k: u8) -> String {
+    format!("k{k}")
+}
+
+/// A job input: records in arrival order plus how they are cut into batches.
+#[derive(Debug, Clone)]
+struct Case {
+    /// Out-of-orderness bound B of the watermark strategy, ms.
+    bound: i64,
+    /// Allowed lateness of the windows, ms.
+    lateness: i64,
+    inputs: Vec<Input>,
+    /// Batch sizes, used cyclically.
+    batch_sizes: Vec<usize>,
+}
+
+/// Raw generated event: (key, event time, value, partition, delay in 0..=B, arrival rank).
+type RawEvent = (u8, i64, i64, u32, i64, u32);
+
+/// Arranges raw events into an arrival order in which, on every partition, each record is at most
+/// `bound` ms behind the highest event time seen before it on that partition.
+///
+/// Per partition, records are sorted by `event_time + delay` with `delay` in `0..=bound`: if `y`
+/// comes before `x` then `ts_y + d_y <= ts_x + d_x`, so `ts_y - ts_x <= d_x - d_y <= bound`.
+/// Partitions are then interleaved at random (the arrival ranks choose which partition fills each
+/// slot of the global order), which keeps every partition's own order.
+fn arrange_bounded(raw: &[RawEvent]) -> Vec<Input> {
+    let mut per_partition: BTreeMap<u32, Vec<(i64, usize)>> = BTreeMap::new();
+    for (i, r) in raw.iter().enumerate() {
+        per_partition.entry(r.3).or_default().push((r.1 + r.4, i));
+    }
+    for list in per_partition.values_mut() {
+        list.sort_unstable();
+        list.reverse(); // pop() takes the next one
+    }
+    let mut slots: Vec<usize> = (0..raw.len()).collect();
+    slots.sort_by_key(|&i| (raw[i].5, i));
+    let mut offsets: HashMap<u32, u64> = HashMap::new();
+    slots
+        .into_iter()
+        .map(|slot| {
+            let p = raw[slot].3;
+            let (_, i) = per_partition.get_mut(&p).and_then(Vec::pop).expect("one record per slot");
+            let offset = offsets.entry(p).or_insert(0);
+            let input = Input { ev: (raw[i].0, raw[i].1, raw[i].2), partition: p, offset: *offset };
+            *offset += 1;
+            input
+        })
+        .collect()
+}
+
+/// Inputs in arbitrary order (records may be far behind the watermark).
+fn arrange_any(raw: &[RawEvent]) -> Vec<Input> {
+    let mut offsets: HashMap<u32, u64> = HashMap::new();
+    raw.iter()
+        .map(|r| {
+            let offset = offsets.entry(r.3).or_insert(0);
+            let input = Input { ev: (r.0, r.1, r.2), partition: r.3, offset: *offset };
+            *offset += 1;
+            input
+        })
+        .collect()
+}
+
+/// Raw events; partition and delay are reduced modulo the case's partition count and `B + 1`
+/// (this keeps the strategy free of `prop_flat_map`, so failing cases shrink well).
+fn raw_events(max_time: i64, max_len: usize) -> impl Strategy<Value = Vec<RawEvent>> {
+    prop::collection::vec((0u8..3, 0..max_time, -5i64..=10, 0u32..3, 0i64..=1_000, any::<u32>()), 0..max_len)
+}
+
+/// Fits raw events to a case: `partitions` partitions, delays in `0..=bound`, and event times and
+/// delays on a grid of `grid` ms. A coarse grid makes boundary coincidences common: records
+/// exactly `B` behind, exactly a session gap apart, exactly on a window edge.
+fn fit(raw: Vec<RawEvent>, partitions: u32, bound: i64, grid: i64) -> Vec<RawEvent> {
+    raw.into_iter()
+        .map(|(k, ts, v, p, d, rank)| {
+            let d = d % (bound + 1);
+            (k, ts - ts % grid, v, p % partitions, d - d % grid, rank)
+        })
+        .collect()
+}
+
+/// Event-time grid: 1 ms, or 5 ms (sizes, gaps and bounds below are often multiples of 5).
+fn grid() -> impl Strategy<Value = i64> {
+    prop_oneof![Just(1i64), Just(5i64)]
+}
+
+/// Out-of-orderness bound `B`.
+fn bound(max: i64) -> impl Strategy<Value = i64> {
+    prop_oneof![0..=max, (0..=max / 5).prop_map(|k| k * 5)]
+}
+
+/// Inputs within the out-of-orderness bound (no record is ever late).
+fn bounded_case(max_time: i64) -> impl Strategy<Value = Case> {
+    (
+        bound(30),
+        1u32..=3,
+        prop_oneof![Just(0i64), 1i64..=40],
+        raw_events(max_time, 150),
+        prop::collection::vec(1usize..=8, 1..6),
+        grid(),
+    )
+        .prop_map(|(bound, partitions, lateness, raw, batch_sizes, grid)| Case {
+            bound,
+            lateness,
+            inputs: arrange_bounded(&fit(raw, partitions, bound, grid)),
+            batch_sizes,
+        })
+}
+
+/// Inputs in any order, so some records are late.
+fn any_case() -> impl Strategy<Value = Case> {
+    (
+        bound(40),
+        1u32..=3,
+        prop_oneof![Just(0i64), 1i64..=150, (1i64..=30).prop_map(|k| k * 5)],
+        raw_events(400, 150),
+        prop::collection::vec(1usize..=8, 1..6),
+        grid(),
+    )
+        .prop_map(|(bound, partitions, lateness, raw, batch_sizes, grid)| Case {
+            bound,
+            lateness,
+            inputs: arrange_any(&fit(raw, partitions, 0, grid)),
+            batch_sizes,
+        })
+}
+
+fn tumbling() -> impl Strategy<Value = WindowKind> {
+    prop_oneof![1i64..=60, (1i64..=12).prop_map(|k| k * 5)]
+        .prop_map(|size_ms| WindowKind::Tumbling { size_ms })
+}
+
+fn sliding() -> impl Strategy<Value = WindowKind> {
+    (1i64..=20, 0i64..=40)
+        .prop_map(|(slide_ms, extra)| WindowKind::Sliding { size_ms: slide_ms + extra, slide_ms })
+}
+
+fn session() -> impl Strategy<Value = WindowKind> {
+    prop_oneof![1i64..=40, (1i64..=8).prop_map(|k| k * 5)].prop_map(|gap_ms| WindowKind::Session { gap_ms })
+}
+
+fn any_kind() -> impl Strategy<Value = WindowKind> {
+    prop_oneof![tumbling(), sliding(), session()]
+}
+
+fn record_of(input: &Input) -> Record<Ev> {
+    Record::new(input.ev, 0).with_position(SourcePosition::new(input.partition, input.offset))
+}
+
+fn partitions_of(inputs: &[Input]) -> Vec<PartitionId> {
+    inputs.iter().map(|i| i.partition).collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// The record batches of `case`, cut with its batch sizes.
+fn batches(case: &Case) -> Vec<Vec<Record<Ev>>> {
+    let mut out = Vec::new();
+    let mut it = case.inputs.iter().peekable();
+    let mut sizes = case.batch_sizes.iter().cycle();
+    while it.peek().is_some() {
+        let n = *sizes.next().expect("at least one batch size");
+        out.push(it.by_ref().take(n).map(record_of).collect());
+    }
+    out
+}
+
+/// What `MemorySource` would deliver for these records, but with varying batch sizes.
+fn source_events(case: &Case) -> Vec<SourceEvent<Ev>> {
+    let partitions = partitions_of(&case.inputs);
+    let mut events = vec![SourceEvent::PartitionsAssigned(partitions.clone())];
+    events.extend(
+        batches(case)
+            .into_iter()
+            .map(|records| SourceEvent::Batch(SourceBatch { records, dead_letters: Vec::new() })),
+    );
+    events.extend(partitions.into_iter().map(SourceEvent::PartitionFinished));
+    events
+}
+
+fn spec_of(kind: WindowKind, lateness: i64) -> WindowSpec {
+    WindowSpec::from_kind(kind).unwrap().with_allowed_lateness_ms(lateness).unwrap()
+}
+
+fn strategy(bound: i64) -> WatermarkStrategy {
+    WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(bound as u64))
+}
+
+/// The job under test, as an operator chain.
+fn chain(kind: WindowKind, lateness: i64, bound: i64) -> impl Operator<In = Ev, Out = Row> {
+    Stream::<Ev>::new()
+        .assign_timestamps(|e: &Ev| e.1, strategy(bound))
+        .key_by(|e: &Ev| Key::from(key_name(e.0)))
+        .window(spec_of(kind, lateness), (Count, Sum::of(|e: &Ev| e.2 as f64)))
+        .into_operator()
+}
+
+/// Runs the job with the `Runner` over a `MemorySource`.
+fn run_job(kind: WindowKind, case: &Case) -> (Vec<Row>, Vec<DeadLetter>, JobReport) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let source = MemorySource::from_events(source_events(case));
+        let stream = Stream::<Ev>::new()
+            .assign_timestamps(|e: &Ev| e.1, strategy(case.bound))
+            .key_by(|e: &Ev| Key::from(key_name(e.0)))
+            .window(spec_of(kind, case.lateness), (Count, Sum::of(|e: &Ev| e.2 as f64)));
+        let (sink, dlq) = (CollectSink::new(), CollectSink::new());
+        let (rows, dead) = (sink.handle(), dlq.handle());
+        let report = Runner::default().run(source, stream, sink, dlq).await.unwrap();
+        (rows.take(), dead.take(), report)
+    })
+}
+
+/// Rows in short form, `k0[10,20)=(count,sum)#revision` with `!` for final rows.
+fn show(rows: &[Row]) -> String {
+    rows.iter()
+        .map(|r| {
+            let fin = if r.is_final { "!" } else { "" };
+            format!(
+                "{}[{},{})=({},{})#{}{}",
+                r.key, r.window_start, r.window_end, r.value.0, r.value.1, r.revision, fin
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `(key, window_start)` of a row.
+fn row_id(r: &Row) -> (String, i64) {
+    (r.key.as_str().expect("utf-8 key").to_owned(), r.window_start)
+}
+
+/// Per `(key, window_start)`: the row with the highest revision.
+fn last_rows(rows: &[Row]) -> BTreeMap<(String, i64), Row> {
+    let mut m: BTreeMap<(String, i64), Row> = BTreeMap::new();
+    for r in rows {
+        let e = m.entry(row_id(r)).or_insert_with(|| r.clone());
+        if r.revision >= e.revision {
+            *e = r.clone();
+        }
+    }
+    m
+}
+
+/// `(window_end, count, sum)` per `(key, window_start)`.
+type Expected = BTreeMap<(String, i64), (i64, u64, i64)>;
+
+/// Window starts of the tumbling/sliding windows holding `ts`: every `k * slide` with
+/// `k * slide <= ts < k * slide + size`.
+fn aligned_starts(ts: i64, size: i64, slide: i64) -> Vec<i64> {
+    let mut starts = Vec::new();
+    let mut k = ts.div_euclid(slide);
+    while k * slide + size > ts {
+        starts.push(k * slide);
+        k -= 1;
+    }
+    starts
+}
+
+/// The batch oracle: every window's count and sum, computed from the whole input at once.
+fn oracle<'a>(kind: WindowKind, events: impl IntoIterator<Item = &'a Ev>) -> Expected {
+    let mut expected = Expected::new();
+    match kind {
+        WindowKind::Tumbling { size_ms } | WindowKind::Sliding { size_ms, .. } => {
+            let slide = match kind {
+                WindowKind::Sliding { slide_ms, .. } => slide_ms,
+                _ => size_ms,
+            };
+            for &(k, ts, v) in events {
+                for start in aligned_starts(ts, size_ms, slide) {
+                    let e = expected.entry((key_name(k), start)).or_insert((start + size_ms, 0, 0));
+                    e.1 += 1;
+                    e.2 += v;
+                }
+            }
+        }
+        WindowKind::Session { gap_ms } => {
+            let mut per_key: BTreeMap<u8, Vec<(i64, i64)>> = BTreeMap::new();
+            for &(k, ts, v) in events {
+                per_key.entry(k).or_default().push((ts, v));
+            }
+            for (k, mut evs) in per_key {
+                evs.sort_unstable();
+                // A record at `t` opens `[t, t + gap)`; the engine merges it with a session
+                // `[s, e)` when the two intersect *including touching bounds* (`s <= t + gap` and
+                // `t <= e`). Walking the key's records in time order, `s <= t` always holds, so
+                // the record joins the current session iff `t <= e`, i.e. iff the gap to the
+                // previous record is `<= gap` (a gap of exactly `gap` still merges).
+                let mut current: Option<(i64, i64, u64, i64)> = None; // (start, end, count, sum)
+                for (ts, v) in evs {
+                    current = match current {
+                        Some((s, e, c, sum)) if ts <= e => Some((s, e.max(ts + gap_ms), c + 1, sum + v)),
+                        other => {
+                            if let Some((s, e, c, sum)) = other {
+                                expected.insert((key_name(k), s), (e, c, sum));
+                            }
+                            Some((ts, ts + gap_ms, 1, v))
+                        }
+                    };
+                }
+                if let Some((s, e, c, sum)) = current {
+                    expected.insert((key_name(k), s), (e, c, sum));
+                }
+            }
+        }
+    }
+    expected
+}
+
+/// The engine's final values in the oracle's shape.
+fn actual_of(last: &BTreeMap<(String, i64), Row>) -> Expected {
+    last.iter().map(|(id, r)| (id.clone(), (r.window_end, r.value.0, r.value.1 as i64))).collect()
+}
+
+/// Per `(key, window_start)`, revisions must grow in emission order and nothing may follow a final
+/// row; for tumbling/sliding windows the revisions are exactly 0, 1, 2, ...
+fn check_revisions(kind: WindowKind, rows: &[Row]) -> Result<(), TestCaseError> {
+    let mut seen: HashMap<(String, i64), (u32, bool)> = HashMap::new();
+    for r in rows {
+        match seen.get(&row_id(r)) {
+            None => {
+                if !matches!(kind, WindowKind::Session { .. }) {
+                    prop_assert_eq!(
+                        r.revision,
+                        0,
+                        "first row of a window must be revision 0: {}",
+                        show(rows)
+                    );
+                }
+            }
+            Some(&(rev, is_final)) => {
+                let one = show(std::slice::from_ref(r));
+                prop_assert!(!is_final, "a row after the final row of its window: {} in {}", one, show(rows));
+                prop_assert!(r.revision > rev, "revision did not grow: {} after #{}", one, rev);
+                if !matches!(kind, WindowKind::Session { .. }) {
+                    prop_assert_eq!(r.revision, rev + 1, "revisions must be consecutive: {}", one);
+                }
+            }
+        }
+        seen.insert(row_id(r), (r.revision, r.is_final));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) Windows against the batch oracle, for input within the out-of-orderness bound.
+// ---------------------------------------------------------------------------------------------
+
+fn check_against_oracle(kind: WindowKind, case: &Case) -> Result<(), TestCaseError> {
+    let (rows, dead, report) = run_job(kind, case);
+    let n = case.inputs.len() as u64;
+    prop_assert!(dead.is_empty(), "no record is late within the bound, got {:?}", dead);
+    let c = &report.counters;
+    prop_assert!(c.identity_holds(), "{:?}", c);
+    prop_assert_eq!(c.records_in, n);
+    prop_assert_eq!(c.records_windowed, n);
+    prop_assert_eq!(c.records_dead_lettered, 0);
+    prop_assert_eq!(c.window_rows_emitted, rows.len() as u64);
+    prop_assert_eq!(report.final_watermark, Watermark::MAX);
+    check_revisions(kind, &rows)?;
+    let last = last_rows(&rows);
+    for r in last.values() {
+        prop_assert!(r.is_final, "the last row of every window must be final after the input ends: {:?}", r);
+    }
+    let expected = oracle(kind, case.inputs.iter().map(|i| &i.ev));
+    prop_assert_eq!(actual_of(&last), expected);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tumbling_windows_match_batch_oracle(kind in tumbling(), case in bounded_case(400)) {
+        check_against_oracle(kind, &case)?;
+    }
+
+    #[test]
+    fn sliding_windows_match_batch_oracle(kind in sliding(), case in bounded_case(400)) {
+        check_against_oracle(kind, &case)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Dense input (150 ms of event time) so that records exactly a gap apart are common.
+    #[test]
+    fn session_windows_match_batch_oracle(kind in session(), case in bounded_case(150)) {
+        check_against_oracle(kind, &case)?;
+    }
+}
+
+/// A deterministic instance of the session case above where two records of a key are exactly
+/// `gap` apart and the watermark reaches the first session's last millisecond between them.
+///
+/// gap = 10, B = 0, allowed lateness 0, one partition, batches of one record:
+/// `a@0` (session `[0, 10)`), `b@10` (watermark 9: `[0, 10)` fires), `a@10`.
+/// `a@10` is on time (10 > watermark 9), and by the merge rule (touching bounds merge) it belongs
+/// to `a`'s session: the batch result is `a: [0, 20)` with 2 records.
+#[test]
+fn session_touching_record_after_watermark_reached_end_minus_one_still_merges() {
+    let inputs: Vec<Input> = [(0u8, 0i64, 1i64), (1, 10, 1), (0, 10, 1)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, ev)| Input { ev, partition: 0, offset: i as u64 })
+        .collect();
+    let case = Case { bound: 0, lateness: 0, inputs, batch_sizes: vec![1] };
+    let kind = WindowKind::Session { gap_ms: 10 };
+    let (rows, dead, _) = run_job(kind, &case);
+    assert!(dead.is_empty(), "{dead:?}");
+    let expected = oracle(kind, case.inputs.iter().map(|i| &i.ev));
+    assert_eq!(expected.get(&(key_name(0), 0)), Some(&(20, 2, 2)));
+    assert_eq!(actual_of(&last_rows(&rows)), expected, "rows: {rows:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) Record accounting for any input, late records included.
+// ---------------------------------------------------------------------------------------------
+
+fn check_accounting(kind: WindowKind, case: &Case) -> Result<(), TestCaseError> {
+    let (rows, dead, report) = run_job(kind, case);
+    let c = &report.counters;
+    let n = case.inputs.len() as u64;
+    let late = c.dead_letters(DeadLetterReason::LateEvent);
+    prop_assert!(c.identity_holds(), "{:?}", c);
+    prop_assert_eq!(c.records_in, n);
+    prop_assert_eq!(c.records_windowed + late, n);
+    prop_assert_eq!(c.records_dead_lettered, late);
+    prop_assert_eq!(dead.len() as u64, late);
+    prop_assert_eq!(c.window_rows_emitted, rows.len() as u64);
+
+    // Every dead letter is a late input record, each at most once, with its event time and bytes.
+    let by_position: HashMap<SourcePosition, (usize, &Input)> = case
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, inp)| (SourcePosition::new(inp.partition, inp.offset), (i, inp)))
+        .collect();
+    let mut dead_positions = BTreeSet::new();
+    for d in &dead {
+        prop_assert_eq!(d.reason, DeadLetterReason::LateEvent, "{:?}", d);
+        let Some(&(idx, inp)) = by_position.get(&d.position) else {
+            return Err(TestCaseError::fail(format!("dead letter at unknown position {:?}", d)));
+        };
+        prop_assert!(dead_positions.insert(d.position), "position dead-lettered twice: {:?}", d);
+        prop_assert_eq!(d.event_time, Some(inp.ev.1));
+        let original = serde_json::to_vec(&inp.ev).unwrap();
+        prop_assert_eq!(d.original.as_ref(), original.as_slice());
+        // The watermark never passes `max - B - 1` of any live partition, so a late record must be
+        // more than B behind the highest event time that came before it on its own partition.
+        let max_before = case.inputs[..idx]
+            .iter()
+            .filter(|i| i.partition == inp.partition)
+            .map(|i| i.ev.1)
+            .max()
+            .unwrap_or(i64::MIN);
+        prop_assert!(
+            inp.ev.1.saturating_add(case.bound) < max_before,
+            "record {:?} was dead-lettered although it is within B = {} of the maximum {} before it",
+            inp,
+            case.bound,
+            max_before
+        );
+    }
+
+    check_revisions(kind, &rows)?;
+    let accepted: Vec<&Input> = case
+        .inputs
+        .iter()
+        .filter(|i| !dead_positions.contains(&SourcePosition::new(i.partition, i.offset)))
+        .collect();
+    let last = last_rows(&rows);
+    let finals: Vec<&Row> = rows.iter().filter(|r| r.is_final).collect();
+    match kind {
+        WindowKind::Tumbling { .. } => {
+            // Each accepted record is in exactly one window, which is emitted and finally settled.
+            for r in last.values() {
+                prop_assert!(r.is_final, "{:?}", r);
+            }
+            prop_assert_eq!(actual_of(&last), oracle(kind, accepted.iter().map(|i| &i.ev)));
+        }
+        WindowKind::Sliding { size_ms, slide_ms } => {
+            let everything = oracle(kind, case.inputs.iter().map(|i| &i.ev));
+            let mut per_key: HashMap<String, u64> = HashMap::new();
+            for r in last.values() {
+                prop_assert!(r.is_final, "{:?}", r);
+                prop_assert_eq!(r.window_start.rem_euclid(slide_ms), 0);
+                prop_assert_eq!(r.window_end, r.window_start + size_ms);
+                let id = row_id(r);
+                let all = everything.get(&id).map_or(0, |e| e.1);
+                prop_assert!(r.value.0 <= all, "window {:?} counts more records than exist: {:?}", id, r);
+                *per_key.entry(id.0).or_default() += r.value.0;
+            }
+            // An accepted record is in at least one window of its key.
+            for inp in &accepted {
+                let k = key_name(inp.ev.0);
+                prop_assert!(
+                    last.values()
+                        .any(|r| row_id(r).0 == k && r.window_start <= inp.ev.1 && inp.ev.1 < r.window_end),
+                    "accepted record {:?} is in no emitted window",
+                    inp
+                );
+            }
+            let mut accepted_per_key: HashMap<String, u64> = HashMap::new();
+            for inp in &accepted {
+                *accepted_per_key.entry(key_name(inp.ev.0)).or_default() += 1;
+            }
+            for (k, n) in accepted_per_key {
+                prop_assert!(per_key.get(&k).copied().unwrap_or(0) >= n);
+            }
+        }
+        WindowKind::Session { gap_ms } => {
+            // Every session ends with exactly one final row, so per key the final rows add up to
+            // the accepted records, and every accepted record lies in one of them.
+            let mut final_per_key: HashMap<String, (u64, i64)> = HashMap::new();
+            for r in &finals {
+                prop_assert!(r.window_end - r.window_start >= gap_ms, "{:?}", r);
+                let e = final_per_key.entry(row_id(r).0).or_default();
+                e.0 += r.value.0;
+                e.1 += r.value.1 as i64;
+            }
+            let mut accepted_per_key: HashMap<String, (u64, i64)> = HashMap::new();
+            for inp in &accepted {
+                let e = accepted_per_key.entry(key_name(inp.ev.0)).or_default();
+                e.0 += 1;
+                e.1 += inp.ev.2;
+                let k = key_name(inp.ev.0);
+                prop_assert!(
+                    finals.iter().any(|r| row_id(r).0 == k
+                        && r.window_start <= inp.ev.1
+                        && inp.ev.1 + gap_ms <= r.window_end),
+                    "accepted record {:?} is in no final session",
+                    inp
+                );
+            }
+            prop_assert_eq!(final_per_key, accepted_per_key);
+        }
+    }
+    Ok(())
+}
+
+/// A deterministic instance of `accounting_holds_for_any_input` for sessions: a late record whose
+/// own session is past its allowed lateness joins a younger session and re-opens a window whose
+/// final row was already emitted.
+///
+/// gap = 10, allowed lateness 5, B = 0, one partition, batches of one record:
+/// `a@0` (session `[0, 10)`), `b@16` (watermark 15 >= 9 + 5: `a [0, 10)` fires, final, dropped),
+/// `a@9` (its session `[9, 19)` is within lateness: accepted), `a@0` (alone `[0, 10)` would be
+/// dropped as late, but it overlaps `[9, 19)` and merges into `[0, 19)`).
+/// The result is a second row for `(a, 0)` after the final one, with revision 0 again, so a store
+/// that keeps the highest revision per `(key, window_start)` can keep either.
+#[test]
+fn no_row_follows_the_final_row_of_a_session() {
+    let inputs: Vec<Input> = [(0u8, 0i64, 1i64), (1, 16, 1), (0, 9, 1), (0, 0, 1)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, ev)| Input { ev, partition: 0, offset: i as u64 })
+        .collect();
+    let case = Case { bound: 0, lateness: 5, inputs, batch_sizes: vec![1] };
+    let (rows, _, report) = run_job(WindowKind::Session { gap_ms: 10 }, &case);
+    assert!(report.counters.identity_holds());
+    let a0: Vec<&Row> = rows.iter().filter(|r| row_id(r) == (key_name(0), 0)).collect();
+    assert!(a0[0].is_final, "{}", show(&rows));
+    assert_eq!(a0.len(), 1, "rows for (k0, 0) after its final row: {}", show(&rows));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn accounting_holds_for_any_input(kind in any_kind(), case in any_case()) {
+        check_accounting(kind, &case)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c) Snapshot / restore against an uninterrupted run.
+// ---------------------------------------------------------------------------------------------
+
+/// Drives a chain exactly like `runtime/runner.rs`: after every batch or signal, the proposed
+/// watermark (if it moved forward) is delivered with `on_watermark`.
+struct Driver<O: Operator<In = Ev, Out = Row>> {
+    op: O,
+    ctx: Context,
+    watermark: Watermark,
+    out: Vec<Record<Row>>,
+    rows: Vec<Row>,
+    dead: Vec<DeadLetter>,
+}
+
+impl<O: Operator<In = Ev, Out = Row>> Driver<O> {
+    fn new(op: O) -> Self {
+        Self {
+            op,
+            ctx: Context::new(0),
+            watermark: Watermark::MIN,
+            out: Vec::new(),
+            rows: Vec::new(),
+            dead: Vec::new(),
+        }
+    }
+
+    fn after(&mut self) {
+        if let Some(w) = self.ctx.take_watermark() {
+            if w > self.watermark {
+                self.watermark = w;
+                self.op.on_watermark(w, &mut self.ctx, &mut self.out);
+            }
+        }
+        self.rows.extend(self.out.drain(..).map(|r| r.payload));
+        self.dead.extend(self.ctx.take_dead_letters());
+    }
+
+    fn batch(&mut self, mut records: Vec<Record<Ev>>) {
+        self.op.process_batch(&mut records, &mut self.ctx, &mut self.out);
+        assert!(records.is_empty(), "the chain must drain its input");
+        self.after();
+    }
+
+    fn signal(&mut self, s: &Signal) {
+        self.op.on_signal(s, &mut self.ctx);
+        self.after();
+    }
+
+    fn finish(&mut self, partitions: &[PartitionId]) {
+        for p in partitions {
+            self.signal(&Signal::PartitionFinished(*p));
+        }
+        self.signal(&Signal::EndOfInput);
+    }
+}
+
+/// `(window_end, value, is_final)` of the last row per `(key, window_start)`.
+type FinalValues = BTreeMap<(String, i64), (i64, (u64, f64), bool)>;
+
+fn final_values(rows: &[Row]) -> FinalValues {
+    last_rows(rows).into_iter().map(|(id, r)| (id, (r.window_end, r.value, r.is_final))).collect()
+}
+
+/// Input for the restore test: within the bound (see the comment on the property), with even event
+/// times and odd session gaps; plus where to cut and after which prefix batches to snapshot.
+fn restore_case(
+    cases: impl Strategy<Value = Case>,
+) -> impl Strategy<Value = (WindowKind, Case, prop::sample::Index, Vec<bool>)> {
+    let kind = prop_oneof![
+        tumbling(),
+        sliding(),
+        (0i64..=20).prop_map(|k| WindowKind::Session { gap_ms: 2 * k + 1 }),
+    ];
+    (kind, cases, any::<prop::sample::Index>(), prop::collection::vec(any::<bool>(), 0..8)).prop_map(
+        |(kind, mut case, split, snapshots)| {
+            for i in &mut case.inputs {
+                i.ev.1 *= 2;
+            }
+            case.bound *= 2;
+            (kind, case, split, snapshots)
+        },
+    )
+}
+
+/// Every entry of the state namespaces this job writes (the watermark generator's and the window's).
+fn state_entries(state: &MemoryStateBackend) -> BTreeMap<(&'static str, Vec<u8>), Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for ns in ["watermarks", "window-0"] {
+        for kv in state.scan_prefix(ns, &[]).unwrap() {
+            let (k, v) = kv.unwrap();
+            m.insert((ns, k), v);
+        }
+    }
+    m
+}
+
+/// Snapshots `op` into `state` and checks the contents against a full snapshot of `twin` (an
+/// operator in the same position that was never snapshotted) taken into an empty backend:
+/// incremental snapshots must leave exactly what a full one writes.
+fn snapshot_into<O: Operator<In = Ev, Out = Row>>(
+    op: &mut O,
+    state: &mut MemoryStateBackend,
+    twin: &mut O,
+) -> Result<(), TestCaseError> {
+    op.snapshot_state(state).unwrap();
+    let mut full = MemoryStateBackend::new();
+    twin.snapshot_state(&mut full).unwrap();
+    let (inc, full) = (state_entries(state), state_entries(&full));
+    if inc != full {
+        let stale: Vec<_> = inc.keys().filter(|k| !full.contains_key(*k)).collect();
+        let missing: Vec<_> = full.keys().filter(|k| !inc.contains_key(*k)).collect();
+        let differing: Vec<_> =
+            inc.keys().filter(|k| full.get(*k).is_some_and(|v| Some(v) != inc.get(*k))).collect();
+        return Err(TestCaseError::fail(format!(
+            "incremental snapshot differs from a full snapshot: entries only in the incremental one \
+             (stale) {stale:?}, only in the full one (missing) {missing:?}, with other values {differing:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn run_restore_case(
+    kind: WindowKind,
+    case: &Case,
+    split: usize,
+    snapshots: &[bool],
+    bounded: bool,
+) -> Result<(), TestCaseError> {
+    let partitions = partitions_of(&case.inputs);
+    let assigned = Signal::PartitionsAssigned(partitions.clone());
+    let all = batches(case);
+    let (prefix, rest) = all.split_at(split.min(all.len()));
+    let build = || chain(kind, case.lateness, case.bound);
+
+    // Reference: one run, never snapshotted.
+    let mut reference = Driver::new(build());
+    reference.signal(&assigned);
+    for b in &all {
+        reference.batch(b.clone());
+    }
+    reference.finish(&partitions);
+    if bounded {
+        prop_assert!(reference.dead.is_empty(), "{:?}", reference.dead);
+    }
+
+    // The run that takes snapshots during the prefix (incremental, into one backend, as
+    // periodic checkpoints do) and at its end, and then simply goes on.
+    let mut first = Driver::new(build());
+    first.signal(&assigned);
+    let mut state = MemoryStateBackend::new();
+    for (i, b) in prefix.iter().enumerate() {
+        first.batch(b.clone());
+        if !snapshots.is_empty() && snapshots[i % snapshots.len()] && i + 1 < prefix.len() {
+            first.op.snapshot_state(&mut state).unwrap();
+        }
+    }
+    // A twin driven over the same prefix, snapshotted once into an empty backend.
+    let mut twin = Driver::new(build());
+    twin.signal(&assigned);
+    for b in prefix {
+        twin.batch(b.clone());
+    }
+    snapshot_into(&mut first.op, &mut state, &mut twin.op)?;
+
+    let dir = tempfile::tempdir().unwrap();
+    state.snapshot(dir.path()).unwrap();
+    let mut restored_state = MemoryStateBackend::new();
+    restored_state.restore(dir.path()).unwrap();
+    prop_assert_eq!(&restored_state, &state, "the snapshot file must round-trip the state");
+
+    let (prefix_rows, prefix_dead) = (first.rows.len(), first.dead.len());
+    let prefix_windowed = first.ctx.counters_mut().records_windowed;
+    for b in rest {
+        first.batch(b.clone());
+    }
+    first.finish(&partitions);
+    prop_assert!(
+        first.rows == reference.rows,
+        "snapshot_state must not change what a job emits:\n  with snapshots: {}\n  without:        {}",
+        show(&first.rows),
+        show(&reference.rows)
+    );
+    prop_assert_eq!(&first.dead, &reference.dead);
+
+    // A fresh chain restored from the snapshot; the source announces its partitions again.
+    let mut second = Driver::new(build());
+    second.op.restore_state(&restored_state).unwrap();
+    second.signal(&assigned);
+    for b in rest {
+        second.batch(b.clone());
+    }
+    second.finish(&partitions);
+
+    // The restored run emits exactly what the uninterrupted run emitted after the snapshot.
+    prop_assert!(
+        second.rows[..] == reference.rows[prefix_rows..],
+        "after the snapshot point:\n  restored:      {}\n  uninterrupted: {}\n  (before it:    {})",
+        show(&second.rows),
+        show(&reference.rows[prefix_rows..]),
+        show(&reference.rows[..prefix_rows])
+    );
+    prop_assert_eq!(&second.dead[..], &reference.dead[prefix_dead..]);
+    // Every record was windowed or dead-lettered exactly once across the two runs.
+    let windowed = second.ctx.counters_mut().records_windowed + prefix_windowed;
+    prop_assert_eq!(windowed + (prefix_dead + second.dead.len()) as u64, case.inputs.len() as u64);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Snapshot after a random prefix (with earlier incremental snapshots into the same backend),
+    /// write the backend to disk, restore it into a fresh chain, process the rest: the restored
+    /// run emits exactly the rows the uninterrupted run emits after that point.
+    ///
+    /// The inputs stay within the out-of-orderness bound. Why this matters: the watermark
+    /// generator must restore every partition's highest event time, not only the combined
+    /// watermark; if it kept only the combined watermark `W`, the restored watermark would stay at
+    /// `W` until every partition delivered again and lag afterwards. Within the bound that would
+    /// only delay firings (the final values would still match, the emission sequence not); with
+    /// late records it would also change which records are dead-lettered, which
+    /// `restore_does_not_change_which_records_are_late` covers.
+    ///
+    /// Event times are even and session gaps odd, so no record ever falls exactly on a session's
+    /// end: that boundary case depends on when the watermark passes `end - 1` (see
+    /// `session_touching_record_after_watermark_reached_end_minus_one_still_merges`) and would make
+    /// this test about firing times rather than about restoring state.
+    #[test]
+    fn restored_run_matches_uninterrupted_run((kind, case, split, snapshots) in restore_case(bounded_case(300))) {
+        let n_batches = batches(&case).len();
+        run_restore_case(kind, &case, split.index(n_batches + 1), &snapshots, true)?;
+    }
+
+    /// The same with records in any order, so with late records, allowed lateness and updated
+    /// rows: a restored job must dead-letter the same records and emit the same updates.
+    #[test]
+    fn restored_run_matches_uninterrupted_run_with_late_data(
+        (kind, case, split, snapshots) in restore_case(any_case())
+    ) {
+        let n_batches = batches(&case).len();
+        run_restore_case(kind, &case, split.index(n_batches + 1), &snapshots, false)?;
+    }
+}
+
+/// Two snapshots into the same backend (as periodic checkpoints take them), with a session that
+/// fires and is dropped between them: the second snapshot must not keep the dropped session.
+///
+/// gap = 10, no lateness, B = 0. `a@0` opens `a [0, 10)`; snapshot 1. `b@20` (watermark 19) fires
+/// and drops `a [0, 10)`; snapshot 2. A job restored from snapshot 2 must not emit `a [0, 10)`
+/// again.
+#[test]
+fn second_snapshot_forgets_a_dropped_session() {
+    let kind = WindowKind::Session { gap_ms: 10 };
+    let rec =
+        |off: u64, k: u8, ts: i64| Record::new((k, ts, 1i64), 0).with_position(SourcePosition::new(0, off));
+    let assigned = Signal::PartitionsAssigned(vec![0]);
+
+    let mut first = Driver::new(chain(kind, 0, 0));
+    first.signal(&assigned);
+    let mut state = MemoryStateBackend::new();
+    first.batch(vec![rec(0, 0, 0)]);
+    first.op.snapshot_state(&mut state).unwrap();
+    first.batch(vec![rec(1, 1, 20)]);
+    first.op.snapshot_state(&mut state).unwrap();
+    let emitted_before = first.rows.len();
+    assert_eq!(show(&first.rows), "k0[0,10)=(1,1)#0!");
+    first.finish(&[0]);
+
+    let mut second = Driver::new(chain(kind, 0, 0));
+    second.op.restore_state(&state).unwrap();
+    second.signal(&assigned);
+    second.finish(&[0]);
+    assert_eq!(show(&second.rows), show(&first.rows[emitted_before..]), "state: {state:?}");
+}
+
+/// A session that fired, then grew through a late record (its update waits for the watermark to
+/// reach the new end), is snapshotted in that state: the restored job must still emit the update
+/// when the watermark gets there, not only at cleanup.
+///
+/// gap = 10, allowed lateness 100, B = 0. `a@0`; `b@15` (watermark 14: `a [0, 10)` fires, revision
+/// 0); `a@8` (late but within lateness: `a` grows to `[0, 18)`, update pending); snapshot;
+/// `b@30` (watermark 29: the uninterrupted job emits `a [0, 18)` revision 1).
+#[test]
+fn restored_session_update_fires_on_time() {
+    let kind = WindowKind::Session { gap_ms: 10 };
+    let rec =
+        |off: u64, k: u8, ts: i64| Record::new((k, ts, 1i64), 0).with_position(SourcePosition::new(0, off));
+    let prefix = [rec(0, 0, 0), rec(1, 1, 15), rec(2, 0, 8)];
+    let rest = [rec(3, 1, 30)];
+    let assigned = Signal::PartitionsAssigned(vec![0]);
+
+    let mut first = Driver::new(chain(kind, 100, 0));
+    first.signal(&assigned);
+    for r in &prefix {
+        first.batch(vec![r.clone()]);
+    }
+    let mut state = MemoryStateBackend::new();
+    first.op.snapshot_state(&mut state).unwrap();
+    let emitted_before = first.rows.len();
+    for r in &rest {
+        first.batch(vec![r.clone()]);
+    }
+    let after_rest = first.rows.len();
+    first.finish(&[0]);
+    assert!(
+        show(&first.rows[emitted_before..after_rest]).contains("k0[0,18)=(2,2)#1"),
+        "{}",
+        show(&first.rows)
+    );
+
+    let mut second = Driver::new(chain(kind, 100, 0));
+    second.op.restore_state(&state).unwrap();
+    second.signal(&assigned);
+    for r in &rest {
+        second.batch(vec![r.clone()]);
+    }
+    second.finish(&[0]);
+    assert_eq!(show(&second.rows), show(&first.rows[emitted_before..]));
+}
+
+/// With late data, a restored job must dead-letter the same records as an uninterrupted one.
+///
+/// Two partitions, B = 0, tumbling windows of 10 ms, no allowed lateness. Before the snapshot:
+/// `p0@100`, `p1@300` (watermark 99). After it: `p0@250` moves the uninterrupted watermark to
+/// `min(249, 299) = 249`, which fires `[240, 250)`; then `p0@245` is late and dead-lettered. The
+/// restored chain only knows the combined watermark 99 and that p1 has not delivered since the
+/// restore, so its watermark stays at 99 and it accepts `p0@245`.
+#[test]
+fn restore_does_not_change_which_records_are_late() {
+    let kind = WindowKind::Tumbling { size_ms: 10 };
+    let rec = |p: PartitionId, off: u64, ts: i64| {
+        Record::new((0u8, ts, 1i64), 0).with_position(SourcePosition::new(p, off))
+    };
+    let prefix = vec![vec![rec(0, 0, 100), rec(1, 0, 300)]];
+    let rest = vec![vec![rec(0, 1, 250)], vec![rec(0, 2, 245)]];
+    let partitions = vec![0, 1];
+    let assigned = Signal::PartitionsAssigned(partitions.clone());
+
+    let mut reference = Driver::new(chain(kind, 0, 0));
+    reference.signal(&assigned);
+    for b in prefix.iter().chain(&rest) {
+        reference.batch(b.clone());
+    }
+    reference.finish(&partitions);
+    assert_eq!(reference.dead.len(), 1, "p0@245 is late in the uninterrupted run");
+
+    let mut first = Driver::new(chain(kind, 0, 0));
+    first.signal(&assigned);
+    for b in &prefix {
+        first.batch(b.clone());
+    }
+    let mut state = MemoryStateBackend::new();
+    first.op.snapshot_state(&mut state).unwrap();
+    let mut second = Driver::new(chain(kind, 0, 0));
+    second.op.restore_state(&state).unwrap();
+    second.signal(&assigned);
+    for b in &rest {
+        second.batch(b.clone());
+    }
+    second.finish(&partitions);
+
+    let mut rows = first.rows.clone();
+    rows.extend(second.rows.iter().cloned());
+    let mut dead = first.dead.clone();
+    dead.extend(second.dead.iter().cloned());
+    assert_eq!(
+        dead.iter().map(|d| d.position).collect::<Vec<_>>(),
+        reference.dead.iter().map(|d| d.position).collect::<Vec<_>>(),
+        "the restored run dead-letters different records"
+    );
+    assert_eq!(final_values(&rows), final_values(&reference.rows));
+}
