@@ -52,10 +52,20 @@ struct Args {
     keys: u64,
     threads: usize,
     file: Option<PathBuf>,
+    /// `none` (no checkpoints), `memory` or `rocksdb`: state checkpointed to a local `file://` store.
+    state: String,
+    checkpoint_interval_ms: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { events: 1_000_000, keys: 100_000, threads: 1, file: None };
+    let mut args = Args {
+        events: 1_000_000,
+        keys: 100_000,
+        threads: 1,
+        file: None,
+        state: "none".into(),
+        checkpoint_interval_ms: 2_000,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -64,6 +74,11 @@ fn parse_args() -> Result<Args, String> {
             "--keys" => args.keys = value()?.parse().map_err(|e| format!("--keys: {e}"))?,
             "--threads" => args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--file" => args.file = Some(PathBuf::from(value()?)),
+            "--state" => args.state = value()?,
+            "--checkpoint-interval-ms" => {
+                args.checkpoint_interval_ms =
+                    value()?.parse().map_err(|e| format!("--checkpoint-interval-ms: {e}"))?
+            }
             "--bench" => {} // passed by `cargo bench`-style runners
             other => {
                 return Err(format!(
@@ -188,6 +203,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dlq = CollectSink::new();
     let dead = dlq.handle();
     let mut runner = Runner::new(RunnerConfig::default());
+    if args.state != "none" {
+        let state: Box<dyn ferroflow::state::StateBackend> = match args.state.as_str() {
+            "memory" => Box::new(ferroflow::state::MemoryStateBackend::new()),
+            "rocksdb" => Box::new(ferroflow::state::RocksDbStateBackend::open(
+                tmp.path().join("rocksdb"),
+                ferroflow::state::RocksDbOptions::default(),
+            )?),
+            other => return Err(format!("--state must be none, memory or rocksdb, got {other}").into()),
+        };
+        let store = ferroflow::checkpoint::CheckpointStore::from_url(
+            &format!("file://{}", tmp.path().join("checkpoints").display()),
+            &ferroflow::checkpoint::S3Options::default(),
+        )?;
+        let mut cfg = ferroflow::checkpoint::CheckpointConfig::new("throughput", tmp.path().join("scratch"));
+        cfg.interval = Duration::from_millis(args.checkpoint_interval_ms);
+        let coordinator = runtime.block_on(ferroflow::checkpoint::CheckpointCoordinator::open(store, cfg))?;
+        runner = runner.with_checkpoints(coordinator, state);
+    }
     let source = JsonLinesSource::raw([&path]);
     let t0 = Instant::now();
     let report = runtime.block_on(runner.run(source, stream, sink, dlq))?;

@@ -8,22 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ferroflow-pipeline");
+use ferroflow_pipeline::demo::Rng;
 
-/// Deterministic pseudo-random numbers (SplitMix64).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+const BIN: &str = env!("CARGO_BIN_EXE_ferroflow-pipeline");
 
 /// Writes `partitions` input files: in-order events with 5% out of order, a few malformed lines
 /// and a few events far too late for their windows.
@@ -144,7 +131,12 @@ fn sigkill_and_restart_converges_to_the_uninterrupted_result() {
 
     let crashy = tmp.path().join("crashy");
     std::fs::create_dir_all(&crashy).unwrap();
-    let mut rng = Rng(2024);
+    // Kill moments vary per run; CRASH_SEED=<n> replays one.
+    let seed = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    eprintln!("crash test seed: CRASH_SEED={seed}");
+    let mut rng = Rng(seed);
     let mut kills = 0;
     for round in 0..7 {
         let mut child = job(&crashy, &inputs, 5).spawn().unwrap();
@@ -159,7 +151,7 @@ fn sigkill_and_restart_converges_to_the_uninterrupted_result() {
         child.wait().unwrap();
         kills += 1;
     }
-    assert!(kills >= 5, "only {kills} kills landed while the job was running");
+    assert!(kills >= 5, "only {kills} kills landed while the job was running (CRASH_SEED={seed})");
     finish(job(&crashy, &inputs, 0).spawn().unwrap());
 
     let got = final_rows(&crashy.join("rows.jsonl"));
@@ -169,7 +161,7 @@ fn sigkill_and_restart_converges_to_the_uninterrupted_result() {
         assert_eq!(
             (&have["value"], &have["revision"], &have["is_final"]),
             (&want["value"], &want["revision"], &want["is_final"]),
-            "window {k:?} differs after {kills} kills"
+            "window {k:?} differs after {kills} kills (CRASH_SEED={seed})"
         );
     }
     assert_eq!(dead_letter_positions(&crashy.join("dlq.jsonl")), expected_dlq, "dead letters differ");

@@ -8,6 +8,10 @@
 //! lateness a last row with `is_final = true` marks each key's value as settled (with zero lateness
 //! the first row is already final). A record whose windows are all past that point goes to the
 //! dead-letter output with reason `late_event`.
+//!
+//! Session windows differ by one millisecond: since a record exactly at a session's `end` still
+//! joins it (touching sessions merge, as in Flink), a session is complete when the watermark reaches
+//! `end` and is dropped at `end + lateness` (see the `session` module).
 
 mod aggregate;
 mod aligned;

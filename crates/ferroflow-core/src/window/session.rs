@@ -44,7 +44,7 @@ pub(super) struct SessionWindows<Acc> {
     sessions: AHashMap<Key, SmallVec<[Session<Acc>; 1]>>,
     /// `(end, key)` of sessions waiting to fire; stale entries (the session grew) are skipped.
     fire_timers: BTreeSet<(Timestamp, Key)>,
-    /// `(end, key)` of fired sessions waiting for cleanup at `end - 1 + lateness`.
+    /// `(end, key)` of fired sessions waiting for cleanup at `end + lateness`.
     cleanup_timers: BTreeSet<(Timestamp, Key)>,
     dirty: Vec<Key>,
     /// Keys whose sessions changed since the last state snapshot.
