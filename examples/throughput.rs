@@ -206,6 +206,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.state != "none" {
         let state: Box<dyn ferroflow::state::StateBackend> = match args.state.as_str() {
             "memory" => Box::new(ferroflow::state::MemoryStateBackend::new()),
+            #[cfg(feature = "rocksdb")]
             "rocksdb" => Box::new(ferroflow::state::RocksDbStateBackend::open(
                 tmp.path().join("rocksdb"),
                 ferroflow::state::RocksDbOptions::default(),

@@ -105,6 +105,7 @@ struct RunFileArgs {
     #[arg(long)]
     from_savepoint: Option<String>,
     /// On SIGTERM/SIGINT, stop with a savepoint of this name (otherwise a final checkpoint).
+    /// SIGUSR1 takes a savepoint named `manual-<ms>` at any time without stopping.
     #[arg(long)]
     savepoint_on_shutdown: Option<String>,
 }
@@ -241,6 +242,24 @@ async fn run_file(a: RunFileArgs) -> anyhow::Result<()> {
     let runner = Runner::new(RunnerConfig::default());
     let handle = runner.shutdown_handle();
     let savepoint = a.savepoint_on_shutdown;
+    let on_demand = runner.shutdown_handle();
+    tokio::spawn(async move {
+        // SIGUSR1 takes a savepoint on demand (`kill -USR1 <pid>`); the job keeps running.
+        let Ok(mut usr1) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        else {
+            return;
+        };
+        while usr1.recv().await.is_some() {
+            let name = format!(
+                "manual-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            );
+            tracing::info!(savepoint = %name, "SIGUSR1: taking a savepoint");
+            on_demand.savepoint(name);
+        }
+    });
     tokio::spawn(async move {
         if wait_for_signal().await.is_ok() {
             tracing::info!("shutdown requested: finishing the batch, then checkpointing");

@@ -68,6 +68,8 @@ pub struct ShutdownHandle {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum StopRequest {
+    /// Take a savepoint at the next batch boundary and keep running.
+    Savepoint(String),
     Stop,
     StopWithSavepoint(String),
 }
@@ -76,6 +78,11 @@ impl ShutdownHandle {
     /// Stops after the current batch, taking a final checkpoint if checkpointing is on.
     pub fn stop(&self) {
         self.tx.send_replace(Some(StopRequest::Stop));
+    }
+
+    /// Takes the named savepoint at the next batch boundary; the job keeps running.
+    pub fn savepoint(&self, name: impl Into<String>) {
+        self.tx.send_replace(Some(StopRequest::Savepoint(name.into())));
     }
 
     /// Stops after the current batch and takes the named savepoint.
@@ -290,12 +297,16 @@ impl Runner {
         let mut stop: Option<StopRequest> = None;
         let mut failure: Option<JobError> = None;
         let mut sink_gone = false;
+        let mut savepoint_now: Option<String> = None;
 
         loop {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
-                    stop = shutdown.borrow().clone();
+                    match shutdown.borrow_and_update().clone() {
+                        Some(StopRequest::Savepoint(name)) => savepoint_now = Some(name),
+                        other => stop = other,
+                    }
                     None
                 }
                 // A sink task that ended early failed: stop now, even if the source is quiet.
@@ -366,6 +377,18 @@ impl Runner {
                 sink_gone = true;
                 break;
             }
+            if let Some(name) = savepoint_now.take().filter(|n| {
+                let on = checkpoint_every.is_some();
+                if !on {
+                    tracing::warn!(savepoint = %n, "savepoint requested but checkpointing is not configured; ignored");
+                }
+                on
+            }) {
+                if let Err(e) = self.checkpoint(chain, &mut job, &out_tx, &dlq_tx, Some(&name)).await {
+                    failure = Some(e);
+                    break;
+                }
+            }
             let due = checkpoint_every.is_some_and(|every| last_checkpoint.elapsed() >= every);
             if due || (end && checkpoint_every.is_some()) {
                 if let Err(e) = self.checkpoint(chain, &mut job, &out_tx, &dlq_tx, None).await {
@@ -381,7 +404,7 @@ impl Runner {
         if failure.is_none() {
             if let Some(req) = &stop {
                 let name = match req {
-                    StopRequest::Stop => None,
+                    StopRequest::Stop | StopRequest::Savepoint(_) => None,
                     StopRequest::StopWithSavepoint(n) => Some(n.as_str()),
                 };
                 if checkpoint_every.is_some() || name.is_some() {
