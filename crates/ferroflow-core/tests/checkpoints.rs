@@ -13,6 +13,33 @@ use ferroflow_core::checkpoint::{
 };
 use ferroflow_core::state::{RocksDbOptions, RocksDbStateBackend, StateBackend};
 
+/// Collects log output in memory.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> LogBuffer {
+        self.clone()
+    }
+}
+
 fn rocks(dir: &std::path::Path) -> RocksDbStateBackend {
     RocksDbStateBackend::open(dir, RocksDbOptions::default()).unwrap()
 }
@@ -116,9 +143,20 @@ async fn a_corrupt_or_missing_file_falls_back_to_the_previous_checkpoint() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
 
+    // Capture the logs: the fallback must say which checkpoint was skipped and why.
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).finish();
+    let guard = tracing::subscriber::set_default(subscriber);
     let mut restored = rocks(&tmp.path().join("db2"));
     let mut coord2 = coordinator(&store, &tmp.path().join("scratch2"), 5).await;
     assert_eq!(restored_id(coord2.restore_latest(&mut restored).await.unwrap()), older.id);
+    drop(guard);
+    let text = logs.text();
+    assert!(text.contains("falling back to the previous one"), "no fallback warning in logs: {text}");
+    assert!(
+        text.contains(&victim.object) && text.contains("corrupt"),
+        "the warning must name the file: {text}"
+    );
     assert_eq!(restored.get("w", b"key-000500").unwrap(), Some(b"a-500".to_vec()));
     assert_eq!(
         restored.get("w", b"key-001500").unwrap(),
