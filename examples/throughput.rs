@@ -242,9 +242,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("dead letters: {} (first: {:?})", dead.len(), dead.take().first().map(|d| d.detail.clone()));
     }
     println!(
-        "elapsed={:.3}s mb_per_sec={:.0}",
+        "elapsed={:.3}s mb_per_sec={:.0} state={} checkpoints={}",
         elapsed.as_secs_f64(),
-        bytes as f64 / 1e6 / elapsed.as_secs_f64()
+        bytes as f64 / 1e6 / elapsed.as_secs_f64(),
+        args.state,
+        report.checkpoints_taken
     );
     if c.records_in != args.events || !c.identity_holds() {
         return Err(format!("accounting failed: {c:?}").into());
