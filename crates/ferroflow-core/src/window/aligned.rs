@@ -7,7 +7,7 @@ use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::Aggregator;
-use super::operator::{Emitter, late_detail};
+use super::operator::{Emitter, late_detail, next_revision};
 use super::spec::Window;
 use crate::error::StateError;
 use crate::record::{Key, Record, Timestamp};
@@ -145,8 +145,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
         for (w, key) in dirty.drain(..) {
             if let Some(slot) = self.windows.get_mut(&w).and_then(|b| b.slots.get_mut(&key)) {
                 slot.dirty = false;
-                let revision = slot.emitted.map_or(0, |r| r + 1);
-                slot.emitted = Some(revision);
+                let revision = next_revision(&mut slot.emitted);
                 out.emit(key, w, agg.result(&slot.acc), revision, false);
             }
         }
@@ -177,8 +176,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
                 // Deterministic output order: replays after a restore produce the same rows.
                 rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 for (key, slot) in rows.drain(..) {
-                    let revision = slot.emitted.map_or(0, |r| r + 1);
-                    slot.emitted = Some(revision);
+                    let revision = next_revision(&mut slot.emitted);
                     out.emit(key.clone(), *w, agg.result(&slot.acc), revision, expire);
                 }
                 bucket.fired = true;

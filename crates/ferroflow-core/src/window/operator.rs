@@ -38,6 +38,13 @@ impl<V> Emitter<'_, V> {
     }
 }
 
+/// The revision of the next emission of a row last emitted as `emitted`, recorded as emitted.
+pub(super) fn next_revision(emitted: &mut Option<u32>) -> u32 {
+    let revision = emitted.map_or(0, |r| r + 1);
+    *emitted = Some(revision);
+    revision
+}
+
 pub(super) fn late_detail(ts: Timestamp, watermark: Timestamp, lateness: i64, window: Window) -> String {
     format!(
         "event time {ts} is too late: watermark {watermark} has passed the end of window [{}, {}) \

@@ -19,7 +19,7 @@ use smallvec::SmallVec;
 
 use super::aggregate::Aggregator;
 use super::aligned::{corrupt, ordered, unordered};
-use super::operator::{Emitter, late_detail};
+use super::operator::{Emitter, late_detail, next_revision};
 use super::spec::Window;
 use crate::error::StateError;
 use crate::record::{Key, Record, Timestamp};
@@ -155,8 +155,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
                 let watermark = self.watermark;
                 for s in list.iter_mut().filter(|s| s.changed && s.end <= watermark) {
                     s.changed = false;
-                    let revision = s.emitted.map_or(0, |r| r + 1);
-                    s.emitted = Some(revision);
+                    let revision = next_revision(&mut s.emitted);
                     out.emit(
                         key.clone(),
                         Window { start: s.start, end: s.end },
@@ -225,8 +224,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         let expire = end.saturating_add(self.lateness) <= self.watermark;
         if s.emitted.is_none() || s.changed {
             s.changed = false;
-            let revision = s.emitted.map_or(0, |r| r + 1);
-            s.emitted = Some(revision);
+            let revision = next_revision(&mut s.emitted);
             out.emit(
                 key.clone(),
                 Window { start: s.start, end: s.end },
@@ -235,14 +233,22 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
                 expire,
             );
             if expire {
-                list.retain(|s| s.end != end);
-                if list.is_empty() {
-                    self.sessions.remove(&key);
-                }
+                self.remove_session(&key, end);
                 return;
             }
         }
         self.cleanup_timers.insert((end, key));
+    }
+
+    /// Removes the session of `key` ending at `end`, and the key once it has no session left.
+    fn remove_session(&mut self, key: &Key, end: Timestamp) -> Option<Session<Acc>> {
+        let list = self.sessions.get_mut(key)?;
+        let idx = list.iter().position(|s| s.end == end)?;
+        let s = list.remove(idx);
+        if list.is_empty() {
+            self.sessions.remove(key);
+        }
+        Some(s)
     }
 
     /// Drops the session of `key` ending at `end` (past its allowed lateness), marking its last value
@@ -254,14 +260,9 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         out: &mut Emitter<'_, A::Output>,
     ) {
         self.unsaved.insert(key.clone());
-        let Some(list) = self.sessions.get_mut(&key) else { return };
-        let Some(idx) = list.iter().position(|s| s.end == end) else { return };
-        let s = list.remove(idx);
+        let Some(s) = self.remove_session(&key, end) else { return };
         if let Some(r) = s.emitted {
-            out.emit(key.clone(), Window { start: s.start, end: s.end }, agg.result(&s.acc), r + 1, true);
-        }
-        if list.is_empty() {
-            self.sessions.remove(&key);
+            out.emit(key, Window { start: s.start, end: s.end }, agg.result(&s.acc), r + 1, true);
         }
     }
 
