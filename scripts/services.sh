@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Starts, stops and reports the real servers the integration tests use, all on 127.0.0.1:
-#   - S3: Garage (a production S3-compatible object store), built from crates.io once and cached.
-# Later work adds a Kafka-protocol broker and ClickHouse here.
+#   - S3: Garage (a production S3-compatible object store), built from crates.io once and cached;
+#   - Kafka protocol: the tansu broker, built from crates.io once and cached;
+#   - ClickHouse: Debian's clickhouse-server, installed with apt when missing.
+#
+# When FERROFLOW_KAFKA_BROKERS / FERROFLOW_CLICKHOUSE_URL / FERROFLOW_S3_ENDPOINT are already set
+# (docker-compose, a test cluster), nothing is started for that service and the given endpoint is
+# passed through.
 #
 # Usage: scripts/services.sh start|stop|status|env
 #   start   installs what is missing, starts the servers, writes $FERROFLOW_SERVICES_DIR/env
@@ -19,6 +24,12 @@ S3_PORT="${FERROFLOW_S3_PORT:-3900}"
 S3_KEY_ID="GK0123456789abcdef01234567"
 S3_SECRET="0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 S3_BUCKET="checkpoints"
+TANSU_VERSION="0.6.0"
+TANSU="$CACHE/bin/tansu"
+KAFKA_PORT="${FERROFLOW_KAFKA_PORT:-9092}"
+CLICKHOUSE_HTTP_PORT="${FERROFLOW_CLICKHOUSE_HTTP_PORT:-8123}"
+CLICKHOUSE_TCP_PORT="${FERROFLOW_CLICKHOUSE_TCP_PORT:-19000}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -85,14 +96,76 @@ TOML
   log "garage S3 on http://127.0.0.1:$S3_PORT (bucket $S3_BUCKET, region garage)"
 }
 
+install_tansu() {
+  if [[ -x "$TANSU" ]] && "$TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    return
+  fi
+  log "building tansu $TANSU_VERSION from crates.io into $CACHE (one-time, ~8-15 min on 2 cores)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore --root "$CACHE" \
+    >"$CACHE/tansu-install.log" 2>&1 \
+    || { tail -30 "$CACHE/tansu-install.log" >&2; log "tansu build failed"; exit 1; }
+}
+
+start_tansu() {
+  if [[ -f "$DIR/tansu/pid" ]] && kill -0 "$(cat "$DIR/tansu/pid")" 2>/dev/null; then
+    log "tansu already running (pid $(cat "$DIR/tansu/pid"))"
+    return
+  fi
+  install_tansu
+  rm -rf "$DIR/tansu"
+  mkdir -p "$DIR/tansu"
+  nohup "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/ \
+    >"$DIR/tansu/server.log" 2>&1 &
+  echo $! >"$DIR/tansu/pid"
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break
+    kill -0 "$(cat "$DIR/tansu/pid")" 2>/dev/null || { tail -20 "$DIR/tansu/server.log" >&2; log "tansu exited"; exit 1; }
+    sleep 0.2
+  done
+  log "tansu Kafka broker on 127.0.0.1:$KAFKA_PORT"
+}
+
+install_clickhouse() {
+  command -v clickhouse-server >/dev/null 2>&1 && return
+  log "installing Debian's clickhouse-server"
+  local sudo=()
+  [[ "$(id -u)" -eq 0 ]] || sudo=(sudo -E)
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q clickhouse-server clickhouse-client </dev/null \
+    || { DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -q \
+         && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q clickhouse-server clickhouse-client </dev/null; }
+}
+
+start_clickhouse() {
+  if [[ -f "$DIR/clickhouse/pid" ]] && kill -0 "$(cat "$DIR/clickhouse/pid")" 2>/dev/null; then
+    log "clickhouse already running (pid $(cat "$DIR/clickhouse/pid"))"
+    return
+  fi
+  install_clickhouse
+  rm -rf "$DIR/clickhouse"
+  mkdir -p "$DIR/clickhouse"
+  bash "$HERE/clickhouse-instance.sh" "$DIR/clickhouse" "$CLICKHOUSE_HTTP_PORT" "$CLICKHOUSE_TCP_PORT" >/dev/null
+  log "clickhouse $(curl -s "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/?query=SELECT%20version()") on http://127.0.0.1:$CLICKHOUSE_HTTP_PORT"
+}
+
 write_env() {
-  cat >"$DIR/env" <<ENV
-export FERROFLOW_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
-export FERROFLOW_S3_BUCKET=$S3_BUCKET
-export FERROFLOW_S3_REGION=garage
-export FERROFLOW_S3_ACCESS_KEY_ID=$S3_KEY_ID
-export FERROFLOW_S3_SECRET_ACCESS_KEY=$S3_SECRET
-ENV
+  {
+    if [[ -n "${FERROFLOW_S3_ENDPOINT:-}" ]]; then
+      echo "export FERROFLOW_S3_ENDPOINT=$FERROFLOW_S3_ENDPOINT"
+      echo "export FERROFLOW_S3_BUCKET=${FERROFLOW_S3_BUCKET:-$S3_BUCKET}"
+      echo "export FERROFLOW_S3_REGION=${FERROFLOW_S3_REGION:-us-east-1}"
+      echo "export FERROFLOW_S3_ACCESS_KEY_ID=${FERROFLOW_S3_ACCESS_KEY_ID:-}"
+      echo "export FERROFLOW_S3_SECRET_ACCESS_KEY=${FERROFLOW_S3_SECRET_ACCESS_KEY:-}"
+    else
+      echo "export FERROFLOW_S3_ENDPOINT=http://127.0.0.1:$S3_PORT"
+      echo "export FERROFLOW_S3_BUCKET=$S3_BUCKET"
+      echo "export FERROFLOW_S3_REGION=garage"
+      echo "export FERROFLOW_S3_ACCESS_KEY_ID=$S3_KEY_ID"
+      echo "export FERROFLOW_S3_SECRET_ACCESS_KEY=$S3_SECRET"
+    fi
+    echo "export FERROFLOW_KAFKA_BROKERS=${FERROFLOW_KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}"
+    echo "export FERROFLOW_CLICKHOUSE_URL=${FERROFLOW_CLICKHOUSE_URL:-http://127.0.0.1:$CLICKHOUSE_HTTP_PORT}"
+  } >"$DIR/env"
 }
 
 stop_one() {
@@ -123,15 +196,23 @@ status_one() {
 case "${1:-}" in
   start)
     mkdir -p "$DIR" "$CACHE"
-    start_garage
+    [[ -n "${FERROFLOW_S3_ENDPOINT:-}" ]] || start_garage
+    [[ -n "${FERROFLOW_KAFKA_BROKERS:-}" ]] || start_tansu
+    [[ -n "${FERROFLOW_CLICKHOUSE_URL:-}" ]] || start_clickhouse
     write_env
     log "environment written to $DIR/env"
     ;;
   stop)
     stop_one garage
+    stop_one tansu
+    stop_one clickhouse
     ;;
   status)
-    status_one garage
+    rc=0
+    status_one garage || rc=1
+    status_one tansu || rc=1
+    status_one clickhouse || rc=1
+    exit "$rc"
     ;;
   env)
     [[ -f "$DIR/env" ]] || { log "not started: run scripts/services.sh start"; exit 1; }

@@ -77,6 +77,12 @@ struct Shared {
     window_rows_emitted: AtomicU64,
     watermark: AtomicI64,
     batches: AtomicU64,
+    checkpoints_completed: AtomicU64,
+    checkpoint_failures: AtomicU64,
+    checkpoint_bytes_uploaded: AtomicU64,
+    last_checkpoint_unix_ms: AtomicI64,
+    last_checkpoint_duration_us: AtomicU64,
+    last_checkpoint_bytes: AtomicU64,
 }
 
 impl JobCounters {
@@ -107,6 +113,24 @@ impl JobCounters {
         self.inner.watermark.store(watermark, Ordering::Relaxed);
     }
 
+    /// Records a completed checkpoint (or savepoint): its duration and bytes uploaded.
+    pub fn record_checkpoint(&self, duration: std::time::Duration, bytes_uploaded: u64) {
+        let s = &self.inner;
+        s.checkpoints_completed.fetch_add(1, Ordering::Relaxed);
+        s.checkpoint_bytes_uploaded.fetch_add(bytes_uploaded, Ordering::Relaxed);
+        s.last_checkpoint_bytes.store(bytes_uploaded, Ordering::Relaxed);
+        s.last_checkpoint_duration_us.store(duration.as_micros() as u64, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        s.last_checkpoint_unix_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Records a checkpoint that failed.
+    pub fn record_checkpoint_failure(&self) {
+        self.inner.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A consistent-enough copy of every counter (each read is atomic; the set is not).
     pub fn snapshot(&self) -> CountersSnapshot {
         let s = &self.inner;
@@ -131,6 +155,12 @@ impl JobCounters {
             window_rows_emitted: get(&s.window_rows_emitted),
             watermark: s.watermark.load(Ordering::Relaxed),
             batches: get(&s.batches),
+            checkpoints_completed: get(&s.checkpoints_completed),
+            checkpoint_failures: get(&s.checkpoint_failures),
+            checkpoint_bytes_uploaded: get(&s.checkpoint_bytes_uploaded),
+            last_checkpoint_unix_ms: s.last_checkpoint_unix_ms.load(Ordering::Relaxed),
+            last_checkpoint_duration_us: get(&s.last_checkpoint_duration_us),
+            last_checkpoint_bytes: get(&s.last_checkpoint_bytes),
         }
     }
 }
@@ -160,6 +190,18 @@ pub struct CountersSnapshot {
     pub watermark: i64,
     /// Batches processed.
     pub batches: u64,
+    /// Checkpoints and savepoints completed by this process.
+    pub checkpoints_completed: u64,
+    /// Checkpoints that failed.
+    pub checkpoint_failures: u64,
+    /// Bytes uploaded by all checkpoints.
+    pub checkpoint_bytes_uploaded: u64,
+    /// Wall-clock time of the last completed checkpoint, ms since the epoch (0: none yet).
+    pub last_checkpoint_unix_ms: i64,
+    /// Duration of the last checkpoint, µs.
+    pub last_checkpoint_duration_us: u64,
+    /// Bytes uploaded by the last checkpoint.
+    pub last_checkpoint_bytes: u64,
 }
 
 impl CountersSnapshot {

@@ -2,7 +2,7 @@
 
 use crate::dead_letter::{OriginalBytes, Rejection};
 use crate::operator::{
-    AssignTimestamps, Chain, Filter, FlatMap, KeyBy, Map, OkErr, Operator, Process, ProcessOutput,
+    AssignTimestamps, Chain, Dedup, Filter, FlatMap, KeyBy, Map, OkErr, Operator, Process, ProcessOutput,
     SourceInput,
 };
 use crate::record::{Key, Record, Timestamp};
@@ -44,12 +44,13 @@ pub type Then<Op, B> = Stream<<Op as Operator>::In, Chain<Op, B>>;
 pub struct Stream<In, Op: Operator<In = In> = SourceInput<In>> {
     op: Op,
     windows: usize,
+    dedups: usize,
 }
 
 impl<T: Send + 'static> Stream<T, SourceInput<T>> {
     /// An empty chain over source records of type `T`.
     pub fn new() -> Self {
-        Self { op: SourceInput::new(), windows: 0 }
+        Self { op: SourceInput::new(), windows: 0, dedups: 0 }
     }
 }
 
@@ -62,7 +63,7 @@ impl<T: Send + 'static> Default for Stream<T, SourceInput<T>> {
 impl<Op: Operator> Stream<Op::In, Op> {
     /// Appends any operator.
     pub fn then<B: Operator<In = Op::Out>>(self, next: B) -> Then<Op, B> {
-        Stream { op: Chain::new(self.op, next), windows: self.windows }
+        Stream { op: Chain::new(self.op, next), windows: self.windows, dedups: self.dedups }
     }
 
     /// Keeps records whose payload satisfies `f`; the rest are counted as filtered. See [`Filter`].
@@ -128,6 +129,40 @@ impl<Op: Operator> Stream<Op::In, Op> {
         F: FnMut(Record<Op::Out>, &mut ProcessOutput<'_, Op::Out, U>) + Send + 'static,
     {
         self.then(Process::new(f))
+    }
+
+    /// Drops records whose `key_fn(payload)` was already seen within `ttl` of event time, counting
+    /// them as deduplicated. See [`Dedup`] for the exact semantics; put it after
+    /// [`assign_timestamps`](Self::assign_timestamps). Its state namespace is `dedup/N` for the
+    /// N-th dedup step of the stream (use [`then`](Self::then) with [`Dedup::new`] to choose the
+    /// name).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use ferroflow_core::time::WatermarkStrategy;
+    /// use ferroflow_core::{Context, Operator, Record, Stream};
+    ///
+    /// let mut job = Stream::<(String, i64)>::new()
+    ///     .assign_timestamps(|e| e.1, WatermarkStrategy::monotonous())
+    ///     .dedup_by(Duration::from_secs(600), |e: &(String, i64)| e.0.as_str())
+    ///     .into_operator();
+    /// let mut input = vec![Record::new(("id-1".to_string(), 5), 0), Record::new(("id-1".to_string(), 9), 0)];
+    /// let (mut ctx, mut out) = (Context::default(), Vec::new());
+    /// job.process_batch(&mut input, &mut ctx, &mut out);
+    /// assert_eq!(out.len(), 1);
+    /// assert_eq!(ctx.counters_mut().records_deduplicated, 1);
+    /// ```
+    pub fn dedup_by<K, F>(self, ttl: std::time::Duration, key_fn: F) -> Then<Op, Dedup<Op::Out, F, K>>
+    where
+        K: AsRef<[u8]> + ?Sized + 'static,
+        F: for<'a> FnMut(&'a Op::Out) -> &'a K + Send + 'static,
+    {
+        let name = self.dedups.to_string();
+        let dedups = self.dedups + 1;
+        let mut s = self.then(Dedup::new(name, ttl, key_fn));
+        s.dedups = dedups;
+        s
     }
 
     /// Sets event time from the payload and generates watermarks. See [`AssignTimestamps`].

@@ -1,13 +1,20 @@
 //! The reference ferroflow pipeline.
 //!
-//! Today it holds the file job (JSON-lines events → event-time windows → JSON-lines results, with
-//! RocksDB state and checkpoints) and the checkpoint tooling behind the `ferroflow-pipeline`
-//! binary; the Kafka → ClickHouse job builds on the same pieces.
+//! The Kafka → data contract → dedup → event-time windows → ClickHouse job ([`job`]), its
+//! configuration ([`config`]), operations endpoint ([`http`], [`metrics`]), the embedded demo
+//! and the traffic generator with its oracle ([`traffic`]); plus the file job used by the crash
+//! tests.
 #![deny(missing_docs)]
 
+pub mod config;
+pub mod contract;
 pub mod demo;
 pub mod event;
 pub mod file_job;
+pub mod http;
+pub mod job;
+pub mod metrics;
 pub mod paced;
+pub mod traffic;
 
 pub use ferroflow_core as core;

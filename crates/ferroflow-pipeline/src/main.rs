@@ -22,9 +22,18 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Runs the embedded demo: generated traffic with bad, duplicate, out-of-order and late events
-    /// through the windowed job, with RocksDB state and local checkpoints. No external service.
+    /// Runs the embedded demo: an in-process Kafka (librdkafka's mock cluster) fed with traffic
+    /// that includes malformed, contract-violating, duplicate, out-of-order and late events, the
+    /// full pipeline with RocksDB state and file:// checkpoints, and ClickHouse if one answers at
+    /// --clickhouse-url (otherwise a local file). No external service is needed.
     Demo(DemoArgs),
+    /// Runs the Kafka → contract → dedup → windows → ClickHouse job until SIGTERM/SIGINT.
+    ///
+    /// Settings come from --config (TOML), then FERROFLOW__SECTION__KEY environment variables,
+    /// then the flags below; `--print-config` shows the result (secrets masked). See README.
+    Run(RunArgs),
+    /// Produces generated traffic (the demo's mix, or clean events) to a Kafka topic.
+    Generate(GenerateArgs),
     /// Aggregates JSON-lines event files in event-time windows, with checkpoints; resumes from the
     /// newest checkpoint when restarted.
     RunFile(RunFileArgs),
@@ -54,13 +63,12 @@ struct StoreArgs {
 
 impl StoreArgs {
     fn s3(&self) -> S3Options {
-        S3Options {
-            endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
-            access_key_id: self.s3_access_key_id.clone(),
-            secret_access_key: self.s3_secret_access_key.clone(),
-            virtual_hosted_style: false,
-        }
+        S3Options::path_style(
+            self.s3_endpoint.clone(),
+            self.s3_region.clone(),
+            self.s3_access_key_id.clone(),
+            self.s3_secret_access_key.clone(),
+        )
     }
 }
 
@@ -113,14 +121,133 @@ struct RunFileArgs {
 #[derive(Args, Debug)]
 struct DemoArgs {
     /// Events generated per partition.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 100_000)]
     events: u64,
-    /// Partitions (input files).
+    /// Partitions of the demo topic.
     #[arg(long, default_value_t = 3)]
     partitions: u32,
-    /// Directory for the demo's files (default: a new temporary directory).
+    /// Directory for the demo's state, checkpoints and files (default: a new temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// ClickHouse to write to if it answers (otherwise window rows go to a file in --dir).
+    #[arg(long, default_value = "http://127.0.0.1:8123")]
+    clickhouse_url: String,
+}
+
+#[derive(Args, Debug, Default)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "FERROFLOW_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (kafka.brokers).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Input topic (kafka.topic).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Consumer group (kafka.group_id).
+    #[arg(long)]
+    group_id: Option<String>,
+    /// Dead-letter topic (dead_letters.topic).
+    #[arg(long)]
+    dlq_topic: Option<String>,
+    /// ClickHouse HTTP URL (clickhouse.url).
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// Result table (clickhouse.table).
+    #[arg(long)]
+    clickhouse_table: Option<String>,
+    /// Checkpoint store URL (checkpoints.url): file:///dir or s3://bucket/prefix.
+    #[arg(long)]
+    checkpoint_url: Option<String>,
+    /// Milliseconds between checkpoints (checkpoints.interval_ms).
+    #[arg(long)]
+    checkpoint_interval_ms: Option<u64>,
+    /// Local state directory (state.dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Address of /metrics, /healthz, /readyz, /status (http.listen).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Start from this savepoint instead of the newest checkpoint.
+    #[arg(long)]
+    from_savepoint: Option<String>,
+    /// On SIGTERM/SIGINT, stop with a savepoint of this name (otherwise a final checkpoint).
+    #[arg(long)]
+    savepoint_on_shutdown: Option<String>,
+    /// Print the effective configuration (secrets masked) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+impl RunArgs {
+    /// The flags that were given, as a partial configuration document.
+    fn overrides(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({});
+        let mut put = |section: Option<&str>, key: &str, value: serde_json::Value| {
+            let target = match section {
+                Some(sec) => &mut v[sec],
+                None => &mut v,
+            };
+            target[key] = value;
+        };
+        if let Some(x) = &self.brokers {
+            put(Some("kafka"), "brokers", x.clone().into());
+        }
+        if let Some(x) = &self.topic {
+            put(Some("kafka"), "topic", x.clone().into());
+        }
+        if let Some(x) = &self.group_id {
+            put(Some("kafka"), "group_id", x.clone().into());
+        }
+        if let Some(x) = &self.dlq_topic {
+            put(Some("dead_letters"), "topic", x.clone().into());
+        }
+        if let Some(x) = &self.clickhouse_url {
+            put(Some("clickhouse"), "url", x.clone().into());
+        }
+        if let Some(x) = &self.clickhouse_table {
+            put(Some("clickhouse"), "table", x.clone().into());
+        }
+        if let Some(x) = &self.checkpoint_url {
+            put(Some("checkpoints"), "url", x.clone().into());
+        }
+        if let Some(x) = self.checkpoint_interval_ms {
+            put(Some("checkpoints"), "interval_ms", x.into());
+        }
+        if let Some(x) = &self.state_dir {
+            put(Some("state"), "dir", x.display().to_string().into());
+        }
+        if let Some(x) = &self.http_listen {
+            put(Some("http"), "listen", x.clone().into());
+        }
+        v
+    }
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "FERROFLOW_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Topic to produce to (created with --partitions if missing).
+    #[arg(long, default_value = "events")]
+    topic: String,
+    /// Partitions.
+    #[arg(long, default_value_t = 3)]
+    partitions: u32,
+    /// Events per partition.
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Only valid events (no malformed, contract-violating, test, duplicate or late ones).
+    #[arg(long)]
+    clean: bool,
+    /// Keep producing: repeat with fresh event ids and later event times every round.
+    #[arg(long)]
+    repeat: bool,
+    /// Pause between rounds with --repeat, milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    pause_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,10 +276,14 @@ struct ShowArgs {
     savepoint: Option<String>,
 }
 
-fn init_logs(format: &str) -> anyhow::Result<()> {
+fn init_logs(format: &str, default_filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         "json" => builder.json().init(),
         "text" => builder.init(),
@@ -169,10 +300,22 @@ async fn coordinator(store: &StoreArgs, scratch: &std::path::Path) -> anyhow::Re
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logs(&cli.log_format)?;
+    // The demo prints its own live summary; its logs only say what goes wrong.
+    let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    init_logs(&cli.log_format, default_filter)?;
     match cli.command {
         Command::RunFile(a) => run_file(a).await,
-        Command::Demo(a) => demo(a).await,
+        Command::Demo(a) => {
+            ferroflow_pipeline::demo::run(ferroflow_pipeline::demo::DemoOptions {
+                events_per_partition: a.events,
+                partitions: a.partitions,
+                dir: a.dir,
+                clickhouse_url: a.clickhouse_url,
+            })
+            .await
+        }
+        Command::Run(a) => run_job(a).await,
+        Command::Generate(a) => generate(a).await,
         Command::Checkpoints(CheckpointsCommand::List(a)) => {
             let scratch = tempfile_dir()?;
             let mut c = coordinator(&a.store, &scratch).await?;
@@ -240,35 +383,7 @@ async fn run_file(a: RunFileArgs) -> anyhow::Result<()> {
         from_savepoint: a.from_savepoint,
     };
     let runner = Runner::new(RunnerConfig::default());
-    let handle = runner.shutdown_handle();
-    let savepoint = a.savepoint_on_shutdown;
-    let on_demand = runner.shutdown_handle();
-    tokio::spawn(async move {
-        // SIGUSR1 takes a savepoint on demand (`kill -USR1 <pid>`); the job keeps running.
-        let Ok(mut usr1) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-        else {
-            return;
-        };
-        while usr1.recv().await.is_some() {
-            let name = format!(
-                "manual-{}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis())
-            );
-            tracing::info!(savepoint = %name, "SIGUSR1: taking a savepoint");
-            on_demand.savepoint(name);
-        }
-    });
-    tokio::spawn(async move {
-        if wait_for_signal().await.is_ok() {
-            tracing::info!("shutdown requested: finishing the batch, then checkpointing");
-            match savepoint {
-                Some(name) => handle.stop_with_savepoint(name),
-                None => handle.stop(),
-            }
-        }
-    });
+    install_signal_handlers(&runner, a.savepoint_on_shutdown);
     let report = file_job::run(&config, Some(runner)).await?;
     println!("{}", serde_json::to_string(&report.counters)?);
     tracing::info!(
@@ -288,87 +403,83 @@ async fn wait_for_signal() -> std::io::Result<()> {
     }
 }
 
-async fn demo(a: DemoArgs) -> anyhow::Result<()> {
-    let dir = match a.dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("ferroflow-demo-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let (inputs, traffic) =
-        ferroflow_pipeline::demo::generate(&dir, a.partitions, a.events, 1_700_000_000_000)?;
-    println!(
-        "generated {} lines in {} partitions under {} ({} malformed, {} producer retries (the file job does not deduplicate yet), {} far-late)",
-        traffic.lines,
-        a.partitions,
-        dir.display(),
-        traffic.malformed,
-        traffic.duplicates,
-        traffic.late
-    );
-    let config = FileJobConfig {
-        inputs,
-        output: dir.join("windows.jsonl"),
-        dead_letters: dir.join("dead-letters.jsonl"),
-        state_dir: dir.join("state"),
-        checkpoint_url: format!("file://{}", dir.join("checkpoints").display()),
-        s3: S3Options::default(),
-        checkpoint_interval: Duration::from_millis(500),
-        window: Duration::from_secs(60),
-        allowed_lateness: Duration::from_secs(30),
-        out_of_orderness: Duration::from_secs(5),
-        pace: Duration::ZERO,
-        read_chunk_bytes: 256 << 10,
-        memory_state: false,
-        from_savepoint: None,
-    };
-    let runner = Runner::new(RunnerConfig::default());
-    let counters = runner.counters();
-    let started = std::time::Instant::now();
-    let live = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tick.tick().await;
-            let c = counters.snapshot();
-            let rate = c.records_in as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            println!(
-                "  live: in={} windowed={} dead_letters={} rows={} watermark={} ({:.0} events/s)",
-                c.records_in,
-                c.records_windowed,
-                c.records_dead_lettered,
-                c.window_rows_emitted,
-                c.watermark,
-                rate
+/// Installs SIGTERM/SIGINT (stop, with a final checkpoint or a savepoint) and SIGUSR1 (savepoint,
+/// keep running) handlers for `runner`.
+fn install_signal_handlers(runner: &Runner, savepoint_on_shutdown: Option<String>) {
+    let handle = runner.shutdown_handle();
+    let on_demand = runner.shutdown_handle();
+    tokio::spawn(async move {
+        let Ok(mut usr1) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        else {
+            return;
+        };
+        while usr1.recv().await.is_some() {
+            let name = format!(
+                "manual-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
             );
+            tracing::info!(savepoint = %name, "SIGUSR1: taking a savepoint");
+            on_demand.savepoint(name);
         }
     });
-    let report = file_job::run(&config, Some(runner)).await?;
-    live.abort();
-    let c = &report.counters;
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "\ndone in {secs:.2}s: {:.0} events/s, {} checkpoints",
-        c.records_in as f64 / secs,
-        report.checkpoints_taken
-    );
-    println!(
-        "records_in={} windowed={} filtered={} deduplicated={} dead_lettered={} -> identity holds: {}",
-        c.records_in,
-        c.records_windowed,
-        c.records_filtered,
-        c.records_deduplicated,
-        c.records_dead_lettered,
-        c.identity_holds()
-    );
-    for (reason, n) in &c.dead_letters_by_reason {
-        if *n > 0 {
-            println!("  dead letters {reason}: {n}");
+    tokio::spawn(async move {
+        if wait_for_signal().await.is_ok() {
+            tracing::info!("shutdown requested: finishing the batch, then checkpointing");
+            match savepoint_on_shutdown {
+                Some(name) => handle.stop_with_savepoint(name),
+                None => handle.stop(),
+            }
         }
+    });
+}
+
+async fn run_job(a: RunArgs) -> anyhow::Result<()> {
+    use ferroflow_pipeline::config::PipelineConfig;
+    let config = PipelineConfig::load(a.config.as_deref(), &a.overrides())?;
+    if a.print_config {
+        println!("{config:#?}");
+        return Ok(());
     }
-    let rows = std::fs::read_to_string(&config.output)?;
-    println!("latest windows ({} rows in {}):", rows.lines().count(), config.output.display());
-    for line in rows.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev() {
-        println!("  {line}");
-    }
-    println!("dead letters: {}  checkpoints: {}", config.dead_letters.display(), config.checkpoint_url);
+    tracing::info!(pipeline = %config.pipeline_id, topic = %config.kafka.topic, "starting");
+    let job = ferroflow_pipeline::job::prepare(&config).await?;
+    let runner = Runner::new(RunnerConfig::default());
+    let endpoint = ferroflow_pipeline::job::serve_endpoint(&config, &job.handles, runner.counters()).await?;
+    install_signal_handlers(&runner, a.savepoint_on_shutdown.clone());
+    endpoint.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = job.run(&config, runner, a.from_savepoint.clone()).await?;
+    println!("{}", serde_json::to_string(&report.counters)?);
+    tracing::info!(
+        checkpoints = report.checkpoints_taken,
+        restored_from = ?report.restored_from,
+        stopped_early = report.stopped_early,
+        identity_holds = report.counters.identity_holds(),
+        "job finished"
+    );
     Ok(())
+}
+
+async fn generate(a: GenerateArgs) -> anyhow::Result<()> {
+    use ferroflow_pipeline::traffic::TrafficConfig;
+    ferroflow_kafka::ensure_topic(&a.brokers, &Default::default(), &a.topic, a.partitions as i32).await?;
+    let mut round = 0u64;
+    loop {
+        let traffic = TrafficConfig {
+            partitions: a.partitions,
+            events_per_partition: a.events,
+            seed: 7 + round,
+            start_ms: 1_767_225_600_000 + round as i64 * 40 * 60_000,
+            dirty: !a.clean,
+            ..Default::default()
+        };
+        let events = traffic.generate();
+        let n = ferroflow_pipeline::demo::produce(&a.brokers, &a.topic, &events).await?;
+        println!("produced {n} events to {} (round {round})", a.topic);
+        if !a.repeat {
+            return Ok(());
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(a.pause_ms)).await;
+    }
 }

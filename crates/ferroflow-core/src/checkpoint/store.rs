@@ -30,6 +30,18 @@ pub struct S3Options {
     pub virtual_hosted_style: bool,
 }
 
+impl S3Options {
+    /// Path-style settings (MinIO, Garage) from optional endpoint, region and credentials.
+    pub fn path_style(
+        endpoint: Option<String>,
+        region: Option<String>,
+        access_key_id: Option<String>,
+        secret_access_key: Option<String>,
+    ) -> Self {
+        Self { endpoint, region, access_key_id, secret_access_key, virtual_hosted_style: false }
+    }
+}
+
 impl std::fmt::Debug for S3Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3Options")

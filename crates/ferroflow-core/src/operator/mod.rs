@@ -10,6 +10,7 @@
 
 mod assign_timestamps;
 mod chain;
+mod dedup;
 mod filter;
 mod flat_map;
 mod key_by;
@@ -20,6 +21,7 @@ mod source_input;
 
 pub use assign_timestamps::AssignTimestamps;
 pub use chain::Chain;
+pub use dedup::Dedup;
 pub use filter::Filter;
 pub use flat_map::FlatMap;
 pub use key_by::KeyBy;

@@ -24,7 +24,8 @@ use crate::metrics::{CountersSnapshot, JobCounters};
 use crate::operator::{Context, IntoOperator, Operator, Signal};
 use crate::record::{PartitionId, Record};
 use crate::sink::Sink;
-use crate::source::{Source, SourceEvent};
+use crate::source::{CheckpointListener, Source, SourceEvent};
+#[cfg(feature = "checkpoints")]
 use crate::state::StateBackend;
 use crate::time::{Clock, SystemClock, Watermark};
 
@@ -141,8 +142,11 @@ impl Default for Runner {
 /// What travels to a sink task.
 enum SinkMsg<T> {
     Batch(Vec<T>),
-    /// Flush everything before this point, then answer.
-    Barrier(oneshot::Sender<Result<(), SinkError>>),
+    /// Flush everything before this point, answer, then begin `next_epoch`.
+    Barrier {
+        ack: oneshot::Sender<Result<(), SinkError>>,
+        next_epoch: u64,
+    },
 }
 
 impl Runner {
@@ -267,21 +271,28 @@ impl Runner {
         D: Sink<DeadLetter>,
     {
         let cap = self.config.channel_capacity.max(1);
+        let listener = source.checkpoint_listener();
+        let first_epoch = resumed.as_ref().map_or(0, |r| r.epoch + 1);
         let (src_tx, mut src_rx) = mpsc::channel::<SourceEvent<C::In>>(cap);
         let (out_tx, out_rx) = mpsc::channel::<SinkMsg<C::Out>>(cap);
         let (dlq_tx, dlq_rx) = mpsc::channel::<SinkMsg<DeadLetter>>(cap);
 
         let source_task: JoinHandle<Result<(), SourceError>> = tokio::spawn(run_source(source, src_tx));
-        let sink_task = tokio::spawn(run_sink(sink, out_rx));
-        let dlq_task = tokio::spawn(run_sink(dead_letters, dlq_rx));
+        let sink_task = tokio::spawn(run_sink(sink, out_rx, first_epoch));
+        let dlq_task = tokio::spawn(run_sink(dead_letters, dlq_rx, first_epoch));
 
-        let mut job =
-            JobState { offsets: BTreeMap::new(), watermark: Watermark::MIN, epoch: 0, checkpoints_taken: 0 };
+        let mut job = JobState {
+            offsets: BTreeMap::new(),
+            watermark: Watermark::MIN,
+            epoch: 0,
+            checkpoints_taken: 0,
+            listener,
+        };
         let restored_from = resumed.as_ref().map(|r| r.id);
         if let Some(r) = resumed {
             job.offsets = r.offsets;
             job.watermark = Watermark(r.watermark);
-            job.epoch = r.epoch + 1;
+            job.epoch = first_epoch;
         }
         self.counters.set_watermark(job.watermark.0);
         let clock = Arc::clone(&self.config.clock);
@@ -456,8 +467,9 @@ impl Runner {
         savepoint: Option<&str>,
     ) -> Result<(), JobError> {
         // Everything emitted before the barrier must be durable before the checkpoint commits.
-        barrier(out_tx, "sink").await?;
-        barrier(dlq_tx, "dead-letter sink").await?;
+        let next_epoch = job.epoch + 1;
+        barrier(out_tx, "sink", next_epoch).await?;
+        barrier(dlq_tx, "dead-letter sink", next_epoch).await?;
         #[cfg(feature = "checkpoints")]
         {
             use crate::checkpoint::CheckpointMeta;
@@ -474,12 +486,23 @@ impl Runner {
                 sink_epoch: job.epoch,
                 metadata: BTreeMap::new(),
             };
-            match savepoint {
-                Some(name) => cp.coordinator.savepoint(name, cp.state.as_mut(), meta).await?,
-                None => cp.coordinator.take(cp.state.as_mut(), meta).await?,
+            let result = match savepoint {
+                Some(name) => cp.coordinator.savepoint(name, cp.state.as_mut(), meta).await,
+                None => cp.coordinator.take(cp.state.as_mut(), meta).await,
             };
+            let taken = match result {
+                Ok(t) => t,
+                Err(e) => {
+                    self.counters.record_checkpoint_failure();
+                    return Err(e.into());
+                }
+            };
+            self.counters.record_checkpoint(taken.duration, taken.bytes_uploaded);
             job.checkpoints_taken += 1;
-            job.epoch += 1;
+            job.epoch = next_epoch;
+            if let Some(l) = &job.listener {
+                l.checkpoint_complete(taken.manifest.id, &taken.manifest.source_offsets);
+            }
             Ok(())
         }
         #[cfg(not(feature = "checkpoints"))]
@@ -503,6 +526,9 @@ struct JobState {
     watermark: Watermark,
     epoch: u64,
     checkpoints_taken: u64,
+    /// The source's listener for completed checkpoints.
+    #[cfg_attr(not(feature = "checkpoints"), allow(dead_code))]
+    listener: Option<std::sync::Arc<dyn CheckpointListener>>,
 }
 
 impl JobState {
@@ -530,10 +556,14 @@ impl JobState {
     }
 }
 
-async fn barrier<T>(tx: &mpsc::Sender<SinkMsg<T>>, task: &'static str) -> Result<(), JobError> {
+async fn barrier<T>(
+    tx: &mpsc::Sender<SinkMsg<T>>,
+    task: &'static str,
+    next_epoch: u64,
+) -> Result<(), JobError> {
     let (ack_tx, ack_rx) = oneshot::channel();
     let gone = || JobError::Task { task, detail: "stopped before acknowledging a checkpoint barrier".into() };
-    tx.send(SinkMsg::Barrier(ack_tx)).await.map_err(|_| gone())?;
+    tx.send(SinkMsg::Barrier { ack: ack_tx, next_epoch }).await.map_err(|_| gone())?;
     ack_rx.await.map_err(|_| gone())?.map_err(JobError::Sink)
 }
 
@@ -553,17 +583,23 @@ async fn run_source<T, S: Source<T>>(
     Ok(())
 }
 
-async fn run_sink<T, K: Sink<T>>(mut sink: K, mut rx: mpsc::Receiver<SinkMsg<T>>) -> Result<(), SinkError> {
+async fn run_sink<T, K: Sink<T>>(
+    mut sink: K,
+    mut rx: mpsc::Receiver<SinkMsg<T>>,
+    first_epoch: u64,
+) -> Result<(), SinkError> {
+    sink.begin_epoch(first_epoch);
     while let Some(msg) = rx.recv().await {
         match msg {
             SinkMsg::Batch(batch) => sink.write_batch(batch).await?,
-            SinkMsg::Barrier(ack) => {
+            SinkMsg::Barrier { ack, next_epoch } => {
                 let res = sink.flush().await;
                 let failed = res.as_ref().err().map(ToString::to_string);
                 let _ = ack.send(res);
                 if let Some(message) = failed {
                     return Err(SinkError::External { message, retry: crate::error::RetryHint::WithBackoff });
                 }
+                sink.begin_epoch(next_epoch);
             }
         }
     }

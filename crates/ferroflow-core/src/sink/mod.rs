@@ -25,4 +25,11 @@ pub trait Sink<T>: Send + 'static {
     fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
         async { Ok(()) }
     }
+
+    /// Called before the first batch of each sink epoch: once at start (with the epoch after the
+    /// restored checkpoint, or 0) and after every checkpoint barrier. An epoch is the output
+    /// between two checkpoints; sinks that deduplicate writes derive their tokens from it.
+    fn begin_epoch(&mut self, epoch: u64) {
+        let _ = epoch;
+    }
 }

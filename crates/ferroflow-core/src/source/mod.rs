@@ -6,6 +6,7 @@ mod memory;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
 pub use file::JsonLinesSource;
 pub use memory::MemorySource;
@@ -61,4 +62,19 @@ pub trait Source<T>: Send + 'static {
             retry: crate::error::RetryHint::NoRetry,
         })
     }
+
+    /// A listener told about every completed checkpoint, taken before the source moves to its
+    /// task. Sources that report progress elsewhere (a Kafka consumer committing offsets so lag
+    /// tools see them) return one; the default has none.
+    fn checkpoint_listener(&self) -> Option<Arc<dyn CheckpointListener>> {
+        None
+    }
+}
+
+/// Told when a checkpoint has committed, with the source offsets it holds.
+///
+/// Called from the processing task right after the commit point; it must not block for long.
+pub trait CheckpointListener: Send + Sync + 'static {
+    /// Checkpoint `checkpoint_id` committed `offsets` (per partition, the next offset to read).
+    fn checkpoint_complete(&self, checkpoint_id: u64, offsets: &BTreeMap<PartitionId, u64>);
 }

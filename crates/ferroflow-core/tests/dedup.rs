@@ -1,0 +1,223 @@
+//! Property test: a dedup step that checkpoints, crashes and restores at random points ends with
+//! exactly the output and counters of an uninterrupted run (in-memory and RocksDB state).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferroflow_core::operator::Dedup;
+use ferroflow_core::state::{MemoryStateBackend, StateBackend};
+use ferroflow_core::time::Watermark;
+use ferroflow_core::{Context, Operator, Record};
+use proptest::prelude::*;
+
+type Ev = (String, i64);
+type IdFn = for<'a> fn(&'a Ev) -> &'a str;
+type Op = Dedup<Ev, IdFn, str>;
+
+fn id_of(e: &Ev) -> &str {
+    &e.0
+}
+
+fn new_op(ttl_ms: u64) -> Op {
+    Dedup::new("prop", Duration::from_millis(ttl_ms), id_of as IdFn)
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// A batch of (id, event time).
+    Batch(Vec<(u8, i64)>),
+    /// The combined watermark moves to this value (absolute, non-decreasing).
+    Watermark(i64),
+    /// Snapshot the operator into the backend, then checkpoint the backend.
+    Checkpoint,
+    /// Lose everything; restore from the last checkpoint and replay from there.
+    Crash,
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    #[derive(Debug, Clone)]
+    enum Raw {
+        Batch(Vec<(u8, i64)>),
+        Advance(i64),
+        Checkpoint,
+        Crash,
+    }
+    let raw = prop_oneof![
+        6 => prop::collection::vec((0u8..12, 0i64..3_000), 0..8).prop_map(Raw::Batch),
+        3 => (0i64..400).prop_map(Raw::Advance),
+        2 => Just(Raw::Checkpoint),
+        1 => Just(Raw::Crash),
+    ];
+    prop::collection::vec(raw, 1..40).prop_map(|raw| {
+        let mut wm = -1;
+        raw.into_iter()
+            .map(|r| match r {
+                Raw::Batch(b) => Step::Batch(b),
+                Raw::Advance(d) => {
+                    wm += d;
+                    Step::Watermark(wm)
+                }
+                Raw::Checkpoint => Step::Checkpoint,
+                Raw::Crash => Step::Crash,
+            })
+            .collect()
+    })
+}
+
+/// What a run produced: records passed on, records counted as duplicates, ids remembered at the end.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Outcome {
+    passed: Vec<(String, i64)>,
+    deduplicated: u64,
+    remembered: usize,
+}
+
+fn apply(op: &mut Op, step: &Step, out: &mut Outcome) {
+    let mut ctx = Context::default();
+    let mut buf = Vec::new();
+    match step {
+        Step::Batch(b) => {
+            let mut input: Vec<_> =
+                b.iter().map(|(id, t)| Record::new((format!("id-{id}"), *t), *t)).collect();
+            op.process_batch(&mut input, &mut ctx, &mut buf);
+        }
+        Step::Watermark(w) => op.on_watermark(Watermark(*w), &mut ctx, &mut buf),
+        Step::Checkpoint | Step::Crash => {}
+    }
+    out.passed.extend(buf.into_iter().map(|r| r.payload));
+    out.deduplicated += ctx.counters_mut().records_deduplicated;
+}
+
+fn uninterrupted(ttl_ms: u64, steps: &[Step]) -> Outcome {
+    let mut op = new_op(ttl_ms);
+    let mut out = Outcome::default();
+    for s in steps {
+        apply(&mut op, s, &mut out);
+    }
+    out.remembered = op.remembered();
+    out
+}
+
+/// Opens a fresh, empty backend under `dir`.
+type Factory = fn(&Path) -> Box<dyn StateBackend>;
+
+struct Checkpoint {
+    dir: PathBuf,
+    /// Index of the checkpoint step: replay resumes after it.
+    step: usize,
+    passed: usize,
+    deduplicated: u64,
+}
+
+fn with_crashes(ttl_ms: u64, steps: &[Step], factory: Factory, scratch: &Path) -> Outcome {
+    let mut backends = 0;
+    let mut fresh_backend = || {
+        backends += 1;
+        factory(&scratch.join(format!("backend-{backends}")))
+    };
+    let mut op = new_op(ttl_ms);
+    let mut state = fresh_backend();
+    let mut out = Outcome::default();
+    let mut last: Option<Checkpoint> = None;
+    let mut crashed = HashSet::new();
+    let mut checkpoints = 0;
+    let mut i = 0;
+    while i < steps.len() {
+        match &steps[i] {
+            Step::Checkpoint => {
+                op.snapshot_state(state.as_mut()).unwrap();
+                checkpoints += 1;
+                let dir = scratch.join(format!("checkpoint-{checkpoints}"));
+                state.snapshot(&dir).unwrap();
+                last = Some(Checkpoint {
+                    dir,
+                    step: i,
+                    passed: out.passed.len(),
+                    deduplicated: out.deduplicated,
+                });
+            }
+            Step::Crash if crashed.insert(i) => {
+                op = new_op(ttl_ms);
+                state = fresh_backend();
+                match &last {
+                    Some(cp) => {
+                        state.restore(&cp.dir).unwrap();
+                        op.restore_state(state.as_ref()).unwrap();
+                        out.passed.truncate(cp.passed);
+                        out.deduplicated = cp.deduplicated;
+                        i = cp.step + 1;
+                    }
+                    None => {
+                        out = Outcome::default();
+                        i = 0;
+                    }
+                }
+                continue;
+            }
+            step => apply(&mut op, step, &mut out),
+        }
+        i += 1;
+    }
+    out.remembered = op.remembered();
+    out
+}
+
+fn memory(_: &Path) -> Box<dyn StateBackend> {
+    Box::new(MemoryStateBackend::new())
+}
+
+#[cfg(feature = "rocksdb")]
+fn rocksdb(dir: &Path) -> Box<dyn StateBackend> {
+    use ferroflow_core::state::{RocksDbOptions, RocksDbStateBackend};
+    Box::new(RocksDbStateBackend::open(dir, RocksDbOptions::default()).unwrap())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn restored_memory_state_equals_uninterrupted_run(ttl_ms in 0u64..1_500, steps in steps()) {
+        let tmp = tempfile::tempdir().unwrap();
+        let expected = uninterrupted(ttl_ms, &steps);
+        let got = with_crashes(ttl_ms, &steps, memory, tmp.path());
+        prop_assert_eq!(got, expected);
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn restored_rocksdb_state_equals_uninterrupted_run(ttl_ms in 0u64..1_500, steps in steps()) {
+        let tmp = tempfile::tempdir().unwrap();
+        let expected = uninterrupted(ttl_ms, &steps);
+        let got = with_crashes(ttl_ms, &steps, rocksdb, tmp.path());
+        prop_assert_eq!(got, expected);
+    }
+}
+
+/// The accounting identity holds through a job run: every input is passed on or deduplicated.
+#[test]
+fn dedup_in_a_stream_counts_every_dropped_record() {
+    use ferroflow_core::Stream;
+    use ferroflow_core::time::WatermarkStrategy;
+
+    let mut job = Stream::<Ev>::new()
+        .assign_timestamps(|e: &Ev| e.1, WatermarkStrategy::monotonous())
+        .dedup_by(Duration::from_secs(10), |e: &Ev| e.0.as_str())
+        .into_operator();
+    let mut input: Vec<_> = [("a", 1), ("b", 2), ("a", 3), ("a", 4), ("c", 5)]
+        .iter()
+        .map(|(id, t)| Record::new((id.to_string(), *t), 0))
+        .collect();
+    let (mut ctx, mut out) = (Context::default(), Vec::new());
+    job.process_batch(&mut input, &mut ctx, &mut out);
+    let passed: Vec<_> = out.iter().map(|r| (r.payload.0.as_str(), r.event_time)).collect();
+    assert_eq!(passed, vec![("a", 1), ("b", 2), ("c", 5)]);
+    let c = ctx.counters_mut();
+    assert_eq!(c.records_deduplicated, 2);
+    assert_eq!(c.records_filtered, 0);
+}

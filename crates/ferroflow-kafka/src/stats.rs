@@ -1,0 +1,89 @@
+//! Live figures of the Kafka source, for metrics and the demo's summary.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ferroflow_core::PartitionId;
+
+/// Per-partition progress as librdkafka last reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The partition's high watermark (offset of the next message produced).
+    pub high_watermark: i64,
+    /// The consumer's position in it.
+    pub position: i64,
+    /// `high_watermark - position` (messages not yet consumed).
+    pub lag: i64,
+}
+
+/// Counters shared between the poll thread and readers. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct SourceStats {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    records: AtomicU64,
+    bytes: AtomicU64,
+    batches: AtomicU64,
+    blocked_ns: AtomicU64,
+    commits: AtomicU64,
+    commit_failures: AtomicU64,
+    rebalances: AtomicU64,
+    lag: Mutex<BTreeMap<PartitionId, PartitionLag>>,
+}
+
+impl SourceStats {
+    pub(crate) fn consumed(&self, records: u64, bytes: u64) {
+        self.inner.records.fetch_add(records, Ordering::Relaxed);
+        self.inner.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.inner.batches.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn blocked(&self, ns: u64) {
+        self.inner.blocked_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+    pub(crate) fn committed(&self, ok: bool) {
+        let c = if ok { &self.inner.commits } else { &self.inner.commit_failures };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn rebalanced(&self) {
+        self.inner.rebalances.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn set_lag(&self, lags: BTreeMap<PartitionId, PartitionLag>) {
+        if let Ok(mut l) = self.inner.lag.lock() {
+            *l = lags;
+        }
+    }
+
+    /// Records consumed.
+    pub fn records(&self) -> u64 {
+        self.inner.records.load(Ordering::Relaxed)
+    }
+    /// Payload bytes consumed.
+    pub fn bytes(&self) -> u64 {
+        self.inner.bytes.load(Ordering::Relaxed)
+    }
+    /// Batches delivered to the job.
+    pub fn batches(&self) -> u64 {
+        self.inner.batches.load(Ordering::Relaxed)
+    }
+    /// Time the poll thread spent waiting for the job to take a batch (backpressure), seconds.
+    pub fn blocked_seconds(&self) -> f64 {
+        self.inner.blocked_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+    /// Offset commits that succeeded / failed.
+    pub fn commits(&self) -> (u64, u64) {
+        (self.inner.commits.load(Ordering::Relaxed), self.inner.commit_failures.load(Ordering::Relaxed))
+    }
+    /// Rebalances seen.
+    pub fn rebalances(&self) -> u64 {
+        self.inner.rebalances.load(Ordering::Relaxed)
+    }
+    /// Consumer lag per partition, from librdkafka's latest statistics.
+    pub fn lag(&self) -> BTreeMap<PartitionId, PartitionLag> {
+        self.inner.lag.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,168 @@
+//! The Kafka connectors against librdkafka's in-process mock cluster (fast; the end-to-end tests
+//! in ferroflow-pipeline use a real broker).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferroflow_core::sink::Sink;
+use ferroflow_core::source::{Source, SourceEvent};
+use ferroflow_core::{DeadLetter, DeadLetterReason, SourcePosition};
+use ferroflow_kafka::rdkafka::ClientConfig;
+use ferroflow_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use ferroflow_kafka::rdkafka::message::{Headers, Message};
+use ferroflow_kafka::rdkafka::mocking::MockCluster;
+use ferroflow_kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use ferroflow_kafka::{DeadLetterTopicConfig, KafkaDeadLetterSink, KafkaSource, KafkaSourceConfig};
+
+const PARTITIONS: i32 = 3;
+
+fn produce(brokers: &str, topic: &str, n: usize) {
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    for i in 0..n {
+        let payload = format!("message-{i}");
+        let partition = (i % PARTITIONS as usize) as i32;
+        loop {
+            match producer.send(BaseRecord::<(), _>::to(topic).payload(&payload).partition(partition)) {
+                Ok(()) => break,
+                Err(_) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// Reads until `n` records arrived (or 30 s passed); returns (partition, offset, payload) triples.
+async fn read(source: &mut KafkaSource, n: usize) -> Vec<(u32, u64, Bytes)> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < n && Instant::now() < deadline {
+        let ev = tokio::time::timeout(Duration::from_secs(5), source.next_event()).await;
+        if let Ok(Ok(Some(SourceEvent::Batch(b)))) = ev {
+            out.extend(b.records.into_iter().map(|r| (r.position.partition, r.position.offset, r.payload)));
+        }
+    }
+    out
+}
+
+fn config(brokers: &str, topic: &str, group: &str) -> KafkaSourceConfig {
+    KafkaSourceConfig {
+        brokers: brokers.into(),
+        topic: topic.into(),
+        group_id: group.into(),
+        batch_max_records: 500,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_every_partition_in_batches_exactly_once() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", PARTITIONS, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "events", 3000);
+
+    let mut source = KafkaSource::new(&config(&brokers, "events", "g1")).unwrap();
+    let got = read(&mut source, 3000).await;
+    assert_eq!(got.len(), 3000, "every record is delivered");
+    let positions: BTreeSet<(u32, u64)> = got.iter().map(|(p, o, _)| (*p, *o)).collect();
+    assert_eq!(positions.len(), 3000, "no record is delivered twice");
+    let payloads: BTreeSet<Bytes> = got.iter().map(|(_, _, b)| b.clone()).collect();
+    assert!(payloads.contains(&Bytes::from("message-2999")));
+    assert!(source.stats().batches() < 3000, "records arrive in batches, not one by one");
+    assert_eq!(source.stats().records(), 3000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_from_checkpointed_offsets_not_from_the_group() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", PARTITIONS, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "events", 300); // 100 per partition, offsets 0..100
+
+    let mut source = KafkaSource::new(&config(&brokers, "events", "g2")).unwrap();
+    let resume: BTreeMap<u32, u64> = [(0, 40), (1, 100), (2, 0)].into();
+    source.seek(&resume).unwrap();
+    let got = read(&mut source, 160).await;
+    // Nothing more arrives once the expected records are in.
+    let extra = tokio::time::timeout(Duration::from_millis(700), read(&mut source, 1)).await;
+    assert!(extra.map(|v| v.is_empty()).unwrap_or(true), "no records beyond the resume points");
+    let by_partition: BTreeMap<u32, Vec<u64>> = got.iter().fold(BTreeMap::new(), |mut m, (p, o, _)| {
+        m.entry(*p).or_insert_with(Vec::new).push(*o);
+        m
+    });
+    assert_eq!(by_partition.get(&0).map(|v| (v.len(), v[0])), Some((60, 40)));
+    assert_eq!(by_partition.get(&1), None);
+    assert_eq!(by_partition.get(&2).map(|v| (v.len(), v[0])), Some((100, 0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_follow_checkpoints() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", PARTITIONS, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "events", 30);
+    let mut source = KafkaSource::new(&config(&brokers, "events", "g3")).unwrap();
+    let _ = read(&mut source, 30).await;
+    let listener = source.checkpoint_listener().expect("commits are on by default");
+    listener.checkpoint_complete(1, &[(0, 7), (1, 9), (2, 10)].into());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while source.stats().commits().0 == 0 && Instant::now() < deadline {
+        let _ = tokio::time::timeout(Duration::from_millis(200), source.next_event()).await;
+    }
+    let checker: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", "g3").create().unwrap();
+    let mut tpl = ferroflow_kafka::rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition("events", p);
+    }
+    let committed = checker.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+    let offsets: Vec<i64> = committed.elements().iter().map(|e| e.offset().to_raw().unwrap_or(-1)).collect();
+    assert_eq!(offsets, vec![7, 9, 10]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_land_on_the_topic_as_json_with_reason_headers() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events.dlq", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let mut sink = KafkaDeadLetterSink::new(&DeadLetterTopicConfig::default(), &brokers).unwrap();
+    let dls: Vec<DeadLetter> = (0..50)
+        .map(|i| {
+            DeadLetter::new(
+                DeadLetterReason::ContractViolation,
+                format!("minimum:/amount: -{i} is less than 0"),
+                SourcePosition::new(2, i),
+                Bytes::from(format!("{{\"amount\": -{i}}}")),
+            )
+        })
+        .collect();
+    sink.write_batch(dls).await.unwrap();
+    sink.flush().await.unwrap();
+    assert_eq!(sink.delivered(), 50);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["events.dlq"]).unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 50 && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let body: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let reason = m.headers().unwrap().iter().find(|h| h.key == "ferroflow.reason").unwrap();
+            assert_eq!(reason.value, Some(&b"contract_violation"[..]));
+            assert_eq!(m.key(), Some(format!("2:{}", body["position"]["offset"]).as_bytes()));
+            seen.push(body);
+        }
+    }
+    assert_eq!(seen.len(), 50);
+    assert_eq!(seen[7]["reason"], "contract_violation");
+    assert_eq!(seen[7]["original"], "{\"amount\": -7}");
+}

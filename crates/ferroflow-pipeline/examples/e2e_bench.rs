@@ -1,0 +1,157 @@
+//! End-to-end benchmark: Kafka → pipeline → ClickHouse against the local servers.
+//!
+//! Produces `--events` clean events to a new topic, drains the topic with a plain batch
+//! consumer (the ceiling: how fast this machine reads the broker), then runs the pipeline on the
+//! same topic until ClickHouse holds every closed window, and prints
+//! `e2e_events_per_sec=<N> raw_consume_events_per_sec=<M>`.
+//!
+//! ```text
+//! eval "$(scripts/services.sh env)"
+//! cargo run --release -p ferroflow-pipeline --example e2e_bench -- --events 5000000
+//! ```
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use ferroflow_core::{Runner, RunnerConfig};
+use ferroflow_kafka::Assignment;
+use ferroflow_kafka::rdkafka::ClientConfig;
+use ferroflow_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use ferroflow_kafka::rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use ferroflow_pipeline::config::{OutputKind, PipelineConfig};
+use ferroflow_pipeline::traffic::{Oracle, TrafficConfig};
+
+const PARTITIONS: u32 = 3;
+const ROUND_EVENTS: u64 = 500_000;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let events = arg("--events", 5_000_000);
+    let brokers = std::env::var("FERROFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let ch_url = std::env::var("FERROFLOW_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let topic = format!("bench_events_{stamp}");
+    let table = format!("bench_windows_{stamp}");
+    ferroflow_kafka::ensure_topic(&brokers, &Default::default(), &topic, PARTITIONS as i32).await?;
+
+    // Produce in rounds of disjoint event time, keeping only the expected window count.
+    let rounds = events.div_ceil(ROUND_EVENTS).max(1);
+    let mut produced = 0u64;
+    let mut expected_windows = 0usize;
+    let started = Instant::now();
+    for r in 0..rounds {
+        let t = TrafficConfig {
+            partitions: PARTITIONS,
+            events_per_partition: (ROUND_EVENTS / u64::from(PARTITIONS))
+                .min((events - produced) / u64::from(PARTITIONS))
+                .max(1),
+            start_ms: 1_767_225_600_000 + r as i64 * 60 * 60_000,
+            dirty: false,
+            seed: r,
+            ..Default::default()
+        };
+        let batch = t.generate();
+        expected_windows +=
+            Oracle::of(&batch, 60_000).windows_ending_by(t.last_closed_window_end(), 60_000).len();
+        produced += ferroflow_pipeline::demo::produce(&brokers, &topic, &batch).await?;
+        if produced >= events {
+            break;
+        }
+    }
+    println!("produced {produced} events to {topic} in {:.1}s", started.elapsed().as_secs_f64());
+
+    // The ceiling: a plain consumer draining the topic in batches.
+    let raw = raw_consume(&brokers, &topic, produced)?;
+    println!("raw consumer drained {produced} events in {raw:.2}s");
+
+    let mut config = PipelineConfig { pipeline_id: format!("bench{stamp}"), ..Default::default() };
+    config.kafka.brokers = brokers.clone();
+    config.kafka.topic = topic.clone();
+    config.kafka.group_id = format!("{topic}-pipeline");
+    config.kafka.assignment = Assignment::AllPartitions;
+    config.dead_letters.topic = format!("{topic}.dlq");
+    config.contract.path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contracts/events.v1.json");
+    config.output.kind = OutputKind::Clickhouse;
+    config.clickhouse.url = ch_url.clone();
+    config.clickhouse.table = table.clone();
+    let dir = std::env::temp_dir().join(format!("ferroflow-bench-{stamp}"));
+    config.state.dir = dir.join("state");
+    config.checkpoints.url = format!("file://{}", dir.join("checkpoints").display());
+    config.checkpoints.interval_ms = 5_000;
+    config.http.listen = "127.0.0.1:0".into();
+
+    let job = ferroflow_pipeline::job::prepare(&config).await?;
+    let runner = Runner::new(RunnerConfig::default());
+    let counters = runner.counters();
+    let stop = runner.shutdown_handle();
+    let started = Instant::now();
+    let cfg = config.clone();
+    let handle = tokio::spawn(async move { job.run(&cfg, runner, None).await });
+    let client = clickhouse::Client::default()
+        .with_url(&ch_url)
+        .with_compression(clickhouse::Compression::None)
+        .with_validation(false);
+    let sql = format!("SELECT count() FROM {table} FINAL WHERE is_final = 1");
+    let e2e = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if counters.snapshot().records_in < produced {
+            continue;
+        }
+        let n: u64 = client.query(&sql).fetch_one().await.unwrap_or(0);
+        if n as usize >= expected_windows {
+            break started.elapsed().as_secs_f64();
+        }
+    };
+    stop.stop();
+    let report = handle.await??;
+    assert!(report.counters.identity_holds());
+    println!(
+        "pipeline: {produced} events to {expected_windows} final windows in ClickHouse in {e2e:.2}s ({} checkpoints)",
+        report.checkpoints_taken
+    );
+    println!(
+        "e2e_events_per_sec={:.0} raw_consume_events_per_sec={:.0}",
+        produced as f64 / e2e,
+        produced as f64 / raw
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn raw_consume(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-raw"))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut bytes = 0usize;
+    while n < expected {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            use ferroflow_kafka::rdkafka::Message as _;
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            n += 1;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("raw consumer read only {n} of {expected} in 10 minutes");
+        }
+    }
+    std::hint::black_box(bytes);
+    Ok(started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,405 @@
+//! The pipeline's configuration: a TOML file, then `FERROFLOW__SECTION__KEY` environment
+//! variables, then command-line flags, each overriding the one before.
+//!
+//! Every section is `deny_unknown_fields`: a misspelt key is an error that names it, never a
+//! silently ignored setting. Secrets (ClickHouse password, S3 secret key, SASL/SSL properties)
+//! print as `***` in `Debug` output and are never logged.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferroflow_clickhouse::ClickHouseConfig;
+use ferroflow_core::checkpoint::S3Options;
+use ferroflow_kafka::{DeadLetterTopicConfig, KafkaSourceConfig};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The whole pipeline configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Names this pipeline: the checkpoint job id and the prefix of ClickHouse dedup tokens.
+    pub pipeline_id: String,
+    /// The input topic and consumer group.
+    pub kafka: KafkaSourceConfig,
+    /// The dead-letter topic.
+    pub dead_letters: DeadLetterTopicConfig,
+    /// The data contract events are validated against.
+    pub contract: ContractSection,
+    /// Which valid events are dropped on purpose (counted as filtered).
+    pub filter: FilterSection,
+    /// Deduplication of producer retries.
+    pub dedup: DedupSection,
+    /// Event time: out-of-orderness bound and idleness.
+    pub watermarks: WatermarkSection,
+    /// The aggregation window.
+    pub window: WindowSection,
+    /// The result table.
+    pub clickhouse: ClickHouseConfig,
+    /// Where results go.
+    pub output: OutputSection,
+    /// Local state.
+    pub state: StateSection,
+    /// Checkpoints.
+    pub checkpoints: CheckpointSection,
+    /// The metrics and health endpoint.
+    pub http: HttpSection,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            pipeline_id: "events-per-minute".into(),
+            kafka: KafkaSourceConfig::default(),
+            dead_letters: DeadLetterTopicConfig::default(),
+            contract: ContractSection::default(),
+            filter: FilterSection::default(),
+            dedup: DedupSection::default(),
+            watermarks: WatermarkSection::default(),
+            window: WindowSection::default(),
+            clickhouse: ClickHouseConfig::default(),
+            output: OutputSection::default(),
+            state: StateSection::default(),
+            checkpoints: CheckpointSection::default(),
+            http: HttpSection::default(),
+        }
+    }
+}
+
+/// The data contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContractSection {
+    /// JSON Schema file, compiled once at start-up (a new contract version is a new file).
+    pub path: PathBuf,
+}
+
+impl Default for ContractSection {
+    fn default() -> Self {
+        Self { path: PathBuf::from("contracts/events.v1.json") }
+    }
+}
+
+/// Valid events dropped on purpose, e.g. synthetic test traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterSection {
+    /// Events whose `user_id` starts with one of these prefixes are dropped (counted as filtered).
+    pub drop_user_id_prefixes: Vec<String>,
+    /// Events of these `event_type`s are dropped (counted as filtered).
+    pub drop_event_types: Vec<String>,
+}
+
+impl Default for FilterSection {
+    fn default() -> Self {
+        Self { drop_user_id_prefixes: vec!["test-".into()], drop_event_types: Vec::new() }
+    }
+}
+
+/// Deduplication by `event_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupSection {
+    /// How long (event time, ms) an `event_id` is remembered; a resend within it is dropped and
+    /// counted as deduplicated.
+    pub ttl_ms: u64,
+}
+
+impl Default for DedupSection {
+    fn default() -> Self {
+        Self { ttl_ms: 10 * 60_000 }
+    }
+}
+
+/// Watermark generation, one watermark per Kafka partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatermarkSection {
+    /// Bounded out-of-orderness: how far behind the newest event time an event may arrive and
+    /// still be on time, in ms.
+    pub out_of_orderness_ms: u64,
+    /// A partition with no records for this long (wall clock, ms) stops holding the watermark
+    /// back; 0 turns idleness detection off.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for WatermarkSection {
+    fn default() -> Self {
+        Self { out_of_orderness_ms: 5_000, idle_timeout_ms: 30_000 }
+    }
+}
+
+/// What events are grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyField {
+    /// Group by `event_type` (default).
+    EventType,
+    /// Group by `user_id`.
+    UserId,
+}
+
+/// The tumbling window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowSection {
+    /// Window size in ms (default one minute).
+    pub size_ms: u64,
+    /// How long after a window closes late events still update it, in ms; later ones become
+    /// `late_event` dead letters.
+    pub allowed_lateness_ms: u64,
+    /// The grouping field.
+    pub key: KeyField,
+}
+
+impl Default for WindowSection {
+    fn default() -> Self {
+        Self { size_ms: 60_000, allowed_lateness_ms: 120_000, key: KeyField::EventType }
+    }
+}
+
+/// Where window rows go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// ClickHouse (the `[clickhouse]` section).
+    Clickhouse,
+    /// A JSON-lines file (`output.file`), for the embedded demo.
+    File,
+    /// ClickHouse if it answers at start-up, otherwise the file.
+    Auto,
+}
+
+/// The result destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    /// `clickhouse`, `file` or `auto`.
+    pub kind: OutputKind,
+    /// The JSON-lines file for `file` (and `auto` without ClickHouse).
+    pub file: PathBuf,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self { kind: OutputKind::Clickhouse, file: PathBuf::from("ferroflow-windows.jsonl") }
+    }
+}
+
+/// Which state backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateKind {
+    /// RocksDB on local disk (default).
+    Rocksdb,
+    /// In memory, snapshotted whole at checkpoints.
+    Memory,
+}
+
+/// Local state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSection {
+    /// `rocksdb` or `memory`.
+    pub backend: StateKind,
+    /// Local directory for RocksDB and checkpoint scratch files.
+    pub dir: PathBuf,
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        Self { backend: StateKind::Rocksdb, dir: PathBuf::from("ferroflow-state") }
+    }
+}
+
+/// Checkpoints.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Store URL: `file:///dir` or `s3://bucket/prefix`.
+    pub url: String,
+    /// Time between checkpoints, ms. Results reach ClickHouse at least this often.
+    pub interval_ms: u64,
+    /// Checkpoints kept (savepoints are never deleted).
+    pub retain: usize,
+    /// S3 endpoint (MinIO, Garage); empty for AWS.
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    pub s3_region: Option<String>,
+    /// S3 access key id.
+    pub s3_access_key_id: Option<String>,
+    /// S3 secret access key; never logged.
+    pub s3_secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for CheckpointSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointSection")
+            .field("url", &self.url)
+            .field("interval_ms", &self.interval_ms)
+            .field("retain", &self.retain)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_region", &self.s3_region)
+            .field("s3_access_key_id", &self.s3_access_key_id)
+            .field("s3_secret_access_key", &self.s3_secret_access_key.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self {
+            url: "file:///tmp/ferroflow-checkpoints".into(),
+            interval_ms: 5_000,
+            retain: 3,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+        }
+    }
+}
+
+impl CheckpointSection {
+    /// The object-store settings.
+    pub fn s3(&self) -> S3Options {
+        S3Options::path_style(
+            self.s3_endpoint.clone(),
+            self.s3_region.clone(),
+            self.s3_access_key_id.clone(),
+            self.s3_secret_access_key.clone(),
+        )
+    }
+}
+
+/// The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Listen address (`127.0.0.1:0` picks a free port, printed at start-up).
+    pub listen: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigLoadError {
+    /// The file, an environment variable or a flag holds a bad or unknown key or value.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl PipelineConfig {
+    /// Loads `file` (optional), then `FERROFLOW__…` environment variables, then `overrides`
+    /// (command-line flags, as a partial document of the same shape), and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &serde_json::Value) -> Result<Self, ConfigLoadError> {
+        let mut fig = Figment::from(Serialized::defaults(PipelineConfig::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigLoadError::Invalid(format!("config file {} does not exist", f.display())));
+            }
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(Env::prefixed("FERROFLOW__").split("__").lowercase(true));
+        if overrides.as_object().is_some_and(|o| !o.is_empty()) {
+            fig = fig.merge(Serialized::defaults(overrides));
+        }
+        let config: PipelineConfig = fig.extract().map_err(|e| ConfigLoadError::Invalid(describe(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values the types cannot.
+    pub fn validate(&self) -> Result<(), ConfigLoadError> {
+        let bad = |s: &str| Err(ConfigLoadError::Invalid(s.to_string()));
+        self.kafka.validate().map_err(|e| ConfigLoadError::Invalid(e.to_string()))?;
+        self.dead_letters.validate().map_err(|e| ConfigLoadError::Invalid(e.to_string()))?;
+        if self.pipeline_id.is_empty()
+            || !self.pipeline_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return bad("pipeline_id must be non-empty and use only letters, digits, '-' or '_'");
+        }
+        if self.window.size_ms == 0 {
+            return bad("window.size_ms must be greater than 0");
+        }
+        if self.checkpoints.interval_ms == 0 {
+            return bad("checkpoints.interval_ms must be greater than 0");
+        }
+        if self.kafka.topic == self.dead_letters.topic {
+            return bad("dead_letters.topic must differ from kafka.topic");
+        }
+        Ok(())
+    }
+
+    /// The checkpoint interval.
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_millis(self.checkpoints.interval_ms)
+    }
+}
+
+/// Figment's error with every problem and the key it concerns.
+fn describe(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|one| {
+            let path = one.path.join(".");
+            if path.is_empty() { one.to_string() } else { format!("{path}: {one}") }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> Result<PipelineConfig, ConfigLoadError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        PipelineConfig::load(Some(&p), &serde_json::json!({}))
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it() {
+        let e = load_toml("[kafka]\nbrokerz = \"x:1\"\n").unwrap_err().to_string();
+        assert!(e.contains("brokerz"), "{e}");
+        let e = load_toml("[windw]\nsize_ms = 1\n").unwrap_err().to_string();
+        assert!(e.contains("windw"), "{e}");
+    }
+
+    #[test]
+    fn file_then_flags_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "pipeline_id = \"p1\"\n[kafka]\ntopic = \"in\"\n[window]\nsize_ms = 30000\n")
+            .unwrap();
+        let c = PipelineConfig::load(Some(&p), &serde_json::json!({"kafka": {"topic": "flag"}})).unwrap();
+        assert_eq!(c.pipeline_id, "p1");
+        assert_eq!(c.window.size_ms, 30_000);
+        assert_eq!(c.kafka.topic, "flag");
+        assert_eq!(c.kafka.group_id, "ferroflow", "untouched keys keep their defaults");
+    }
+
+    #[test]
+    fn secrets_do_not_appear_in_debug_output() {
+        let c = load_toml("[checkpoints]\ns3_secret_access_key = \"s3cr3t\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n").unwrap();
+        let text = format!("{c:?}");
+        assert!(!text.contains("s3cr3t") && !text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let e = load_toml("[window]\nsize_ms = 0\n").unwrap_err().to_string();
+        assert!(e.contains("window.size_ms"), "{e}");
+        let e = load_toml("[dead_letters]\ntopic = \"events\"\n").unwrap_err().to_string();
+        assert!(e.contains("dead_letters.topic"), "{e}");
+    }
+}

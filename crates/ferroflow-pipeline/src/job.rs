@@ -1,0 +1,444 @@
+//! The reference job: Kafka → decode → data contract → filter → dedup → event time → key →
+//! one-minute tumbling windows → ClickHouse, with dead letters to a Kafka topic.
+//!
+//! | step | what leaves the stream | where it goes |
+//! |------|------------------------|---------------|
+//! | decode | bytes that are not JSON | `decode_error` dead letter |
+//! | contract | events breaking the JSON Schema | `contract_violation` dead letter, counted per rule |
+//! | filter | configured test traffic | counted as filtered |
+//! | dedup | resends of an `event_id` within the TTL | counted as deduplicated |
+//! | window | events later than the allowed lateness | `late_event` dead letter |
+//!
+//! Every other event is aggregated; `in = windowed + filtered + deduplicated + dead-lettered`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferroflow_clickhouse::{ClickHouseSink, TableRow};
+use ferroflow_core::checkpoint::{CheckpointConfig, CheckpointCoordinator, CheckpointStore};
+use ferroflow_core::sink::{JsonLinesSink, Sink};
+use ferroflow_core::time::WatermarkStrategy;
+use ferroflow_core::window::{Aggregator, Stats, StatsValue, WindowResult, WindowSpec};
+use ferroflow_core::{
+    DeadLetter, DeadLetterReason, JobReport, Key, PartitionId, Runner, SinkError, SourcePosition, Stream,
+};
+use ferroflow_kafka::{KafkaDeadLetterSink, KafkaSource, SourceStats};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::config::{KeyField, OutputKind, PipelineConfig, StateKind};
+use crate::contract::{Contract, ContractStats};
+use crate::event::Event;
+
+/// One row of the result table: one key's aggregates for one window.
+///
+/// `version` orders the rows ClickHouse's `ReplacingMergeTree` keeps: `2 × events + is_final`.
+/// A window's contents only grow (late events add to them), so the row with the most events is
+/// the most complete one, whichever run and revision wrote it; replays after a crash may number
+/// revisions differently, but never produce a fuller row than the real final one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct WindowRow {
+    /// The group key (`event_type` by default).
+    pub key: String,
+    /// Window start, seconds since the epoch (`DateTime`).
+    pub window_start: u32,
+    /// Window end (exclusive), seconds since the epoch.
+    pub window_end: u32,
+    /// Events in the window.
+    pub events: u64,
+    /// Sum of `amount`.
+    pub amount_sum: f64,
+    /// Smallest `amount`.
+    pub amount_min: f64,
+    /// Largest `amount`.
+    pub amount_max: f64,
+    /// Distinct `user_id`s (exact).
+    pub distinct_users: u64,
+    /// Emission number of this window (0 first, +1 per late update or final marker).
+    pub revision: u32,
+    /// 1 when the window can no longer change.
+    pub is_final: u8,
+    /// `2 × events + is_final`: the ReplacingMergeTree version.
+    pub version: u64,
+}
+
+impl TableRow for WindowRow {
+    fn table_definition() -> &'static str {
+        "(key String, window_start DateTime, window_end DateTime, events UInt64, amount_sum Float64, \
+         amount_min Float64, amount_max Float64, distinct_users UInt64, revision UInt32, is_final UInt8, \
+         version UInt64) ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(window_start) \
+         ORDER BY (key, window_start)"
+    }
+
+    fn columns() -> &'static [&'static str] {
+        &[
+            "key",
+            "window_start",
+            "window_end",
+            "events",
+            "amount_sum",
+            "amount_min",
+            "amount_max",
+            "distinct_users",
+            "revision",
+            "is_final",
+            "version",
+        ]
+    }
+}
+
+impl WindowRow {
+    /// Converts a window result.
+    pub fn from_result(r: &WindowResult<(StatsValue, u64)>) -> Self {
+        let (stats, users) = &r.value;
+        Self {
+            key: r
+                .key
+                .as_str()
+                .map_or_else(|| String::from_utf8_lossy(r.key.as_bytes()).into_owned(), str::to_string),
+            window_start: (r.window_start.div_euclid(1000)).clamp(0, i64::from(u32::MAX)) as u32,
+            window_end: (r.window_end.div_euclid(1000)).clamp(0, i64::from(u32::MAX)) as u32,
+            events: stats.count,
+            amount_sum: stats.sum,
+            amount_min: stats.min,
+            amount_max: stats.max,
+            distinct_users: *users,
+            revision: r.revision,
+            is_final: u8::from(r.is_final),
+            version: stats.count * 2 + u64::from(r.is_final),
+        }
+    }
+}
+
+/// Exact count of distinct `user_id`s: the window keeps the set (bounded by the users active in
+/// one key's minute; an HLL sketch would trade exactness for constant memory).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DistinctUsers;
+
+impl Aggregator<Event> for DistinctUsers {
+    type Acc = BTreeSet<String>;
+    type Output = u64;
+    fn create(&self) -> Self::Acc {
+        BTreeSet::new()
+    }
+    fn add(&self, acc: &mut Self::Acc, e: &Event) {
+        if !acc.contains(&e.user_id) {
+            acc.insert(e.user_id.clone());
+        }
+    }
+    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) {
+        acc.extend(other.iter().cloned());
+    }
+    fn result(&self, acc: &Self::Acc) -> u64 {
+        acc.len() as u64
+    }
+}
+
+fn event_id(e: &Event) -> &str {
+    &e.event_id
+}
+
+/// Builds the job's operator chain.
+pub fn build_stream(
+    config: &PipelineConfig,
+    contract: Arc<Contract>,
+    contract_stats: ContractStats,
+) -> Result<
+    impl ferroflow_core::operator::IntoOperator<Op: ferroflow_core::Operator<In = Bytes, Out = WindowRow>>,
+    ferroflow_core::ConfigError,
+> {
+    let drop_prefixes = config.filter.drop_user_id_prefixes.clone();
+    let drop_types: BTreeSet<String> = config.filter.drop_event_types.iter().cloned().collect();
+    let key_field = config.window.key;
+    let mut wm = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(
+        config.watermarks.out_of_orderness_ms,
+    ));
+    if config.watermarks.idle_timeout_ms > 0 {
+        wm = wm.with_idleness(Duration::from_millis(config.watermarks.idle_timeout_ms));
+    }
+    let spec = WindowSpec::tumbling(Duration::from_millis(config.window.size_ms))?
+        .with_allowed_lateness(Duration::from_millis(config.window.allowed_lateness_ms));
+    Ok(Stream::<Bytes>::new()
+        .ok_err(move |b: &Bytes| Event::decode_checked(b, &contract, &contract_stats))
+        .filter(move |e: &Event| {
+            !drop_types.contains(&e.event_type)
+                && !drop_prefixes.iter().any(|p| e.user_id.starts_with(p.as_str()))
+        })
+        .assign_timestamps(|e: &Event| e.ts, wm)
+        // After event time is set: ids are forgotten by event time, deterministically on replay.
+        .dedup_by(Duration::from_millis(config.dedup.ttl_ms), event_id)
+        .key_by(move |e: &Event| match key_field {
+            KeyField::EventType => Key::from(e.event_type.as_str()),
+            KeyField::UserId => Key::from(e.user_id.as_str()),
+        })
+        .window(spec, (Stats::of(|e: &Event| e.amount), DistinctUsers))
+        .map(|r: WindowResult<(StatsValue, u64)>| WindowRow::from_result(&r)))
+}
+
+/// Where window rows go: ClickHouse, or a JSON-lines file (the demo without ClickHouse).
+#[derive(Debug)]
+pub enum ResultTarget {
+    /// The ClickHouse table.
+    ClickHouse(Box<ClickHouseSink<WindowRow>>),
+    /// A JSON-lines file.
+    File(JsonLinesSink),
+}
+
+/// The newest row of every window a run emitted (highest `version`), kept by the demo to show
+/// and check its results.
+pub type ResultTap = Arc<Mutex<BTreeMap<(String, u32), WindowRow>>>;
+
+/// The job's result sink: a target plus an optional tap.
+#[derive(Debug)]
+pub struct ResultSink {
+    target: ResultTarget,
+    tap: Option<ResultTap>,
+}
+
+impl Sink<WindowRow> for ResultSink {
+    async fn write_batch(&mut self, batch: Vec<WindowRow>) -> Result<(), SinkError> {
+        if let Some(tap) = &self.tap {
+            if let Ok(mut t) = tap.lock() {
+                for r in &batch {
+                    let e = t.entry((r.key.clone(), r.window_start)).or_insert_with(|| r.clone());
+                    if r.version >= e.version {
+                        *e = r.clone();
+                    }
+                }
+            }
+        }
+        match &mut self.target {
+            ResultTarget::ClickHouse(s) => s.write_batch(batch).await,
+            ResultTarget::File(s) => s.write_batch(batch).await,
+        }
+    }
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        match &mut self.target {
+            ResultTarget::ClickHouse(s) => s.flush().await,
+            ResultTarget::File(s) => Sink::<WindowRow>::flush(s).await,
+        }
+    }
+    fn begin_epoch(&mut self, epoch: u64) {
+        match &mut self.target {
+            ResultTarget::ClickHouse(s) => s.begin_epoch(epoch),
+            ResultTarget::File(s) => Sink::<WindowRow>::begin_epoch(s, epoch),
+        }
+    }
+}
+
+/// Result rows carry this partition in their dead letters (they come from windows, not from one
+/// source record); the offset is the window start in ms.
+pub const RESULT_ROW_PARTITION: PartitionId = PartitionId::MAX;
+
+/// Everything a running job exposes for metrics and the demo's summary.
+#[derive(Debug, Clone)]
+pub struct JobHandles {
+    /// Kafka source counters.
+    pub kafka: SourceStats,
+    /// Contract violations by rule.
+    pub contract: ContractStats,
+    /// The ClickHouse sink's counters, when results go there.
+    pub sink: Option<ferroflow_clickhouse::SinkStats>,
+    /// True when results go to ClickHouse, false for the file.
+    pub to_clickhouse: bool,
+}
+
+/// A job ready to run.
+#[derive(Debug)]
+pub struct PreparedJob {
+    /// Handles for metrics.
+    pub handles: JobHandles,
+    source: KafkaSource,
+    sink: ResultSink,
+    dlq: KafkaDeadLetterSink,
+    contract: Arc<Contract>,
+    rejected_task: tokio::task::JoinHandle<()>,
+}
+
+/// Connects everything (contract, Kafka, ClickHouse or file, checkpoint store) and restores
+/// nothing yet: `run` does.
+pub async fn prepare(config: &PipelineConfig) -> anyhow::Result<PreparedJob> {
+    use anyhow::Context as _;
+    let contract = Arc::new(
+        Contract::load(&config.contract.path)
+            .with_context(|| format!("loading the data contract {}", config.contract.path.display()))?,
+    );
+    let contract_stats = ContractStats::new();
+    let source = KafkaSource::new(&config.kafka)?;
+    if config.dead_letters.create_topic {
+        let brokers = if config.dead_letters.brokers.is_empty() {
+            &config.kafka.brokers
+        } else {
+            &config.dead_letters.brokers
+        };
+        ferroflow_kafka::ensure_topic(
+            brokers,
+            &config.dead_letters.properties,
+            &config.dead_letters.topic,
+            config.dead_letters.partitions,
+        )
+        .await
+        .context("creating the dead-letter topic")?;
+    }
+    let dlq = KafkaDeadLetterSink::new(&config.dead_letters, &config.kafka.brokers)?;
+
+    // Rows ClickHouse refuses permanently become `sink_rejected` dead letters on the same topic,
+    // through their own producer (the callback runs inside the sink task).
+    let (rej_tx, mut rej_rx) = mpsc::unbounded_channel::<DeadLetter>();
+    let mut rej_sink = KafkaDeadLetterSink::new(&config.dead_letters, &config.kafka.brokers)?;
+    let rejected_task = tokio::spawn(async move {
+        while let Some(dl) = rej_rx.recv().await {
+            let mut batch = vec![dl];
+            while let Ok(more) = rej_rx.try_recv() {
+                batch.push(more);
+            }
+            if let Err(e) = rej_sink.write_batch(batch).await {
+                tracing::error!(error = %e, "cannot produce sink_rejected dead letters");
+            }
+            if let Err(e) = rej_sink.flush().await {
+                tracing::error!(error = %e, "cannot flush sink_rejected dead letters");
+            }
+        }
+    });
+    let rejected: ferroflow_clickhouse::RejectedFn<WindowRow> = Arc::new(
+        move |row: &WindowRow, why: &str| {
+            let original = serde_json::to_vec(row).unwrap_or_default();
+            let dl = DeadLetter::new(
+                DeadLetterReason::SinkRejected,
+                format!("ClickHouse refused the row: {why}"),
+                SourcePosition::new(RESULT_ROW_PARTITION, u64::from(row.window_start) * 1000),
+                Bytes::from(original),
+            );
+            if rej_tx.send(dl).is_err() {
+                tracing::error!(key = %row.key, window_start = row.window_start, "a refused row could not be dead-lettered");
+            }
+        },
+    );
+
+    let sink = match config.output.kind {
+        OutputKind::Clickhouse => ResultTarget::ClickHouse(Box::new(
+            ClickHouseSink::connect(config.clickhouse.clone(), rejected).await?,
+        )),
+        OutputKind::File => ResultTarget::File(JsonLinesSink::append(&config.output.file).await?),
+        OutputKind::Auto => {
+            let mut quick = config.clickhouse.clone();
+            quick.startup_timeout_ms = quick.startup_timeout_ms.min(2_000);
+            match ClickHouseSink::connect(quick, rejected).await {
+                Ok(s) => ResultTarget::ClickHouse(Box::new(s)),
+                Err(e) => {
+                    tracing::info!(
+                        url = %config.clickhouse.url,
+                        reason = %e,
+                        file = %config.output.file.display(),
+                        "ClickHouse did not answer; writing window rows to a file instead"
+                    );
+                    ResultTarget::File(JsonLinesSink::append(&config.output.file).await?)
+                }
+            }
+        }
+    };
+    let (sink_stats, to_clickhouse) = match &sink {
+        ResultTarget::ClickHouse(s) => (Some(s.stats()), true),
+        ResultTarget::File(_) => (None, false),
+    };
+    let sink = ResultSink { target: sink, tap: None };
+    Ok(PreparedJob {
+        handles: JobHandles {
+            kafka: source.stats(),
+            contract: contract_stats,
+            sink: sink_stats,
+            to_clickhouse,
+        },
+        source,
+        sink,
+        dlq,
+        contract,
+        rejected_task,
+    })
+}
+
+impl PreparedJob {
+    /// Keeps the newest row of every window in memory (unbounded: for demos and tests).
+    pub fn tap_results(&mut self) -> ResultTap {
+        let tap = ResultTap::default();
+        self.sink.tap = Some(Arc::clone(&tap));
+        tap
+    }
+
+    /// Restores the newest checkpoint (or `from_savepoint`), then runs until `runner`'s shutdown
+    /// handle stops it; the runner's counters and shutdown handle should be taken beforehand.
+    pub async fn run(
+        self,
+        config: &PipelineConfig,
+        runner: Runner,
+        from_savepoint: Option<String>,
+    ) -> anyhow::Result<JobReport> {
+        let store = CheckpointStore::from_url(&config.checkpoints.url, &config.checkpoints.s3())?;
+        let mut cp = CheckpointConfig::new(config.pipeline_id.clone(), config.state.dir.join("scratch"));
+        cp.interval = config.checkpoint_interval();
+        cp.retain = config.checkpoints.retain.max(1);
+        let coordinator = CheckpointCoordinator::open(store, cp).await?;
+        let state =
+            crate::file_job::open_state(&config.state.dir, config.state.backend == StateKind::Memory)?;
+        let mut runner = runner.with_checkpoints(coordinator, state);
+        if let Some(name) = from_savepoint {
+            runner = runner.from_savepoint(name);
+        }
+        let stream = build_stream(config, Arc::clone(&self.contract), self.handles.contract.clone())?;
+        let report = runner.run(self.source, stream, self.sink, self.dlq).await;
+        self.rejected_task.abort();
+        Ok(report?)
+    }
+}
+
+/// Starts the HTTP endpoint for a job (metrics from the engine, Kafka, the contract and the sink)
+/// and logs where it listens.
+pub async fn serve_endpoint(
+    config: &PipelineConfig,
+    handles: &JobHandles,
+    counters: ferroflow_core::JobCounters,
+) -> anyhow::Result<Arc<crate::http::Endpoint>> {
+    use crate::metrics::{MetricSources, PipelineMetrics};
+    let metrics = PipelineMetrics::new(MetricSources {
+        job: counters.clone(),
+        kafka: Some(handles.kafka.clone()),
+        contract: Some(handles.contract.clone()),
+        sink: handles.sink.clone(),
+    })?;
+    let h = handles.clone();
+    let status = crate::http::StatusFn(Box::new(move || status_document(&counters, &h)));
+    let endpoint =
+        Arc::new(crate::http::Endpoint { metrics, ready: std::sync::atomic::AtomicBool::new(false), status });
+    let addr = crate::http::serve(&config.http.listen, Arc::clone(&endpoint)).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
+    Ok(endpoint)
+}
+
+/// The `/status` document: the engine's counters, the accounting identity, Kafka and sink figures.
+pub fn status_document(counters: &ferroflow_core::JobCounters, h: &JobHandles) -> serde_json::Value {
+    let c = counters.snapshot();
+    let lag: BTreeMap<String, i64> = h.kafka.lag().into_iter().map(|(p, l)| (p.to_string(), l.lag)).collect();
+    serde_json::json!({
+        "counters": c,
+        "identity_holds": c.identity_holds(),
+        "kafka": {
+            "records": h.kafka.records(),
+            "bytes": h.kafka.bytes(),
+            "lag": lag,
+            "backpressure_seconds": h.kafka.blocked_seconds(),
+        },
+        "contract_violations": h.contract.snapshot(),
+        "sink": h.sink.as_ref().map(|s| {
+            let st = s.snapshot();
+            serde_json::json!({
+                "rows_written": st.rows_written,
+                "batches_written": st.batches_written,
+                "retries": st.retries,
+                "rows_rejected": st.rows_rejected,
+            })
+        }),
+        "output": if h.to_clickhouse { "clickhouse" } else { "file" },
+    })
+}

@@ -1,0 +1,322 @@
+//! Prometheus metrics of the pipeline, served at `/metrics`.
+//!
+//! The engine, the Kafka source, the contract and the sink each keep their own lock-free
+//! counters; this module copies them into Prometheus metrics when scraped, so the hot path
+//! never touches the registry. Names and meanings are listed in `docs/metrics.md`.
+
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ferroflow_clickhouse::SinkStats;
+use ferroflow_core::JobCounters;
+use ferroflow_kafka::SourceStats;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::contract::ContractStats;
+
+/// Where the figures come from.
+#[derive(Debug, Clone, Default)]
+pub struct MetricSources {
+    /// Engine counters (records, dead letters, watermark, checkpoints).
+    pub job: JobCounters,
+    /// The Kafka source, when the job reads Kafka.
+    pub kafka: Option<SourceStats>,
+    /// Contract violations per rule.
+    pub contract: Option<ContractStats>,
+    /// The ClickHouse sink, when results go there.
+    pub sink: Option<SinkStats>,
+}
+
+/// The registry and the metrics it holds.
+#[derive(Debug)]
+pub struct PipelineMetrics {
+    registry: Registry,
+    sources: MetricSources,
+    m: Mutex<Metrics>,
+}
+
+#[derive(Debug)]
+struct Metrics {
+    records_in: IntCounter,
+    records_windowed: IntCounter,
+    records_filtered: IntCounter,
+    records_deduplicated: IntCounter,
+    dead_letters: IntCounterVec,
+    window_rows: IntCounter,
+    batches: IntCounter,
+    watermark: IntGauge,
+    watermark_lag: Gauge,
+    identity_gap: IntGauge,
+    checkpoints: IntCounter,
+    checkpoint_failures: IntCounter,
+    checkpoint_bytes: IntCounter,
+    checkpoint_last_ts: Gauge,
+    checkpoint_last_duration: Gauge,
+    checkpoint_last_bytes: IntGauge,
+    kafka_records: IntCounter,
+    kafka_bytes: IntCounter,
+    kafka_lag: IntGaugeVec,
+    kafka_blocked: Gauge,
+    kafka_commits: IntCounterVec,
+    contract_violations: IntCounterVec,
+    sink_rows: IntCounter,
+    sink_batches: IntCounter,
+    sink_retries: IntCounter,
+    sink_errors: IntCounterVec,
+    sink_rejected: IntCounter,
+    sink_latency_avg: GaugeVec,
+}
+
+/// Registers a metric and hands it back.
+fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> Result<M, prometheus::Error> {
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    reg(r, IntCounter::new(name, help)?)
+}
+
+impl PipelineMetrics {
+    /// Builds the registry (with the process collector: CPU, RSS, open fds).
+    pub fn new(sources: MetricSources) -> Result<Self, prometheus::Error> {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        let m = Metrics {
+            records_in: counter(&r, "ferroflow_records_in_total", "Source records that entered the job.")?,
+            records_windowed: counter(
+                &r,
+                "ferroflow_records_windowed_total",
+                "Records accepted into windows.",
+            )?,
+            records_filtered: counter(
+                &r,
+                "ferroflow_records_filtered_total",
+                "Records dropped by a filter rule.",
+            )?,
+            records_deduplicated: counter(
+                &r,
+                "ferroflow_records_deduplicated_total",
+                "Records dropped as duplicates of an event_id seen within the TTL.",
+            )?,
+            dead_letters: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ferroflow_dead_letters_total",
+                        "Records sent to the dead-letter topic, by reason.",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            window_rows: counter(
+                &r,
+                "ferroflow_window_rows_emitted_total",
+                "Window results emitted (every revision counted).",
+            )?,
+            batches: counter(&r, "ferroflow_batches_total", "Batches processed.")?,
+            watermark: reg(
+                &r,
+                IntGauge::new(
+                    "ferroflow_watermark_ms",
+                    "The job's combined event-time watermark, ms since the epoch.",
+                )?,
+            )?,
+            watermark_lag: reg(
+                &r,
+                Gauge::new("ferroflow_watermark_lag_seconds", "Wall clock minus the watermark, seconds.")?,
+            )?,
+            identity_gap: reg(
+                &r,
+                IntGauge::new(
+                    "ferroflow_accounting_gap_records",
+                    "records_in - (windowed + filtered + deduplicated + dead-lettered): 0 when every record is accounted for.",
+                )?,
+            )?,
+            checkpoints: counter(&r, "ferroflow_checkpoints_total", "Checkpoints and savepoints completed.")?,
+            checkpoint_failures: counter(
+                &r,
+                "ferroflow_checkpoint_failures_total",
+                "Checkpoints that failed.",
+            )?,
+            checkpoint_bytes: counter(
+                &r,
+                "ferroflow_checkpoint_uploaded_bytes_total",
+                "Bytes uploaded to the checkpoint store.",
+            )?,
+            checkpoint_last_ts: reg(
+                &r,
+                Gauge::new(
+                    "ferroflow_last_checkpoint_timestamp_seconds",
+                    "Wall-clock time of the last completed checkpoint (0: none yet).",
+                )?,
+            )?,
+            checkpoint_last_duration: reg(
+                &r,
+                Gauge::new("ferroflow_last_checkpoint_duration_seconds", "Duration of the last checkpoint.")?,
+            )?,
+            checkpoint_last_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "ferroflow_last_checkpoint_size_bytes",
+                    "Bytes uploaded by the last checkpoint.",
+                )?,
+            )?,
+            kafka_records: counter(&r, "ferroflow_kafka_records_consumed_total", "Records read from Kafka.")?,
+            kafka_bytes: counter(
+                &r,
+                "ferroflow_kafka_bytes_consumed_total",
+                "Payload bytes read from Kafka.",
+            )?,
+            kafka_lag: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "ferroflow_kafka_consumer_lag_records",
+                        "High watermark minus the consumer's position, per partition.",
+                    ),
+                    &["partition"],
+                )?,
+            )?,
+            kafka_blocked: reg(
+                &r,
+                Gauge::new(
+                    "ferroflow_source_backpressure_seconds_total",
+                    "Time the source waited for the job to take a batch (backpressure).",
+                )?,
+            )?,
+            kafka_commits: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ferroflow_kafka_offset_commits_total",
+                        "Offset commits after checkpoints, by result.",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            contract_violations: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("ferroflow_contract_violations_total", "Data-contract violations, by rule."),
+                    &["rule"],
+                )?,
+            )?,
+            sink_rows: counter(&r, "ferroflow_sink_rows_written_total", "Rows inserted into ClickHouse.")?,
+            sink_batches: counter(&r, "ferroflow_sink_batches_total", "Inserts into ClickHouse.")?,
+            sink_retries: counter(
+                &r,
+                "ferroflow_sink_retries_total",
+                "Insert attempts retried after a transient error.",
+            )?,
+            sink_errors: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("ferroflow_sink_errors_total", "Insert attempts that failed, by class."),
+                    &["class"],
+                )?,
+            )?,
+            sink_rejected: counter(
+                &r,
+                "ferroflow_sink_rows_rejected_total",
+                "Rows ClickHouse refused permanently (sent to the dead-letter topic).",
+            )?,
+            sink_latency_avg: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new("ferroflow_sink_insert_latency_seconds", "Insert latency: last and mean."),
+                    &["stat"],
+                )?,
+            )?,
+        };
+        Ok(Self { registry: r, sources, m: Mutex::new(m) })
+    }
+
+    /// Copies every source into the metrics and renders the text exposition format.
+    pub fn render(&self) -> String {
+        if let Ok(m) = self.m.lock() {
+            self.refresh(&m);
+        }
+        let mut buf = Vec::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    fn refresh(&self, m: &Metrics) {
+        let set = |c: &IntCounter, v: u64| {
+            let cur = c.get();
+            if v >= cur {
+                c.inc_by(v - cur);
+            } else {
+                c.reset();
+                c.inc_by(v);
+            }
+        };
+        let s = self.sources.job.snapshot();
+        set(&m.records_in, s.records_in);
+        set(&m.records_windowed, s.records_windowed);
+        set(&m.records_filtered, s.records_filtered);
+        set(&m.records_deduplicated, s.records_deduplicated);
+        for (reason, n) in &s.dead_letters_by_reason {
+            set(&m.dead_letters.with_label_values(&[reason]), *n);
+        }
+        set(&m.window_rows, s.window_rows_emitted);
+        set(&m.batches, s.batches);
+        if s.watermark > i64::MIN && s.watermark < i64::MAX {
+            m.watermark.set(s.watermark);
+            m.watermark_lag.set((now_ms() - s.watermark) as f64 / 1000.0);
+        }
+        let accounted = s.records_windowed
+            + s.records_out
+            + s.records_filtered
+            + s.records_deduplicated
+            + s.records_dead_lettered;
+        m.identity_gap.set((s.records_in + s.records_expanded) as i64 - accounted as i64);
+        set(&m.checkpoints, s.checkpoints_completed);
+        set(&m.checkpoint_failures, s.checkpoint_failures);
+        set(&m.checkpoint_bytes, s.checkpoint_bytes_uploaded);
+        m.checkpoint_last_ts.set(s.last_checkpoint_unix_ms as f64 / 1000.0);
+        m.checkpoint_last_duration.set(s.last_checkpoint_duration_us as f64 / 1e6);
+        m.checkpoint_last_bytes.set(s.last_checkpoint_bytes as i64);
+
+        if let Some(k) = &self.sources.kafka {
+            set(&m.kafka_records, k.records());
+            set(&m.kafka_bytes, k.bytes());
+            m.kafka_blocked.set(k.blocked_seconds());
+            let (ok, failed) = k.commits();
+            set(&m.kafka_commits.with_label_values(&["ok"]), ok);
+            set(&m.kafka_commits.with_label_values(&["failed"]), failed);
+            m.kafka_lag.reset();
+            for (p, lag) in k.lag() {
+                m.kafka_lag.with_label_values(&[&p.to_string()]).set(lag.lag);
+            }
+        }
+        if let Some(c) = &self.sources.contract {
+            for (rule, n) in c.snapshot() {
+                set(&m.contract_violations.with_label_values(&[&rule]), n);
+            }
+        }
+        if let Some(k) = &self.sources.sink {
+            let st = k.snapshot();
+            set(&m.sink_rows, st.rows_written);
+            set(&m.sink_batches, st.batches_written);
+            set(&m.sink_retries, st.retries);
+            set(&m.sink_errors.with_label_values(&["transient"]), st.errors_transient);
+            set(&m.sink_errors.with_label_values(&["permanent"]), st.errors_permanent);
+            set(&m.sink_errors.with_label_values(&["fatal"]), st.errors_fatal);
+            set(&m.sink_rejected, st.rows_rejected);
+            m.sink_latency_avg.with_label_values(&["last"]).set(st.last_insert_latency_us as f64 / 1e6);
+            let mean = st.insert_latency_sum_us as f64 / st.insert_latency_count.max(1) as f64 / 1e6;
+            m.sink_latency_avg.with_label_values(&["mean"]).set(mean);
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
