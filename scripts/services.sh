@@ -126,14 +126,29 @@ start_tansu() {
   log "tansu Kafka broker on 127.0.0.1:$KAFKA_PORT"
 }
 
-install_clickhouse() {
-  command -v clickhouse-server >/dev/null 2>&1 && return
-  log "installing Debian's clickhouse-server"
+# Installs Debian packages that are missing (apt-get update only when the first try fails).
+apt_install() {
   local sudo=()
   [[ "$(id -u)" -eq 0 ]] || sudo=(sudo -E)
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q clickhouse-server clickhouse-client </dev/null \
-    || { DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -q \
-         && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q clickhouse-server clickhouse-client </dev/null; }
+  log "installing Debian packages: $*"
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "$@" </dev/null >/dev/null \
+    || { DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -q >/dev/null \
+         && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "$@" </dev/null >/dev/null; }
+}
+
+install_clickhouse() {
+  command -v clickhouse-server >/dev/null 2>&1 || apt_install clickhouse-server clickhouse-client
+}
+
+# Prometheus (and promtool) for the observability test, docker-compose for `config` checks; the
+# tests start their own Prometheus instances (scripts/prometheus-instance.sh).
+install_ops_tools() {
+  local missing=()
+  command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  [[ ${#missing[@]} -eq 0 ]] || apt_install "${missing[@]}"
+  # Debian starts the packaged Prometheus as a service; the tests need none of it.
+  if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus >/dev/null 2>&1 || true; fi
 }
 
 start_clickhouse() {
@@ -199,6 +214,7 @@ case "${1:-}" in
     [[ -n "${FERROFLOW_S3_ENDPOINT:-}" ]] || start_garage
     [[ -n "${FERROFLOW_KAFKA_BROKERS:-}" ]] || start_tansu
     [[ -n "${FERROFLOW_CLICKHOUSE_URL:-}" ]] || start_clickhouse
+    install_ops_tools
     write_env
     log "environment written to $DIR/env"
     ;;

@@ -59,7 +59,7 @@ section() {
     timings+=("$(printf '%-22s %5ss  %s' "${name}" "${took}" "${status}")")
 }
 
-# Tests that need real servers (S3 today; Kafka and ClickHouse later) are #[ignore]d with a reason
+# Tests that need real servers (S3, Kafka, ClickHouse, Prometheus) are #[ignore]d with a reason
 # and run here, against servers scripts/services.sh starts on 127.0.0.1. FERROFLOW_NO_SERVICES=1
 # skips them (quick local runs).
 ignored=()
@@ -78,6 +78,10 @@ else
 fi
 
 section "format (rustfmt)" cargo fmt --all --check
+if [ "${FERROFLOW_NO_SERVICES:-0}" != "1" ]; then
+    # promtool and docker-compose come with the services (scripts/services.sh installs them).
+    section "ops files (promtool, docker-compose config)" bash scripts/check-ops-files.sh
+fi
 section "lints (clippy)" cargo clippy --workspace --all-targets -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
     section "tests (nextest)" cargo nextest run --workspace --no-fail-fast "${ignored[@]}"

@@ -642,3 +642,39 @@ async fn failing_dead_letter_sink_fails_the_job() {
     let res = within(10, "the job", runner.run(source, stream, CollectSink::new(), FailingSink)).await;
     assert_sink_error(res);
 }
+
+/// Yields one batch, then fails like a broker refusing authentication.
+struct FailingSource {
+    sent: bool,
+}
+
+impl Source<i64> for FailingSource {
+    async fn next_event(&mut self) -> Result<Option<SourceEvent<i64>>, ferroflow::SourceError> {
+        if self.sent {
+            return Err(ferroflow::SourceError::External {
+                message: "authentication failed".into(),
+                retry: ferroflow::RetryHint::NoRetry,
+            });
+        }
+        self.sent = true;
+        let records = (0..10).map(|i| Record::new(i, i * 1_000)).collect();
+        Ok(Some(SourceEvent::Batch(SourceBatch { records, dead_letters: Vec::new() })))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_source_is_not_the_end_of_input() {
+    let stream = Stream::<i64>::new()
+        .assign_timestamps(|x: &i64| x * 1_000, WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO))
+        .key_by(|_: &i64| ferroflow::Key::from("k"))
+        .window(WindowSpec::tumbling(Duration::from_secs(60)).unwrap(), Count);
+    let (sink, dlq) = (CollectSink::new(), CollectSink::new());
+    let out = sink.handle();
+    let err =
+        within(10, "the failed job", Runner::default().run(FailingSource { sent: false }, stream, sink, dlq))
+            .await
+            .expect_err("the source's error is the job's error");
+    assert!(err.to_string().contains("authentication failed"), "{err}");
+    // End of input would have fired the open window with the maximum watermark; a failure must not.
+    assert!(out.take().is_empty(), "no window may be finalised by a failed source");
+}

@@ -351,6 +351,14 @@ impl<R: TableRow> Sink<R> for ClickHouseSink<R> {
         self.insert_buffer().await.map_err(|e| self.fatal(e))
     }
 
+    async fn on_idle(&mut self) -> Result<(), SinkError> {
+        // `batch_max_interval_ms` holds when no more rows come (the end of a burst).
+        if self.interval_elapsed() {
+            self.insert_buffer().await.map_err(|e| self.fatal(e))?;
+        }
+        Ok(())
+    }
+
     fn begin_epoch(&mut self, epoch: u64) {
         if !self.buffer.is_empty() {
             // The runner flushes before every new epoch; rows left here would get the new

@@ -244,17 +244,25 @@ async fn the_row_threshold_inserts_before_flush() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-#[ignore = "needs a ClickHouse server: scripts/services.sh start (FERROFLOW_CLICKHOUSE_URL)"]
-async fn the_interval_inserts_before_flush() -> TestResult {
+/// A sink with a 500 ms batch interval on a manual clock.
+async fn interval_sink(
+    name: &str,
+) -> Result<(ClickHouseSink<WindowRow>, ManualClock, String, String), Box<dyn std::error::Error>> {
     init_tracing();
-    let (url, table) = (server_url(), unique_table("interval"));
+    let (url, table) = (server_url(), unique_table(name));
     let (rejected, _) = collect_rejections::<WindowRow>();
     let clock = ManualClock::new(10_000);
     let cfg = ClickHouseConfig { batch_max_interval_ms: 500, ..config(&url, &table) };
     let mut sink =
         ClickHouseSink::<WindowRow>::connect(cfg, rejected).await?.with_clock(Arc::new(clock.clone()));
     sink.begin_epoch(0);
+    Ok((sink, clock, url, table))
+}
+
+#[tokio::test]
+#[ignore = "needs a ClickHouse server: scripts/services.sh start (FERROFLOW_CLICKHOUSE_URL)"]
+async fn the_interval_inserts_before_flush() -> TestResult {
+    let (mut sink, clock, url, table) = interval_sink("interval").await?;
 
     sink.write_batch(vec![row("a", 0, 1, 0)]).await?;
     clock.advance(499);
@@ -267,6 +275,22 @@ async fn the_interval_inserts_before_flush() -> TestResult {
     clock.advance(1);
     sink.write_batch(vec![row("c", 0, 1, 0)]).await?;
     assert_eq!((sink.buffered(), count(&url, &table).await), (0, 3), "500 ms after the first row: inserted");
+    drop_table(&url, &table).await;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a ClickHouse server: scripts/services.sh start (FERROFLOW_CLICKHOUSE_URL)"]
+async fn the_interval_holds_when_no_more_rows_come() -> TestResult {
+    let (mut sink, clock, url, table) = interval_sink("idle").await?;
+
+    sink.write_batch(vec![row("a", 0, 1, 0), row("b", 0, 1, 0)]).await?;
+    clock.advance(499);
+    sink.on_idle().await?;
+    assert_eq!((sink.buffered(), count(&url, &table).await), (2, 0), "idle before the interval: kept");
+    clock.advance(1);
+    sink.on_idle().await?;
+    assert_eq!((sink.buffered(), count(&url, &table).await), (0, 2), "idle after the interval: inserted");
     drop_table(&url, &table).await;
     Ok(())
 }

@@ -166,3 +166,28 @@ async fn dead_letters_land_on_the_topic_as_json_with_reason_headers() {
     assert_eq!(seen[7]["reason"], "contract_violation");
     assert_eq!(seen[7]["original"], "{\"amount\": -7}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_partitions_mode_reads_every_partition_without_the_group_and_resumes_at_once() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", PARTITIONS, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    produce(&brokers, "events", 300);
+    let mut config = config(&brokers, "events", "g4");
+    config.assignment = ferroflow_kafka::Assignment::AllPartitions;
+
+    let mut first = KafkaSource::new(&config).unwrap();
+    first.seek(&[(0, 90)].into()).unwrap();
+    let got = read(&mut first, 210).await;
+    assert_eq!(got.len(), 210, "partition 0 from 90, the others from the start");
+    assert!(got.iter().all(|(p, o, _)| *p != 0 || *o >= 90));
+    drop(first);
+
+    // A second instance of the same group gets every partition too: no group protocol involved.
+    let started = Instant::now();
+    let mut second = KafkaSource::new(&config).unwrap();
+    second.seek(&[(0, 100), (1, 100), (2, 99)].into()).unwrap();
+    let got = read(&mut second, 1).await;
+    assert_eq!(got.iter().map(|(p, o, _)| (*p, *o)).collect::<Vec<_>>(), vec![(2, 99)]);
+    assert!(started.elapsed() < Duration::from_secs(10), "a restarted instance resumes at once");
+}

@@ -96,18 +96,31 @@ async fn main() -> anyhow::Result<()> {
     let stop = runner.shutdown_handle();
     let started = Instant::now();
     let cfg = config.clone();
+    let kafka_for_report = job.handles.kafka.clone();
     let handle = tokio::spawn(async move { job.run(&cfg, runner, None).await });
     let client = clickhouse::Client::default()
         .with_url(&ch_url)
         .with_compression(clickhouse::Compression::None)
         .with_validation(false);
     let sql = format!("SELECT count() FROM {table} FINAL WHERE is_final = 1");
+    let mut consumed_at = None;
     let e2e = loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         if counters.snapshot().records_in < produced {
             continue;
         }
+        consumed_at.get_or_insert_with(|| started.elapsed().as_secs_f64());
         let n: u64 = client.query(&sql).fetch_one().await.unwrap_or(0);
+        if std::env::var("BENCH_TRACE").is_ok() {
+            let c = counters.snapshot();
+            println!(
+                "  t={:.2}s in={} rows_emitted={} watermark={} final_in_ch={n}",
+                started.elapsed().as_secs_f64(),
+                c.records_in,
+                c.window_rows_emitted,
+                c.watermark
+            );
+        }
         if n as usize >= expected_windows {
             break started.elapsed().as_secs_f64();
         }
@@ -116,8 +129,11 @@ async fn main() -> anyhow::Result<()> {
     let report = handle.await??;
     assert!(report.counters.identity_holds());
     println!(
-        "pipeline: {produced} events to {expected_windows} final windows in ClickHouse in {e2e:.2}s ({} checkpoints)",
-        report.checkpoints_taken
+        "pipeline: {produced} events consumed in {:.2}s, {expected_windows} final windows in ClickHouse after {e2e:.2}s \
+         ({} checkpoints, source waited {:.2}s on the job)",
+        consumed_at.unwrap_or(e2e),
+        report.checkpoints_taken,
+        kafka_for_report.blocked_seconds()
     );
     println!(
         "e2e_events_per_sec={:.0} raw_consume_events_per_sec={:.0}",

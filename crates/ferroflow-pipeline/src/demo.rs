@@ -51,6 +51,10 @@ pub struct DemoOptions {
     pub dir: Option<PathBuf>,
     /// ClickHouse to use if it answers.
     pub clickhouse_url: String,
+    /// Address of the metrics endpoint (`127.0.0.1:0` picks a free port).
+    pub http_listen: String,
+    /// Keep serving `/metrics` this long after the run (for scrapers and dashboards).
+    pub linger: Duration,
 }
 
 /// Produces `events` to `topic` (each to its partition); returns how many were acknowledged.
@@ -128,6 +132,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let mut config = PipelineConfig { pipeline_id: "demo".into(), ..Default::default() };
     config.kafka.brokers = brokers.clone();
     config.kafka.group_id = "ferroflow-demo".into();
+    // The in-process cluster has the topics already (and does not serve topic creation).
+    config.dead_letters.create_topic = false;
     config.contract.path = contract_path;
     config.output.kind = OutputKind::Auto;
     config.output.file = dir.join("windows.jsonl");
@@ -136,7 +142,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     config.state.dir = dir.join("state");
     config.checkpoints.url = format!("file://{}", dir.join("checkpoints").display());
     config.checkpoints.interval_ms = 1_000;
-    config.http.listen = "127.0.0.1:0".into();
+    config.http.listen = opts.http_listen.clone();
 
     let traffic = TrafficConfig {
         partitions: opts.partitions,
@@ -160,7 +166,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let runner = Runner::new(RunnerConfig::default());
     let counters = runner.counters();
     let stop = runner.shutdown_handle();
-    let endpoint = crate::job::serve_endpoint(&config, &job.handles, counters.clone()).await?;
+    let (endpoint, addr) = crate::job::serve_endpoint(&config, &job.handles, counters.clone()).await?;
+    println!("metrics: http://{addr}/metrics  status: http://{addr}/status");
     endpoint.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     println!(
         "results go to {}",
@@ -173,15 +180,39 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     let handles = job.handles.clone();
     let producer_brokers = brokers.clone();
+    let partitions = opts.partitions;
     let main_len = main.len() as u64;
     let c2 = counters.clone();
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed_flag = Arc::clone(&failed);
     let feeder = tokio::spawn(async move {
-        produce(&producer_brokers, "events", &main).await?;
-        // Far-late events only make sense once the watermark has moved past them.
-        while c2.snapshot().records_in < main_len {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let res = async {
+            // Traffic arrives over a few seconds, every partition advancing together.
+            let rounds = 20;
+            let mut by_partition: Vec<Vec<Generated>> = vec![Vec::new(); partitions as usize];
+            for g in main {
+                by_partition[g.partition as usize].push(g);
+            }
+            for r in 0..rounds {
+                let mut slice = Vec::new();
+                for events in &by_partition {
+                    let (from, to) = (events.len() * r / rounds, events.len() * (r + 1) / rounds);
+                    slice.extend_from_slice(&events[from..to]);
+                }
+                produce(&producer_brokers, "events", &slice).await?;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            // Far-late events only make sense once the watermark has moved past them.
+            while c2.snapshot().records_in < main_len {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            produce(&producer_brokers, "events", &late).await
         }
-        produce(&producer_brokers, "events", &late).await
+        .await;
+        if res.is_err() {
+            failed_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        res
     });
 
     let started = Instant::now();
@@ -231,7 +262,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     });
     let stopper_counters = counters.clone();
     let stopper = tokio::spawn(async move {
-        while stopper_counters.snapshot().records_in < total {
+        // Stop once everything produced was consumed, or at once if the feeder failed.
+        while stopper_counters.snapshot().records_in < total
+            && !failed.load(std::sync::atomic::Ordering::Relaxed)
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         stop.stop();
@@ -246,8 +280,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let c = &report.counters;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "\ndone in {secs:.1}s ({:.0} events/s), {} checkpoints",
-        c.records_in as f64 / secs,
+        "\ndone in {secs:.1}s with {} checkpoints (the generator is paced; README has throughput figures)",
         report.checkpoints_taken
     );
     println!(
@@ -287,7 +320,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         expected.len(),
         mismatches
     );
-    println!("metrics were served at /metrics; checkpoints: {}", config.checkpoints.url);
+    println!("checkpoints: {}", config.checkpoints.url);
+    if !opts.linger.is_zero() {
+        println!("serving /metrics for {:.0}s more", opts.linger.as_secs_f64());
+        tokio::time::sleep(opts.linger).await;
+    }
     if mismatches > 0 || !c.identity_holds() {
         anyhow::bail!("the demo's results do not match the oracle");
     }

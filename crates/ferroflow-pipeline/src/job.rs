@@ -220,6 +220,12 @@ impl Sink<WindowRow> for ResultSink {
             ResultTarget::File(s) => Sink::<WindowRow>::flush(s).await,
         }
     }
+    async fn on_idle(&mut self) -> Result<(), SinkError> {
+        match &mut self.target {
+            ResultTarget::ClickHouse(s) => s.on_idle().await,
+            ResultTarget::File(s) => Sink::<WindowRow>::on_idle(s).await,
+        }
+    }
     fn begin_epoch(&mut self, epoch: u64) {
         match &mut self.target {
             ResultTarget::ClickHouse(s) => s.begin_epoch(epoch),
@@ -317,13 +323,16 @@ pub async fn prepare(config: &PipelineConfig) -> anyhow::Result<PreparedJob> {
         },
     );
 
+    // Dedup tokens are prefixed with the pipeline's id, whatever the [clickhouse] section says.
+    let mut ch_config = config.clickhouse.clone();
+    ch_config.pipeline_id = config.pipeline_id.clone();
     let sink = match config.output.kind {
-        OutputKind::Clickhouse => ResultTarget::ClickHouse(Box::new(
-            ClickHouseSink::connect(config.clickhouse.clone(), rejected).await?,
-        )),
+        OutputKind::Clickhouse => {
+            ResultTarget::ClickHouse(Box::new(ClickHouseSink::connect(ch_config, rejected).await?))
+        }
         OutputKind::File => ResultTarget::File(JsonLinesSink::append(&config.output.file).await?),
         OutputKind::Auto => {
-            let mut quick = config.clickhouse.clone();
+            let mut quick = ch_config;
             quick.startup_timeout_ms = quick.startup_timeout_ms.min(2_000);
             match ClickHouseSink::connect(quick, rejected).await {
                 Ok(s) => ResultTarget::ClickHouse(Box::new(s)),
@@ -393,13 +402,13 @@ impl PreparedJob {
     }
 }
 
-/// Starts the HTTP endpoint for a job (metrics from the engine, Kafka, the contract and the sink)
-/// and logs where it listens.
+/// Starts the HTTP endpoint for a job (metrics from the engine, Kafka, the contract and the sink);
+/// returns it with the address it listens on.
 pub async fn serve_endpoint(
     config: &PipelineConfig,
     handles: &JobHandles,
     counters: ferroflow_core::JobCounters,
-) -> anyhow::Result<Arc<crate::http::Endpoint>> {
+) -> anyhow::Result<(Arc<crate::http::Endpoint>, std::net::SocketAddr)> {
     use crate::metrics::{MetricSources, PipelineMetrics};
     let metrics = PipelineMetrics::new(MetricSources {
         job: counters.clone(),
@@ -413,7 +422,7 @@ pub async fn serve_endpoint(
         Arc::new(crate::http::Endpoint { metrics, ready: std::sync::atomic::AtomicBool::new(false), status });
     let addr = crate::http::serve(&config.http.listen, Arc::clone(&endpoint)).await?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
-    Ok(endpoint)
+    Ok((endpoint, addr))
 }
 
 /// The `/status` document: the engine's counters, the accounting identity, Kafka and sink figures.

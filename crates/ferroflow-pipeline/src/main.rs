@@ -120,8 +120,9 @@ struct RunFileArgs {
 
 #[derive(Args, Debug)]
 struct DemoArgs {
-    /// Events generated per partition.
-    #[arg(long, default_value_t = 100_000)]
+    /// Events generated per partition. (At 100 000 per partition the in-process cluster was seen
+    /// to drop the oldest messages before they were read; stay well below.)
+    #[arg(long, default_value_t = 30_000)]
     events: u64,
     /// Partitions of the demo topic.
     #[arg(long, default_value_t = 3)]
@@ -132,6 +133,12 @@ struct DemoArgs {
     /// ClickHouse to write to if it answers (otherwise window rows go to a file in --dir).
     #[arg(long, default_value = "http://127.0.0.1:8123")]
     clickhouse_url: String,
+    /// Address of /metrics, /healthz, /readyz and /status (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    http_listen: String,
+    /// Keep serving /metrics for this many seconds after the run ends.
+    #[arg(long, default_value_t = 0)]
+    linger_secs: u64,
 }
 
 #[derive(Args, Debug, Default)]
@@ -311,6 +318,8 @@ async fn main() -> anyhow::Result<()> {
                 partitions: a.partitions,
                 dir: a.dir,
                 clickhouse_url: a.clickhouse_url,
+                http_listen: a.http_listen,
+                linger: Duration::from_secs(a.linger_secs),
             })
             .await
         }
@@ -445,7 +454,8 @@ async fn run_job(a: RunArgs) -> anyhow::Result<()> {
     tracing::info!(pipeline = %config.pipeline_id, topic = %config.kafka.topic, "starting");
     let job = ferroflow_pipeline::job::prepare(&config).await?;
     let runner = Runner::new(RunnerConfig::default());
-    let endpoint = ferroflow_pipeline::job::serve_endpoint(&config, &job.handles, runner.counters()).await?;
+    let (endpoint, _addr) =
+        ferroflow_pipeline::job::serve_endpoint(&config, &job.handles, runner.counters()).await?;
     install_signal_handlers(&runner, a.savepoint_on_shutdown.clone());
     endpoint.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let report = job.run(&config, runner, a.from_savepoint.clone()).await?;

@@ -273,13 +273,16 @@ impl Runner {
         let cap = self.config.channel_capacity.max(1);
         let listener = source.checkpoint_listener();
         let first_epoch = resumed.as_ref().map_or(0, |r| r.epoch + 1);
-        let (src_tx, mut src_rx) = mpsc::channel::<SourceEvent<C::In>>(cap);
+        // `None` on this channel is the source's explicit end of input; the channel closing
+        // without it means the source failed (its error comes from the task's result).
+        let (src_tx, mut src_rx) = mpsc::channel::<Option<SourceEvent<C::In>>>(cap);
         let (out_tx, out_rx) = mpsc::channel::<SinkMsg<C::Out>>(cap);
         let (dlq_tx, dlq_rx) = mpsc::channel::<SinkMsg<DeadLetter>>(cap);
 
         let source_task: JoinHandle<Result<(), SourceError>> = tokio::spawn(run_source(source, src_tx));
-        let sink_task = tokio::spawn(run_sink(sink, out_rx, first_epoch));
-        let dlq_task = tokio::spawn(run_sink(dead_letters, dlq_rx, first_epoch));
+        let idle = self.config.tick_interval;
+        let sink_task = tokio::spawn(run_sink(sink, out_rx, first_epoch, idle));
+        let dlq_task = tokio::spawn(run_sink(dead_letters, dlq_rx, first_epoch, idle));
 
         let mut job = JobState {
             offsets: BTreeMap::new(),
@@ -308,6 +311,7 @@ impl Runner {
         let mut stop: Option<StopRequest> = None;
         let mut failure: Option<JobError> = None;
         let mut sink_gone = false;
+        let mut source_failed = false;
         let mut savepoint_now: Option<String> = None;
 
         loop {
@@ -323,10 +327,14 @@ impl Runner {
                 // A sink task that ended early failed: stop now, even if the source is quiet.
                 _ = out_tx.closed() => { sink_gone = true; None }
                 _ = dlq_tx.closed() => { sink_gone = true; None }
-                ev = src_rx.recv() => Some(ev),
+                ev = src_rx.recv() => match ev {
+                    Some(ev) => Some(ev),
+                    None => { source_failed = true; None }
+                },
                 _ = ticker.tick() => None,
             };
-            if stop.is_some() || sink_gone {
+            if stop.is_some() || sink_gone || source_failed {
+                // A failed source is not the end of input: no final watermark, no checkpoint.
                 break;
             }
             ctx.set_processing_time(clock.now_ms());
@@ -429,7 +437,7 @@ impl Runner {
         drop(dlq_tx);
         drop(src_rx);
         drop(input);
-        let stopped_before_end = stop.is_some() || sink_gone || failure.is_some();
+        let stopped_before_end = stop.is_some() || sink_gone || failure.is_some() || source_failed;
         if stopped_before_end {
             // The source may be waiting for input that never comes; it has nothing left to deliver.
             source_task.abort();
@@ -573,13 +581,16 @@ async fn join<R>(task: &'static str, handle: JoinHandle<R>) -> Result<R, JobErro
 
 async fn run_source<T, S: Source<T>>(
     mut source: S,
-    tx: mpsc::Sender<SourceEvent<T>>,
+    tx: mpsc::Sender<Option<SourceEvent<T>>>,
 ) -> Result<(), SourceError> {
+    // An error returns before the end marker is sent: the processing task sees the channel
+    // close without it and stops without finalising anything.
     while let Some(ev) = source.next_event().await? {
-        if tx.send(ev).await.is_err() {
-            break; // the processing task stopped; its error is reported there
+        if tx.send(Some(ev)).await.is_err() {
+            return Ok(()); // the processing task stopped; its error is reported there
         }
     }
+    let _ = tx.send(None).await;
     Ok(())
 }
 
@@ -587,9 +598,18 @@ async fn run_sink<T, K: Sink<T>>(
     mut sink: K,
     mut rx: mpsc::Receiver<SinkMsg<T>>,
     first_epoch: u64,
+    idle: Duration,
 ) -> Result<(), SinkError> {
     sink.begin_epoch(first_epoch);
-    while let Some(msg) = rx.recv().await {
+    loop {
+        let msg = match tokio::time::timeout(idle, rx.recv()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(_) => {
+                sink.on_idle().await?;
+                continue;
+            }
+        };
         match msg {
             SinkMsg::Batch(batch) => sink.write_batch(batch).await?,
             SinkMsg::Barrier { ack, next_epoch } => {

@@ -26,6 +26,12 @@ pub trait Sink<T>: Send + 'static {
         async { Ok(()) }
     }
 
+    /// Called periodically while no batch arrives (every runner tick), so sinks that buffer can
+    /// honour a time limit without waiting for the next write or checkpoint. Default: nothing.
+    fn on_idle(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Called before the first batch of each sink epoch: once at start (with the epoch after the
     /// restored checkpoint, or 0) and after every checkpoint barrier. An epoch is the output
     /// between two checkpoints; sinks that deduplicate writes derive their tokens from it.
