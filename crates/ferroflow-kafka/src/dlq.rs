@@ -18,6 +18,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::DeadLetterTopicConfig;
 use crate::error::KafkaError;
+use crate::headers::HeaderStash;
 
 /// Delivery results, counted by librdkafka's callback thread.
 #[derive(Debug, Default)]
@@ -62,6 +63,8 @@ pub struct KafkaDeadLetterSink {
     topic: String,
     flush_timeout: Duration,
     produced: u64,
+    /// Original headers of source messages, copied onto their dead letters.
+    stash: Option<HeaderStash>,
     /// Failures already reported (so one failure fails one flush, not every later one).
     failures_seen: u64,
     scratch: Vec<u8>,
@@ -89,9 +92,17 @@ impl KafkaDeadLetterSink {
             topic: config.topic.clone(),
             flush_timeout: Duration::from_millis(config.flush_timeout_ms),
             produced: 0,
+            stash: None,
             failures_seen: 0,
             scratch: Vec::with_capacity(1024),
         })
+    }
+
+    /// Copies each dead letter's original message headers (from the source's stash) onto its
+    /// message on the dead-letter topic, after the `ferroflow.*` headers.
+    pub fn with_header_stash(mut self, stash: HeaderStash) -> Self {
+        self.stash = Some(stash);
+        self
     }
 
     /// Dead letters acknowledged by the broker so far.
@@ -105,11 +116,15 @@ impl KafkaDeadLetterSink {
         let key = format!("{}:{}", dl.position.partition, dl.position.offset);
         let partition = dl.position.partition.to_string();
         let offset = dl.position.offset.to_string();
+        let original = self.stash.as_ref().and_then(|s| s.get(dl.position)).unwrap_or_default();
         loop {
-            let headers = OwnedHeaders::new_with_capacity(3)
+            let mut headers = OwnedHeaders::new_with_capacity(3 + original.len())
                 .insert(Header { key: "ferroflow.reason", value: Some(dl.reason.code()) })
                 .insert(Header { key: "ferroflow.source.partition", value: Some(partition.as_str()) })
                 .insert(Header { key: "ferroflow.source.offset", value: Some(offset.as_str()) });
+            for (k, v) in &original {
+                headers = headers.insert(Header { key: k.as_str(), value: v.as_deref() });
+            }
             let record = BaseRecord::to(&self.topic).key(&key).payload(&self.scratch).headers(headers);
             match self.producer.send(record) {
                 Ok(()) => {

@@ -3,7 +3,8 @@
 //! - [`KafkaSource`]: a consumer-group member that polls in batches on its own thread, gives each
 //!   partition its own watermark, resumes from the job's checkpoints (auto-commit is off) and
 //!   commits checkpointed offsets back to the group for lag tools.
-//! - [`KafkaDeadLetterSink`]: dead letters as JSON envelopes on a topic (default `events.dlq`).
+//! - [`KafkaDeadLetterSink`]: dead letters as JSON envelopes on a topic (default `events.dlq`),
+//!   with the original message's headers ([`HeaderStash`]).
 //! - [`ensure_topic`]: creates a topic if missing.
 //!
 //! Every librdkafka property (SASL, SSL, fetch sizes, …) passes through
@@ -14,6 +15,7 @@ mod admin;
 mod config;
 mod dlq;
 mod error;
+mod headers;
 mod source;
 mod stats;
 
@@ -21,6 +23,7 @@ pub use admin::ensure_topic;
 pub use config::{Assignment, DeadLetterTopicConfig, KafkaSourceConfig, Properties, StartOffset};
 pub use dlq::{DeadLetterContext, KafkaDeadLetterSink};
 pub use error::KafkaError;
+pub use headers::{HeaderPair, HeaderStash};
 pub use source::{KafkaSource, SourceContext};
 pub use stats::{PartitionLag, SourceStats};
 

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Assignment, KafkaSourceConfig, StartOffset};
 use crate::error::KafkaError;
+use crate::headers::{HeaderPair, HeaderStash};
 use crate::stats::{PartitionLag, SourceStats};
 
 /// How long one poll waits when there is nothing buffered (also the pause-loop tick).
@@ -49,6 +50,8 @@ struct Shared {
     /// Partition events raised inside `poll` (rebalance callbacks), delivered after the batch.
     pending: Mutex<Vec<SourceEvent<Bytes>>>,
     stats: SourceStats,
+    /// Headers of messages that have any, for the dead-letter topic.
+    headers: HeaderStash,
 }
 
 /// The consumer's callbacks: rebalances (assign at checkpointed offsets), statistics (lag),
@@ -195,6 +198,7 @@ impl KafkaSource {
             resume: Mutex::new(BTreeMap::new()),
             pending: Mutex::new(Vec::new()),
             stats: SourceStats::default(),
+            headers: HeaderStash::default(),
         });
         let consumer: Consumer_ = config
             .client_config()
@@ -211,6 +215,11 @@ impl KafkaSource {
             rx: None,
             thread: None,
         })
+    }
+
+    /// The original headers of messages read (give it to the dead-letter sink).
+    pub fn header_stash(&self) -> HeaderStash {
+        self.shared.headers.clone()
     }
 
     /// Live counters (records, bytes, backpressure time, lag per partition).
@@ -271,25 +280,31 @@ impl Source<Bytes> for KafkaSource {
     }
 
     fn checkpoint_listener(&self) -> Option<Arc<dyn CheckpointListener>> {
-        if !self.config.commit_offsets {
-            return None;
-        }
         Some(Arc::new(OffsetCommitter {
             consumer: Arc::clone(&self.consumer),
             topic: self.config.topic.clone(),
+            commit: self.config.commit_offsets,
+            headers: self.shared.headers.clone(),
         }))
     }
 }
 
-/// Commits checkpointed offsets to the consumer group (asynchronously; failures are logged and
-/// counted, never fatal: the job resumes from its checkpoints, not from these commits).
+/// After each checkpoint: forgets stashed headers it covers and commits its offsets to the
+/// consumer group (asynchronously; failures are logged and counted, never fatal: the job resumes
+/// from its checkpoints, not from these commits).
 struct OffsetCommitter {
     consumer: Arc<Consumer_>,
     topic: String,
+    commit: bool,
+    headers: HeaderStash,
 }
 
 impl CheckpointListener for OffsetCommitter {
     fn checkpoint_complete(&self, checkpoint_id: u64, offsets: &BTreeMap<PartitionId, u64>) {
+        self.headers.forget_before(offsets);
+        if !self.commit {
+            return;
+        }
         let mut tpl = TopicPartitionList::new();
         for (p, o) in offsets {
             let (Ok(p), Ok(o)) = (i32::try_from(*p), i64::try_from(*o)) else { continue };
@@ -475,6 +490,14 @@ impl Poller {
         };
         let ts = m.timestamp().to_millis().unwrap_or(0);
         builder.push(p, o, ts, m.payload().unwrap_or(&[]));
+        if let Some(hs) = m.headers() {
+            use rdkafka::message::Headers as _;
+            let pairs: Vec<HeaderPair> =
+                hs.iter().map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice))).collect();
+            if !pairs.is_empty() {
+                self.shared.headers.put(SourcePosition::new(p, o), pairs);
+            }
+        }
     }
 
     /// Hands `ev` to the job. While the job's channel is full the thread keeps polling and

@@ -191,3 +191,76 @@ async fn all_partitions_mode_reads_every_partition_without_the_group_and_resumes
     assert_eq!(got.iter().map(|(p, o, _)| (*p, *o)).collect::<Vec<_>>(), vec![(2, 99)]);
     assert!(started.elapsed() < Duration::from_secs(10), "a restarted instance resumes at once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_keep_the_original_message_headers() {
+    use ferroflow_kafka::rdkafka::message::{Header, OwnedHeaders};
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", 1, 1).unwrap();
+    cluster.create_topic("events.dlq", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    producer
+        .send(
+            BaseRecord::<(), _>::to("events").payload("{not json").partition(0).headers(
+                OwnedHeaders::new()
+                    .insert(Header { key: "trace-id", value: Some("t-42") })
+                    .insert(Header { key: "tenant", value: Some("acme") }),
+            ),
+        )
+        .unwrap();
+    producer.send(BaseRecord::<(), _>::to("events").payload("{}").partition(0)).unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let mut source = KafkaSource::new(&config(&brokers, "events", "g5")).unwrap();
+    let got = read(&mut source, 2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(source.header_stash().len(), 1, "only the message with headers is stashed");
+
+    let mut sink = KafkaDeadLetterSink::new(&DeadLetterTopicConfig::default(), &brokers)
+        .unwrap()
+        .with_header_stash(source.header_stash());
+    let dl = |offset| {
+        DeadLetter::new(DeadLetterReason::DecodeError, "bad", SourcePosition::new(0, offset), Bytes::new())
+    };
+    sink.write_batch(vec![dl(0), dl(1)]).await.unwrap();
+    sink.flush().await.unwrap();
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "dlq-headers")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["events.dlq"]).unwrap();
+    let mut seen: BTreeMap<u64, Vec<(String, String)>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 2 && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let body: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let hs = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or(b"")).into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            seen.insert(body["position"]["offset"].as_u64().unwrap(), hs);
+        }
+    }
+    let with = &seen[&0];
+    assert!(with.contains(&("trace-id".into(), "t-42".into())), "{with:?}");
+    assert!(with.contains(&("tenant".into(), "acme".into())), "{with:?}");
+    assert!(with.contains(&("ferroflow.reason".into(), "decode_error".into())), "{with:?}");
+    assert!(
+        !seen[&1].iter().any(|(k, _)| k == "trace-id"),
+        "a message without headers gets only ferroflow's"
+    );
+
+    // A completed checkpoint past the message forgets its headers.
+    source.checkpoint_listener().unwrap().checkpoint_complete(1, &[(0, 2)].into());
+    assert!(source.header_stash().is_empty());
+}

@@ -288,7 +288,8 @@ pub async fn prepare(config: &PipelineConfig) -> anyhow::Result<PreparedJob> {
         .await
         .context("creating the dead-letter topic")?;
     }
-    let dlq = KafkaDeadLetterSink::new(&config.dead_letters, &config.kafka.brokers)?;
+    let dlq = KafkaDeadLetterSink::new(&config.dead_letters, &config.kafka.brokers)?
+        .with_header_stash(source.header_stash());
 
     // Rows ClickHouse refuses permanently become `sink_rejected` dead letters on the same topic,
     // through their own producer (the callback runs inside the sink task).
