@@ -168,7 +168,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let stop = runner.shutdown_handle();
     let (endpoint, addr) = crate::job::serve_endpoint(&config, &job.handles, counters.clone()).await?;
     println!("metrics: http://{addr}/metrics  status: http://{addr}/status");
-    endpoint.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    crate::job::mark_ready_when_running(Arc::clone(&endpoint), counters.clone());
     println!(
         "results go to {}",
         if job.handles.to_clickhouse {

@@ -452,3 +452,14 @@ pub fn status_document(counters: &ferroflow_core::JobCounters, h: &JobHandles) -
         "output": if h.to_clickhouse { "clickhouse" } else { "file" },
     })
 }
+
+/// Marks `endpoint` ready once the runner's loop is running: the checkpoint has been restored
+/// and the source is being read (the loop counts a batch per iteration, ticks included).
+pub fn mark_ready_when_running(endpoint: Arc<crate::http::Endpoint>, counters: ferroflow_core::JobCounters) {
+    tokio::spawn(async move {
+        while counters.snapshot().batches == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        endpoint.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}

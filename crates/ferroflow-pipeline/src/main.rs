@@ -457,7 +457,7 @@ async fn run_job(a: RunArgs) -> anyhow::Result<()> {
     let (endpoint, _addr) =
         ferroflow_pipeline::job::serve_endpoint(&config, &job.handles, runner.counters()).await?;
     install_signal_handlers(&runner, a.savepoint_on_shutdown.clone());
-    endpoint.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    ferroflow_pipeline::job::mark_ready_when_running(std::sync::Arc::clone(&endpoint), runner.counters());
     let report = job.run(&config, runner, a.from_savepoint.clone()).await?;
     println!("{}", serde_json::to_string(&report.counters)?);
     tracing::info!(

@@ -56,6 +56,11 @@ fn results_dead_letters_and_accounting_match_an_independent_oracle() {
     p.wait_status("the main traffic to be consumed", Duration::from_secs(120), |s| {
         s["counters"]["records_in"].as_u64() >= Some(main_len)
     });
+    assert_eq!(common::http_get(p.port, "/readyz").as_deref(), Some("ready\n"), "ready once consuming");
+    assert!(
+        common::http_get(p.port, "/metrics").is_some_and(|m| m.contains("ferroflow_records_in_total")),
+        "/metrics serves the engine's counters"
+    );
     // Far-late events are late only once the watermark has moved past them: produce them now.
     produce(&services, &topic, t.partitions, &late);
     let total = all.len() as u64;
