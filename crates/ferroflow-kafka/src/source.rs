@@ -142,10 +142,12 @@ impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        // Successes are counted when the commit is handed to the client; this only sees failures
+        // reported by the broker.
         if let Err(e) = &result {
             tracing::warn!(error = %e, "committing checkpointed offsets failed; lag tools may lag behind");
+            self.shared.stats.committed(false);
         }
-        self.shared.stats.committed(result.is_ok());
     }
 }
 
@@ -285,6 +287,7 @@ impl Source<Bytes> for KafkaSource {
             topic: self.config.topic.clone(),
             commit: self.config.commit_offsets,
             headers: self.shared.headers.clone(),
+            stats: self.shared.stats.clone(),
         }))
     }
 }
@@ -297,6 +300,7 @@ struct OffsetCommitter {
     topic: String,
     commit: bool,
     headers: HeaderStash,
+    stats: SourceStats,
 }
 
 impl CheckpointListener for OffsetCommitter {
@@ -315,8 +319,12 @@ impl CheckpointListener for OffsetCommitter {
         if tpl.count() == 0 {
             return;
         }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            tracing::warn!(checkpoint = checkpoint_id, error = %e, "cannot commit checkpointed offsets");
+        match self.consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) => self.stats.committed(true),
+            Err(e) => {
+                tracing::warn!(checkpoint = checkpoint_id, error = %e, "cannot commit checkpointed offsets");
+                self.stats.committed(false);
+            }
         }
     }
 }

@@ -74,7 +74,7 @@ impl SourceStats {
     pub fn blocked_seconds(&self) -> f64 {
         self.inner.blocked_ns.load(Ordering::Relaxed) as f64 / 1e9
     }
-    /// Offset commits that succeeded / failed.
+    /// Offset commits handed to the client / failed (refused locally or by the broker).
     pub fn commits(&self) -> (u64, u64) {
         (self.inner.commits.load(Ordering::Relaxed), self.inner.commit_failures.load(Ordering::Relaxed))
     }
