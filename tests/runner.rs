@@ -678,3 +678,21 @@ async fn a_failing_source_is_not_the_end_of_input() {
     // End of input would have fired the open window with the maximum watermark; a failure must not.
     assert!(out.take().is_empty(), "no window may be finalised by a failed source");
 }
+
+#[tokio::test]
+async fn per_partition_watermarks_are_reported_in_the_counters() {
+    let records: Vec<Record<i64>> = (0..20)
+        .map(|i| Record::new(i, 0).with_position(SourcePosition::new((i % 2) as u32, (i / 2) as u64)))
+        .collect();
+    let source = MemorySource::new(records).with_batch_size(4);
+    let stream = Stream::<i64>::new()
+        .assign_timestamps(|x: &i64| x * 1_000, WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO));
+    let runner = Runner::default();
+    let counters = runner.counters();
+    let mut runner = runner;
+    let report = runner.run(source, stream, CollectSink::new(), CollectSink::new()).await.unwrap();
+    let parts = &report.counters.partitions;
+    assert_eq!(parts.iter().map(|p| p.partition).collect::<Vec<_>>(), vec![0, 1], "{parts:?}");
+    assert!(parts.iter().all(|p| p.watermark == i64::MAX && !p.idle), "finished partitions: {parts:?}");
+    assert_eq!(counters.snapshot().partitions, *parts, "the live counters hold the same report");
+}

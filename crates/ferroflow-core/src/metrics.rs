@@ -83,6 +83,18 @@ struct Shared {
     last_checkpoint_unix_ms: AtomicI64,
     last_checkpoint_duration_us: AtomicU64,
     last_checkpoint_bytes: AtomicU64,
+    partitions: std::sync::Mutex<Vec<PartitionStatus>>,
+}
+
+/// One source partition's event-time progress, as the watermark generator last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PartitionStatus {
+    /// The partition.
+    pub partition: crate::record::PartitionId,
+    /// Its own watermark (ms; `i64::MIN` before its first record, `i64::MAX` once finished).
+    pub watermark: i64,
+    /// True while it is idle and does not hold the combined watermark back.
+    pub idle: bool,
 }
 
 impl JobCounters {
@@ -126,6 +138,13 @@ impl JobCounters {
         s.last_checkpoint_unix_ms.store(now, Ordering::Relaxed);
     }
 
+    /// Replaces the per-partition watermark report.
+    pub fn set_partitions(&self, partitions: Vec<PartitionStatus>) {
+        if let Ok(mut p) = self.inner.partitions.lock() {
+            *p = partitions;
+        }
+    }
+
     /// Records a checkpoint that failed.
     pub fn record_checkpoint_failure(&self) {
         self.inner.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
@@ -161,6 +180,7 @@ impl JobCounters {
             last_checkpoint_unix_ms: s.last_checkpoint_unix_ms.load(Ordering::Relaxed),
             last_checkpoint_duration_us: get(&s.last_checkpoint_duration_us),
             last_checkpoint_bytes: get(&s.last_checkpoint_bytes),
+            partitions: s.partitions.lock().map(|p| p.clone()).unwrap_or_default(),
         }
     }
 }
@@ -202,6 +222,8 @@ pub struct CountersSnapshot {
     pub last_checkpoint_duration_us: u64,
     /// Bytes uploaded by the last checkpoint.
     pub last_checkpoint_bytes: u64,
+    /// Per-partition watermarks and idleness (empty for jobs without `assign_timestamps`).
+    pub partitions: Vec<PartitionStatus>,
 }
 
 impl CountersSnapshot {

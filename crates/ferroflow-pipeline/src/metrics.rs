@@ -49,6 +49,8 @@ struct Metrics {
     watermark: IntGauge,
     watermark_lag: Gauge,
     identity_gap: IntGauge,
+    partition_watermark: IntGaugeVec,
+    idle_partitions: IntGauge,
     checkpoints: IntCounter,
     checkpoint_failures: IntCounter,
     checkpoint_bytes: IntCounter,
@@ -134,6 +136,23 @@ impl PipelineMetrics {
                 IntGauge::new(
                     "ferroflow_accounting_gap_records",
                     "records_in - (windowed + filtered + deduplicated + dead-lettered): 0 when every record is accounted for.",
+                )?,
+            )?,
+            partition_watermark: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "ferroflow_partition_watermark_ms",
+                        "Each source partition's own watermark, ms since the epoch (partitions with data).",
+                    ),
+                    &["partition"],
+                )?,
+            )?,
+            idle_partitions: reg(
+                &r,
+                IntGauge::new(
+                    "ferroflow_idle_partitions",
+                    "Source partitions currently idle (not holding the watermark back).",
                 )?,
             )?,
             checkpoints: counter(&r, "ferroflow_checkpoints_total", "Checkpoints and savepoints completed.")?,
@@ -277,6 +296,13 @@ impl PipelineMetrics {
             + s.records_deduplicated
             + s.records_dead_lettered;
         m.identity_gap.set((s.records_in + s.records_expanded) as i64 - accounted as i64);
+        m.partition_watermark.reset();
+        for p in &s.partitions {
+            if p.watermark > i64::MIN && p.watermark < i64::MAX {
+                m.partition_watermark.with_label_values(&[&p.partition.to_string()]).set(p.watermark);
+            }
+        }
+        m.idle_partitions.set(s.partitions.iter().filter(|p| p.idle).count() as i64);
         set(&m.checkpoints, s.checkpoints_completed);
         set(&m.checkpoint_failures, s.checkpoint_failures);
         set(&m.checkpoint_bytes, s.checkpoint_bytes_uploaded);

@@ -63,6 +63,18 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> AssignTimest
         if let Some(w) = self.tracker.advance(ctx.processing_time()) {
             ctx.propose_watermark(w);
         }
+        let idle = self.tracker.idle_partitions();
+        let statuses = self
+            .tracker
+            .partition_watermarks()
+            .into_iter()
+            .map(|(partition, w)| crate::metrics::PartitionStatus {
+                partition,
+                watermark: w.0,
+                idle: idle.contains(&partition),
+            })
+            .collect();
+        ctx.report_partitions(statuses);
     }
 }
 

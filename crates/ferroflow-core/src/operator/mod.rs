@@ -60,6 +60,8 @@ pub struct Context {
     pub(crate) counters: LocalCounters,
     pub(crate) dead_letters: Vec<DeadLetter>,
     pending_watermark: Option<Watermark>,
+    /// Per-partition watermarks reported by the watermark generator this batch.
+    pub(crate) partitions: Option<Vec<crate::metrics::PartitionStatus>>,
     /// False downstream of a window: those steps see results, not source records, so they are
     /// kept out of the record accounting.
     counting: bool,
@@ -79,6 +81,7 @@ impl Context {
             counters: LocalCounters::default(),
             dead_letters: Vec::new(),
             pending_watermark: None,
+            partitions: None,
             counting: true,
         }
     }
@@ -144,6 +147,12 @@ impl Context {
     /// delivers it to every operator through [`Operator::on_watermark`].
     pub fn propose_watermark(&mut self, watermark: Watermark) {
         self.pending_watermark = Some(self.pending_watermark.map_or(watermark, |w| w.max(watermark)));
+    }
+
+    /// Reports every partition's watermark and idleness (the watermark generator does, for
+    /// metrics).
+    pub fn report_partitions(&mut self, partitions: Vec<crate::metrics::PartitionStatus>) {
+        self.partitions = Some(partitions);
     }
 
     /// Takes the proposed watermark, if any.

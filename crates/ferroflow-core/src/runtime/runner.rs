@@ -392,6 +392,9 @@ impl Runner {
                 downstream_closed |= dlq_tx.send(SinkMsg::Batch(ctx.take_dead_letters())).await.is_err();
             }
             self.counters.absorb(&mut ctx.counters);
+            if let Some(p) = ctx.partitions.take() {
+                self.counters.set_partitions(p);
+            }
             if downstream_closed {
                 sink_gone = true;
                 break;
