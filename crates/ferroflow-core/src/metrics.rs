@@ -84,7 +84,14 @@ struct Shared {
     last_checkpoint_duration_us: AtomicU64,
     last_checkpoint_bytes: AtomicU64,
     partitions: std::sync::Mutex<Vec<PartitionStatus>>,
+    /// The most recent checkpoint durations, numbered by `checkpoints_completed`.
+    recent_checkpoints: std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Duration)>>,
+    restore_duration_us: AtomicU64,
 }
+
+/// Checkpoint durations kept for exporters that build histograms (they read them at least this
+/// often, in checkpoints).
+const RECENT_CHECKPOINTS: usize = 256;
 
 /// One source partition's event-time progress, as the watermark generator last saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -128,7 +135,13 @@ impl JobCounters {
     /// Records a completed checkpoint (or savepoint): its duration and bytes uploaded.
     pub fn record_checkpoint(&self, duration: std::time::Duration, bytes_uploaded: u64) {
         let s = &self.inner;
-        s.checkpoints_completed.fetch_add(1, Ordering::Relaxed);
+        let n = s.checkpoints_completed.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut r) = s.recent_checkpoints.lock() {
+            if r.len() == RECENT_CHECKPOINTS {
+                r.pop_front();
+            }
+            r.push_back((n, duration));
+        }
         s.checkpoint_bytes_uploaded.fetch_add(bytes_uploaded, Ordering::Relaxed);
         s.last_checkpoint_bytes.store(bytes_uploaded, Ordering::Relaxed);
         s.last_checkpoint_duration_us.store(duration.as_micros() as u64, Ordering::Relaxed);
@@ -136,6 +149,22 @@ impl JobCounters {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         s.last_checkpoint_unix_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Durations of the checkpoints numbered after `seen` (1-based count of completed
+    /// checkpoints), oldest first, with their numbers: how exporters feed a histogram.
+    pub fn checkpoint_durations_after(&self, seen: u64) -> Vec<(u64, std::time::Duration)> {
+        self.inner
+            .recent_checkpoints
+            .lock()
+            .map(|r| r.iter().filter(|(n, _)| *n > seen).copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Records how long restoring the last checkpoint took (state download, open, operator
+    /// restore, source seek).
+    pub fn record_restore(&self, duration: std::time::Duration) {
+        self.inner.restore_duration_us.store(duration.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Replaces the per-partition watermark report.
@@ -181,6 +210,7 @@ impl JobCounters {
             last_checkpoint_duration_us: get(&s.last_checkpoint_duration_us),
             last_checkpoint_bytes: get(&s.last_checkpoint_bytes),
             partitions: s.partitions.lock().map(|p| p.clone()).unwrap_or_default(),
+            restore_duration_us: get(&s.restore_duration_us),
         }
     }
 }
@@ -224,6 +254,8 @@ pub struct CountersSnapshot {
     pub last_checkpoint_bytes: u64,
     /// Per-partition watermarks and idleness (empty for jobs without `assign_timestamps`).
     pub partitions: Vec<PartitionStatus>,
+    /// How long the restore at start-up took, µs (0: started fresh).
+    pub restore_duration_us: u64,
 }
 
 impl CountersSnapshot {

@@ -357,6 +357,10 @@ async fn stop_with_savepoint_then_resume_from_it_matches_an_uninterrupted_run() 
         .unwrap();
     assert!(report.restored_from.is_some());
     assert_eq!(report.counters.records_in, 50, "the savepoint's offsets must be honoured");
+    assert!(report.counters.restore_duration_us > 0, "the restore is timed");
+    let durations = runner.counters().checkpoint_durations_after(0);
+    assert_eq!(durations.len() as u64, report.checkpoints_taken, "every checkpoint's duration is kept");
+    assert_eq!(durations.last().map(|(n, _)| *n), Some(report.counters.checkpoints_completed));
     let mut got: Vec<_> = first_rows
         .take()
         .into_iter()

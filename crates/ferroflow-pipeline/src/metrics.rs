@@ -56,6 +56,10 @@ struct Metrics {
     checkpoint_bytes: IntCounter,
     checkpoint_last_ts: Gauge,
     checkpoint_last_duration: Gauge,
+    checkpoint_duration: prometheus::Histogram,
+    /// Checkpoints already observed into `checkpoint_duration`.
+    checkpoint_seen: std::sync::atomic::AtomicU64,
+    restore_duration: Gauge,
     checkpoint_last_bytes: IntGauge,
     kafka_records: IntCounter,
     kafka_bytes: IntCounter,
@@ -176,6 +180,24 @@ impl PipelineMetrics {
             checkpoint_last_duration: reg(
                 &r,
                 Gauge::new("ferroflow_last_checkpoint_duration_seconds", "Duration of the last checkpoint.")?,
+            )?,
+            checkpoint_duration: reg(
+                &r,
+                prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "ferroflow_checkpoint_duration_seconds",
+                        "Checkpoint duration: state snapshot and upload, until the manifest is written.",
+                    )
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                )?,
+            )?,
+            checkpoint_seen: std::sync::atomic::AtomicU64::new(0),
+            restore_duration: reg(
+                &r,
+                Gauge::new(
+                    "ferroflow_restore_duration_seconds",
+                    "How long restoring the checkpoint at start-up took (0: started fresh).",
+                )?,
             )?,
             checkpoint_last_bytes: reg(
                 &r,
@@ -308,6 +330,12 @@ impl PipelineMetrics {
         set(&m.checkpoint_bytes, s.checkpoint_bytes_uploaded);
         m.checkpoint_last_ts.set(s.last_checkpoint_unix_ms as f64 / 1000.0);
         m.checkpoint_last_duration.set(s.last_checkpoint_duration_us as f64 / 1e6);
+        let seen = m.checkpoint_seen.load(std::sync::atomic::Ordering::Relaxed);
+        for (n, d) in self.sources.job.checkpoint_durations_after(seen) {
+            m.checkpoint_duration.observe(d.as_secs_f64());
+            m.checkpoint_seen.store(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        m.restore_duration.set(s.restore_duration_us as f64 / 1e6);
         m.checkpoint_last_bytes.set(s.last_checkpoint_bytes as i64);
 
         if let Some(k) = &self.sources.kafka {

@@ -221,6 +221,7 @@ impl Runner {
         source: &mut S,
     ) -> Result<Option<Resumed>, JobError> {
         use crate::checkpoint::RestoreOutcome;
+        let started = Instant::now();
         let Some(cp) = &mut self.checkpointing else { return Ok(None) };
         let manifest = match cp.from_savepoint.take() {
             Some(name) => Some(cp.coordinator.restore_savepoint(&name, cp.state.as_mut()).await?),
@@ -232,6 +233,7 @@ impl Runner {
         let Some(m) = manifest else { return Ok(None) };
         chain.restore_state(cp.state.as_ref())?;
         source.seek(&m.source_offsets)?;
+        self.counters.record_restore(started.elapsed());
         Ok(Some(Resumed { id: m.id, offsets: m.source_offsets, watermark: m.watermark, epoch: m.sink_epoch }))
     }
 
