@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::error::ErrorClass;
 
+/// Insert durations kept for exporters between two reads.
+const RECENT_INSERTS: usize = 1024;
+
 #[derive(Debug, Default)]
 struct Counters {
     rows_written: AtomicU64,
@@ -18,6 +21,8 @@ struct Counters {
     last_insert_latency_us: AtomicU64,
     insert_latency_sum_us: AtomicU64,
     insert_latency_count: AtomicU64,
+    /// The latest insert durations, numbered by `insert_latency_count`, for histogram exporters.
+    recent: std::sync::Mutex<std::collections::VecDeque<(u64, Duration)>>,
 }
 
 /// Live counters of one sink; clones share them. Updated once per INSERT, never per row.
@@ -76,6 +81,16 @@ impl SinkStats {
         }
     }
 
+    /// Durations of the successful inserts numbered after `seen` (a count of inserts), oldest
+    /// first: how exporters feed a latency histogram. The last 1024 are kept.
+    pub fn insert_latencies_after(&self, seen: u64) -> Vec<(u64, Duration)> {
+        self.0
+            .recent
+            .lock()
+            .map(|r| r.iter().filter(|(n, _)| *n > seen).copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Rows the server accepted so far.
     pub fn rows_written(&self) -> u64 {
         self.0.rows_written.load(Ordering::Relaxed)
@@ -98,7 +113,13 @@ impl SinkStats {
         c.batches_written.fetch_add(1, Ordering::Relaxed);
         c.last_insert_latency_us.store(us, Ordering::Relaxed);
         c.insert_latency_sum_us.fetch_add(us, Ordering::Relaxed);
-        c.insert_latency_count.fetch_add(1, Ordering::Relaxed);
+        let n = c.insert_latency_count.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut r) = c.recent.lock() {
+            if r.len() == RECENT_INSERTS {
+                r.pop_front();
+            }
+            r.push_back((n, took));
+        }
     }
 
     pub(crate) fn failed(&self, class: ErrorClass) {
@@ -123,6 +144,20 @@ impl SinkStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_insert_durations_are_numbered_for_exporters() {
+        let stats = SinkStats::default();
+        stats.inserted(10, Duration::from_millis(3));
+        stats.inserted(20, Duration::from_millis(7));
+        let all = stats.insert_latencies_after(0);
+        assert_eq!(all, vec![(1, Duration::from_millis(3)), (2, Duration::from_millis(7))]);
+        assert_eq!(stats.insert_latencies_after(1), vec![(2, Duration::from_millis(7))]);
+        for _ in 0..2000 {
+            stats.inserted(1, Duration::from_millis(1));
+        }
+        assert_eq!(stats.insert_latencies_after(0).len(), RECENT_INSERTS, "bounded");
+    }
 
     #[test]
     fn clones_share_counters_and_latency_accumulates() {

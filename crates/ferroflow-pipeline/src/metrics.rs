@@ -73,6 +73,9 @@ struct Metrics {
     sink_errors: IntCounterVec,
     sink_rejected: IntCounter,
     sink_latency_avg: GaugeVec,
+    sink_latency: prometheus::Histogram,
+    /// Inserts already observed into `sink_latency`.
+    sink_seen: std::sync::atomic::AtomicU64,
 }
 
 /// Registers a metric and hands it back.
@@ -272,6 +275,19 @@ impl PipelineMetrics {
                     &["stat"],
                 )?,
             )?,
+            sink_latency: reg(
+                &r,
+                prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "ferroflow_sink_insert_duration_seconds",
+                        "Duration of successful ClickHouse inserts (retries excluded).",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
+                )?,
+            )?,
+            sink_seen: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(Self { registry: r, sources, m: Mutex::new(m) })
     }
@@ -367,6 +383,11 @@ impl PipelineMetrics {
             m.sink_latency_avg.with_label_values(&["last"]).set(st.last_insert_latency_us as f64 / 1e6);
             let mean = st.insert_latency_sum_us as f64 / st.insert_latency_count.max(1) as f64 / 1e6;
             m.sink_latency_avg.with_label_values(&["mean"]).set(mean);
+            let seen = m.sink_seen.load(std::sync::atomic::Ordering::Relaxed);
+            for (n, d) in k.insert_latencies_after(seen) {
+                m.sink_latency.observe(d.as_secs_f64());
+                m.sink_seen.store(n, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }
