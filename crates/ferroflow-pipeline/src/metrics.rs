@@ -84,6 +84,27 @@ fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> 
     Ok(m)
 }
 
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> Result<prometheus::Histogram, prometheus::Error> {
+    reg(r, prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(name, help).buckets(buckets))?)
+}
+
+/// Observes durations numbered after the last one seen, and remembers the newest number.
+fn observe_new(
+    h: &prometheus::Histogram,
+    seen: &std::sync::atomic::AtomicU64,
+    new: Vec<(u64, std::time::Duration)>,
+) {
+    for (n, d) in new {
+        h.observe(d.as_secs_f64());
+        seen.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
     reg(r, IntCounter::new(name, help)?)
 }
@@ -184,15 +205,11 @@ impl PipelineMetrics {
                 &r,
                 Gauge::new("ferroflow_last_checkpoint_duration_seconds", "Duration of the last checkpoint.")?,
             )?,
-            checkpoint_duration: reg(
+            checkpoint_duration: histogram(
                 &r,
-                prometheus::Histogram::with_opts(
-                    prometheus::HistogramOpts::new(
-                        "ferroflow_checkpoint_duration_seconds",
-                        "Checkpoint duration: state snapshot and upload, until the manifest is written.",
-                    )
-                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
-                )?,
+                "ferroflow_checkpoint_duration_seconds",
+                "Checkpoint duration: state snapshot and upload, until the manifest is written.",
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
             )?,
             checkpoint_seen: std::sync::atomic::AtomicU64::new(0),
             restore_duration: reg(
@@ -275,17 +292,11 @@ impl PipelineMetrics {
                     &["stat"],
                 )?,
             )?,
-            sink_latency: reg(
+            sink_latency: histogram(
                 &r,
-                prometheus::Histogram::with_opts(
-                    prometheus::HistogramOpts::new(
-                        "ferroflow_sink_insert_duration_seconds",
-                        "Duration of successful ClickHouse inserts (retries excluded).",
-                    )
-                    .buckets(vec![
-                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    ]),
-                )?,
+                "ferroflow_sink_insert_duration_seconds",
+                "Duration of successful ClickHouse inserts (retries excluded).",
+                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
             )?,
             sink_seen: std::sync::atomic::AtomicU64::new(0),
         };
@@ -347,10 +358,11 @@ impl PipelineMetrics {
         m.checkpoint_last_ts.set(s.last_checkpoint_unix_ms as f64 / 1000.0);
         m.checkpoint_last_duration.set(s.last_checkpoint_duration_us as f64 / 1e6);
         let seen = m.checkpoint_seen.load(std::sync::atomic::Ordering::Relaxed);
-        for (n, d) in self.sources.job.checkpoint_durations_after(seen) {
-            m.checkpoint_duration.observe(d.as_secs_f64());
-            m.checkpoint_seen.store(n, std::sync::atomic::Ordering::Relaxed);
-        }
+        observe_new(
+            &m.checkpoint_duration,
+            &m.checkpoint_seen,
+            self.sources.job.checkpoint_durations_after(seen),
+        );
         m.restore_duration.set(s.restore_duration_us as f64 / 1e6);
         m.checkpoint_last_bytes.set(s.last_checkpoint_bytes as i64);
 
@@ -384,10 +396,7 @@ impl PipelineMetrics {
             let mean = st.insert_latency_sum_us as f64 / st.insert_latency_count.max(1) as f64 / 1e6;
             m.sink_latency_avg.with_label_values(&["mean"]).set(mean);
             let seen = m.sink_seen.load(std::sync::atomic::Ordering::Relaxed);
-            for (n, d) in k.insert_latencies_after(seen) {
-                m.sink_latency.observe(d.as_secs_f64());
-                m.sink_seen.store(n, std::sync::atomic::Ordering::Relaxed);
-            }
+            observe_new(&m.sink_latency, &m.sink_seen, k.insert_latencies_after(seen));
         }
     }
 }
