@@ -33,6 +33,8 @@ pub struct LocalCounters {
     pub dead_letters: [u64; REASONS],
     /// Window results emitted (every revision counts).
     pub window_rows_emitted: u64,
+    /// The latest window end among the rows emitted in this batch (event time, ms).
+    pub newest_window_end: Option<i64>,
 }
 
 impl LocalCounters {
@@ -87,6 +89,7 @@ struct Shared {
     /// The most recent checkpoint durations, numbered by `checkpoints_completed`.
     recent_checkpoints: std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Duration)>>,
     restore_duration_us: AtomicU64,
+    window_emit_lag_ms: AtomicI64,
 }
 
 /// Checkpoint durations kept for exporters that build histograms (they read them at least this
@@ -124,6 +127,14 @@ impl JobCounters {
             add(a, v);
         }
         add(&s.window_rows_emitted, l.window_rows_emitted);
+        if let Some(end) = l.newest_window_end {
+            // Event-time lag of emitted windows: how long after its end (by the wall clock) a
+            // window's row left the job.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            s.window_emit_lag_ms.store(now.saturating_sub(end), Ordering::Relaxed);
+        }
         s.batches.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -211,6 +222,7 @@ impl JobCounters {
             last_checkpoint_bytes: get(&s.last_checkpoint_bytes),
             partitions: s.partitions.lock().map(|p| p.clone()).unwrap_or_default(),
             restore_duration_us: get(&s.restore_duration_us),
+            window_emit_lag_ms: s.window_emit_lag_ms.load(Ordering::Relaxed),
         }
     }
 }
@@ -256,6 +268,8 @@ pub struct CountersSnapshot {
     pub partitions: Vec<PartitionStatus>,
     /// How long the restore at start-up took, µs (0: started fresh).
     pub restore_duration_us: u64,
+    /// Wall clock minus the end of the newest window emitted, at its emission, ms (0: none yet).
+    pub window_emit_lag_ms: i64,
 }
 
 impl CountersSnapshot {

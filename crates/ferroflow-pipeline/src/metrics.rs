@@ -51,6 +51,7 @@ struct Metrics {
     identity_gap: IntGauge,
     partition_watermark: IntGaugeVec,
     idle_partitions: IntGauge,
+    window_emit_lag: Gauge,
     checkpoints: IntCounter,
     checkpoint_failures: IntCounter,
     checkpoint_bytes: IntCounter,
@@ -174,6 +175,13 @@ impl PipelineMetrics {
                         "Each source partition's own watermark, ms since the epoch (partitions with data).",
                     ),
                     &["partition"],
+                )?,
+            )?,
+            window_emit_lag: reg(
+                &r,
+                Gauge::new(
+                    "ferroflow_window_emit_lag_seconds",
+                    "Event-time lag of emitted windows: wall clock at emission minus the newest emitted window's end.",
                 )?,
             )?,
             idle_partitions: reg(
@@ -351,6 +359,7 @@ impl PipelineMetrics {
                 m.partition_watermark.with_label_values(&[&p.partition.to_string()]).set(p.watermark);
             }
         }
+        m.window_emit_lag.set(s.window_emit_lag_ms as f64 / 1000.0);
         m.idle_partitions.set(s.partitions.iter().filter(|p| p.idle).count() as i64);
         set(&m.checkpoints, s.checkpoints_completed);
         set(&m.checkpoint_failures, s.checkpoint_failures);

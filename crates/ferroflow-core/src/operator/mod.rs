@@ -143,6 +143,12 @@ impl Context {
         self.counters.window_rows_emitted += n;
     }
 
+    /// Notes the end of a window whose row was just emitted (for the emission-lag metric).
+    pub fn note_window_emitted(&mut self, window_end: Timestamp) {
+        let newest = &mut self.counters.newest_window_end;
+        *newest = Some(newest.map_or(window_end, |e| e.max(window_end)));
+    }
+
     /// Proposes a new combined watermark (the watermark generator calls this); the runner then
     /// delivers it to every operator through [`Operator::on_watermark`].
     pub fn propose_watermark(&mut self, watermark: Watermark) {

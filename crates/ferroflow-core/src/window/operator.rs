@@ -17,11 +17,14 @@ use crate::time::Watermark;
 pub(super) struct Emitter<'a, V> {
     out: &'a mut Vec<Record<WindowResult<V>>>,
     emitted: u64,
+    /// The latest window end emitted.
+    newest_end: Option<Timestamp>,
 }
 
 impl<V> Emitter<'_, V> {
     pub fn emit(&mut self, key: Key, window: Window, value: V, revision: u32, is_final: bool) {
         self.emitted += 1;
+        self.newest_end = Some(self.newest_end.map_or(window.end, |e| e.max(window.end)));
         self.out.push(Record {
             key: key.clone(),
             event_time: window.max_timestamp(),
@@ -170,12 +173,15 @@ where
             }
         }
         ctx.count_windowed(accepted);
-        let mut em = Emitter { out, emitted: 0 };
+        let mut em = Emitter { out, emitted: 0, newest_end: None };
         match &mut self.windows {
             Windows::Aligned(w) => w.flush_updates(&self.agg, &mut em),
             Windows::Session(w) => w.flush_updates(&self.agg, &mut em),
         }
         ctx.count_window_rows(em.emitted);
+        if let Some(end) = em.newest_end {
+            ctx.note_window_emitted(end);
+        }
     }
 
     fn on_watermark(
@@ -184,12 +190,15 @@ where
         ctx: &mut Context,
         out: &mut Vec<Record<WindowResult<A::Output>>>,
     ) {
-        let mut em = Emitter { out, emitted: 0 };
+        let mut em = Emitter { out, emitted: 0, newest_end: None };
         match &mut self.windows {
             Windows::Aligned(w) => w.on_watermark(&self.agg, watermark.0, &mut em),
             Windows::Session(w) => w.on_watermark(&self.agg, watermark.0, &mut em),
         }
         ctx.count_window_rows(em.emitted);
+        if let Some(end) = em.newest_end {
+            ctx.note_window_emitted(end);
+        }
     }
 
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
