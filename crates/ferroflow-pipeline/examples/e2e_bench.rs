@@ -111,16 +111,6 @@ async fn main() -> anyhow::Result<()> {
         }
         consumed_at.get_or_insert_with(|| started.elapsed().as_secs_f64());
         let n: u64 = client.query(&sql).fetch_one().await.unwrap_or(0);
-        if std::env::var("BENCH_TRACE").is_ok() {
-            let c = counters.snapshot();
-            println!(
-                "  t={:.2}s in={} rows_emitted={} watermark={} final_in_ch={n}",
-                started.elapsed().as_secs_f64(),
-                c.records_in,
-                c.window_rows_emitted,
-                c.watermark
-            );
-        }
         if n as usize >= expected_windows {
             break started.elapsed().as_secs_f64();
         }

@@ -179,6 +179,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     );
 
     let handles = job.handles.clone();
+    let contract_stats = job.handles.contract.clone();
     let producer_brokers = brokers.clone();
     let partitions = opts.partitions;
     let main_len = main.len() as u64;
@@ -297,7 +298,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             println!("  dead letters {reason}: {n} (on topic events.dlq)");
         }
     }
-    for (rule, n) in job_contract_rules(&endpoint) {
+    for (rule, n) in contract_stats.snapshot() {
         println!("  contract rule {rule}: {n}");
     }
 
@@ -329,12 +330,4 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         anyhow::bail!("the demo's results do not match the oracle");
     }
     Ok(())
-}
-
-fn job_contract_rules(endpoint: &crate::http::Endpoint) -> Vec<(String, u64)> {
-    let doc = (endpoint.status.0)();
-    doc["contract_violations"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
-        .unwrap_or_default()
 }
