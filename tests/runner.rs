@@ -698,3 +698,33 @@ async fn per_partition_watermarks_are_reported_in_the_counters() {
     assert!(parts.iter().all(|p| p.watermark == i64::MAX && !p.idle), "finished partitions: {parts:?}");
     assert_eq!(counters.snapshot().partitions, *parts, "the live counters hold the same report");
 }
+
+#[tokio::test]
+async fn every_step_of_the_chain_reports_records_in_and_out() {
+    let records = (0..10i64).map(|i| Record::new(Ev { k: "k".into(), ts: i, n: i as u64 }, i)).collect();
+    let stream = Stream::<Ev>::new()
+        .filter(|e| e.n % 2 == 0)
+        .map(|e| Ev { n: e.n * 100, ..e })
+        .assign_timestamps(|e| e.ts, WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO))
+        .key_by(|e| Key::from(e.k.as_str()))
+        .window(WindowSpec::tumbling(Duration::from_millis(5)).unwrap(), Count);
+    let (sink, dlq) = (CollectSink::new(), CollectSink::new());
+    let report = within(10, "job", Runner::default().run(MemorySource::new(records), stream, sink, dlq))
+        .await
+        .unwrap();
+    let steps: Vec<(&str, u64, u64)> =
+        report.counters.operators.iter().map(|o| (o.name, o.records_in, o.records_out)).collect();
+    // 10 in, the 5 even ones pass the filter, two 5 ms windows hold them: two result rows.
+    assert_eq!(
+        steps,
+        vec![
+            ("source", 10, 10),
+            ("filter", 10, 5),
+            ("map", 5, 5),
+            ("assign_timestamps", 5, 5),
+            ("key_by", 5, 5),
+            ("window", 5, 2)
+        ]
+    );
+    assert!(report.counters.identity_holds());
+}

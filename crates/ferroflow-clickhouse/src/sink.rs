@@ -9,6 +9,7 @@ use clickhouse::{Client, Compression};
 use ferroflow_core::SinkError;
 use ferroflow_core::sink::Sink;
 use ferroflow_core::time::{Clock, SystemClock};
+use tracing::Instrument;
 
 use crate::config::ClickHouseConfig;
 use crate::error::{ClickHouseError, ErrorClass, classify};
@@ -240,8 +241,17 @@ impl<R: TableRow> ClickHouseSink<R> {
             .capabilities
             .dedup_token
             .then(|| chunk_token(&self.config.pipeline_id, self.epoch, self.chunk, digest_rows(&rows)));
+        // One span per flush: its fields and duration (with span-close events on) say what each
+        // INSERT carried and how long it took, retries included.
+        let span = tracing::info_span!(
+            "sink_flush",
+            table = %self.config.table,
+            epoch = self.epoch,
+            chunk = self.chunk,
+            rows = rows.len()
+        );
         self.chunk += 1;
-        let result = self.insert_chunk(&rows, token.as_deref()).await;
+        let result = self.insert_chunk(&rows, token.as_deref()).instrument(span).await;
         // Keep the allocation for the next chunk.
         self.buffer = rows;
         self.buffer.clear();

@@ -553,3 +553,54 @@ async fn a_replayed_epoch_converges_and_is_dropped_by_token_where_supported() ->
     drop_table(&url, &table).await;
     Ok(())
 }
+
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "needs a ClickHouse server: scripts/services.sh start (FERROFLOW_CLICKHOUSE_URL)"]
+async fn every_flush_runs_in_a_sink_flush_span_with_its_rows_and_epoch() -> TestResult {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_env_filter("ferroflow_clickhouse=info")
+        .finish();
+    // The current-thread runtime polls this test on this thread, so the default reaches the sink.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (url, table) = (server_url(), unique_table("span"));
+    let (rejected, _) = collect_rejections::<WindowRow>();
+    let mut sink = ClickHouseSink::<WindowRow>::connect(config(&url, &table), rejected).await?;
+    sink.begin_epoch(7);
+    sink.write_batch(vec![row("a", 0, 1, 0), row("b", 0, 2, 0), row("c", 0, 3, 0)]).await?;
+    sink.flush().await?;
+    sink.flush().await?; // nothing buffered: no INSERT, no span
+    drop_table(&url, &table).await;
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let closes: Vec<&str> =
+        text.lines().filter(|l| l.contains("sink_flush") && l.contains("close")).collect();
+    assert_eq!(closes.len(), 1, "one span per INSERT:\n{text}");
+    for field in [format!("table={table}"), "epoch=7".into(), "chunk=0".into(), "rows=3".into()] {
+        assert!(closes[0].contains(&field), "span lacks {field}: {}", closes[0]);
+    }
+    Ok(())
+}

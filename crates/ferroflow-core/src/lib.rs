@@ -46,7 +46,7 @@ pub mod window;
 
 pub use dead_letter::{DeadLetter, DeadLetterReason, OriginalBytes, Rejection};
 pub use error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, SourceError, StateError};
-pub use metrics::{CountersSnapshot, JobCounters, LocalCounters, PartitionStatus};
+pub use metrics::{CountersSnapshot, JobCounters, LocalCounters, OperatorCount, PartitionStatus};
 pub use operator::{Context, Operator, Signal};
 pub use record::{Key, PartitionId, Record, SourcePosition, Timestamp};
 pub use runtime::{JobReport, Runner, RunnerConfig, ShutdownHandle};

@@ -90,6 +90,21 @@ struct Shared {
     recent_checkpoints: std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Duration)>>,
     restore_duration_us: AtomicU64,
     window_emit_lag_ms: AtomicI64,
+    operators: std::sync::Mutex<Vec<OperatorCount>>,
+    state: std::sync::Mutex<Option<crate::state::StateStats>>,
+}
+
+/// Records in and out of one step of the job's operator chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OperatorCount {
+    /// Position in the chain, from 0 (the source input).
+    pub index: usize,
+    /// The operator's name (`filter`, `dedup`, `window`, …).
+    pub name: &'static str,
+    /// Records handed to it.
+    pub records_in: u64,
+    /// Records it passed on (result rows, for a window).
+    pub records_out: u64,
 }
 
 /// Checkpoint durations kept for exporters that build histograms (they read them at least this
@@ -185,6 +200,40 @@ impl JobCounters {
         }
     }
 
+    /// Names the steps of the job's chain (the runner does this once, before the first batch).
+    pub fn set_operators(&self, names: &[&'static str]) {
+        if let Ok(mut ops) = self.inner.operators.lock() {
+            *ops = names
+                .iter()
+                .enumerate()
+                .map(|(index, name)| OperatorCount { index, name, records_in: 0, records_out: 0 })
+                .collect();
+        }
+    }
+
+    /// Adds a batch's per-step counts and zeroes them in place (no allocation per batch).
+    pub fn absorb_steps(&self, steps: &mut [crate::operator::StepCount]) {
+        if steps.iter().all(|s| s.records_in == 0 && s.records_out == 0) {
+            return;
+        }
+        if let Ok(mut ops) = self.inner.operators.lock() {
+            for (i, step) in steps.iter_mut().enumerate() {
+                if let Some(op) = ops.get_mut(i) {
+                    op.records_in += step.records_in;
+                    op.records_out += step.records_out;
+                }
+                *step = crate::operator::StepCount::default();
+            }
+        }
+    }
+
+    /// Records the state backend's size figures.
+    pub fn set_state_stats(&self, stats: crate::state::StateStats) {
+        if let Ok(mut s) = self.inner.state.lock() {
+            *s = Some(stats);
+        }
+    }
+
     /// Records a checkpoint that failed.
     pub fn record_checkpoint_failure(&self) {
         self.inner.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
@@ -223,6 +272,8 @@ impl JobCounters {
             partitions: s.partitions.lock().map(|p| p.clone()).unwrap_or_default(),
             restore_duration_us: get(&s.restore_duration_us),
             window_emit_lag_ms: s.window_emit_lag_ms.load(Ordering::Relaxed),
+            operators: s.operators.lock().map(|o| o.clone()).unwrap_or_default(),
+            state: s.state.lock().ok().and_then(|st| *st),
         }
     }
 }
@@ -270,6 +321,11 @@ pub struct CountersSnapshot {
     pub restore_duration_us: u64,
     /// Wall clock minus the end of the newest window emitted, at its emission, ms (0: none yet).
     pub window_emit_lag_ms: i64,
+    /// Records in and out of each step of the operator chain.
+    pub operators: Vec<OperatorCount>,
+    /// The state backend's size figures, read after the last checkpoint or restore (`None`
+    /// without checkpointing).
+    pub state: Option<crate::state::StateStats>,
 }
 
 impl CountersSnapshot {

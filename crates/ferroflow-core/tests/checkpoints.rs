@@ -370,3 +370,21 @@ async fn stop_with_savepoint_then_resume_from_it_matches_an_uninterrupted_run() 
     got.sort();
     assert_eq!(got, expected);
 }
+
+#[test]
+fn rocksdb_reports_keys_live_sst_bytes_and_block_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut state = rocks(&tmp.path().join("db"));
+    assert_eq!(state.stats().live_bytes, 0, "nothing flushed yet");
+    fill(&mut state, 0, 5_000, "v");
+    let before_flush = state.stats();
+    assert!(before_flush.keys > 0, "the estimate counts the memtable: {before_flush:?}");
+    assert!(before_flush.memtable_bytes > 0, "{before_flush:?}");
+    // A snapshot flushes the memtable into SSTs; reads then go through the block cache.
+    state.snapshot(&tmp.path().join("snap")).unwrap();
+    assert_eq!(state.get("w", b"key-000042").unwrap(), Some(b"v-42".to_vec()));
+    let after = state.stats();
+    assert!(after.live_bytes > 10_000, "5000 keys flushed to SSTs: {after:?}");
+    assert!(after.block_cache_bytes > 0, "a read from an SST fills the block cache: {after:?}");
+    assert!((4_000..=6_000).contains(&after.keys), "estimate near 5000: {after:?}");
+}

@@ -290,6 +290,8 @@ fn init_logs(format: &str, default_filter: &str) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A line when each checkpoint and sink-flush span closes, with its fields and duration.
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         "json" => builder.json().init(),

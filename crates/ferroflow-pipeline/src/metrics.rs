@@ -62,6 +62,9 @@ struct Metrics {
     checkpoint_seen: std::sync::atomic::AtomicU64,
     restore_duration: Gauge,
     checkpoint_last_bytes: IntGauge,
+    operator_in: IntCounterVec,
+    operator_out: IntCounterVec,
+    state: IntGaugeVec,
     kafka_records: IntCounter,
     kafka_bytes: IntCounter,
     kafka_lag: IntGaugeVec,
@@ -234,6 +237,37 @@ impl PipelineMetrics {
                     "Bytes uploaded by the last checkpoint.",
                 )?,
             )?,
+            operator_in: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ferroflow_operator_records_in_total",
+                        "Records handed to each step of the operator chain.",
+                    ),
+                    &["index", "operator"],
+                )?,
+            )?,
+            operator_out: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ferroflow_operator_records_out_total",
+                        "Records each step of the operator chain passed on (result rows, for a window).",
+                    ),
+                    &["index", "operator"],
+                )?,
+            )?,
+            state: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "ferroflow_state",
+                        "State backend size after the last checkpoint: keys (RocksDB estimate), \
+                         live_sst_bytes, memtable_bytes, block_cache_bytes.",
+                    ),
+                    &["figure"],
+                )?,
+            )?,
             kafka_records: counter(&r, "ferroflow_kafka_records_consumed_total", "Records read from Kafka.")?,
             kafka_bytes: counter(
                 &r,
@@ -374,6 +408,19 @@ impl PipelineMetrics {
         );
         m.restore_duration.set(s.restore_duration_us as f64 / 1e6);
         m.checkpoint_last_bytes.set(s.last_checkpoint_bytes as i64);
+        for op in &s.operators {
+            let labels = [op.index.to_string(), op.name.to_owned()];
+            let labels = [labels[0].as_str(), labels[1].as_str()];
+            set(&m.operator_in.with_label_values(&labels), op.records_in);
+            set(&m.operator_out.with_label_values(&labels), op.records_out);
+        }
+        if let Some(st) = s.state {
+            let gauge = |figure: &str, v: u64| m.state.with_label_values(&[figure]).set(v as i64);
+            gauge("keys", st.keys);
+            gauge("live_sst_bytes", st.live_bytes);
+            gauge("memtable_bytes", st.memtable_bytes);
+            gauge("block_cache_bytes", st.block_cache_bytes);
+        }
 
         if let Some(k) = &self.sources.kafka {
             set(&m.kafka_records, k.records());

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tracing::Instrument;
 
 use super::CheckpointError;
 use super::manifest::{CheckpointKind, FileEntry, MANIFEST_FORMAT_VERSION, Manifest};
@@ -303,91 +304,95 @@ impl CheckpointCoordinator {
         id: u64,
         name: Option<&str>,
     ) -> Result<TakenCheckpoint, CheckpointError> {
-        let started = Instant::now();
-        let label = name.map_or_else(|| format!("chk-{id:020}"), |n| format!("sp-{n}"));
-        let span = tracing::info_span!("checkpoint", id, kind = ?kind);
-        let _enter = span.enter();
-        let dir = self.config.local_dir.join("snapshots").join(&label);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| CheckpointError::io(&dir, e))?;
-        }
-        if let Some(parent) = dir.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| CheckpointError::io(parent, e))?;
-        }
-        state.snapshot(&dir)?;
-        let private_prefix = match name {
-            Some(n) => format!("{SAVEPOINTS}{n}/"),
-            None => format!("{CHECKPOINTS}{id:020}/"),
-        };
-        let mut files = Vec::new();
-        let (mut bytes_uploaded, mut files_uploaded) = (0u64, 0usize);
-        let mut entries: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(|e| CheckpointError::io(&dir, e))?
-            .filter_map(Result::ok)
-            .filter(|e| e.path().is_file())
-            .collect();
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let path = entry.path();
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            let data = Bytes::from(std::fs::read(&path).map_err(|e| CheckpointError::io(&path, e))?);
-            let crc32 = crc32fast::hash(&data);
-            let size = data.len() as u64;
-            // SST files never change once written: share them between checkpoints.
-            let shared = file_name.ends_with(".sst");
-            let object = if shared {
-                format!("{SHARED}{crc32:08x}-{size}-{file_name}")
-            } else {
-                format!("{private_prefix}{file_name}")
-            };
-            if !shared || !self.known_shared.contains(&object) {
-                self.store.put(&object, data).await?;
-                bytes_uploaded += size;
-                files_uploaded += 1;
-                if shared {
-                    self.known_shared.insert(object.clone());
-                }
+        // Instrumented rather than entered: an entered guard held across `.await` would leak the
+        // span into whatever else the thread runs meanwhile.
+        let span = tracing::info_span!("checkpoint", id, kind = ?kind, job = %self.config.job_id);
+        let body = async {
+            let started = Instant::now();
+            let label = name.map_or_else(|| format!("chk-{id:020}"), |n| format!("sp-{n}"));
+            let dir = self.config.local_dir.join("snapshots").join(&label);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| CheckpointError::io(&dir, e))?;
             }
-            files.push(FileEntry { name: file_name, object, size, crc32, shared });
-        }
-        let manifest = Manifest {
-            format_version: MANIFEST_FORMAT_VERSION,
-            state_format_version: self.config.state_format_version,
-            kind,
-            id,
-            name: name.map(str::to_owned),
-            job_id: self.config.job_id.clone(),
-            created_at_ms: now_ms(),
-            source_offsets: meta.source_offsets,
-            watermark: meta.watermark,
-            sink_epoch: meta.sink_epoch,
-            files,
-            metadata: meta.metadata,
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| CheckpointError::io(parent, e))?;
+            }
+            state.snapshot(&dir)?;
+            let private_prefix = match name {
+                Some(n) => format!("{SAVEPOINTS}{n}/"),
+                None => format!("{CHECKPOINTS}{id:020}/"),
+            };
+            let mut files = Vec::new();
+            let (mut bytes_uploaded, mut files_uploaded) = (0u64, 0usize);
+            let mut entries: Vec<_> = std::fs::read_dir(&dir)
+                .map_err(|e| CheckpointError::io(&dir, e))?
+                .filter_map(Result::ok)
+                .filter(|e| e.path().is_file())
+                .collect();
+            entries.sort_by_key(|e| e.file_name());
+            for entry in entries {
+                let path = entry.path();
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                let data = Bytes::from(std::fs::read(&path).map_err(|e| CheckpointError::io(&path, e))?);
+                let crc32 = crc32fast::hash(&data);
+                let size = data.len() as u64;
+                // SST files never change once written: share them between checkpoints.
+                let shared = file_name.ends_with(".sst");
+                let object = if shared {
+                    format!("{SHARED}{crc32:08x}-{size}-{file_name}")
+                } else {
+                    format!("{private_prefix}{file_name}")
+                };
+                if !shared || !self.known_shared.contains(&object) {
+                    self.store.put(&object, data).await?;
+                    bytes_uploaded += size;
+                    files_uploaded += 1;
+                    if shared {
+                        self.known_shared.insert(object.clone());
+                    }
+                }
+                files.push(FileEntry { name: file_name, object, size, crc32, shared });
+            }
+            let manifest = Manifest {
+                format_version: MANIFEST_FORMAT_VERSION,
+                state_format_version: self.config.state_format_version,
+                kind,
+                id,
+                name: name.map(str::to_owned),
+                job_id: self.config.job_id.clone(),
+                created_at_ms: now_ms(),
+                source_offsets: meta.source_offsets,
+                watermark: meta.watermark,
+                sink_epoch: meta.sink_epoch,
+                files,
+                metadata: meta.metadata,
+            };
+            let body = serde_json::to_vec_pretty(&manifest)
+                .map_err(|e| CheckpointError::Invalid { id: label.clone(), reason: e.to_string() })?;
+            let manifest_key = match name {
+                Some(n) => format!("{SAVEPOINTS}{n}.json"),
+                None => checkpoint_manifest_key(id),
+            };
+            bytes_uploaded += body.len() as u64;
+            files_uploaded += 1;
+            // The manifest goes last: until it exists, the checkpoint does not.
+            self.store.put(&manifest_key, Bytes::from(body)).await?;
+            self.manifests.insert(manifest_key, manifest.clone());
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::debug!(error = %e, dir = %dir.display(), "could not remove local snapshot");
+            }
+            let duration = started.elapsed();
+            tracing::info!(
+                label = %manifest.label(),
+                bytes_uploaded,
+                files_uploaded,
+                state_bytes = manifest.state_bytes(),
+                duration_ms = duration.as_millis() as u64,
+                "checkpoint complete"
+            );
+            Ok(TakenCheckpoint { manifest, bytes_uploaded, files_uploaded, duration })
         };
-        let body = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| CheckpointError::Invalid { id: label.clone(), reason: e.to_string() })?;
-        let manifest_key = match name {
-            Some(n) => format!("{SAVEPOINTS}{n}.json"),
-            None => checkpoint_manifest_key(id),
-        };
-        bytes_uploaded += body.len() as u64;
-        files_uploaded += 1;
-        // The manifest goes last: until it exists, the checkpoint does not.
-        self.store.put(&manifest_key, Bytes::from(body)).await?;
-        self.manifests.insert(manifest_key, manifest.clone());
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::debug!(error = %e, dir = %dir.display(), "could not remove local snapshot");
-        }
-        let duration = started.elapsed();
-        tracing::info!(
-            label = %manifest.label(),
-            bytes_uploaded,
-            files_uploaded,
-            state_bytes = manifest.state_bytes(),
-            duration_ms = duration.as_millis() as u64,
-            "checkpoint complete"
-        );
-        Ok(TakenCheckpoint { manifest, bytes_uploaded, files_uploaded, duration })
+        body.instrument(span).await
     }
 
     /// Deletes checkpoints beyond the newest `retain`, then shared files nothing references.

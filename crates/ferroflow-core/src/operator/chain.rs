@@ -24,20 +24,34 @@ pub struct Chain<A: Operator, B: Operator<In = A::Out>> {
     b: B,
     mid: Vec<Record<A::Out>>,
     a_consumes: bool,
+    /// `a` is a single step (step 0) whose counts this chain records; a nested chain counts its own.
+    a_single: bool,
+    /// Step index of `b` within the whole chain.
+    b_index: usize,
 }
 
 impl<A: Operator, B: Operator<In = A::Out>> Chain<A, B> {
     /// Fuses `a` and `b`.
     pub fn new(a: A, b: B) -> Self {
         let a_consumes = a.consumes_records();
-        Self { a, b, mid: Vec::new(), a_consumes }
+        let (a_single, b_index) = (a.steps() == 1, a.steps());
+        Self { a, b, mid: Vec::new(), a_consumes, a_single, b_index }
     }
 
     fn drain_mid(&mut self, ctx: &mut Context, out: &mut Vec<Record<B::Out>>) {
         if !self.mid.is_empty() {
             let (b, mid) = (&mut self.b, &mut self.mid);
+            let (taken, before) = (mid.len() as u64, out.len());
             ctx.with_counting(!self.a_consumes, |ctx| b.process_batch(mid, ctx, out));
+            ctx.count_step(self.b_index, taken, (out.len() - before) as u64);
             self.mid.clear();
+        }
+    }
+
+    /// Counts what step 0 emitted into `mid` since it held `before` records.
+    fn count_a(&self, ctx: &mut Context, records_in: usize, before: usize) {
+        if self.a_single {
+            ctx.count_step(0, records_in as u64, (self.mid.len() - before) as u64);
         }
     }
 }
@@ -53,7 +67,9 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
         ctx: &mut Context,
         out: &mut Vec<Record<B::Out>>,
     ) {
+        let (records_in, before) = (input.len(), self.mid.len());
         self.a.process_batch(input, ctx, &mut self.mid);
+        self.count_a(ctx, records_in, before);
         self.drain_mid(ctx, out);
     }
 
@@ -64,10 +80,13 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
     }
 
     fn on_watermark(&mut self, watermark: Watermark, ctx: &mut Context, out: &mut Vec<Record<B::Out>>) {
+        let before = self.mid.len();
         self.a.on_watermark(watermark, ctx, &mut self.mid);
+        self.count_a(ctx, 0, before);
         self.drain_mid(ctx, out);
-        let b = &mut self.b;
+        let (b, before) = (&mut self.b, out.len());
         ctx.with_counting(!self.a_consumes, |ctx| b.on_watermark(watermark, ctx, out));
+        ctx.count_step(self.b_index, 0, (out.len() - before) as u64);
     }
 
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
@@ -86,6 +105,15 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
 
     fn name(&self) -> &'static str {
         "chain"
+    }
+
+    fn steps(&self) -> usize {
+        self.a.steps() + self.b.steps()
+    }
+
+    fn step_names(&self, names: &mut Vec<&'static str>) {
+        self.a.step_names(names);
+        self.b.step_names(names);
     }
 }
 
@@ -112,6 +140,12 @@ mod tests {
         assert_eq!(ctx.counters.records_windowed, 2);
         assert_eq!(ctx.counters.records_filtered, 0, "result rows are not source records");
         assert_eq!(ctx.counters.window_rows_emitted, 1);
+        let mut names = Vec::new();
+        chain.step_names(&mut names);
+        assert_eq!(names, vec!["key_by", "window", "filter"]);
+        let counts: Vec<(u64, u64)> =
+            ctx.step_counts().iter().map(|s| (s.records_in, s.records_out)).collect();
+        assert_eq!(counts, vec![(2, 2), (2, 1), (1, 0)], "per step: in and out");
         Ok(())
     }
 }

@@ -62,6 +62,8 @@ pub struct Context {
     pending_watermark: Option<Watermark>,
     /// Per-partition watermarks reported by the watermark generator this batch.
     pub(crate) partitions: Option<Vec<crate::metrics::PartitionStatus>>,
+    /// Records in and out of each step of the chain this batch, by step index.
+    pub(crate) steps: Vec<StepCount>,
     /// False downstream of a window: those steps see results, not source records, so they are
     /// kept out of the record accounting.
     counting: bool,
@@ -82,6 +84,7 @@ impl Context {
             dead_letters: Vec::new(),
             pending_watermark: None,
             partitions: None,
+            steps: Vec::new(),
             counting: true,
         }
     }
@@ -161,6 +164,22 @@ impl Context {
         self.partitions = Some(partitions);
     }
 
+    /// Adds records in and out of the chain step at `index` (chains call this for every step).
+    #[inline]
+    pub fn count_step(&mut self, index: usize, records_in: u64, records_out: u64) {
+        if self.steps.len() <= index {
+            self.steps.resize(index + 1, StepCount::default());
+        }
+        let step = &mut self.steps[index];
+        step.records_in += records_in;
+        step.records_out += records_out;
+    }
+
+    /// Records in and out of each chain step counted so far, by step index.
+    pub fn step_counts(&self) -> &[StepCount] {
+        &self.steps
+    }
+
     /// Takes the proposed watermark, if any.
     pub fn take_watermark(&mut self) -> Option<Watermark> {
         self.pending_watermark.take()
@@ -183,6 +202,18 @@ impl Context {
         self.counting = prev;
         r
     }
+}
+
+/// Records that entered and left one step of a chain.
+///
+/// A filter's `records_in - records_out` is what it dropped; a window's `records_out` counts result
+/// rows, not records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StepCount {
+    /// Records handed to the step.
+    pub records_in: u64,
+    /// Records the step passed on (results, for a window).
+    pub records_out: u64,
 }
 
 /// One step of a job, run batch-at-a-time inside a chain.
@@ -255,6 +286,16 @@ pub trait Operator: Send + 'static {
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str {
         "operator"
+    }
+
+    /// Number of steps this operator is made of: 1, or the sum of its parts for a [`Chain`].
+    fn steps(&self) -> usize {
+        1
+    }
+
+    /// Appends the name of each step, in order (a [`Chain`] lists its parts).
+    fn step_names(&self, names: &mut Vec<&'static str>) {
+        names.push(self.name());
     }
 }
 

@@ -234,6 +234,7 @@ impl Runner {
         chain.restore_state(cp.state.as_ref())?;
         source.seek(&m.source_offsets)?;
         self.counters.record_restore(started.elapsed());
+        self.counters.set_state_stats(cp.state.stats());
         Ok(Some(Resumed { id: m.id, offsets: m.source_offsets, watermark: m.watermark, epoch: m.sink_epoch }))
     }
 
@@ -302,6 +303,9 @@ impl Runner {
         self.counters.set_watermark(job.watermark.0);
         let clock = Arc::clone(&self.config.clock);
         let counts_out = !chain.consumes_records();
+        let mut step_names = Vec::with_capacity(chain.steps());
+        chain.step_names(&mut step_names);
+        self.counters.set_operators(&step_names);
         let mut ctx = Context::new(clock.now_ms());
         let mut input: Vec<Record<C::In>> = Vec::new();
         let mut output: Vec<Record<C::Out>> = Vec::new();
@@ -394,6 +398,7 @@ impl Runner {
                 downstream_closed |= dlq_tx.send(SinkMsg::Batch(ctx.take_dead_letters())).await.is_err();
             }
             self.counters.absorb(&mut ctx.counters);
+            self.counters.absorb_steps(&mut ctx.steps);
             if let Some(p) = ctx.partitions.take() {
                 self.counters.set_partitions(p);
             }
@@ -511,6 +516,7 @@ impl Runner {
                 }
             };
             self.counters.record_checkpoint(taken.duration, taken.bytes_uploaded);
+            self.counters.set_state_stats(cp.state.stats());
             job.checkpoints_taken += 1;
             job.epoch = next_epoch;
             if let Some(l) = &job.listener {

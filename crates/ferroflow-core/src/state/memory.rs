@@ -62,6 +62,16 @@ fn range_of<'a>(ns: &'a Namespace, prefix: &[u8]) -> impl Iterator<Item = (&'a V
 }
 
 impl StateBackend for MemoryStateBackend {
+    fn stats(&self) -> super::StateStats {
+        let maps = self.namespaces.values();
+        super::StateStats {
+            keys: self.len() as u64,
+            live_bytes: maps.flat_map(|m| m.iter()).map(|(k, v)| (k.len() + v.len()) as u64).sum(),
+            memtable_bytes: 0,
+            block_cache_bytes: 0,
+        }
+    }
+
     fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         Ok(self.namespaces.get(ns).and_then(|m| m.get(key)).cloned())
     }

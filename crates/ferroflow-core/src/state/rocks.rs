@@ -310,4 +310,15 @@ impl StateBackend for RocksDbStateBackend {
         self.db = Some(self.open_db()?);
         Ok(())
     }
+
+    fn stats(&self) -> super::StateStats {
+        // A property that cannot be read is reported as 0: metrics must not fail the job.
+        let prop = |name: &str| self.property_sum(name).unwrap_or(0);
+        super::StateStats {
+            keys: prop("rocksdb.estimate-num-keys"),
+            live_bytes: prop("rocksdb.live-sst-files-size"),
+            memtable_bytes: prop("rocksdb.cur-size-all-mem-tables"),
+            block_cache_bytes: self.block_cache_usage() as u64,
+        }
+    }
 }
