@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ferroflow_core::source::{CheckpointListener, Source, SourceBatch, SourceEvent};
+use ferroflow_core::source::{CheckpointListener, PartitionLifecycle, Source, SourceBatch, SourceEvent};
 use ferroflow_core::{PartitionId, Record, SourceError, SourcePosition};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -52,6 +52,36 @@ struct Shared {
     stats: SourceStats,
     /// Headers of messages that have any, for the dead-letter topic.
     headers: HeaderStash,
+    /// The job's hook deciding where newly assigned partitions resume (partition hand-over).
+    lifecycle: Mutex<Option<Arc<dyn PartitionLifecycle>>>,
+}
+
+impl Shared {
+    /// Where each of `partitions` starts: the job's hand-over decides first (it fetches the
+    /// partitions' state and blocks meanwhile; this runs on the poll thread), then this
+    /// instance's own resume position, then `start_offset`.
+    fn start_offsets(&self, partitions: &[PartitionId]) -> Vec<(PartitionId, Offset)> {
+        let lifecycle = self.lifecycle.lock().ok().and_then(|l| l.clone());
+        let decided = lifecycle.map(|l| l.assigning(partitions)).unwrap_or_default();
+        let mut resume = match self.resume.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        resume.extend(decided);
+        partitions
+            .iter()
+            .map(|p| {
+                let offset = match resume.get(p) {
+                    Some(o) => Offset::Offset(i64::try_from(*o).unwrap_or(i64::MAX)),
+                    None => match self.start {
+                        StartOffset::Earliest => Offset::Beginning,
+                        StartOffset::Latest => Offset::End,
+                    },
+                };
+                (*p, offset)
+            })
+            .collect()
+    }
 }
 
 /// The consumer's callbacks: rebalances (assign at checkpointed offsets), statistics (lag),
@@ -102,16 +132,8 @@ impl ConsumerContext for SourceContext {
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let resume = self.shared.resume.lock().map(|r| r.clone()).unwrap_or_default();
-                for p in &partitions {
-                    let offset = match resume.get(p) {
-                        Some(o) => Offset::Offset(i64::try_from(*o).unwrap_or(i64::MAX)),
-                        None => match self.shared.start {
-                            StartOffset::Earliest => Offset::Beginning,
-                            StartOffset::Latest => Offset::End,
-                        },
-                    };
-                    if let Err(e) = tpl.set_partition_offset(&self.shared.topic, *p as i32, offset) {
+                for (p, offset) in self.shared.start_offsets(&partitions) {
+                    if let Err(e) = tpl.set_partition_offset(&self.shared.topic, p as i32, offset) {
                         tracing::error!(partition = p, error = %e, "cannot set the resume offset");
                     }
                 }
@@ -201,6 +223,7 @@ impl KafkaSource {
             pending: Mutex::new(Vec::new()),
             stats: SourceStats::default(),
             headers: HeaderStash::default(),
+            lifecycle: Mutex::new(None),
         });
         let consumer: Consumer_ = config
             .client_config()
@@ -279,6 +302,13 @@ impl Source<Bytes> for KafkaSource {
             r.extend(offsets.iter().map(|(p, o)| (*p, *o)));
         }
         Ok(())
+    }
+
+    fn set_partition_lifecycle(&mut self, lifecycle: Arc<dyn PartitionLifecycle>) -> bool {
+        if let Ok(mut l) = self.shared.lifecycle.lock() {
+            *l = Some(lifecycle);
+        }
+        true
     }
 
     fn checkpoint_listener(&self) -> Option<Arc<dyn CheckpointListener>> {
@@ -454,27 +484,19 @@ impl Poller {
         if let Some(err) = topic.error() {
             return Err(KafkaError::Delivery(format!("topic {}: {err:?}", self.shared.topic)));
         }
-        let resume = self.shared.resume.lock().map(|r| r.clone()).unwrap_or_default();
-        let mut tpl = TopicPartitionList::new();
-        let mut added = Vec::new();
-        for p in topic.partitions() {
-            let Ok(pid) = PartitionId::try_from(p.id()) else { continue };
-            if owned.contains(&pid) {
-                continue;
-            }
-            let offset = match resume.get(&pid) {
-                Some(o) => Offset::Offset(i64::try_from(*o).unwrap_or(i64::MAX)),
-                None => match self.shared.start {
-                    StartOffset::Earliest => Offset::Beginning,
-                    StartOffset::Latest => Offset::End,
-                },
-            };
-            tpl.add_partition_offset(&self.shared.topic, p.id(), offset)
-                .map_err(|e| KafkaError::client("building the assignment", e))?;
-            added.push(pid);
-        }
+        let added: Vec<PartitionId> = topic
+            .partitions()
+            .iter()
+            .filter_map(|p| PartitionId::try_from(p.id()).ok())
+            .filter(|p| !owned.contains(p))
+            .collect();
         if added.is_empty() {
             return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, offset) in self.shared.start_offsets(&added) {
+            tpl.add_partition_offset(&self.shared.topic, p as i32, offset)
+                .map_err(|e| KafkaError::client("building the assignment", e))?;
         }
         self.consumer.incremental_assign(&tpl).map_err(|e| KafkaError::client("assigning partitions", e))?;
         tracing::info!(topic = %self.shared.topic, partitions = ?added, "partitions assigned (all_partitions)");

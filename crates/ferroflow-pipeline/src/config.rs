@@ -9,11 +9,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferroflow_clickhouse::ClickHouseConfig;
-use ferroflow_core::checkpoint::S3Options;
+use ferroflow_core::checkpoint::{CheckpointStore, PartitionHandOver, S3Options};
 use ferroflow_kafka::{DeadLetterTopicConfig, KafkaSourceConfig};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+
+/// Version of the job's state layout (the default of `CheckpointConfig`); partitions are only
+/// handed over between instances that agree on it.
+pub const STATE_FORMAT_VERSION: u32 = 1;
 
 /// The whole pipeline configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,6 +25,11 @@ use serde::{Deserialize, Serialize};
 pub struct PipelineConfig {
     /// Names this pipeline: the checkpoint job id and the prefix of ClickHouse dedup tokens.
     pub pipeline_id: String,
+    /// Names this instance among the pipeline's instances in one consumer group; each keeps its
+    /// checkpoints in `<checkpoints.url>/<instance_id>/`. Give every running instance its own
+    /// (a pod name, a host name); the state of a partition is found by looking through every
+    /// instance's folder, so a restarted instance may take a new name.
+    pub instance_id: String,
     /// The input topic and consumer group.
     pub kafka: KafkaSourceConfig,
     /// The dead-letter topic.
@@ -51,6 +60,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             pipeline_id: "events-per-minute".into(),
+            instance_id: "0".into(),
             kafka: KafkaSourceConfig::default(),
             dead_letters: DeadLetterTopicConfig::default(),
             contract: ContractSection::default(),
@@ -325,6 +335,11 @@ impl PipelineConfig {
         {
             return bad("pipeline_id must be non-empty and use only letters, digits, '-' or '_'");
         }
+        if self.instance_id.is_empty()
+            || !self.instance_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return bad("instance_id must be non-empty and use only letters, digits, '-', '_' or '.'");
+        }
         if self.window.size_ms == 0 {
             return bad("window.size_ms must be greater than 0");
         }
@@ -335,6 +350,13 @@ impl PipelineConfig {
             return bad("dead_letters.topic must differ from kafka.topic");
         }
         Ok(())
+    }
+
+    /// Where partition state is found and handed over: every instance's folder under
+    /// `checkpoints.url`, this instance writing to `<instance_id>/`.
+    pub fn hand_over(&self) -> Result<PartitionHandOver, ferroflow_core::checkpoint::CheckpointError> {
+        let base = CheckpointStore::from_url(&self.checkpoints.url, &self.checkpoints.s3())?;
+        Ok(PartitionHandOver::new(base, self.instance_id.clone(), STATE_FORMAT_VERSION))
     }
 
     /// The checkpoint interval.

@@ -14,6 +14,7 @@ use ferroflow_kafka::rdkafka::mocking::MockCluster;
 use ferroflow_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::{OutputKind, PipelineConfig};
+use crate::job::WindowTotal;
 use crate::traffic::{Generated, Oracle, TrafficConfig, rfc3339};
 
 /// SplitMix64: deterministic and dependency-free, enough for demo and test traffic.
@@ -247,14 +248,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             );
             last = c.records_in;
             if let Ok(t) = live_tap.lock() {
-                if let Some(((key, _), row)) = t.iter().max_by_key(|((_, ws), _)| *ws) {
+                let totals = WindowTotal::of_rows(t.values());
+                if let Some(((key, _), row)) = totals.iter().max_by_key(|((_, ws), _)| *ws) {
                     println!(
-                        "        latest window: {key} @ {} events={} sum={} users={} revision={}{}",
+                        "        latest window: {key} @ {} events={} sum={} users={} partitions={}{}",
                         rfc3339(i64::from(row.window_start) * 1000),
                         row.events,
                         row.amount_sum,
                         row.distinct_users,
-                        row.revision,
+                        row.partitions,
                         if row.is_final == 1 { " final" } else { "" }
                     );
                 }
@@ -306,13 +308,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     all.extend(traffic.too_late(20));
     let oracle = Oracle::of(&all, config.window.size_ms as i64);
     let expected = oracle.windows_ending_by(traffic.last_closed_window_end(), config.window.size_ms as i64);
-    let got = tap.lock().map(|t| t.clone()).unwrap_or_default();
+    let got = tap.lock().map(|t| WindowTotal::of_rows(t.values())).unwrap_or_default();
     let mismatches = expected
         .iter()
         .filter(|((key, ws), w)| {
             let Ok(ws32) = u32::try_from(ws / 1000) else { return true };
             got.get(&(key.clone(), ws32)).is_none_or(|r| {
-                r.events != w.count || r.amount_sum != w.sum || r.distinct_users != w.users.len() as u64
+                r.events != w.count
+                    || r.amount_sum != w.sum
+                    || r.distinct_users != w.users.len() as u64
+                    || r.is_final != 1
             })
         })
         .count();

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferroflow_clickhouse::{ClickHouseSink, TableRow};
-use ferroflow_core::checkpoint::{CheckpointConfig, CheckpointCoordinator, CheckpointStore};
+use ferroflow_core::checkpoint::{CheckpointConfig, CheckpointCoordinator};
 use ferroflow_core::sink::{JsonLinesSink, Sink};
 use ferroflow_core::time::WatermarkStrategy;
 use ferroflow_core::window::{Aggregator, Stats, StatsValue, WindowResult, WindowSpec};
@@ -32,7 +32,11 @@ use crate::config::{KeyField, OutputKind, PipelineConfig, StateKind};
 use crate::contract::{Contract, ContractStats};
 use crate::event::Event;
 
-/// One row of the result table: one key's aggregates for one window.
+/// One row of the result table: one key's aggregates for one window, over one Kafka partition.
+///
+/// Each partition is aggregated by its own task (which is what lets partitions move between
+/// instances with their state); [`WindowTotal`] adds the partitions up, as readers of the table
+/// do with [`WindowTotal::query`].
 ///
 /// `version` orders the rows ClickHouse's `ReplacingMergeTree` keeps: `2 × events + is_final`.
 /// A window's contents only grow (late events add to them), so the row with the most events is
@@ -40,6 +44,8 @@ use crate::event::Event;
 /// revisions differently, but never produce a fuller row than the real final one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
 pub struct WindowRow {
+    /// The Kafka partition the events came from.
+    pub partition: u32,
     /// The group key (`event_type` by default).
     pub key: String,
     /// Window start, seconds since the epoch (`DateTime`).
@@ -66,14 +72,15 @@ pub struct WindowRow {
 
 impl TableRow for WindowRow {
     fn table_definition() -> &'static str {
-        "(key String, window_start DateTime, window_end DateTime, events UInt64, amount_sum Float64, \
-         amount_min Float64, amount_max Float64, distinct_users UInt64, revision UInt32, is_final UInt8, \
-         version UInt64) ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(window_start) \
-         ORDER BY (key, window_start)"
+        "(partition UInt32, key String, window_start DateTime, window_end DateTime, events UInt64, \
+         amount_sum Float64, amount_min Float64, amount_max Float64, distinct_users UInt64, revision UInt32, \
+         is_final UInt8, version UInt64) ENGINE = ReplacingMergeTree(version) \
+         PARTITION BY toYYYYMM(window_start) ORDER BY (key, window_start, partition)"
     }
 
     fn columns() -> &'static [&'static str] {
         &[
+            "partition",
             "key",
             "window_start",
             "window_end",
@@ -90,10 +97,11 @@ impl TableRow for WindowRow {
 }
 
 impl WindowRow {
-    /// Converts a window result.
-    pub fn from_result(r: &WindowResult<(StatsValue, u64)>) -> Self {
+    /// Converts a window result of `partition`'s task.
+    pub fn from_result(partition: PartitionId, r: &WindowResult<(StatsValue, u64)>) -> Self {
         let (stats, users) = &r.value;
         Self {
+            partition,
             key: r
                 .key
                 .as_str()
@@ -109,6 +117,84 @@ impl WindowRow {
             is_final: u8::from(r.is_final),
             version: stats.count * 2 + u64::from(r.is_final),
         }
+    }
+}
+
+/// One key's aggregates for one window over every partition: what the result table serves.
+///
+/// Counts and sums add up; minimum and maximum combine. `distinct_users` adds up the partitions'
+/// exact counts, which is exact when each user's events go to one partition — a topic keyed by
+/// `user_id`, as producers usually write it (and the generator does); otherwise a user active in
+/// two partitions counts twice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct WindowTotal {
+    /// The group key.
+    pub key: String,
+    /// Window start, seconds since the epoch.
+    pub window_start: u32,
+    /// Window end (exclusive), seconds since the epoch.
+    pub window_end: u32,
+    /// Events in the window.
+    pub events: u64,
+    /// Sum of `amount`.
+    pub amount_sum: f64,
+    /// Smallest `amount`.
+    pub amount_min: f64,
+    /// Largest `amount`.
+    pub amount_max: f64,
+    /// Distinct `user_id`s (summed over partitions).
+    pub distinct_users: u64,
+    /// Partitions with events in the window.
+    pub partitions: u64,
+    /// 1 when every partition's row is final.
+    pub is_final: u8,
+}
+
+impl WindowTotal {
+    /// The query that reads the table's totals, one row per key and window, in this struct's
+    /// field order (`FINAL` keeps each partition's newest row first).
+    pub fn query(table: &str) -> String {
+        format!(
+            "SELECT key, toUInt32(window_start), toUInt32(any(window_end)), sum(events), sum(amount_sum), \
+             min(amount_min), max(amount_max), sum(distinct_users), count(), min(is_final) \
+             FROM {table} FINAL GROUP BY key, window_start"
+        )
+    }
+
+    /// Adds up rows (keeping each partition's highest `version`, as `FINAL` does), by (key, window start).
+    pub fn of_rows<'a>(
+        rows: impl IntoIterator<Item = &'a WindowRow>,
+    ) -> BTreeMap<(String, u32), WindowTotal> {
+        let mut newest: BTreeMap<(String, u32, u32), &WindowRow> = BTreeMap::new();
+        for r in rows {
+            let e = newest.entry((r.key.clone(), r.window_start, r.partition)).or_insert(r);
+            if r.version >= e.version {
+                *e = r;
+            }
+        }
+        let mut out: BTreeMap<(String, u32), WindowTotal> = BTreeMap::new();
+        for ((key, start, _), r) in newest {
+            let t = out.entry((key.clone(), start)).or_insert_with(|| WindowTotal {
+                key,
+                window_start: start,
+                window_end: r.window_end,
+                events: 0,
+                amount_sum: 0.0,
+                amount_min: f64::INFINITY,
+                amount_max: f64::NEG_INFINITY,
+                distinct_users: 0,
+                partitions: 0,
+                is_final: 1,
+            });
+            t.events += r.events;
+            t.amount_sum += r.amount_sum;
+            t.amount_min = t.amount_min.min(r.amount_min);
+            t.amount_max = t.amount_max.max(r.amount_max);
+            t.distinct_users += r.distinct_users;
+            t.partitions += 1;
+            t.is_final = t.is_final.min(r.is_final);
+        }
+        out
     }
 }
 
@@ -140,41 +226,80 @@ fn event_id(e: &Event) -> &str {
     &e.event_id
 }
 
-/// Builds the job's operator chain.
-pub fn build_stream(
-    config: &PipelineConfig,
+/// What every partition's task is built from: the configuration, checked once.
+#[derive(Clone)]
+pub struct TaskSpec {
     contract: Arc<Contract>,
     contract_stats: ContractStats,
-) -> Result<
-    impl ferroflow_core::operator::IntoOperator<Op: ferroflow_core::Operator<In = Bytes, Out = WindowRow>>,
-    ferroflow_core::ConfigError,
-> {
-    let drop_prefixes = config.filter.drop_user_id_prefixes.clone();
-    let drop_types: BTreeSet<String> = config.filter.drop_event_types.iter().cloned().collect();
-    let key_field = config.window.key;
-    let mut wm = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(
-        config.watermarks.out_of_orderness_ms,
-    ));
-    if config.watermarks.idle_timeout_ms > 0 {
-        wm = wm.with_idleness(Duration::from_millis(config.watermarks.idle_timeout_ms));
+    drop_prefixes: Vec<String>,
+    drop_types: BTreeSet<String>,
+    key_field: KeyField,
+    watermarks: WatermarkStrategy,
+    window: WindowSpec,
+    dedup_ttl: Duration,
+}
+
+impl std::fmt::Debug for TaskSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskSpec")
+            .field("window", &self.window)
+            .field("watermarks", &self.watermarks)
+            .finish()
     }
-    let spec = WindowSpec::tumbling(Duration::from_millis(config.window.size_ms))?
-        .with_allowed_lateness(Duration::from_millis(config.window.allowed_lateness_ms));
-    Ok(Stream::<Bytes>::new()
-        .ok_err(move |b: &Bytes| Event::decode_checked(b, &contract, &contract_stats))
-        .filter(move |e: &Event| {
-            !drop_types.contains(&e.event_type)
-                && !drop_prefixes.iter().any(|p| e.user_id.starts_with(p.as_str()))
+}
+
+impl TaskSpec {
+    /// Checks the configuration's window and watermark settings.
+    pub fn new(
+        config: &PipelineConfig,
+        contract: Arc<Contract>,
+        contract_stats: ContractStats,
+    ) -> Result<Self, ferroflow_core::ConfigError> {
+        let mut watermarks = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(
+            config.watermarks.out_of_orderness_ms,
+        ));
+        if config.watermarks.idle_timeout_ms > 0 {
+            watermarks = watermarks.with_idleness(Duration::from_millis(config.watermarks.idle_timeout_ms));
+        }
+        let window = WindowSpec::tumbling(Duration::from_millis(config.window.size_ms))?
+            .with_allowed_lateness(Duration::from_millis(config.window.allowed_lateness_ms));
+        Ok(Self {
+            contract,
+            contract_stats,
+            drop_prefixes: config.filter.drop_user_id_prefixes.clone(),
+            drop_types: config.filter.drop_event_types.iter().cloned().collect(),
+            key_field: config.window.key,
+            watermarks,
+            window,
+            dedup_ttl: Duration::from_millis(config.dedup.ttl_ms),
         })
-        .assign_timestamps(|e: &Event| e.ts, wm)
-        // After event time is set: ids are forgotten by event time, deterministically on replay.
-        .dedup_by(Duration::from_millis(config.dedup.ttl_ms), event_id)
-        .key_by(move |e: &Event| match key_field {
-            KeyField::EventType => Key::from(e.event_type.as_str()),
-            KeyField::UserId => Key::from(e.user_id.as_str()),
-        })
-        .window(spec, (Stats::of(|e: &Event| e.amount), DistinctUsers))
-        .map(|r: WindowResult<(StatsValue, u64)>| WindowRow::from_result(&r)))
+    }
+
+    /// The operator chain of `partition`'s task.
+    pub fn stream(
+        &self,
+        partition: PartitionId,
+    ) -> impl ferroflow_core::operator::IntoOperator<Op: ferroflow_core::Operator<In = Bytes, Out = WindowRow>>
+    + use<> {
+        let (contract, contract_stats) = (Arc::clone(&self.contract), self.contract_stats.clone());
+        let (drop_prefixes, drop_types) = (self.drop_prefixes.clone(), self.drop_types.clone());
+        let key_field = self.key_field;
+        Stream::<Bytes>::new()
+            .ok_err(move |b: &Bytes| Event::decode_checked(b, &contract, &contract_stats))
+            .filter(move |e: &Event| {
+                !drop_types.contains(&e.event_type)
+                    && !drop_prefixes.iter().any(|p| e.user_id.starts_with(p.as_str()))
+            })
+            .assign_timestamps(|e: &Event| e.ts, self.watermarks)
+            // After event time is set: ids are forgotten by event time, deterministically on replay.
+            .dedup_by(self.dedup_ttl, event_id)
+            .key_by(move |e: &Event| match key_field {
+                KeyField::EventType => Key::from(e.event_type.as_str()),
+                KeyField::UserId => Key::from(e.user_id.as_str()),
+            })
+            .window(self.window, (Stats::of(|e: &Event| e.amount), DistinctUsers))
+            .map(move |r: WindowResult<(StatsValue, u64)>| WindowRow::from_result(partition, &r))
+    }
 }
 
 /// Where window rows go: ClickHouse, or a JSON-lines file (the demo without ClickHouse).
@@ -186,9 +311,9 @@ pub enum ResultTarget {
     File(JsonLinesSink),
 }
 
-/// The newest row of every window a run emitted (highest `version`), kept by the demo to show
-/// and check its results.
-pub type ResultTap = Arc<Mutex<BTreeMap<(String, u32), WindowRow>>>;
+/// The newest row of every window of every partition a run emitted (highest `version`), by
+/// (key, window start, partition), kept by the demo to show and check its results.
+pub type ResultTap = Arc<Mutex<BTreeMap<(String, u32, u32), WindowRow>>>;
 
 /// The job's result sink: a target plus an optional tap.
 #[derive(Debug)]
@@ -202,7 +327,8 @@ impl Sink<WindowRow> for ResultSink {
         if let Some(tap) = &self.tap {
             if let Ok(mut t) = tap.lock() {
                 for r in &batch {
-                    let e = t.entry((r.key.clone(), r.window_start)).or_insert_with(|| r.clone());
+                    let e =
+                        t.entry((r.key.clone(), r.window_start, r.partition)).or_insert_with(|| r.clone());
                     if r.version >= e.version {
                         *e = r.clone();
                     }
@@ -324,9 +450,10 @@ pub async fn prepare(config: &PipelineConfig) -> anyhow::Result<PreparedJob> {
         },
     );
 
-    // Dedup tokens are prefixed with the pipeline's id, whatever the [clickhouse] section says.
+    // Dedup tokens are prefixed with the pipeline's and the instance's ids, whatever the
+    // [clickhouse] section says: instances number their epochs independently.
     let mut ch_config = config.clickhouse.clone();
-    ch_config.pipeline_id = config.pipeline_id.clone();
+    ch_config.pipeline_id = format!("{}-{}", config.pipeline_id, config.instance_id);
     let sink = match config.output.kind {
         OutputKind::Clickhouse => {
             ResultTarget::ClickHouse(Box::new(ClickHouseSink::connect(ch_config, rejected).await?))
@@ -385,19 +512,19 @@ impl PreparedJob {
         runner: Runner,
         from_savepoint: Option<String>,
     ) -> anyhow::Result<JobReport> {
-        let store = CheckpointStore::from_url(&config.checkpoints.url, &config.checkpoints.s3())?;
+        let hand_over = config.hand_over()?;
         let mut cp = CheckpointConfig::new(config.pipeline_id.clone(), config.state.dir.join("scratch"));
         cp.interval = config.checkpoint_interval();
         cp.retain = config.checkpoints.retain.max(1);
-        let coordinator = CheckpointCoordinator::open(store, cp).await?;
+        let coordinator = CheckpointCoordinator::open(hand_over.instance_store(), cp).await?;
         let state =
             crate::file_job::open_state(&config.state.dir, config.state.backend == StateKind::Memory)?;
-        let mut runner = runner.with_checkpoints(coordinator, state);
+        let mut runner = runner.with_checkpoints(coordinator, state).with_hand_over(hand_over);
         if let Some(name) = from_savepoint {
             runner = runner.from_savepoint(name);
         }
-        let stream = build_stream(config, Arc::clone(&self.contract), self.handles.contract.clone())?;
-        let report = runner.run(self.source, stream, self.sink, self.dlq).await;
+        let spec = TaskSpec::new(config, Arc::clone(&self.contract), self.handles.contract.clone())?;
+        let report = runner.run_partitioned(self.source, move |p| spec.stream(p), self.sink, self.dlq).await;
         self.rejected_task.abort();
         Ok(report?)
     }

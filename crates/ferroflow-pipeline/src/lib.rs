@@ -7,6 +7,8 @@
 #![deny(missing_docs)]
 
 pub mod config;
+#[cfg(feature = "testcontainers")]
+pub mod containers;
 pub mod contract;
 pub mod demo;
 pub mod event;

@@ -47,6 +47,11 @@ struct StoreArgs {
     /// Checkpoint store: file:///dir, s3://bucket/prefix.
     #[arg(long, env = "FERROFLOW_CHECKPOINT_URL")]
     checkpoints: String,
+    /// The pipeline instance whose checkpoints to read (its `instance_id`: they live in
+    /// `<checkpoints>/<instance>/`); leave it out for `run-file` checkpoints, which have no
+    /// instance folder.
+    #[arg(long)]
+    instance: Option<String>,
     /// S3 endpoint (MinIO, Garage); AWS_ENDPOINT also works.
     #[arg(long, env = "FERROFLOW_S3_ENDPOINT")]
     s3_endpoint: Option<String>,
@@ -155,6 +160,10 @@ struct RunArgs {
     /// Consumer group (kafka.group_id).
     #[arg(long)]
     group_id: Option<String>,
+    /// This instance's name among the pipeline's instances (instance_id); each running instance
+    /// needs its own.
+    #[arg(long)]
+    instance_id: Option<String>,
     /// Dead-letter topic (dead_letters.topic).
     #[arg(long)]
     dlq_topic: Option<String>,
@@ -206,6 +215,9 @@ impl RunArgs {
         }
         if let Some(x) = &self.group_id {
             put(Some("kafka"), "group_id", x.clone().into());
+        }
+        if let Some(x) = &self.instance_id {
+            put(None, "instance_id", x.clone().into());
         }
         if let Some(x) = &self.dlq_topic {
             put(Some("dead_letters"), "topic", x.clone().into());
@@ -302,7 +314,10 @@ fn init_logs(format: &str, default_filter: &str) -> anyhow::Result<()> {
 }
 
 async fn coordinator(store: &StoreArgs, scratch: &std::path::Path) -> anyhow::Result<CheckpointCoordinator> {
-    let s = CheckpointStore::from_url(&store.checkpoints, &store.s3())?;
+    let mut s = CheckpointStore::from_url(&store.checkpoints, &store.s3())?;
+    if let Some(instance) = &store.instance {
+        s = s.child(instance);
+    }
     Ok(CheckpointCoordinator::open(s, CheckpointConfig::new("cli", scratch)).await?)
 }
 

@@ -204,7 +204,10 @@ impl TrafficConfig {
     fn valid_fields(&self, rng: &mut Rng, p: u32, i: u64, ts: i64) -> Fields {
         Fields {
             event_id: format!("{}-p{p}-{i}", self.seed),
-            user_id: format!("u{}", rng.below(200)),
+            // The topic is keyed by user, as producers usually write it: each user's events go to
+            // one partition (user ids ≡ partition mod partitions), which is what makes distinct
+            // users summed over partitions exact.
+            user_id: format!("u{}", rng.below(200) * u64::from(self.partitions.max(1)) + u64::from(p)),
             event_type: EVENT_TYPES[rng.below(EVENT_TYPES.len() as u64) as usize].to_string(),
             ts,
             amount: rng.below(40_000) as f64 * 0.25,

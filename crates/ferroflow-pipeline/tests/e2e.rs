@@ -257,8 +257,7 @@ fn a_clickhouse_outage_loses_nothing() {
         tcp: common::free_port(),
     };
     ch.start();
-    let services =
-        Services { brokers: shared.brokers.clone(), clickhouse_url: format!("http://127.0.0.1:{}", ch.http) };
+    let services = shared.with_clickhouse(format!("http://127.0.0.1:{}", ch.http));
     let topic = unique("e2e_outage");
     let table = unique("e2e_outage_windows");
     let t = traffic(3_000, 31);

@@ -501,31 +501,7 @@ impl CheckpointCoordinator {
             });
         }
         let dir = self.config.local_dir.join("restore").join(format!("{:020}", manifest.id));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| CheckpointError::io(&dir, e))?;
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| CheckpointError::io(&dir, e))?;
-        for f in &manifest.files {
-            let data = self.store.get(&f.object).await.map_err(|e| CheckpointError::Invalid {
-                id: label.clone(),
-                reason: format!("file {} cannot be read: {e}", f.object),
-            })?;
-            if data.len() as u64 != f.size || crc32fast::hash(&data) != f.crc32 {
-                return Err(CheckpointError::Invalid {
-                    id: label.clone(),
-                    reason: format!(
-                        "file {} is corrupt: {} bytes with crc32 {:08x}, manifest says {} bytes with crc32 {:08x}",
-                        f.object,
-                        data.len(),
-                        crc32fast::hash(&data),
-                        f.size,
-                        f.crc32
-                    ),
-                });
-            }
-            let path = dir.join(&f.name);
-            std::fs::write(&path, &data).map_err(|e| CheckpointError::io(&path, e))?;
-        }
+        download_files(&self.store, &manifest, &dir).await?;
         state.restore(&dir)?;
         if manifest.state_format_version != expected {
             if let Some(m) = &self.config.migration {
@@ -545,7 +521,42 @@ impl CheckpointCoordinator {
     }
 }
 
-fn remove_quietly(dir: &Path) {
+/// Downloads a manifest's files into the fresh directory `dir`, checking each one's size and CRC.
+pub(super) async fn download_files(
+    store: &CheckpointStore,
+    manifest: &Manifest,
+    dir: &Path,
+) -> Result<(), CheckpointError> {
+    let label = manifest.label();
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
+    for f in &manifest.files {
+        let data = store.get(&f.object).await.map_err(|e| CheckpointError::Invalid {
+            id: label.clone(),
+            reason: format!("file {} cannot be read: {e}", f.object),
+        })?;
+        if data.len() as u64 != f.size || crc32fast::hash(&data) != f.crc32 {
+            return Err(CheckpointError::Invalid {
+                id: label.clone(),
+                reason: format!(
+                    "file {} is corrupt: {} bytes with crc32 {:08x}, manifest says {} bytes with crc32 {:08x}",
+                    f.object,
+                    data.len(),
+                    crc32fast::hash(&data),
+                    f.size,
+                    f.crc32
+                ),
+            });
+        }
+        let path = dir.join(&f.name);
+        std::fs::write(&path, &data).map_err(|e| CheckpointError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+pub(super) fn remove_quietly(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
         tracing::debug!(error = %e, dir = %dir.display(), "could not remove restore scratch directory");
     }

@@ -12,6 +12,10 @@
 //! Manifests have unique, monotonic names and the newest complete one is found by listing: no
 //! step relies on conditional PUT, which some S3-compatible stores ignore.
 //!
+//! A job run as several instances (a partition-scoped job in one consumer group) gives each
+//! instance its own folder, `<instance>/`, with the layout above; [`PartitionHandOver`] finds the
+//! newest state of a partition across every instance's folder.
+//!
 //! ## Incremental uploads
 //! A checkpoint snapshots the state backend into a local directory (RocksDB: a checkpoint made of
 //! hard links), then uploads only the shared files the store does not hold yet. Unchanged SSTs
@@ -23,6 +27,7 @@
 //! references. A manifest is never left pointing at a deleted file.
 
 mod coordinator;
+mod handover;
 mod manifest;
 mod store;
 
@@ -30,6 +35,7 @@ pub use coordinator::{
     CheckpointConfig, CheckpointCoordinator, CheckpointMeta, Migration, RestoreOutcome, TakenCheckpoint,
     coordinator_meta,
 };
+pub use handover::{Located, OWNED_PARTITIONS, PartitionHandOver};
 pub use manifest::{CheckpointKind, FileEntry, MANIFEST_FORMAT_VERSION, Manifest};
 pub use store::{CheckpointStore, S3Options};
 

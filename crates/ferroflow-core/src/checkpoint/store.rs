@@ -150,6 +150,31 @@ impl CheckpointStore {
         }
     }
 
+    /// The same store with `name` appended to the prefix: the folder of one instance of a job.
+    pub fn child(&self, name: &str) -> Self {
+        let name = name.trim_matches('/');
+        let prefix = if self.prefix.is_empty() { name.to_owned() } else { format!("{}/{name}", self.prefix) };
+        Self {
+            store: Arc::clone(&self.store),
+            prefix,
+            location: format!("{}/{name}", self.location.trim_end_matches('/')),
+        }
+    }
+
+    /// Names of the folders directly under the store's prefix.
+    pub async fn list_folders(&self) -> Result<Vec<String>, CheckpointError> {
+        let base = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
+        let listing =
+            self.store.list_with_delimiter(base.as_ref()).await.map_err(|e| storage(&self.location, e))?;
+        let mut out: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.parts().next_back().map(|part| part.as_ref().to_owned()))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Writes an object.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), CheckpointError> {
         self.store

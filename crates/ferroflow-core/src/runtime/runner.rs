@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::tasks::{Backend, Factory, Tasks};
 use crate::dead_letter::DeadLetter;
 use crate::error::{JobError, SinkError, SourceError};
 use crate::metrics::{CountersSnapshot, JobCounters};
@@ -98,6 +99,8 @@ struct Checkpointing {
     state: Box<dyn StateBackend>,
     /// Restore this savepoint instead of the newest checkpoint.
     from_savepoint: Option<String>,
+    /// Where partition state moves between instances (partition-scoped jobs).
+    hand_over: Option<crate::checkpoint::PartitionHandOver>,
 }
 
 /// Runs jobs: one source, one operator chain, a result sink and a dead-letter sink.
@@ -171,7 +174,22 @@ impl Runner {
         coordinator: crate::checkpoint::CheckpointCoordinator,
         state: Box<dyn StateBackend>,
     ) -> Self {
-        self.checkpointing = Some(Checkpointing { coordinator, state, from_savepoint: None });
+        self.checkpointing =
+            Some(Checkpointing { coordinator, state, from_savepoint: None, hand_over: None });
+        self
+    }
+
+    /// Lets partitions of a [`run_partitioned`](Self::run_partitioned) job move between
+    /// instances with their state (needs checkpoints on, with the coordinator opened on
+    /// [`PartitionHandOver::instance_store`](crate::checkpoint::PartitionHandOver::instance_store)):
+    /// when the source is assigned a partition, its newest state is found among every instance's
+    /// checkpoints and restored before its first record; when a partition is revoked, a checkpoint
+    /// is taken for the next owner and the partition's task ends.
+    #[cfg(feature = "checkpoints")]
+    pub fn with_hand_over(mut self, hand_over: crate::checkpoint::PartitionHandOver) -> Self {
+        if let Some(c) = &mut self.checkpointing {
+            c.hand_over = Some(hand_over);
+        }
         self
     }
 
@@ -198,7 +216,7 @@ impl Runner {
     /// fails; flushes both sinks before returning.
     pub async fn run<S, J, K, D>(
         &mut self,
-        mut source: S,
+        source: S,
         job: J,
         sink: K,
         dead_letters: D,
@@ -209,16 +227,103 @@ impl Runner {
         K: Sink<<J::Op as Operator>::Out>,
         D: Sink<DeadLetter>,
     {
-        let mut chain = job.into_operator();
-        let restored = self.restore(&mut chain, &mut source).await?;
-        self.drive(source, &mut chain, sink, dead_letters, restored).await
+        self.run_tasks(source, Tasks::job(job.into_operator()), sink, dead_letters).await
+    }
+
+    /// Runs a partition-scoped job: one chain per source partition, built by `factory` when the
+    /// partition first shows up (Kafka Streams' task model).
+    ///
+    /// Each task keeps its state under its partition in the backend and follows its own
+    /// partition's watermark (or, while that partition is idle, the job's), so its results depend
+    /// on its partition's records only. That is what lets several instances share the
+    /// partitions of a consumer group, with [`with_hand_over`](Self::with_hand_over) moving the
+    /// state along. Keyed state is per partition: a key seen in two partitions has two windows.
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_core::sink::CollectSink;
+    /// use ferroflow_core::source::MemorySource;
+    /// use ferroflow_core::{Record, Runner, SourcePosition, Stream};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let records = (0..6u64).map(|i| Record::new(i, 0).with_position(SourcePosition::new((i % 2) as u32, i))).collect();
+    /// // Each partition's task tags what it emits with its partition.
+    /// let factory = |p: u32| Stream::<u64>::new().map(move |x| (p, x));
+    /// let (sink, dlq) = (CollectSink::new(), CollectSink::new());
+    /// let out = sink.handle();
+    /// Runner::default().run_partitioned(MemorySource::new(records), factory, sink, dlq).await.unwrap();
+    /// let mut got = out.take();
+    /// got.sort();
+    /// assert_eq!(got, vec![(0, 0), (0, 2), (0, 4), (1, 1), (1, 3), (1, 5)]);
+    /// # });
+    /// ```
+    pub async fn run_partitioned<S, J, F, K, D>(
+        &mut self,
+        source: S,
+        mut factory: F,
+        sink: K,
+        dead_letters: D,
+    ) -> Result<JobReport, JobError>
+    where
+        F: FnMut(PartitionId) -> J + Send + 'static,
+        J: IntoOperator,
+        S: Source<<J::Op as Operator>::In>,
+        K: Sink<<J::Op as Operator>::Out>,
+        D: Sink<DeadLetter>,
+    {
+        let factory: Factory<J::Op> = Box::new(move |p| factory(p).into_operator());
+        self.run_tasks(source, Tasks::per_partition(factory), sink, dead_letters).await
+    }
+
+    async fn run_tasks<S, C, K, D>(
+        &mut self,
+        mut source: S,
+        mut tasks: Tasks<C>,
+        sink: K,
+        dead_letters: D,
+    ) -> Result<JobReport, JobError>
+    where
+        C: Operator,
+        S: Source<C::In>,
+        K: Sink<C::Out>,
+        D: Sink<DeadLetter>,
+    {
+        let hooks = self.install_hand_over(&tasks, &mut source);
+        let restored = self.restore(&mut tasks, &mut source, hooks.as_deref()).await?;
+        self.drive(source, tasks, sink, dead_letters, restored, hooks).await
+    }
+
+    #[cfg(feature = "checkpoints")]
+    fn install_hand_over<C: Operator, S: Source<C::In>>(
+        &mut self,
+        tasks: &Tasks<C>,
+        source: &mut S,
+    ) -> Option<Arc<HandOver>> {
+        let cp = self.checkpointing.as_ref()?;
+        let hand_over = cp.hand_over.clone().filter(|_| tasks.partitioned())?;
+        let hooks = Arc::new(super::handover::HandOverHooks::new(
+            tokio::runtime::Handle::current(),
+            hand_over,
+            &cp.coordinator.config().local_dir,
+        ));
+        let lifecycle: Arc<dyn crate::source::PartitionLifecycle> = hooks.clone();
+        source.set_partition_lifecycle(lifecycle).then_some(hooks)
+    }
+
+    #[cfg(not(feature = "checkpoints"))]
+    fn install_hand_over<C: Operator, S: Source<C::In>>(
+        &mut self,
+        _tasks: &Tasks<C>,
+        _source: &mut S,
+    ) -> Option<Arc<HandOver>> {
+        None
     }
 
     #[cfg(feature = "checkpoints")]
     async fn restore<C: Operator, S: Source<C::In>>(
         &mut self,
-        chain: &mut C,
+        tasks: &mut Tasks<C>,
         source: &mut S,
+        hooks: Option<&HandOver>,
     ) -> Result<Option<Resumed>, JobError> {
         use crate::checkpoint::RestoreOutcome;
         let started = Instant::now();
@@ -231,8 +336,12 @@ impl Runner {
             },
         };
         let Some(m) = manifest else { return Ok(None) };
-        chain.restore_state(cp.state.as_ref())?;
+        tasks.restore(cp.state.as_mut())?;
+        tasks.resume_at(Watermark(m.watermark));
         source.seek(&m.source_offsets)?;
+        if let Some(h) = hooks {
+            h.set_live(m.source_offsets.iter().map(|(p, o)| (*p, *o)));
+        }
         self.counters.record_restore(started.elapsed());
         self.counters.set_state_stats(cp.state.stats());
         Ok(Some(Resumed { id: m.id, offsets: m.source_offsets, watermark: m.watermark, epoch: m.sink_epoch }))
@@ -241,10 +350,23 @@ impl Runner {
     #[cfg(not(feature = "checkpoints"))]
     async fn restore<C: Operator, S: Source<C::In>>(
         &mut self,
-        _chain: &mut C,
+        _tasks: &mut Tasks<C>,
         _source: &mut S,
+        _hooks: Option<&HandOver>,
     ) -> Result<Option<Resumed>, JobError> {
         Ok(None)
+    }
+
+    /// The live state backend, when checkpointing is on.
+    fn state(&mut self) -> Option<&mut Backend> {
+        #[cfg(feature = "checkpoints")]
+        {
+            self.checkpointing.as_mut().map(|c| &mut *c.state)
+        }
+        #[cfg(not(feature = "checkpoints"))]
+        {
+            None
+        }
     }
 
     fn checkpointing_enabled(&self) -> Option<Duration> {
@@ -262,10 +384,11 @@ impl Runner {
     async fn drive<S, C, K, D>(
         &mut self,
         source: S,
-        chain: &mut C,
+        mut tasks: Tasks<C>,
         sink: K,
         dead_letters: D,
         resumed: Option<Resumed>,
+        hooks: Option<Arc<HandOver>>,
     ) -> Result<JobReport, JobError>
     where
         C: Operator,
@@ -302,12 +425,11 @@ impl Runner {
         }
         self.counters.set_watermark(job.watermark.0);
         let clock = Arc::clone(&self.config.clock);
-        let counts_out = !chain.consumes_records();
-        let mut step_names = Vec::with_capacity(chain.steps());
-        chain.step_names(&mut step_names);
-        self.counters.set_operators(&step_names);
+        let counts_out = !tasks.consumes_records();
+        self.counters.set_operators(tasks.step_names());
         let mut ctx = Context::new(clock.now_ms());
         let mut input: Vec<Record<C::In>> = Vec::new();
+        let mut revoked: Option<Vec<PartitionId>> = None;
         let mut output: Vec<Record<C::Out>> = Vec::new();
         let mut ticker = tokio::time::interval(self.config.tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -344,47 +466,50 @@ impl Runner {
                 break;
             }
             ctx.set_processing_time(clock.now_ms());
-            let end = match event {
+            let mut end = false;
+            let handled = match event {
                 Some(None) => {
-                    chain.on_signal(&Signal::EndOfInput, &mut ctx);
-                    true
+                    end = true;
+                    tasks
+                        .signal(&Signal::EndOfInput, self.state(), &mut ctx, &mut output)
+                        .map_err(JobError::from)
                 }
                 None => {
-                    chain.on_signal(&Signal::Tick, &mut ctx);
-                    false
+                    tasks.signal(&Signal::Tick, self.state(), &mut ctx, &mut output).map_err(JobError::from)
                 }
-                Some(Some(ev)) => {
-                    match ev {
-                        SourceEvent::Batch(batch) => {
-                            ctx.counters.records_in +=
-                                (batch.records.len() + batch.dead_letters.len()) as u64;
-                            job.note_positions(batch.records.iter().map(|r| r.position));
-                            job.note_positions(batch.dead_letters.iter().map(|d| d.position));
-                            for dl in batch.dead_letters {
-                                ctx.dead_letter(dl);
-                            }
-                            input = batch.records;
-                            chain.process_batch(&mut input, &mut ctx, &mut output);
-                        }
-                        SourceEvent::PartitionsAssigned(ps) => {
-                            chain.on_signal(&Signal::PartitionsAssigned(ps), &mut ctx)
-                        }
-                        SourceEvent::PartitionsRevoked(ps) => {
-                            chain.on_signal(&Signal::PartitionsRevoked(ps), &mut ctx)
-                        }
-                        SourceEvent::PartitionFinished(p) => {
-                            chain.on_signal(&Signal::PartitionFinished(p), &mut ctx)
-                        }
+                Some(Some(SourceEvent::Batch(batch))) => {
+                    ctx.counters.records_in += (batch.records.len() + batch.dead_letters.len()) as u64;
+                    job.note_positions(batch.records.iter().map(|r| r.position));
+                    job.note_positions(batch.dead_letters.iter().map(|d| d.position));
+                    for dl in batch.dead_letters {
+                        ctx.dead_letter(dl);
                     }
-                    false
+                    input = batch.records;
+                    tasks.process(&mut input, self.state(), &mut ctx, &mut output).map_err(JobError::from)
                 }
+                Some(Some(SourceEvent::PartitionsAssigned(ps))) => {
+                    self.start_partitions(&ps, hooks.as_deref(), &mut job).and_then(|()| {
+                        tasks
+                            .signal(&Signal::PartitionsAssigned(ps), self.state(), &mut ctx, &mut output)
+                            .map_err(JobError::from)
+                    })
+                }
+                Some(Some(SourceEvent::PartitionsRevoked(ps))) => {
+                    // Released after this batch's output and a checkpoint, below.
+                    revoked = Some(ps);
+                    Ok(())
+                }
+                Some(Some(SourceEvent::PartitionFinished(p))) => tasks
+                    .signal(&Signal::PartitionFinished(p), self.state(), &mut ctx, &mut output)
+                    .map_err(JobError::from),
             };
-            if let Some(w) = ctx.take_watermark() {
-                if w > job.watermark {
-                    job.watermark = w;
-                    chain.on_watermark(w, &mut ctx, &mut output);
-                    self.counters.set_watermark(w.0);
-                }
+            if let Err(e) = handled {
+                failure = Some(e);
+                break;
+            }
+            if tasks.watermark() > job.watermark {
+                job.watermark = tasks.watermark();
+                self.counters.set_watermark(job.watermark.0);
             }
             if counts_out {
                 ctx.counters.records_out += output.len() as u64;
@@ -399,7 +524,7 @@ impl Runner {
             }
             self.counters.absorb(&mut ctx.counters);
             self.counters.absorb_steps(&mut ctx.steps);
-            if let Some(p) = ctx.partitions.take() {
+            if let Some(p) = tasks.take_status() {
                 self.counters.set_partitions(p);
             }
             if downstream_closed {
@@ -413,14 +538,36 @@ impl Runner {
                 }
                 on
             }) {
-                if let Err(e) = self.checkpoint(chain, &mut job, &out_tx, &dlq_tx, Some(&name)).await {
+                if let Err(e) = self.checkpoint(&mut tasks, &mut job, &out_tx, &dlq_tx, Some(&name)).await {
                     failure = Some(e);
                     break;
                 }
             }
+            if let Some(ps) = revoked.take() {
+                let released = self.release_partitions(
+                    &mut tasks,
+                    &ps,
+                    &mut job,
+                    &out_tx,
+                    &dlq_tx,
+                    hooks.as_deref(),
+                    &mut ctx,
+                );
+                if let Err(e) = released.await {
+                    failure = Some(e);
+                    break;
+                }
+                if checkpoint_every.is_some() {
+                    last_checkpoint = Instant::now();
+                }
+            }
             let due = checkpoint_every.is_some_and(|every| last_checkpoint.elapsed() >= every);
             if due || (end && checkpoint_every.is_some()) {
-                if let Err(e) = self.checkpoint(chain, &mut job, &out_tx, &dlq_tx, None).await {
+                if let Err(e) = self.drop_superseded(hooks.as_deref(), &mut job).await {
+                    failure = Some(e);
+                    break;
+                }
+                if let Err(e) = self.checkpoint(&mut tasks, &mut job, &out_tx, &dlq_tx, None).await {
                     failure = Some(e);
                     break;
                 }
@@ -437,7 +584,7 @@ impl Runner {
                     StopRequest::StopWithSavepoint(n) => Some(n.as_str()),
                 };
                 if checkpoint_every.is_some() || name.is_some() {
-                    if let Err(e) = self.checkpoint(chain, &mut job, &out_tx, &dlq_tx, name).await {
+                    if let Err(e) = self.checkpoint(&mut tasks, &mut job, &out_tx, &dlq_tx, name).await {
                         failure = Some(e);
                     }
                 }
@@ -475,10 +622,138 @@ impl Runner {
         })
     }
 
+    /// Gives up revoked partitions: a checkpoint first (it holds their state and offsets for the
+    /// next owner), then their tasks end. With hand-over hooks their state stays in the backend
+    /// until the next periodic checkpoint, in case the group assigns them straight back.
+    #[allow(clippy::too_many_arguments)]
+    async fn release_partitions<C: Operator>(
+        &mut self,
+        tasks: &mut Tasks<C>,
+        partitions: &[PartitionId],
+        job: &mut JobState,
+        out_tx: &mpsc::Sender<SinkMsg<C::Out>>,
+        dlq_tx: &mpsc::Sender<SinkMsg<DeadLetter>>,
+        hooks: Option<&HandOver>,
+        ctx: &mut Context,
+    ) -> Result<(), JobError> {
+        if tasks.partitioned() && self.checkpointing_enabled().is_some() {
+            self.checkpoint(tasks, job, out_tx, dlq_tx, None).await?;
+        }
+        let offsets: Vec<(PartitionId, u64)> =
+            partitions.iter().filter_map(|p| job.offsets.get(p).map(|o| (*p, *o))).collect();
+        match hooks {
+            // Carried (state and offset in every checkpoint) until another instance's checkpoint
+            // supersedes them: until then, this instance's checkpoints may be the only place
+            // their state is.
+            Some(h) => {
+                tasks.release(partitions, None, ctx)?;
+                h.set_live(offsets);
+            }
+            None => {
+                tasks.release(partitions, self.state(), ctx)?;
+                if tasks.partitioned() {
+                    for p in partitions {
+                        job.offsets.remove(p);
+                    }
+                }
+            }
+        }
+        tracing::info!(?partitions, "partitions released");
+        Ok(())
+    }
+
+    /// Starts newly assigned partitions from the state their hand-over decided on.
+    #[cfg(feature = "checkpoints")]
+    fn start_partitions(
+        &mut self,
+        partitions: &[PartitionId],
+        hooks: Option<&HandOver>,
+        job: &mut JobState,
+    ) -> Result<(), JobError> {
+        use super::handover::Start;
+        let Some(h) = hooks else { return Ok(()) };
+        if let Some(detail) = h.failure() {
+            return Err(JobError::Task { task: "partition hand-over", detail });
+        }
+        let starts = h.take_starts(partitions);
+        h.forget_live(partitions);
+        let Some(state) = self.state() else { return Ok(()) };
+        let mut opened: Vec<(Arc<super::handover::ScratchDir>, Box<dyn StateBackend>)> = Vec::new();
+        for (p, start) in starts {
+            match start {
+                Start::Live { offset } => {
+                    job.offsets.insert(p, offset);
+                }
+                Start::Fetched { dir, offset, from } => {
+                    let i = match opened.iter().position(|(d, _)| Arc::ptr_eq(d, &dir)) {
+                        Some(i) => i,
+                        None => {
+                            let mut scratch = state.open_scratch(&dir.backend())?;
+                            scratch.restore(&dir.files())?;
+                            opened.push((Arc::clone(&dir), scratch));
+                            opened.len() - 1
+                        }
+                    };
+                    let keys = crate::state::copy_partition(opened[i].1.as_ref(), state, p)?;
+                    tracing::info!(partition = p, from = %from, offset, keys, "partition state handed over");
+                    job.offsets.insert(p, offset);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "checkpoints"))]
+    fn start_partitions(
+        &mut self,
+        _partitions: &[PartitionId],
+        _hooks: Option<&HandOver>,
+        _job: &mut JobState,
+    ) -> Result<(), JobError> {
+        Ok(())
+    }
+
+    /// Stops carrying released partitions that another instance has checkpointed since.
+    #[cfg(feature = "checkpoints")]
+    async fn drop_superseded(
+        &mut self,
+        hooks: Option<&HandOver>,
+        job: &mut JobState,
+    ) -> Result<(), JobError> {
+        let Some(h) = hooks else { return Ok(()) };
+        let done = match h.take_superseded().await {
+            Ok(done) => done,
+            Err(e) => {
+                // Carrying a partition a little longer costs only space.
+                tracing::warn!(error = %e, "cannot tell whether released partitions moved on; carrying them");
+                return Ok(());
+            }
+        };
+        if let Some(state) = self.state() {
+            for p in &done {
+                crate::state::delete_partition(state, *p)?;
+                job.offsets.remove(p);
+            }
+        }
+        if !done.is_empty() {
+            tracing::info!(partitions = ?done, "released partitions now checkpointed elsewhere; their state is dropped here");
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "checkpoints"))]
+    async fn drop_superseded(
+        &mut self,
+        _hooks: Option<&HandOver>,
+        _job: &mut JobState,
+    ) -> Result<(), JobError> {
+        Ok(())
+    }
+
     /// Barrier → flush sinks → snapshot operators → upload. `savepoint` names a savepoint instead.
     async fn checkpoint<C: Operator>(
         &mut self,
-        chain: &mut C,
+        tasks: &mut Tasks<C>,
         job: &mut JobState,
         out_tx: &mpsc::Sender<SinkMsg<C::Out>>,
         dlq_tx: &mpsc::Sender<SinkMsg<DeadLetter>>,
@@ -497,12 +772,19 @@ impl Runner {
                     detail: "a savepoint was requested but checkpointing is not configured".into(),
                 });
             };
-            chain.snapshot_state(cp.state.as_mut())?;
+            tasks.snapshot(cp.state.as_mut())?;
             let meta = CheckpointMeta {
                 source_offsets: job.offsets.clone(),
                 watermark: job.watermark.0,
                 sink_epoch: job.epoch,
-                metadata: BTreeMap::new(),
+                metadata: tasks
+                    .partitions()
+                    .map(|ps| {
+                        let list: Vec<String> = ps.iter().map(ToString::to_string).collect();
+                        (crate::checkpoint::OWNED_PARTITIONS.to_owned(), list.join(","))
+                    })
+                    .into_iter()
+                    .collect(),
             };
             let result = match savepoint {
                 Some(name) => cp.coordinator.savepoint(name, cp.state.as_mut(), meta).await,
@@ -526,10 +808,23 @@ impl Runner {
         }
         #[cfg(not(feature = "checkpoints"))]
         {
-            let _ = (chain, job, savepoint);
+            let _ = (tasks, job, savepoint);
             Ok(())
         }
     }
+}
+
+#[cfg(feature = "checkpoints")]
+type HandOver = super::handover::HandOverHooks;
+
+/// Without checkpoints there is nothing to hand over.
+#[cfg(not(feature = "checkpoints"))]
+#[derive(Debug)]
+enum HandOver {}
+
+#[cfg(not(feature = "checkpoints"))]
+impl HandOver {
+    fn set_live(&self, _: Vec<(PartitionId, u64)>) {}
 }
 
 struct Resumed {

@@ -69,6 +69,22 @@ pub trait Source<T>: Send + 'static {
     fn checkpoint_listener(&self) -> Option<Arc<dyn CheckpointListener>> {
         None
     }
+
+    /// Installs the job's hook for partitions changing hands; returns false when the source
+    /// never changes partitions (the default), so the job need not hand state over.
+    fn set_partition_lifecycle(&mut self, lifecycle: Arc<dyn PartitionLifecycle>) -> bool {
+        let _ = lifecycle;
+        false
+    }
+}
+
+/// Consulted by a source before it reads partitions newly assigned to this instance (a
+/// consumer-group rebalance), so that their state can follow them from the previous owner.
+pub trait PartitionLifecycle: Send + Sync + 'static {
+    /// Fetches the newest state of `partitions` for the job and returns where each one must
+    /// resume (partitions left out start where the source would by itself). Blocks while it
+    /// downloads; call it from the source's own thread, never from an async task.
+    fn assigning(&self, partitions: &[PartitionId]) -> BTreeMap<PartitionId, u64>;
 }
 
 /// Told when a checkpoint has committed, with the source offsets it holds.

@@ -62,6 +62,14 @@ fn range_of<'a>(ns: &'a Namespace, prefix: &[u8]) -> impl Iterator<Item = (&'a V
 }
 
 impl StateBackend for MemoryStateBackend {
+    fn namespaces(&self) -> Result<Vec<String>, StateError> {
+        Ok(self.namespaces.keys().cloned().collect())
+    }
+
+    fn open_scratch(&self, _dir: &Path) -> Result<Box<dyn StateBackend>, StateError> {
+        Ok(Box::new(MemoryStateBackend::new()))
+    }
+
     fn stats(&self) -> super::StateStats {
         let maps = self.namespaces.values();
         super::StateStats {

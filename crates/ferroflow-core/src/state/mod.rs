@@ -7,12 +7,14 @@
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;
+mod scoped;
 
 use std::path::Path;
 
 pub use memory::MemoryStateBackend;
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksDbOptions, RocksDbStateBackend};
+pub use scoped::{PartitionState, copy_partition, delete_partition};
 
 use crate::error::StateError;
 
@@ -122,6 +124,19 @@ pub trait StateBackend: Send + std::fmt::Debug {
 
     /// Replaces all contents with the snapshot in `dir`.
     fn restore(&mut self, dir: &Path) -> Result<(), StateError>;
+
+    /// Names of the namespaces that hold (or held) keys. Partition-scoped jobs need it to move a
+    /// partition's state; the default refuses.
+    fn namespaces(&self) -> Result<Vec<String>, StateError> {
+        Err(StateError::Backend("this state backend cannot list its namespaces".into()))
+    }
+
+    /// An empty backend of the same kind and options, kept in `dir` (for reading a snapshot
+    /// beside the live state, as a partition hand-over does); the default refuses.
+    fn open_scratch(&self, dir: &Path) -> Result<Box<dyn StateBackend>, StateError> {
+        let _ = dir;
+        Err(StateError::Backend("this state backend cannot open a scratch copy".into()))
+    }
 
     /// Size figures for metrics (keys, live bytes, memory); cheap enough to call per checkpoint.
     fn stats(&self) -> StateStats {

@@ -181,6 +181,16 @@ impl RocksDbStateBackend {
 }
 
 impl StateBackend for RocksDbStateBackend {
+    fn namespaces(&self) -> Result<Vec<String>, StateError> {
+        let opts = self.options.to_options(&self.cache)?;
+        let names = DB::list_cf(&opts, &self.path).map_err(backend)?;
+        Ok(names.into_iter().filter(|n| n != "default").collect())
+    }
+
+    fn open_scratch(&self, dir: &Path) -> Result<Box<dyn StateBackend>, StateError> {
+        Ok(Box::new(RocksDbStateBackend::open(dir, self.options.clone())?))
+    }
+
     fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         let db = self.db()?;
         match db.cf_handle(ns) {

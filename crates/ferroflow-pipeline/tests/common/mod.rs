@@ -13,24 +13,61 @@ use std::time::{Duration, Instant};
 use ferroflow_kafka::rdkafka::ClientConfig;
 use ferroflow_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use ferroflow_kafka::rdkafka::message::{Headers, Message};
-use ferroflow_pipeline::job::WindowRow;
+use ferroflow_pipeline::job::WindowTotal;
 use ferroflow_pipeline::traffic::{ExpectedWindow, Generated};
 
 /// Where the real servers are.
 pub struct Services {
     pub brokers: String,
     pub clickhouse_url: String,
+    /// Containers started for this test (feature `testcontainers`); they stop when dropped.
+    #[cfg(feature = "testcontainers")]
+    containers: Option<std::sync::Arc<ferroflow_pipeline::containers::Containers>>,
 }
 
 impl Services {
-    /// Reads `FERROFLOW_KAFKA_BROKERS` and `FERROFLOW_CLICKHOUSE_URL` (set by `scripts/services.sh env`).
+    /// Reads `FERROFLOW_KAFKA_BROKERS` and `FERROFLOW_CLICKHOUSE_URL` (set by `scripts/services.sh
+    /// env`, or pointing at docker-compose or any cluster). With the `testcontainers` feature and
+    /// either unset, starts a Kafka and a ClickHouse container instead.
     pub fn from_env() -> Self {
-        let get = |k: &str| {
-            std::env::var(k).unwrap_or_else(|_| {
-                panic!("{k} is not set: start the servers with `scripts/services.sh start` and `eval \"$(scripts/services.sh env)\"`")
-            })
-        };
-        Self { brokers: get("FERROFLOW_KAFKA_BROKERS"), clickhouse_url: get("FERROFLOW_CLICKHOUSE_URL") }
+        let brokers = std::env::var("FERROFLOW_KAFKA_BROKERS").ok();
+        let clickhouse_url = std::env::var("FERROFLOW_CLICKHOUSE_URL").ok();
+        if let (Some(brokers), Some(clickhouse_url)) = (&brokers, &clickhouse_url) {
+            return Self::at(brokers, clickhouse_url);
+        }
+        #[cfg(feature = "testcontainers")]
+        {
+            let c = ferroflow_pipeline::containers::Containers::start()
+                .expect("starting Kafka and ClickHouse containers (is a Docker engine running?)");
+            let mut s = Self::at(c.brokers(), c.clickhouse_url());
+            s.containers = Some(std::sync::Arc::new(c));
+            s
+        }
+        #[cfg(not(feature = "testcontainers"))]
+        panic!(
+            "FERROFLOW_KAFKA_BROKERS and FERROFLOW_CLICKHOUSE_URL must be set: start the servers with \
+             `scripts/services.sh start` and `eval \"$(scripts/services.sh env)\"`, or build with \
+             `--features testcontainers` on a machine with Docker"
+        )
+    }
+
+    fn at(brokers: &str, clickhouse_url: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            clickhouse_url: clickhouse_url.to_owned(),
+            #[cfg(feature = "testcontainers")]
+            containers: None,
+        }
+    }
+
+    /// The same broker with another ClickHouse server.
+    pub fn with_clickhouse(&self, clickhouse_url: String) -> Self {
+        Self {
+            brokers: self.brokers.clone(),
+            clickhouse_url,
+            #[cfg(feature = "testcontainers")]
+            containers: self.containers.clone(),
+        }
     }
 }
 
@@ -224,20 +261,18 @@ pub fn produce(services: &Services, topic: &str, partitions: u32, events: &[Gene
     });
 }
 
-/// `SELECT … FINAL` of the result table, keyed by (key, window start ms).
-pub fn clickhouse_final(services: &Services, table: &str) -> BTreeMap<(String, i64), WindowRow> {
+/// The result table's totals over partitions (`FINAL`), keyed by (key, window start ms).
+pub fn clickhouse_final(services: &Services, table: &str) -> BTreeMap<(String, i64), WindowTotal> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = clickhouse::Client::default()
             .with_url(&services.clickhouse_url)
             .with_compression(clickhouse::Compression::None)
             .with_validation(false);
-        let sql = format!(
-            "SELECT key, toUInt32(window_start), toUInt32(window_end), events, amount_sum, amount_min, amount_max, \
-             distinct_users, revision, is_final, version FROM {table} FINAL"
-        );
-        match client.query(&sql).fetch_all::<WindowRow>().await {
-            Ok(rows) => rows.into_iter().map(|r| ((r.key.clone(), i64::from(r.window_start) * 1000), r)).collect(),
+        match client.query(&WindowTotal::query(table)).fetch_all::<WindowTotal>().await {
+            Ok(rows) => {
+                rows.into_iter().map(|r| ((r.key.clone(), i64::from(r.window_start) * 1000), r)).collect()
+            }
             Err(_) => BTreeMap::new(), // the table does not exist yet
         }
     })
@@ -246,7 +281,7 @@ pub fn clickhouse_final(services: &Services, table: &str) -> BTreeMap<(String, i
 /// Differences between ClickHouse and the oracle (empty when they agree exactly).
 pub fn diff(
     expected: &BTreeMap<(String, i64), ExpectedWindow>,
-    got: &BTreeMap<(String, i64), WindowRow>,
+    got: &BTreeMap<(String, i64), WindowTotal>,
     closed_by_ms: i64,
     window_ms: i64,
 ) -> Vec<String> {

@@ -1,0 +1,225 @@
+//! The runner's side of a partition hand-over: when the consumer group assigns partitions, the
+//! source asks [`HandOverHooks::assigning`] (on its own thread) where they resume; the hooks find
+//! each partition's newest checkpoint across the job's instances, download it, and the processing
+//! task then copies the partition's state out of it before the partition's first record.
+//!
+//! The offset a partition resumes at and the state its task starts from are decided together,
+//! here, and never separately: a task must not start from state newer or older than its offset.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::checkpoint::{Located, PartitionHandOver};
+use crate::record::PartitionId;
+use crate::source::PartitionLifecycle;
+
+/// Attempts at locating and downloading before the hand-over is declared failed.
+const ATTEMPTS: u32 = 5;
+
+/// A downloaded checkpoint, removed from disk when the last partition taken from it is done.
+#[derive(Debug)]
+pub(crate) struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// The downloaded checkpoint files.
+    pub(crate) fn files(&self) -> PathBuf {
+        self.0.join("files")
+    }
+
+    /// Where to open the scratch backend that restores them.
+    pub(crate) fn backend(&self) -> PathBuf {
+        self.0.join("backend")
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::debug!(dir = %self.0.display(), error = %e, "could not remove a hand-over scratch directory");
+        }
+    }
+}
+
+/// How a newly assigned partition's task starts.
+#[derive(Debug)]
+pub(crate) enum Start {
+    /// From state another checkpoint holds, downloaded to `dir`, at `offset`.
+    Fetched { dir: Arc<ScratchDir>, offset: u64, from: String },
+    /// From the state already in the live backend (this instance's own), at `offset`.
+    Live { offset: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    /// Partitions whose state sits in the live backend without a task (restored at start-up, or
+    /// released at a revoke), with the offset that state belongs to.
+    live: BTreeMap<PartitionId, u64>,
+    /// Decided starts the processing task has not taken yet.
+    starts: BTreeMap<PartitionId, Start>,
+    /// Set when the newest state of an assigned partition could not be fetched.
+    failure: Option<String>,
+    next_dir: u64,
+}
+
+/// One checkpoint to download and the partitions (with offsets) to take from it.
+type Download = (Arc<ScratchDir>, Vec<(PartitionId, u64)>);
+
+/// Implements [`PartitionLifecycle`] for a partition-scoped job with checkpoints.
+pub(crate) struct HandOverHooks {
+    handle: tokio::runtime::Handle,
+    hand_over: PartitionHandOver,
+    scratch: PathBuf,
+    book: Mutex<Book>,
+}
+
+impl std::fmt::Debug for HandOverHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandOverHooks").field("instance", &self.hand_over.instance()).finish()
+    }
+}
+
+impl HandOverHooks {
+    pub(crate) fn new(
+        handle: tokio::runtime::Handle,
+        hand_over: PartitionHandOver,
+        local_dir: &Path,
+    ) -> Self {
+        Self { handle, hand_over, scratch: local_dir.join("handover"), book: Mutex::new(Book::default()) }
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        // A panic while holding the lock cannot leave the book half-updated in a way that matters
+        // more than stopping would: keep going with what is there.
+        self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records partitions whose state is in the live backend without a task.
+    pub(crate) fn set_live(&self, partitions: impl IntoIterator<Item = (PartitionId, u64)>) {
+        self.book().live.extend(partitions);
+    }
+
+    /// The decided start of each of `partitions` that has one (taken: decided once per assignment).
+    pub(crate) fn take_starts(&self, partitions: &[PartitionId]) -> Vec<(PartitionId, Start)> {
+        let mut book = self.book();
+        partitions.iter().filter_map(|p| book.starts.remove(p).map(|s| (*p, s))).collect()
+    }
+
+    /// Partitions whose tasks start now: their state in the live backend is owned again.
+    pub(crate) fn forget_live(&self, partitions: &[PartitionId]) {
+        let mut book = self.book();
+        for p in partitions {
+            book.live.remove(p);
+        }
+    }
+
+    /// Of the partitions carried without a task, those another instance now runs from at least
+    /// the carried offset: their state can go. Forgotten here as they are returned.
+    pub(crate) async fn take_superseded(
+        &self,
+    ) -> Result<Vec<PartitionId>, crate::checkpoint::CheckpointError> {
+        let carried = self.book().live.clone();
+        if carried.is_empty() {
+            return Ok(Vec::new());
+        }
+        let done = self.hand_over.superseded(&carried).await?;
+        let mut book = self.book();
+        // Only what is still carried at the same offset: an assignment may have taken it since.
+        let done: Vec<PartitionId> = done
+            .into_iter()
+            .filter(|p| book.live.get(p).is_some_and(|o| Some(o) == carried.get(p)))
+            .collect();
+        for p in &done {
+            book.live.remove(p);
+        }
+        Ok(done)
+    }
+
+    /// Why a hand-over failed, if one did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.book().failure.clone()
+    }
+
+    async fn fetch(&self, wanted: &[PartitionId]) -> Result<BTreeMap<PartitionId, Start>, String> {
+        let located = self.hand_over.locate(wanted).await.map_err(|e| e.to_string())?;
+        let mut starts = BTreeMap::new();
+        let mut downloads: BTreeMap<(String, u64), Download> = BTreeMap::new();
+        {
+            let mut book = self.book();
+            for &p in wanted {
+                let live = book.live.get(&p).copied();
+                match (located.get(&p), live) {
+                    // This instance's own state is as new as any: no download.
+                    (Some(Located { offset, .. }), Some(own)) if own >= *offset => {
+                        book.live.remove(&p);
+                        starts.insert(p, Start::Live { offset: own });
+                    }
+                    (None, Some(own)) => {
+                        book.live.remove(&p);
+                        starts.insert(p, Start::Live { offset: own });
+                    }
+                    (Some(l), _) => {
+                        let key = (l.instance.clone(), l.manifest.id);
+                        let next = book.next_dir;
+                        let entry = downloads.entry(key).or_insert_with(|| {
+                            (Arc::new(ScratchDir(self.scratch.join(format!("{next:06}")))), Vec::new())
+                        });
+                        if entry.1.is_empty() {
+                            book.next_dir += 1;
+                        }
+                        entry.1.push((p, l.offset));
+                    }
+                    (None, None) => {} // never checkpointed anywhere: the source's own start
+                }
+            }
+        }
+        for ((instance, id), (dir, partitions)) in downloads {
+            let Some(l) = partitions.first().and_then(|(p, _)| located.get(p)) else { continue };
+            self.hand_over.download(l, &dir.files()).await.map_err(|e| e.to_string())?;
+            tracing::info!(
+                from = %instance,
+                checkpoint = id,
+                partitions = ?partitions.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+                "downloaded partition state handed over"
+            );
+            for (p, offset) in partitions {
+                let from = format!("{instance}/checkpoint {id}");
+                starts.insert(p, Start::Fetched { dir: Arc::clone(&dir), offset, from });
+            }
+        }
+        Ok(starts)
+    }
+}
+
+impl PartitionLifecycle for HandOverHooks {
+    fn assigning(&self, partitions: &[PartitionId]) -> BTreeMap<PartitionId, u64> {
+        let mut attempt = 0;
+        let starts = loop {
+            attempt += 1;
+            match self.handle.block_on(self.fetch(partitions)) {
+                Ok(s) => break s,
+                Err(e) if attempt < ATTEMPTS => {
+                    tracing::warn!(attempt, error = %e, "partition hand-over failed; retrying");
+                    std::thread::sleep(Duration::from_millis(500 * u64::from(attempt)));
+                }
+                Err(e) => {
+                    // Starting without the state would count its records again: stop the job
+                    // instead (the processing task checks before the partitions' first record).
+                    tracing::error!(error = %e, ?partitions, "partition hand-over failed; the job stops");
+                    self.book().failure =
+                        Some(format!("state of partitions {partitions:?} could not be fetched: {e}"));
+                    return BTreeMap::new();
+                }
+            }
+        };
+        let offsets = starts
+            .iter()
+            .map(|(p, s)| match s {
+                Start::Fetched { offset, .. } | Start::Live { offset } => (*p, *offset),
+            })
+            .collect();
+        self.book().starts.extend(starts);
+        offsets
+    }
+}

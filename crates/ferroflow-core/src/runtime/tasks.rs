@@ -1,0 +1,317 @@
+//! The operator chains a job runs: one for the whole job, or one task per source partition.
+//!
+//! A partition-scoped job (Kafka Streams' task model) builds one chain per source partition from
+//! a factory. Each task keeps its state under its partition's prefix in the shared backend and
+//! follows its own partition's watermark, so what a task computes depends only on its partition's
+//! records: the same whichever instance runs it, which is what lets partitions move between
+//! instances. A task whose partition is idle follows the other tasks' combined watermark instead,
+//! so its windows still close.
+
+use std::collections::BTreeMap;
+
+use crate::error::StateError;
+use crate::metrics::PartitionStatus;
+use crate::operator::{Context, Operator, Signal};
+use crate::record::{PartitionId, Record};
+use crate::state::{PartitionState, StateBackend, delete_partition};
+use crate::time::Watermark;
+
+/// The live backend (owned by the runner, so `'static`: reborrows in loops keep its type).
+pub(crate) type Backend = dyn StateBackend + 'static;
+
+/// Builds the chain of one partition's task.
+pub(crate) type Factory<C> = Box<dyn FnMut(PartitionId) -> C + Send>;
+
+struct Task<C: Operator> {
+    chain: C,
+    /// The watermark this task's chain last received.
+    watermark: Watermark,
+    /// The task's partition is idle: it follows the other tasks' watermark.
+    idle: bool,
+    input: Vec<Record<C::In>>,
+}
+
+impl<C: Operator> Task<C> {
+    fn new(chain: C) -> Self {
+        Self { chain, watermark: Watermark::MIN, idle: false, input: Vec::new() }
+    }
+
+    /// Delivers the watermark the chain proposed, if it moved, and notes the partition report.
+    fn settle(
+        &mut self,
+        ctx: &mut Context,
+        out: &mut Vec<Record<C::Out>>,
+        status: &mut BTreeMap<PartitionId, PartitionStatus>,
+    ) -> bool {
+        if let Some(w) = ctx.take_watermark() {
+            self.advance(w, ctx, out);
+        }
+        match ctx.partitions.take() {
+            Some(report) => {
+                self.idle = !report.is_empty() && report.iter().all(|p| p.idle);
+                status.extend(report.into_iter().map(|p| (p.partition, p)));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn advance(&mut self, w: Watermark, ctx: &mut Context, out: &mut Vec<Record<C::Out>>) {
+        if w > self.watermark {
+            self.watermark = w;
+            self.chain.on_watermark(w, ctx, out);
+        }
+    }
+}
+
+enum Mode<C: Operator> {
+    Job(Task<C>),
+    PerPartition { factory: Factory<C>, tasks: BTreeMap<PartitionId, Task<C>> },
+}
+
+/// The job's chains and their combined watermark.
+pub(crate) struct Tasks<C: Operator> {
+    mode: Mode<C>,
+    /// Every partition's watermark and idleness, as the chains last reported them.
+    status: BTreeMap<PartitionId, PartitionStatus>,
+    status_changed: bool,
+    watermark: Watermark,
+    names: Vec<&'static str>,
+    consumes_records: bool,
+}
+
+impl<C: Operator> Tasks<C> {
+    /// One chain for the whole job.
+    pub(crate) fn job(chain: C) -> Self {
+        let (names, consumes_records) = describe(&chain);
+        Self::with_mode(Mode::Job(Task::new(chain)), names, consumes_records)
+    }
+
+    /// One chain per source partition, each built by `factory` when its partition first shows up.
+    pub(crate) fn per_partition(mut factory: Factory<C>) -> Self {
+        // A throwaway chain names the steps: every task's chain has the same shape.
+        let (names, consumes_records) = describe(&factory(0));
+        Self::with_mode(Mode::PerPartition { factory, tasks: BTreeMap::new() }, names, consumes_records)
+    }
+
+    fn with_mode(mode: Mode<C>, names: Vec<&'static str>, consumes_records: bool) -> Self {
+        Self {
+            mode,
+            status: BTreeMap::new(),
+            status_changed: false,
+            watermark: Watermark::MIN,
+            names,
+            consumes_records,
+        }
+    }
+
+    /// True when each partition has a task of its own.
+    pub(crate) fn partitioned(&self) -> bool {
+        matches!(self.mode, Mode::PerPartition { .. })
+    }
+
+    /// Step names of a chain.
+    pub(crate) fn step_names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    /// True when the chains end in a window (results are not source records).
+    pub(crate) fn consumes_records(&self) -> bool {
+        self.consumes_records
+    }
+
+    /// The partitions with a task of their own (`None` for a job-scoped chain).
+    #[cfg_attr(not(feature = "checkpoints"), allow(dead_code))]
+    pub(crate) fn partitions(&self) -> Option<Vec<PartitionId>> {
+        match &self.mode {
+            Mode::Job(_) => None,
+            Mode::PerPartition { tasks, .. } => Some(tasks.keys().copied().collect()),
+        }
+    }
+
+    /// The combined watermark.
+    pub(crate) fn watermark(&self) -> Watermark {
+        self.watermark
+    }
+
+    /// Starts from `w` (a restored checkpoint's watermark); it never goes back.
+    #[cfg_attr(not(feature = "checkpoints"), allow(dead_code))]
+    pub(crate) fn resume_at(&mut self, w: Watermark) {
+        self.watermark = self.watermark.max(w);
+    }
+
+    /// The partition report, when it changed since the last call.
+    pub(crate) fn take_status(&mut self) -> Option<Vec<PartitionStatus>> {
+        std::mem::take(&mut self.status_changed).then(|| self.status.values().copied().collect())
+    }
+
+    /// Runs a batch through the chains (each record to its partition's task).
+    pub(crate) fn process(
+        &mut self,
+        records: &mut Vec<Record<C::In>>,
+        mut state: Option<&mut Backend>,
+        ctx: &mut Context,
+        out: &mut Vec<Record<C::Out>>,
+    ) -> Result<(), StateError> {
+        match &mut self.mode {
+            Mode::Job(task) => {
+                task.chain.process_batch(records, ctx, out);
+                self.status_changed |= task.settle(ctx, out, &mut self.status);
+            }
+            Mode::PerPartition { factory, tasks } => {
+                for r in records.drain(..) {
+                    let p = r.position.partition;
+                    let task = match tasks.get_mut(&p) {
+                        Some(t) => t,
+                        None => create(tasks, factory, p, state.as_deref_mut())?,
+                    };
+                    task.input.push(r);
+                }
+                for task in tasks.values_mut().filter(|t| !t.input.is_empty()) {
+                    let mut input = std::mem::take(&mut task.input);
+                    task.chain.process_batch(&mut input, ctx, out);
+                    task.input = input;
+                    self.status_changed |= task.settle(ctx, out, &mut self.status);
+                }
+            }
+        }
+        self.combine(ctx, out);
+        Ok(())
+    }
+
+    /// Delivers a source signal (assignment, end of input, idleness tick).
+    pub(crate) fn signal(
+        &mut self,
+        signal: &Signal,
+        mut state: Option<&mut Backend>,
+        ctx: &mut Context,
+        out: &mut Vec<Record<C::Out>>,
+    ) -> Result<(), StateError> {
+        match &mut self.mode {
+            Mode::Job(task) => {
+                task.chain.on_signal(signal, ctx);
+                self.status_changed |= task.settle(ctx, out, &mut self.status);
+            }
+            Mode::PerPartition { factory, tasks } => match signal {
+                Signal::PartitionsAssigned(ps) => {
+                    for &p in ps {
+                        if !tasks.contains_key(&p) {
+                            create(tasks, factory, p, state.as_deref_mut())?;
+                        }
+                        if let Some(task) = tasks.get_mut(&p) {
+                            task.chain.on_signal(&Signal::PartitionsAssigned(vec![p]), ctx);
+                            self.status_changed |= task.settle(ctx, out, &mut self.status);
+                        }
+                    }
+                }
+                Signal::PartitionFinished(p) => {
+                    if let Some(task) = tasks.get_mut(p) {
+                        task.chain.on_signal(signal, ctx);
+                        self.status_changed |= task.settle(ctx, out, &mut self.status);
+                    }
+                }
+                // Releasing revoked partitions goes through `release`, after a checkpoint.
+                Signal::PartitionsRevoked(_) => {}
+                Signal::EndOfInput | Signal::Tick => {
+                    for task in tasks.values_mut() {
+                        task.chain.on_signal(signal, ctx);
+                        self.status_changed |= task.settle(ctx, out, &mut self.status);
+                    }
+                }
+            },
+        }
+        self.combine(ctx, out);
+        Ok(())
+    }
+
+    /// Gives up partitions that moved to another instance: their tasks end and their state is
+    /// deleted from `state` (the checkpoint taken just before holds it for the next owner).
+    pub(crate) fn release(
+        &mut self,
+        partitions: &[PartitionId],
+        state: Option<&mut Backend>,
+        ctx: &mut Context,
+    ) -> Result<(), StateError> {
+        match &mut self.mode {
+            Mode::Job(task) => {
+                task.chain.on_signal(&Signal::PartitionsRevoked(partitions.to_vec()), ctx);
+                let mut none = Vec::new();
+                self.status_changed |= task.settle(ctx, &mut none, &mut self.status);
+            }
+            Mode::PerPartition { tasks, .. } => {
+                for p in partitions {
+                    tasks.remove(p);
+                    self.status.remove(p);
+                    self.status_changed = true;
+                }
+                if let Some(state) = state {
+                    for &p in partitions {
+                        delete_partition(state, p)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every chain's state into `state` (each task under its partition's prefix).
+    #[cfg_attr(not(feature = "checkpoints"), allow(dead_code))]
+    pub(crate) fn snapshot(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
+        match &mut self.mode {
+            Mode::Job(task) => task.chain.snapshot_state(state),
+            Mode::PerPartition { tasks, .. } => {
+                for (&p, task) in tasks.iter_mut() {
+                    task.chain.snapshot_state(&mut PartitionState::writer(state, p))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Restores the job's chain from `state`; partition tasks restore themselves when created.
+    #[cfg_attr(not(feature = "checkpoints"), allow(dead_code))]
+    pub(crate) fn restore(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
+        match &mut self.mode {
+            Mode::Job(task) => task.chain.restore_state(state),
+            Mode::PerPartition { .. } => Ok(()),
+        }
+    }
+
+    /// The combined watermark: the minimum over tasks that are not idle. Idle tasks then follow
+    /// it, so their windows close with the rest of the job.
+    fn combine(&mut self, ctx: &mut Context, out: &mut Vec<Record<C::Out>>) {
+        match &mut self.mode {
+            Mode::Job(task) => self.watermark = self.watermark.max(task.watermark),
+            Mode::PerPartition { tasks, .. } => {
+                let Some(active) = tasks.values().filter(|t| !t.idle).map(|t| t.watermark).min() else {
+                    return; // every task idle (or none): nothing moves, as with a single chain
+                };
+                self.watermark = self.watermark.max(active);
+                let w = self.watermark;
+                for task in tasks.values_mut().filter(|t| t.idle) {
+                    task.advance(w, ctx, out);
+                }
+            }
+        }
+    }
+}
+
+fn describe<C: Operator>(chain: &C) -> (Vec<&'static str>, bool) {
+    let mut names = Vec::with_capacity(chain.steps());
+    chain.step_names(&mut names);
+    (names, chain.consumes_records())
+}
+
+/// Builds partition `p`'s task, restored from its prefix of `state` when there is one.
+fn create<'t, C: Operator>(
+    tasks: &'t mut BTreeMap<PartitionId, Task<C>>,
+    factory: &mut Factory<C>,
+    p: PartitionId,
+    state: Option<&mut Backend>,
+) -> Result<&'t mut Task<C>, StateError> {
+    let mut chain = factory(p);
+    if let Some(state) = state {
+        chain.restore_state(&PartitionState::reader(state, p))?;
+    }
+    Ok(tasks.entry(p).or_insert(Task::new(chain)))
+}

@@ -1,0 +1,265 @@
+//! Partition-scoped jobs: one task per source partition with its own watermark, idle partitions
+//! following the job, and partition state handed over between two instances through their
+//! checkpoints when partitions move.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferroflow::checkpoint::{
+    CheckpointConfig, CheckpointCoordinator, CheckpointStore, PartitionHandOver, S3Options,
+};
+use ferroflow::operator::IntoOperator;
+use ferroflow::sink::CollectSink;
+use ferroflow::source::{PartitionLifecycle, Source, SourceBatch, SourceEvent};
+use ferroflow::state::MemoryStateBackend;
+use ferroflow::time::{ManualClock, WatermarkStrategy};
+use ferroflow::window::{Count, WindowResult, WindowSpec};
+use ferroflow::{
+    Key, Operator, PartitionId, Record, Runner, RunnerConfig, SourceError, SourcePosition, Stream,
+};
+use tokio::sync::Notify;
+
+/// Fails the test if `fut` does not finish within `secs` seconds.
+async fn within<F: Future>(secs: u64, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {secs} s"),
+    }
+}
+
+/// (partition, window start, events) of a row.
+type Row = (PartitionId, i64, u64);
+
+/// Each partition's task: event time from the payload, 10 s windows counting events, rows
+/// tagged with the partition.
+fn task(p: PartitionId, idleness: Option<Duration>) -> impl IntoOperator<Op: Operator<In = i64, Out = Row>> {
+    let mut strategy = WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO);
+    if let Some(t) = idleness {
+        strategy = strategy.with_idleness(t);
+    }
+    Stream::<i64>::new()
+        .assign_timestamps(|t: &i64| *t, strategy)
+        .key_by(|_: &i64| Key::from("k"))
+        .window(WindowSpec::tumbling(Duration::from_secs(10)).unwrap(), Count)
+        .map(move |r: WindowResult<u64>| (p, r.window_start, r.value))
+}
+
+enum Step {
+    Assign(Vec<PartitionId>),
+    /// The next `n` records of a partition, from where it stands.
+    Read(PartitionId, usize),
+    Revoke(Vec<PartitionId>),
+    Wait(Arc<Notify>),
+}
+
+/// Plays a script over fixed per-partition data, asking the job's lifecycle hook where assigned
+/// partitions resume, as a consumer-group member would.
+struct Scripted {
+    steps: VecDeque<Step>,
+    data: BTreeMap<PartitionId, Vec<i64>>,
+    next: BTreeMap<PartitionId, u64>,
+    lifecycle: Option<Arc<dyn PartitionLifecycle>>,
+    /// What the hook answered at each assignment.
+    answers: Arc<Mutex<Vec<BTreeMap<PartitionId, u64>>>>,
+}
+
+impl Scripted {
+    fn new(steps: Vec<Step>, data: &BTreeMap<PartitionId, Vec<i64>>) -> Self {
+        Self {
+            steps: steps.into(),
+            data: data.clone(),
+            next: BTreeMap::new(),
+            lifecycle: None,
+            answers: Arc::default(),
+        }
+    }
+}
+
+impl Source<i64> for Scripted {
+    async fn next_event(&mut self) -> Result<Option<SourceEvent<i64>>, SourceError> {
+        loop {
+            match self.steps.pop_front() {
+                Some(Step::Assign(ps)) => {
+                    if let Some(l) = self.lifecycle.clone() {
+                        let asked = ps.clone();
+                        // The hook blocks while it downloads: off the runtime, like a poll thread.
+                        let offsets = tokio::task::spawn_blocking(move || l.assigning(&asked)).await.unwrap();
+                        self.next.extend(offsets.iter().map(|(p, o)| (*p, *o)));
+                        self.answers.lock().unwrap().push(offsets);
+                    }
+                    return Ok(Some(SourceEvent::PartitionsAssigned(ps)));
+                }
+                Some(Step::Read(p, n)) => {
+                    let from = self.next.get(&p).copied().unwrap_or(0);
+                    let records: Vec<Record<i64>> = self.data[&p]
+                        .iter()
+                        .enumerate()
+                        .skip(from as usize)
+                        .take(n)
+                        .map(|(o, &ts)| Record::new(ts, 0).with_position(SourcePosition::new(p, o as u64)))
+                        .collect();
+                    self.next.insert(p, from + records.len() as u64);
+                    return Ok(Some(SourceEvent::Batch(SourceBatch { records, dead_letters: Vec::new() })));
+                }
+                Some(Step::Revoke(ps)) => return Ok(Some(SourceEvent::PartitionsRevoked(ps))),
+                Some(Step::Wait(n)) => n.notified().await,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    fn seek(&mut self, offsets: &BTreeMap<PartitionId, u64>) -> Result<(), SourceError> {
+        self.next.extend(offsets.iter().map(|(p, o)| (*p, *o)));
+        Ok(())
+    }
+
+    fn set_partition_lifecycle(&mut self, lifecycle: Arc<dyn PartitionLifecycle>) -> bool {
+        self.lifecycle = Some(lifecycle);
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_partition_follows_its_own_watermark_and_an_idle_one_follows_the_job() {
+    let clock = ManualClock::new(0);
+    let data =
+        BTreeMap::from([(0, (1..=9).map(|i| i * 1_000).chain([15_000, 16_000]).collect()), (1, vec![2_000])]);
+    let (go, end) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let steps = vec![
+        Step::Assign(vec![0, 1]),
+        Step::Read(0, 10),
+        Step::Read(1, 1),
+        Step::Wait(Arc::clone(&go)),
+        Step::Read(0, 1),
+        Step::Wait(Arc::clone(&end)),
+    ];
+    let mut runner = Runner::new(RunnerConfig {
+        channel_capacity: 4,
+        tick_interval: Duration::from_millis(5),
+        clock: Arc::new(clock.clone()),
+    });
+    let counters = runner.counters();
+    let sink = CollectSink::new();
+    let rows = sink.handle();
+    let source = Scripted::new(steps, &data);
+    let job = tokio::spawn(async move {
+        runner
+            .run_partitioned(source, |p| task(p, Some(Duration::from_secs(1))), sink, CollectSink::new())
+            .await
+    });
+
+    // Partition 0's own watermark (14 999) closes its first window at once; with one chain for the
+    // job, partition 1 (at 1 999) would hold it back.
+    within(10, "partition 0's window", async {
+        while rows.is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert_eq!(rows.take(), vec![(0, 0, 9)]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(rows.is_empty(), "partition 1 is not idle yet: its window stays open");
+    assert_eq!(counters.snapshot().watermark, 1_999, "the job's watermark is the minimum over tasks");
+
+    // Partition 0 delivers again at 600 ms; at 1 100 ms partition 1 has been silent for 1.1 s
+    // (idle), partition 0 for 0.5 s. Idle, partition 1 follows the job's watermark (partition
+    // 0's), and its window closes.
+    clock.set(600);
+    go.notify_one();
+    within(10, "the second batch", async {
+        while counters.snapshot().records_in < 12 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    clock.set(1_100);
+    within(10, "partition 1's window", async {
+        while rows.is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert_eq!(rows.take(), vec![(1, 0, 1)]);
+    assert_eq!(counters.snapshot().watermark, 15_999);
+    let idle: Vec<bool> = counters.snapshot().partitions.iter().map(|p| p.idle).collect();
+    assert_eq!(idle, vec![false, true], "the report covers both tasks");
+
+    end.notify_one();
+    let report = within(10, "the job", job).await.unwrap().unwrap();
+    assert_eq!(rows.take(), vec![(0, 10_000, 2)], "end of input closes the rest");
+    assert!(report.counters.identity_holds());
+}
+
+/// Opens instance `name` of a partition-scoped job on the shared checkpoint base.
+async fn instance(base: &CheckpointStore, name: &str, scratch: &std::path::Path) -> Runner {
+    let hand_over = PartitionHandOver::new(base.clone(), name, 1);
+    let mut config = CheckpointConfig::new("job", scratch.join(name));
+    config.interval = Duration::from_secs(3600); // only the revoke and the end checkpoint
+    let coordinator = CheckpointCoordinator::open(hand_over.instance_store(), config).await.unwrap();
+    Runner::default()
+        .with_checkpoints(coordinator, Box::new(MemoryStateBackend::new()))
+        .with_hand_over(hand_over)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_partitions_continue_on_another_instance_from_their_checkpointed_state() {
+    let scratch = tempfile::tempdir().unwrap();
+    let base = CheckpointStore::from_url("memory://", &S3Options::default()).unwrap();
+    // One event a second for a minute per partition, then one that closes every window.
+    let data: BTreeMap<PartitionId, Vec<i64>> =
+        (0..2).map(|p| (p, (0..60).map(|s| s * 1_000).chain([200_000]).collect())).collect();
+
+    // The reference: one instance reads everything.
+    let (sink, rows) = {
+        let s = CollectSink::new();
+        let h = s.handle();
+        (s, h)
+    };
+    let all = Scripted::new(vec![Step::Assign(vec![0, 1]), Step::Read(0, 100), Step::Read(1, 100)], &data);
+    Runner::default().run_partitioned(all, |p| task(p, None), sink, CollectSink::new()).await.unwrap();
+    let mut expected = rows.take();
+    expected.sort_unstable();
+    assert_eq!(expected.len(), 2 * 7, "6 full windows and the closing one per partition");
+
+    // Instance a reads part of each partition, mid-window, then the group takes both away.
+    let (sink, rows_a) = {
+        let s = CollectSink::new();
+        let h = s.handle();
+        (s, h)
+    };
+    let script =
+        vec![Step::Assign(vec![0, 1]), Step::Read(0, 25), Step::Read(1, 37), Step::Revoke(vec![0, 1])];
+    let report_a = instance(&base, "a", scratch.path())
+        .await
+        .run_partitioned(Scripted::new(script, &data), |p| task(p, None), sink, CollectSink::new())
+        .await
+        .unwrap();
+    assert!(report_a.checkpoints_taken >= 1, "the revoke took a checkpoint");
+
+    // Instance b is assigned both: it finds a's checkpoint and resumes from it, state included.
+    let (sink, rows_b) = {
+        let s = CollectSink::new();
+        let h = s.handle();
+        (s, h)
+    };
+    let source_b =
+        Scripted::new(vec![Step::Assign(vec![0, 1]), Step::Read(0, 100), Step::Read(1, 100)], &data);
+    let answers = Arc::clone(&source_b.answers);
+    let report_b = instance(&base, "b", scratch.path())
+        .await
+        .run_partitioned(source_b, |p| task(p, None), sink, CollectSink::new())
+        .await
+        .unwrap();
+    assert_eq!(*answers.lock().unwrap(), vec![BTreeMap::from([(0, 25), (1, 37)])], "resumed at a's offsets");
+    assert_eq!(report_b.restored_from, None, "b had no checkpoint of its own");
+
+    // Together they emitted exactly the reference rows: the window that was half done when the
+    // partitions moved (20–30 s of partition 0, 30–40 s of partition 1) counts events from both.
+    let mut together: Vec<Row> = rows_a.take().into_iter().chain(rows_b.take()).collect();
+    together.sort_unstable();
+    assert_eq!(together, expected);
+    assert_eq!(report_a.counters.records_in + report_b.counters.records_in, 2 * 61);
+}
