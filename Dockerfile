@@ -8,12 +8,10 @@
 # ---- build ----------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS builder
 
-# librdkafka (built with cmake, SSL, SASL/GSSAPI, zstd) and RocksDB (bindgen needs libclang).
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      cmake clang libclang-dev libcurl4-openssl-dev libssl-dev libsasl2-dev \
-      zlib1g-dev libzstd-dev pkg-config \
- && rm -rf /var/lib/apt/lists/*
+# librdkafka (built with cmake, SSL, SASL/GSSAPI, zstd) and RocksDB (bindgen needs libclang): the
+# project's one list of build packages.
+COPY scripts/build-packages.sh /tmp/build-packages.sh
+RUN bash /tmp/build-packages.sh && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
 # The whole workspace (see .dockerignore): Cargo needs every member's manifest and targets.
