@@ -91,7 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let results = CollectSink::new();
     let rows = results.handle();
     let dead_letters = JsonLinesSink::create(&dlq_path).await?;
-    let report = Runner::default().run(source, job, results, dead_letters).await?;
+    let report = Runner::default().job(source, job).sink(results).dead_letters(dead_letters).run().await?;
 
     println!("\nwindow results (10-minute tumbling windows, clicks per user):");
     for row in rows.take() {

@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (sink, dead_letters) = (CollectSink::new(), CollectSink::new());
     let rows = sink.handle();
-    let report = Runner::default().run(source, job, sink, dead_letters).await?;
+    let report = Runner::default().job(source, job).sink(sink).dead_letters(dead_letters).run().await?;
 
     for row in rows.take() {
         println!(

@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (sink, dead_letters) = (CollectSink::new(), CollectSink::new());
     let (rows, late) = (sink.handle(), dead_letters.handle());
-    let report = Runner::default().run(source, job, sink, dead_letters).await?;
+    let report = Runner::default().job(source, job).sink(sink).dead_letters(dead_letters).run().await?;
 
     println!("session rows (gap 30 s, allowed lateness 60 s), in emission order:");
     for row in rows.take() {

@@ -23,7 +23,7 @@ use ferroflow::sink::{CollectSink, NullSink};
 use ferroflow::source::JsonLinesSource;
 use ferroflow::time::WatermarkStrategy;
 use ferroflow::window::{Stats, WindowSpec};
-use ferroflow::{Key, Rejection, Runner, RunnerConfig, Stream};
+use ferroflow::{Key, Rejection, Runner, Stream};
 use serde::{Deserialize, Serialize};
 
 /// The fields the job needs, borrowed from the line (no per-event allocation).
@@ -196,35 +196,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|p| !p.test_traffic)
         .assign_timestamps(|p| p.ts, WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(10)))
         .key_by(|p| p.user.clone())
-        .window(WindowSpec::tumbling(Duration::from_secs(60))?, Stats::of(|p: &Purchase| p.amount));
+        .window(WindowSpec::tumbling(Duration::from_secs(60))?, Stats::of(|p: &Purchase| p.amount))
+        .id("purchases-per-minute");
 
     let sink = NullSink::new();
     let rows = sink.counter();
     let dlq = CollectSink::new();
     let dead = dlq.handle();
-    let mut runner = Runner::new(RunnerConfig::default());
-    if args.state != "none" {
-        let state: Box<dyn ferroflow::state::StateBackend> = match args.state.as_str() {
-            "memory" => Box::new(ferroflow::state::MemoryStateBackend::new()),
+    let mut runner = if args.state == "none" {
+        Runner::default()
+    } else {
+        let checkpoints = Runner::builder()
+            .checkpoints(format!("file://{}", tmp.path().join("checkpoints").display()))
+            .job_id("throughput")
+            .scratch_dir(tmp.path().join("scratch"))
+            .every(Duration::from_millis(args.checkpoint_interval_ms));
+        match args.state.as_str() {
+            "memory" => checkpoints.state(ferroflow::state::MemoryStateBackend::new()).build()?,
             #[cfg(feature = "rocksdb")]
-            "rocksdb" => Box::new(ferroflow::state::RocksDbStateBackend::open(
-                tmp.path().join("rocksdb"),
-                ferroflow::state::RocksDbOptions::default(),
-            )?),
+            "rocksdb" => {
+                checkpoints.state(ferroflow::state::RocksDb::at(tmp.path().join("rocksdb"))).build()?
+            }
             other => return Err(format!("--state must be none, memory or rocksdb, got {other}").into()),
-        };
-        let store = ferroflow::checkpoint::CheckpointStore::from_url(
-            &format!("file://{}", tmp.path().join("checkpoints").display()),
-            &ferroflow::checkpoint::S3Options::default(),
-        )?;
-        let mut cfg = ferroflow::checkpoint::CheckpointConfig::new("throughput", tmp.path().join("scratch"));
-        cfg.interval = Duration::from_millis(args.checkpoint_interval_ms);
-        let coordinator = runtime.block_on(ferroflow::checkpoint::CheckpointCoordinator::open(store, cfg))?;
-        runner = runner.with_checkpoints(coordinator, state);
-    }
+        }
+    };
     let source = JsonLinesSource::raw([&path]);
     let t0 = Instant::now();
-    let report = runtime.block_on(runner.run(source, stream, sink, dlq))?;
+    let report = runtime.block_on(runner.job(source, stream).sink(sink).dead_letters(dlq).run())?;
     let elapsed = t0.elapsed();
 
     let c = &report.counters;

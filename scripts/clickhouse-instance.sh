@@ -22,7 +22,12 @@ sed -e "s#/var/lib/clickhouse/#$DIR/data/#g" \
     -e "/<listen_host>::1<\/listen_host>/d" \
     -e "s#users.xml#$DIR/users.xml#" \
     "$SRC_CONFIG/config.xml" >"$DIR/config.xml"
-cp "$SRC_CONFIG/users.xml" "$DIR/users.xml"
+# The packaged users plus `ferroflow_readonly`, who may read and change settings but not write
+# (no password: the server listens on loopback only). Tests use it to see how a permission
+# failure reaches a job's caller.
+sed -e 's#</profiles>#<ferroflow_readonly><readonly>2</readonly></ferroflow_readonly></profiles>#' \
+    -e 's#</users>#<ferroflow_readonly><password></password><networks><ip>::/0</ip></networks><profile>ferroflow_readonly</profile><quota>default</quota></ferroflow_readonly></users>#' \
+    "$SRC_CONFIG/users.xml" >"$DIR/users.xml"
 
 nohup "$BIN" --config-file="$DIR/config.xml" >"$DIR/log/stdout.log" 2>&1 &
 pid=$!

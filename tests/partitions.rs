@@ -8,9 +8,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferroflow::checkpoint::{
-    CheckpointConfig, CheckpointCoordinator, CheckpointStore, PartitionHandOver, S3Options,
-};
+use ferroflow::checkpoint::{CheckpointStore, S3Options};
 use ferroflow::operator::IntoOperator;
 use ferroflow::sink::CollectSink;
 use ferroflow::source::{PartitionLifecycle, Source, SourceBatch, SourceEvent};
@@ -147,7 +145,10 @@ async fn each_partition_follows_its_own_watermark_and_an_idle_one_follows_the_jo
     let source = Scripted::new(steps, &data);
     let job = tokio::spawn(async move {
         runner
-            .run_partitioned(source, |p| task(p, Some(Duration::from_secs(1))), sink, CollectSink::new())
+            .job_per_partition(source, |p| task(p, Some(Duration::from_secs(1))))
+            .sink(sink)
+            .dead_letters(CollectSink::new())
+            .run()
             .await
     });
 
@@ -193,15 +194,17 @@ async fn each_partition_follows_its_own_watermark_and_an_idle_one_follows_the_jo
     assert!(report.counters.identity_holds());
 }
 
-/// Opens instance `name` of a partition-scoped job on the shared checkpoint base.
-async fn instance(base: &CheckpointStore, name: &str, scratch: &std::path::Path) -> Runner {
-    let hand_over = PartitionHandOver::new(base.clone(), name, 1);
-    let mut config = CheckpointConfig::new("job", scratch.join(name));
-    config.interval = Duration::from_secs(3600); // only the revoke and the end checkpoint
-    let coordinator = CheckpointCoordinator::open(hand_over.instance_store(), config).await.unwrap();
-    Runner::default()
-        .with_checkpoints(coordinator, Box::new(MemoryStateBackend::new()))
-        .with_hand_over(hand_over)
+/// Instance `name` of a partition-scoped job on the shared checkpoint base.
+fn instance(base: &CheckpointStore, name: &str, scratch: &std::path::Path) -> Runner {
+    Runner::builder()
+        .checkpoint_store(base.clone())
+        .job_id("job")
+        .scratch_dir(scratch.join(name))
+        .every(Duration::from_secs(3600)) // only the revoke and the end checkpoint
+        .instance(name)
+        .state(MemoryStateBackend::new())
+        .build()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +222,13 @@ async fn revoked_partitions_continue_on_another_instance_from_their_checkpointed
         (s, h)
     };
     let all = Scripted::new(vec![Step::Assign(vec![0, 1]), Step::Read(0, 100), Step::Read(1, 100)], &data);
-    Runner::default().run_partitioned(all, |p| task(p, None), sink, CollectSink::new()).await.unwrap();
+    Runner::default()
+        .job_per_partition(all, |p| task(p, None))
+        .sink(sink)
+        .dead_letters(CollectSink::new())
+        .run()
+        .await
+        .unwrap();
     let mut expected = rows.take();
     expected.sort_unstable();
     assert_eq!(expected.len(), 2 * 7, "6 full windows and the closing one per partition");
@@ -233,8 +242,10 @@ async fn revoked_partitions_continue_on_another_instance_from_their_checkpointed
     let script =
         vec![Step::Assign(vec![0, 1]), Step::Read(0, 25), Step::Read(1, 37), Step::Revoke(vec![0, 1])];
     let report_a = instance(&base, "a", scratch.path())
-        .await
-        .run_partitioned(Scripted::new(script, &data), |p| task(p, None), sink, CollectSink::new())
+        .job_per_partition(Scripted::new(script, &data), |p| task(p, None))
+        .sink(sink)
+        .dead_letters(CollectSink::new())
+        .run()
         .await
         .unwrap();
     assert!(report_a.checkpoints_taken >= 1, "the revoke took a checkpoint");
@@ -249,8 +260,10 @@ async fn revoked_partitions_continue_on_another_instance_from_their_checkpointed
         Scripted::new(vec![Step::Assign(vec![0, 1]), Step::Read(0, 100), Step::Read(1, 100)], &data);
     let answers = Arc::clone(&source_b.answers);
     let report_b = instance(&base, "b", scratch.path())
-        .await
-        .run_partitioned(source_b, |p| task(p, None), sink, CollectSink::new())
+        .job_per_partition(source_b, |p| task(p, None))
+        .sink(sink)
+        .dead_letters(CollectSink::new())
+        .run()
         .await
         .unwrap();
     assert_eq!(*answers.lock().unwrap(), vec![BTreeMap::from([(0, 25), (1, 37)])], "resumed at a's offsets");

@@ -243,7 +243,7 @@ fn run_job(kind: WindowKind, case: &Case) -> (Vec<Row>, Vec<DeadLetter>, JobRepo
             .window(spec_of(kind, case.lateness), (Count, Sum::of(|e: &Ev| e.2 as f64)));
         let (sink, dlq) = (CollectSink::new(), CollectSink::new());
         let (rows, dead) = (sink.handle(), dlq.handle());
-        let report = Runner::default().run(source, stream, sink, dlq).await.unwrap();
+        let report = Runner::default().job(source, stream).sink(sink).dead_letters(dlq).run().await.unwrap();
         (rows.take(), dead.take(), report)
     })
 }

@@ -83,7 +83,11 @@ async fn json_lines_source_decodes_crlf_skips_blank_lines_and_dead_letters_bad_o
     let report = within(
         10,
         "the job",
-        Runner::default().run(JsonLinesSource::<Ev>::open([&path]), positions_stream(), sink, dlq),
+        Runner::default()
+            .job(JsonLinesSource::<Ev>::open([&path]), positions_stream())
+            .sink(sink)
+            .dead_letters(dlq)
+            .run(),
     )
     .await
     .unwrap();
@@ -122,10 +126,13 @@ async fn raw_json_lines_keep_positions_through_decode_json() {
     );
     let (sink, dlq) = (CollectSink::new(), CollectSink::new());
     let (out, dead) = (sink.handle(), dlq.handle());
-    let report =
-        within(10, "the job", Runner::default().run(JsonLinesSource::raw([&path]), stream, sink, dlq))
-            .await
-            .unwrap();
+    let report = within(
+        10,
+        "the job",
+        Runner::default().job(JsonLinesSource::raw([&path]), stream).sink(sink).dead_letters(dlq).run(),
+    )
+    .await
+    .unwrap();
     let offsets: Vec<u64> = out.take().iter().map(|(p, _)| p.offset).collect();
     assert_eq!(offsets, vec![0, 3]);
     let dead = dead.take();
@@ -163,7 +170,11 @@ async fn json_lines_line_numbers_survive_chunk_boundaries() {
     let report = within(
         60,
         "the job",
-        Runner::default().run(JsonLinesSource::<Ev>::open([&path]), positions_stream(), sink, dlq),
+        Runner::default()
+            .job(JsonLinesSource::<Ev>::open([&path]), positions_stream())
+            .sink(sink)
+            .dead_letters(dlq)
+            .run(),
     )
     .await
     .unwrap();
@@ -246,7 +257,11 @@ async fn run_two_files(short_ts: &[i64]) -> (Vec<Vec<CountRow>>, Vec<DeadLetter>
     let report = within(
         60,
         "the job",
-        Runner::default().run(JsonLinesSource::<Ev>::open([&long, &short]), stream, sink, dlq),
+        Runner::default()
+            .job(JsonLinesSource::<Ev>::open([&long, &short]), stream)
+            .sink(sink)
+            .dead_letters(dlq)
+            .run(),
     )
     .await
     .unwrap();
@@ -364,7 +379,9 @@ async fn slow_sink_holds_the_source_back() {
     let sink = SlowSink { written: Arc::clone(&written), items: Arc::clone(&items) };
     let mut runner = Runner::new(RunnerConfig { channel_capacity: cap, ..RunnerConfig::default() });
     let stream = Stream::<u64>::new().map(|x| x);
-    let job = tokio::spawn(async move { runner.run(source, stream, sink, CollectSink::new()).await });
+    let job = tokio::spawn(async move {
+        runner.job(source, stream).sink(sink).dead_letters(CollectSink::new()).run().await
+    });
 
     // While the sink sits in its first (long) write, the source fills the pipeline and must stop.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -425,7 +442,11 @@ async fn file_sinks_hold_every_row_and_dead_letter_when_run_returns() {
     let report = within(
         60,
         "the job",
-        Runner::default().run(JsonLinesSource::<Ev>::open([&input]), stream, sink, dlq),
+        Runner::default()
+            .job(JsonLinesSource::<Ev>::open([&input]), stream)
+            .sink(sink)
+            .dead_letters(dlq)
+            .run(),
     )
     .await
     .unwrap();
@@ -527,7 +548,9 @@ async fn idle_partition_stops_holding_the_watermark() {
     let counters = runner.counters();
     let sink = CollectSink::new();
     let rows = sink.handle();
-    let job = tokio::spawn(async move { runner.run(source, stream, sink, CollectSink::new()).await });
+    let job = tokio::spawn(async move {
+        runner.job(source, stream).sink(sink).dead_letters(CollectSink::new()).run().await
+    });
 
     // Partition 1 is registered and partition 0's first batch is processed at processing time 0.
     wait_until(10, "the first batch", || counters.snapshot().records_in == 10).await;
@@ -584,7 +607,11 @@ async fn failing_sink_fails_a_bounded_job() {
     let res = within(
         10,
         "the job",
-        runner.run(source, Stream::<i64>::new().map(|x| x + 1), FailingSink, CollectSink::new()),
+        runner
+            .job(source, Stream::<i64>::new().map(|x| x + 1))
+            .sink(FailingSink)
+            .dead_letters(CollectSink::new())
+            .run(),
     )
     .await;
     assert_sink_error(res);
@@ -607,7 +634,11 @@ async fn failing_sink_fails_an_unbounded_job() {
     let res = within(
         10,
         "the job",
-        runner.run(EndlessSource(0), Stream::<u64>::new(), FailingSink, CollectSink::new()),
+        runner
+            .job(EndlessSource(0), Stream::<u64>::new())
+            .sink(FailingSink)
+            .dead_letters(CollectSink::new())
+            .run(),
     )
     .await;
     assert_sink_error(res);
@@ -628,9 +659,12 @@ async fn failing_sink_fails_the_job_even_when_the_source_goes_quiet() {
         tick_interval: Duration::from_millis(10),
         ..RunnerConfig::default()
     });
-    let res =
-        within(10, "the job", runner.run(source, Stream::<i64>::new(), FailingSink, CollectSink::new()))
-            .await;
+    let res = within(
+        10,
+        "the job",
+        runner.job(source, Stream::<i64>::new()).sink(FailingSink).dead_letters(CollectSink::new()).run(),
+    )
+    .await;
     assert_sink_error(res);
 }
 
@@ -641,7 +675,12 @@ async fn failing_dead_letter_sink_fails_the_job() {
         if x % 7 == 0 { Err(ferroflow::Rejection::contract("multiple of 7")) } else { Ok(*x) }
     });
     let mut runner = Runner::new(RunnerConfig { channel_capacity: 2, ..RunnerConfig::default() });
-    let res = within(10, "the job", runner.run(source, stream, CollectSink::new(), FailingSink)).await;
+    let res = within(
+        10,
+        "the job",
+        runner.job(source, stream).sink(CollectSink::new()).dead_letters(FailingSink).run(),
+    )
+    .await;
     assert_sink_error(res);
 }
 
@@ -672,10 +711,13 @@ async fn a_failing_source_is_not_the_end_of_input() {
         .window(WindowSpec::tumbling(Duration::from_secs(60)).unwrap(), Count);
     let (sink, dlq) = (CollectSink::new(), CollectSink::new());
     let out = sink.handle();
-    let err =
-        within(10, "the failed job", Runner::default().run(FailingSource { sent: false }, stream, sink, dlq))
-            .await
-            .expect_err("the source's error is the job's error");
+    let err = within(
+        10,
+        "the failed job",
+        Runner::default().job(FailingSource { sent: false }, stream).sink(sink).dead_letters(dlq).run(),
+    )
+    .await
+    .expect_err("the source's error is the job's error");
     assert!(err.to_string().contains("authentication failed"), "{err}");
     // End of input would have fired the open window with the maximum watermark; a failure must not.
     assert!(out.take().is_empty(), "no window may be finalised by a failed source");
@@ -692,7 +734,13 @@ async fn per_partition_watermarks_are_reported_in_the_counters() {
     let runner = Runner::default();
     let counters = runner.counters();
     let mut runner = runner;
-    let report = runner.run(source, stream, CollectSink::new(), CollectSink::new()).await.unwrap();
+    let report = runner
+        .job(source, stream)
+        .sink(CollectSink::new())
+        .dead_letters(CollectSink::new())
+        .run()
+        .await
+        .unwrap();
     let parts = &report.counters.partitions;
     assert_eq!(parts.iter().map(|p| p.partition).collect::<Vec<_>>(), vec![0, 1], "{parts:?}");
     assert!(parts.iter().all(|p| p.watermark == i64::MAX && !p.idle), "finished partitions: {parts:?}");
@@ -709,9 +757,13 @@ async fn every_step_of_the_chain_reports_records_in_and_out() {
         .key_by(|e| Key::from(e.k.as_str()))
         .window(WindowSpec::tumbling(Duration::from_millis(5)).unwrap(), Count);
     let (sink, dlq) = (CollectSink::new(), CollectSink::new());
-    let report = within(10, "job", Runner::default().run(MemorySource::new(records), stream, sink, dlq))
-        .await
-        .unwrap();
+    let report = within(
+        10,
+        "job",
+        Runner::default().job(MemorySource::new(records), stream).sink(sink).dead_letters(dlq).run(),
+    )
+    .await
+    .unwrap();
     let steps: Vec<(&str, u64, u64)> =
         report.counters.operators.iter().map(|o| (o.name, o.records_in, o.records_out)).collect();
     // 10 in, the 5 even ones pass the filter, two 5 ms windows hold them: two result rows.

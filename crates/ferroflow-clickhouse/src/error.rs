@@ -1,6 +1,7 @@
 //! Errors of the ClickHouse sink and the classification of ClickHouse failures into transient
 //! (retry), permanent (the data is refused: isolate the bad rows) and fatal (fix the setup).
 
+use ferroflow_core::error::ConnectorError;
 use ferroflow_core::{ErrorDomain, RetryHint, SinkError};
 use thiserror::Error;
 
@@ -12,6 +13,18 @@ pub struct ConfigError {
     pub setting: &'static str,
     /// What is wrong and what is expected.
     pub problem: String,
+}
+
+impl ConfigError {
+    /// Always [`ErrorDomain::User`].
+    pub fn domain(&self) -> ErrorDomain {
+        ErrorDomain::User
+    }
+
+    /// Always [`RetryHint::NoRetry`].
+    pub fn retry_hint(&self) -> RetryHint {
+        RetryHint::NoRetry
+    }
 }
 
 impl From<ConfigError> for ferroflow_core::ConfigError {
@@ -127,10 +140,21 @@ impl ClickHouseError {
     }
 }
 
+impl ConnectorError for ClickHouseError {
+    fn domain(&self) -> ErrorDomain {
+        ClickHouseError::domain(self)
+    }
+
+    fn retry_hint(&self) -> RetryHint {
+        ClickHouseError::retry_hint(self)
+    }
+}
+
+/// Kept whole: `SinkError::connector_error::<ClickHouseError>()` (or `JobError::connector_error`)
+/// gives it back, so a caller can tell an authentication failure from an unreachable server.
 impl From<ClickHouseError> for SinkError {
     fn from(e: ClickHouseError) -> Self {
-        let retry = e.retry_hint();
-        SinkError::External { message: e.to_string(), retry }
+        SinkError::connector(e)
     }
 }
 
@@ -171,7 +195,9 @@ pub(crate) struct Failure {
 impl Failure {
     pub(crate) fn fatal_kind(&self) -> FatalKind {
         match self.code {
-            Some(192..=195 | 497 | 516) => FatalKind::Auth,
+            // Unknown user, wrong or missing password, address not allowed, read-only user, access
+            // denied, authentication failed: credentials or grants.
+            Some(164 | 192..=195 | 497 | 516) => FatalKind::Auth,
             Some(81) => FatalKind::UnknownDatabase,
             Some(60) => FatalKind::UnknownTable,
             _ if self.message.starts_with("401") || self.message.starts_with("403") => FatalKind::Auth,
@@ -409,6 +435,10 @@ mod tests {
         assert!(err.to_string().contains("create_table"), "the message says what to do: {err}");
         assert_eq!(err.retry_hint(), RetryHint::NoRetry);
         let sink: SinkError = err.into();
-        assert!(matches!(sink, SinkError::External { retry: RetryHint::NoRetry, .. }));
+        assert_eq!(sink.retry_hint(), RetryHint::NoRetry);
+        assert!(
+            matches!(sink.connector_error::<ClickHouseError>(), Some(ClickHouseError::UnknownTable { .. })),
+            "the sink error keeps the ClickHouse error whole: {sink:?}"
+        );
     }
 }

@@ -352,6 +352,43 @@ async fn misconfiguration_is_a_precise_fatal_error() -> TestResult {
     Ok(())
 }
 
+/// A write the server refuses for lack of permission stops the job, and the job's caller gets the
+/// sink's own error back: an authentication/permission failure, marked as not worth retrying.
+#[tokio::test]
+#[ignore = "needs a ClickHouse server: scripts/services.sh start (FERROFLOW_CLICKHOUSE_URL)"]
+async fn a_permission_failure_reaches_the_job_caller_as_a_non_retryable_auth_error() -> TestResult {
+    use ferroflow_core::prelude::{MemorySource, Record, Runner, Stream};
+    init_tracing();
+    let (url, table) = (server_url(), unique_table("auth"));
+    let (rejected, seen) = collect_rejections::<WindowRow>();
+    // The default user creates the table; the read-only user can check it but not write to it.
+    drop(ClickHouseSink::<WindowRow>::connect(config(&url, &table), rejected.clone()).await?);
+    let read_only = ClickHouseConfig {
+        user: Some("ferroflow_readonly".into()),
+        create_table: false,
+        ..config(&url, &table)
+    };
+    let sink = ClickHouseSink::<WindowRow>::connect(read_only, rejected).await?;
+    let source = MemorySource::new(vec![Record::new(row("alice", 0, 1, 0), 0)]);
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        Runner::default().job(source, Stream::<WindowRow>::new()).sink(sink).discard_dead_letters().run(),
+    )
+    .await
+    .expect("the job stops instead of retrying")
+    .unwrap_err();
+    assert_eq!(err.retry_hint(), ferroflow_core::RetryHint::NoRetry, "{err:?}");
+    assert_eq!(err.domain(), ferroflow_core::ErrorDomain::User, "{err:?}");
+    assert!(
+        matches!(err.connector_error::<ClickHouseError>(), Some(ClickHouseError::Auth { user, .. }) if user == "ferroflow_readonly"),
+        "the caller gets the ClickHouse error itself: {err:?}"
+    );
+    assert!(seen.lock().unwrap().is_empty(), "a permission failure rejects no rows");
+    assert_eq!(count(&url, &table).await, 0);
+    drop_table(&url, &table).await;
+    Ok(())
+}
+
 async fn count_tables(url: &str, table: &str) -> u64 {
     reader(url)
         .query("SELECT count() FROM system.tables WHERE name = ?")

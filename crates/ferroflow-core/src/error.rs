@@ -54,6 +54,72 @@ impl ConfigError {
     pub fn domain(&self) -> ErrorDomain {
         ErrorDomain::User
     }
+
+    /// Always [`RetryHint::NoRetry`]: the configuration must change first.
+    pub fn retry_hint(&self) -> RetryHint {
+        RetryHint::NoRetry
+    }
+}
+
+/// An error of a connector (a Kafka client, a ClickHouse sink, a user's own source or sink),
+/// carried through the engine whole: the caller can still ask whose problem it is and whether to
+/// retry, and get the connector's own type back with `connector_error::<T>()` on
+/// [`SourceError`], [`SinkError`] or [`JobError`].
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::error::ConnectorError;
+/// use ferroflow_core::{ErrorDomain, JobError, RetryHint, SinkError};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("access denied for {user}")]
+/// struct Denied { user: String }
+///
+/// impl ConnectorError for Denied {
+///     fn domain(&self) -> ErrorDomain { ErrorDomain::User }
+///     fn retry_hint(&self) -> RetryHint { RetryHint::NoRetry }
+/// }
+///
+/// let job = JobError::Sink(SinkError::connector(Denied { user: "bob".into() }));
+/// assert_eq!(job.retry_hint(), RetryHint::NoRetry);
+/// assert_eq!(job.connector_error::<Denied>().map(|d| d.user.as_str()), Some("bob"));
+/// assert_eq!(job.to_string(), "access denied for bob");
+/// ```
+pub trait ConnectorError: std::error::Error + Send + Sync + 'static {
+    /// Whose problem the error is.
+    fn domain(&self) -> ErrorDomain;
+    /// Whether retrying can help.
+    fn retry_hint(&self) -> RetryHint;
+}
+
+/// A connector's error in a box, as [`SourceError::Connector`] and [`SinkError::Connector`] carry
+/// it: it displays as the connector's error and has the same source.
+#[derive(Debug)]
+pub struct BoxedConnectorError(Box<dyn ConnectorError>);
+
+impl BoxedConnectorError {
+    /// The connector's error.
+    pub fn get(&self) -> &dyn ConnectorError {
+        self.0.as_ref()
+    }
+
+    /// The connector's error, if it is a `T`.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        let e: &(dyn std::error::Error + 'static) = self.0.as_ref();
+        e.downcast_ref::<T>()
+    }
+}
+
+impl std::fmt::Display for BoxedConnectorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for BoxedConnectorError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// Converts a configured duration in milliseconds into a checked positive value.
@@ -89,9 +155,13 @@ pub enum StateError {
         /// What failed to decode.
         what: String,
     },
-    /// The storage engine reported an error.
+    /// The state backend refused an operation (a broken invariant of its use, an unsupported call).
     #[error("state backend error: {0}")]
     Backend(String),
+    /// RocksDB reported an error.
+    #[cfg(feature = "rocksdb")]
+    #[error("RocksDB error: {0}")]
+    RocksDb(#[source] rocksdb::Error),
 }
 
 impl StateError {
@@ -99,6 +169,8 @@ impl StateError {
     pub fn domain(&self) -> ErrorDomain {
         match self {
             StateError::Io { .. } | StateError::Backend(_) => ErrorDomain::External,
+            #[cfg(feature = "rocksdb")]
+            StateError::RocksDb(_) => ErrorDomain::External,
             StateError::Corrupt { .. } => ErrorDomain::User,
         }
     }
@@ -107,6 +179,8 @@ impl StateError {
     pub fn retry_hint(&self) -> RetryHint {
         match self {
             StateError::Io { .. } | StateError::Backend(_) => RetryHint::WithBackoff,
+            #[cfg(feature = "rocksdb")]
+            StateError::RocksDb(_) => RetryHint::WithBackoff,
             StateError::Corrupt { .. } => RetryHint::NoRetry,
         }
     }
@@ -128,7 +202,7 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
-    /// An external system (broker, network) failed.
+    /// An external system (broker, network) failed; for sources without an error type of their own.
     #[error("source failed: {message}")]
     External {
         /// What failed, for the operator.
@@ -136,12 +210,40 @@ pub enum SourceError {
         /// Whether retrying may help.
         retry: RetryHint,
     },
+    /// A connector's own error (e.g. the Kafka source's), kept whole.
+    #[error(transparent)]
+    Connector(BoxedConnectorError),
 }
 
 impl SourceError {
-    /// Source failures come from outside the engine.
+    /// Wraps a connector's own error.
+    pub fn connector(e: impl ConnectorError) -> Self {
+        SourceError::Connector(BoxedConnectorError(Box::new(e)))
+    }
+
+    /// Source failures come from outside the engine, unless the connector says otherwise.
     pub fn domain(&self) -> ErrorDomain {
-        ErrorDomain::External
+        match self {
+            SourceError::Connector(e) => e.get().domain(),
+            SourceError::Io { .. } | SourceError::External { .. } => ErrorDomain::External,
+        }
+    }
+
+    /// Whether retrying may help.
+    pub fn retry_hint(&self) -> RetryHint {
+        match self {
+            SourceError::Io { .. } => RetryHint::WithBackoff,
+            SourceError::External { retry, .. } => *retry,
+            SourceError::Connector(e) => e.get().retry_hint(),
+        }
+    }
+
+    /// The connector's own error, if it is a `T`.
+    pub fn connector_error<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        match self {
+            SourceError::Connector(e) => e.downcast_ref(),
+            _ => None,
+        }
     }
 }
 
@@ -160,7 +262,7 @@ pub enum SinkError {
     /// Output could not be encoded.
     #[error("cannot encode output: {0}")]
     Encode(String),
-    /// The downstream system failed.
+    /// The downstream system failed; for sinks without an error type of their own.
     #[error("sink failed: {message}")]
     External {
         /// What failed, for the operator.
@@ -168,14 +270,42 @@ pub enum SinkError {
         /// Whether retrying may help.
         retry: RetryHint,
     },
+    /// A connector's own error (e.g. the ClickHouse sink's), kept whole.
+    #[error(transparent)]
+    Connector(BoxedConnectorError),
 }
 
 impl SinkError {
-    /// Encoding errors are bugs or bad data; the rest come from outside the engine.
+    /// Wraps a connector's own error.
+    pub fn connector(e: impl ConnectorError) -> Self {
+        SinkError::Connector(BoxedConnectorError(Box::new(e)))
+    }
+
+    /// Encoding errors are bugs or bad data; the rest come from outside the engine, unless the
+    /// connector says otherwise.
     pub fn domain(&self) -> ErrorDomain {
         match self {
             SinkError::Encode(_) => ErrorDomain::Internal,
-            _ => ErrorDomain::External,
+            SinkError::Connector(e) => e.get().domain(),
+            SinkError::Io { .. } | SinkError::External { .. } => ErrorDomain::External,
+        }
+    }
+
+    /// Whether retrying may help.
+    pub fn retry_hint(&self) -> RetryHint {
+        match self {
+            SinkError::Io { .. } => RetryHint::WithBackoff,
+            SinkError::Encode(_) => RetryHint::NoRetry,
+            SinkError::External { retry, .. } => *retry,
+            SinkError::Connector(e) => e.get().retry_hint(),
+        }
+    }
+
+    /// The connector's own error, if it is a `T`.
+    pub fn connector_error<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        match self {
+            SinkError::Connector(e) => e.downcast_ref(),
+            _ => None,
         }
     }
 }
@@ -198,7 +328,7 @@ pub enum JobError {
     /// Taking or restoring a checkpoint failed.
     #[cfg(feature = "checkpoints")]
     #[error(transparent)]
-    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    Checkpoint(#[from] CheckpointError),
     /// A task of the runner stopped unexpectedly (panicked or was cancelled).
     #[error("runner task `{task}` stopped unexpectedly: {detail}")]
     Task {
@@ -221,5 +351,133 @@ impl JobError {
             JobError::Checkpoint(e) => e.domain(),
             JobError::Task { .. } => ErrorDomain::Internal,
         }
+    }
+
+    /// Whether running the job again may succeed without a change.
+    pub fn retry_hint(&self) -> RetryHint {
+        match self {
+            JobError::Config(e) => e.retry_hint(),
+            JobError::Source(e) => e.retry_hint(),
+            JobError::Sink(e) => e.retry_hint(),
+            JobError::State(e) => e.retry_hint(),
+            #[cfg(feature = "checkpoints")]
+            JobError::Checkpoint(e) => e.retry_hint(),
+            JobError::Task { .. } => RetryHint::NoRetry,
+        }
+    }
+
+    /// The source's or sink's connector error, if it is a `T` (e.g. the ClickHouse sink's
+    /// `ClickHouseError`, to tell an authentication failure from a timeout).
+    pub fn connector_error<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        match self {
+            JobError::Source(e) => e.connector_error(),
+            JobError::Sink(e) => e.connector_error(),
+            _ => None,
+        }
+    }
+}
+
+/// A checkpoint could not be written, read or restored.
+#[cfg(feature = "checkpoints")]
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    /// The object store failed.
+    #[error("checkpoint storage error at {location}: {source}")]
+    Storage {
+        /// Object or prefix involved.
+        location: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The state backend failed while snapshotting or restoring.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The store URL or options are invalid.
+    #[error("invalid checkpoint configuration: {0}")]
+    Config(String),
+    /// A manifest or file failed validation.
+    #[error("checkpoint {id} is unusable: {reason}")]
+    Invalid {
+        /// Checkpoint id or savepoint name.
+        id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// State was written in a format this build cannot read and no migration was supplied.
+    #[error(
+        "state format version {found} of {id} is incompatible with this build (expects {expected}); \
+         supply a migration with CheckpointConfig::migration or start from another savepoint"
+    )]
+    IncompatibleFormat {
+        /// Checkpoint id or savepoint name.
+        id: String,
+        /// The version in the manifest.
+        found: u32,
+        /// The version this job expects.
+        expected: u32,
+    },
+    /// Checkpoints exist but none could be restored, and starting empty was not allowed.
+    #[error(
+        "{found} checkpoint(s) exist under {location} but none could be restored; refusing to start \
+         empty (set allow_empty_start to override, or restore a savepoint)"
+    )]
+    NoUsableCheckpoint {
+        /// Where the checkpoints are.
+        location: String,
+        /// How many manifests were found.
+        found: usize,
+    },
+    /// The checkpoint holds state of operators that the job does not have: their state would be
+    /// dropped (Flink refuses the same way unless told to allow non-restored state).
+    #[error(
+        "{id} holds state of operator id(s) [{}] that this job does not have (its stateful operators are [{}]); \
+         give each stateful operator the id it had when the state was written (`.id(\"...\")` after \
+         `.window(..)` or `.dedup_by(..)`), or drop that state on purpose with \
+         `allow_non_restored_state(true)`",
+        unmatched.join(", "),
+        job.join(", ")
+    )]
+    UnmatchedState {
+        /// Checkpoint id or savepoint name.
+        id: String,
+        /// Operator ids in the checkpoint that the job does not have.
+        unmatched: Vec<String>,
+        /// The job's stateful operator ids.
+        job: Vec<String>,
+    },
+    /// Local file I/O failed.
+    #[error("checkpoint I/O error at {path}: {source}")]
+    Io {
+        /// File involved.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[cfg(feature = "checkpoints")]
+impl CheckpointError {
+    /// Whose problem the error is.
+    pub fn domain(&self) -> ErrorDomain {
+        match self {
+            CheckpointError::Storage { .. } | CheckpointError::Io { .. } => ErrorDomain::External,
+            CheckpointError::State(e) => e.domain(),
+            _ => ErrorDomain::User,
+        }
+    }
+
+    /// Whether retrying may succeed.
+    pub fn retry_hint(&self) -> RetryHint {
+        match self {
+            CheckpointError::Storage { .. } | CheckpointError::Io { .. } => RetryHint::WithBackoff,
+            CheckpointError::State(e) => e.retry_hint(),
+            _ => RetryHint::NoRetry,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
+        CheckpointError::Io { path: path.into(), source }
     }
 }

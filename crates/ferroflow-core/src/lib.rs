@@ -7,11 +7,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use ferroflow_core::sink::CollectSink;
-//! use ferroflow_core::source::MemorySource;
-//! use ferroflow_core::time::WatermarkStrategy;
-//! use ferroflow_core::window::{Count, WindowSpec};
-//! use ferroflow_core::{Key, Record, Runner, Stream};
+//! use ferroflow_core::prelude::*;
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let clicks = vec![("alice", 1_000i64), ("bob", 2_000), ("alice", 61_000)];
@@ -19,12 +15,12 @@
 //! let stream = Stream::<(&str, i64)>::new()
 //!     .assign_timestamps(|c| c.1, WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5)))
 //!     .key_by(|c| Key::from(c.0))
-//!     .window(WindowSpec::tumbling(Duration::from_secs(60)).unwrap(), Count);
-//! let (sink, dlq) = (CollectSink::new(), CollectSink::new());
+//!     .window(WindowSpec::tumbling(Duration::from_secs(60)).unwrap(), Count)
+//!     .id("clicks-per-minute");
+//! let (sink, dead_letters) = (CollectSink::new(), CollectSink::new());
 //! let rows = sink.handle();
-//! Runner::default().run(source, stream, sink, dlq).await.unwrap();
-//! let rows = rows.take();
-//! assert_eq!(rows.len(), 3);   // alice [0,60s): 1, bob [0,60s): 1, alice [60s,120s): 1
+//! Runner::default().job(source, stream).sink(sink).dead_letters(dead_letters).run().await.unwrap();
+//! assert_eq!(rows.take().len(), 3);   // alice [0,60s): 1, bob [0,60s): 1, alice [60s,120s): 1
 //! # });
 //! ```
 #![deny(missing_docs)]
@@ -35,6 +31,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod metrics;
 pub mod operator;
+pub mod prelude;
 pub mod record;
 pub mod runtime;
 pub mod sink;
@@ -49,7 +46,7 @@ pub use error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, Source
 pub use metrics::{CountersSnapshot, JobCounters, LocalCounters, OperatorCount, PartitionStatus};
 pub use operator::{Context, Operator, Signal};
 pub use record::{Key, PartitionId, Record, SourcePosition, Timestamp};
-pub use runtime::{JobReport, Runner, RunnerConfig, ShutdownHandle};
+pub use runtime::{JobBuilder, JobReport, Runner, RunnerBuilder, RunnerConfig, ShutdownHandle};
 pub use stream::{Stream, Then};
 
 #[doc(hidden)]

@@ -3,7 +3,7 @@
 use crate::dead_letter::{OriginalBytes, Rejection};
 use crate::operator::{
     AssignTimestamps, Chain, Dedup, Filter, FlatMap, KeyBy, Map, OkErr, Operator, Process, ProcessOutput,
-    SourceInput,
+    SourceInput, StatefulOperator,
 };
 use crate::record::{Key, Record, Timestamp};
 use crate::time::WatermarkStrategy;
@@ -43,14 +43,12 @@ pub type Then<Op, B> = Stream<<Op as Operator>::In, Chain<Op, B>>;
 #[derive(Debug)]
 pub struct Stream<In, Op: Operator<In = In> = SourceInput<In>> {
     op: Op,
-    windows: usize,
-    dedups: usize,
 }
 
 impl<T: Send + 'static> Stream<T, SourceInput<T>> {
     /// An empty chain over source records of type `T`.
     pub fn new() -> Self {
-        Self { op: SourceInput::new(), windows: 0, dedups: 0 }
+        Self { op: SourceInput::new() }
     }
 }
 
@@ -63,7 +61,14 @@ impl<T: Send + 'static> Default for Stream<T, SourceInput<T>> {
 impl<Op: Operator> Stream<Op::In, Op> {
     /// Appends any operator.
     pub fn then<B: Operator<In = Op::Out>>(self, next: B) -> Then<Op, B> {
-        Stream { op: Chain::new(self.op, next), windows: self.windows, dedups: self.dedups }
+        Stream { op: Chain::new(self.op, next) }
+    }
+
+    /// The id a stateful step appended now gets unless [`id`](Stream::id) names it: the step's
+    /// position. Inserting a step before it changes it, as Flink's generated ids change; a restore
+    /// then refuses the checkpoint instead of dropping its state silently.
+    fn position_id(&self, kind: &str) -> String {
+        format!("{kind}#{}", self.op.steps())
     }
 
     /// Keeps records whose payload satisfies `f`; the rest are counted as filtered. See [`Filter`].
@@ -133,9 +138,8 @@ impl<Op: Operator> Stream<Op::In, Op> {
 
     /// Drops records whose `key_fn(payload)` was already seen within `ttl` of event time, counting
     /// them as deduplicated. See [`Dedup`] for the exact semantics; put it after
-    /// [`assign_timestamps`](Self::assign_timestamps). Its state namespace is `dedup/N` for the
-    /// N-th dedup step of the stream (use [`then`](Self::then) with [`Dedup::new`] to choose the
-    /// name).
+    /// [`assign_timestamps`](Self::assign_timestamps). Give it a stable id with
+    /// [`.id("…")`](Stream::id) so that savepoints survive changes to the job.
     ///
     /// # Examples
     /// ```
@@ -158,11 +162,8 @@ impl<Op: Operator> Stream<Op::In, Op> {
         K: AsRef<[u8]> + ?Sized + 'static,
         F: for<'a> FnMut(&'a Op::Out) -> &'a K + Send + 'static,
     {
-        let name = self.dedups.to_string();
-        let dedups = self.dedups + 1;
-        let mut s = self.then(Dedup::new(name, ttl, key_fn));
-        s.dedups = dedups;
-        s
+        let id = self.position_id("dedup");
+        self.then(Dedup::new(id, ttl, key_fn))
     }
 
     /// Sets event time from the payload and generates watermarks. See [`AssignTimestamps`].
@@ -177,24 +178,47 @@ impl<Op: Operator> Stream<Op::In, Op> {
         self.then(AssignTimestamps::new(f, strategy))
     }
 
-    /// Aggregates keyed records in event-time windows. See [`WindowOperator`]; its state namespace
-    /// is `window-N` for the N-th window of the stream (use [`then`](Self::then) with
-    /// [`WindowOperator::new`] to choose the name).
+    /// Aggregates keyed records in event-time windows. See [`WindowOperator`]. Give it a stable id
+    /// with [`.id("…")`](Stream::id) so that savepoints survive changes to the job.
     pub fn window<A>(self, spec: WindowSpec, agg: A) -> Then<Op, WindowOperator<Op::Out, A>>
     where
         Op::Out: OriginalBytes,
         A: Aggregator<Op::Out>,
     {
-        let uid = format!("window-{}", self.windows);
-        let windows = self.windows + 1;
-        let mut s = self.then(WindowOperator::new(uid, spec, agg));
-        s.windows = windows;
-        s
+        let id = self.position_id("window");
+        self.then(WindowOperator::new(id, spec, agg))
     }
 
     /// The assembled operator chain.
     pub fn into_operator(self) -> Op {
         self.op
+    }
+}
+
+impl<A: Operator, B: StatefulOperator<In = A::Out>> Stream<A::In, Chain<A, B>> {
+    /// Names the state of the step just appended (a window, a dedup): checkpoints and savepoints
+    /// keep its state under this id, so it must stay the same while the job changes around it
+    /// (Flink's `uid`). Without one the id is the step's position, and inserting a step before it
+    /// makes a restore refuse the checkpoint, naming the ids.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use ferroflow_core::prelude::*;
+    ///
+    /// let job = Stream::<(String, i64)>::new()
+    ///     .assign_timestamps(|e| e.1, WatermarkStrategy::monotonous())
+    ///     .key_by(|e| Key::from(e.0.as_str()))
+    ///     .window(WindowSpec::tumbling(Duration::from_secs(60)).unwrap(), Count)
+    ///     .id("clicks-per-minute")
+    ///     .into_operator();
+    /// let mut ids = Vec::new();
+    /// job.state_ids(&mut ids);
+    /// assert_eq!(ids, ["clicks-per-minute"]);
+    /// ```
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.op.last_mut().set_id(id.into());
+        self
     }
 }
 

@@ -295,7 +295,10 @@ async fn stop_with_savepoint_then_resume_from_it_matches_an_uninterrupted_run() 
     let sink = CollectSink::new();
     let all_rows = sink.handle();
     Runner::default()
-        .run(MemorySource::new(records(0..100)).with_batch_size(10), job(), sink, CollectSink::new())
+        .job(MemorySource::new(records(0..100)).with_batch_size(10), job())
+        .sink(sink)
+        .dead_letters(CollectSink::new())
+        .run()
         .await
         .unwrap();
     let mut expected: Vec<_> =
@@ -303,11 +306,12 @@ async fn stop_with_savepoint_then_resume_from_it_matches_an_uninterrupted_run() 
     expected.sort();
 
     // First run: the source delivers 50 records, then waits; the stop takes a savepoint.
-    let coord = CheckpointCoordinator::open(store.clone(), CheckpointConfig::new("sp", tmp.path().join("a")))
-        .await
+    let mut runner = Runner::builder()
+        .checkpoint_store(store.clone())
+        .config(CheckpointConfig::new("sp", tmp.path().join("a")))
+        .state(rocks(&tmp.path().join("db1")))
+        .build()
         .unwrap();
-    let mut runner = Runner::new(RunnerConfig::default())
-        .with_checkpoints(coord, Box::new(rocks(&tmp.path().join("db1"))));
     let handle = runner.shutdown_handle();
     let sink = CollectSink::new();
     let first_rows = sink.handle();
@@ -333,7 +337,7 @@ async fn stop_with_savepoint_then_resume_from_it_matches_an_uninterrupted_run() 
         .unwrap();
     }
     let run = tokio::spawn(async move {
-        let report = runner.run(Chan(rx), job(), sink, CollectSink::new()).await;
+        let report = runner.job(Chan(rx), job()).sink(sink).dead_letters(CollectSink::new()).run().await;
         (report, runner)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -344,15 +348,20 @@ async fn stop_with_savepoint_then_resume_from_it_matches_an_uninterrupted_run() 
     drop(tx);
 
     // Second run from the savepoint over the full input: the first 50 records are skipped.
-    let coord =
-        CheckpointCoordinator::open(store, CheckpointConfig::new("sp", tmp.path().join("b"))).await.unwrap();
-    let mut runner = Runner::new(RunnerConfig::default())
-        .with_checkpoints(coord, Box::new(rocks(&tmp.path().join("db2"))))
-        .from_savepoint("before-upgrade");
+    let mut runner = Runner::builder()
+        .checkpoint_store(store)
+        .config(CheckpointConfig::new("sp", tmp.path().join("b")))
+        .state(rocks(&tmp.path().join("db2")))
+        .from_savepoint("before-upgrade")
+        .build()
+        .unwrap();
     let sink = CollectSink::new();
     let second_rows = sink.handle();
     let report = runner
-        .run(MemorySource::new(records(0..100)).with_batch_size(10), job(), sink, CollectSink::new())
+        .job(MemorySource::new(records(0..100)).with_batch_size(10), job())
+        .sink(sink)
+        .dead_letters(CollectSink::new())
+        .run()
         .await
         .unwrap();
     assert!(report.restored_from.is_some());

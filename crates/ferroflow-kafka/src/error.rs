@@ -1,6 +1,7 @@
 //! Errors of the Kafka connectors.
 
-use ferroflow_core::{RetryHint, SinkError, SourceError};
+use ferroflow_core::error::ConnectorError;
+use ferroflow_core::{ErrorDomain, RetryHint, SinkError, SourceError};
 
 /// What went wrong talking to Kafka.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +35,16 @@ impl KafkaError {
         KafkaError::Client { operation, source }
     }
 
-    fn retry(&self) -> RetryHint {
+    /// A bad setting is the user's to fix; the rest come from the brokers or the network.
+    pub fn domain(&self) -> ErrorDomain {
+        match self {
+            KafkaError::Config { .. } => ErrorDomain::User,
+            KafkaError::Client { .. } | KafkaError::Delivery(_) => ErrorDomain::External,
+        }
+    }
+
+    /// A bad setting fails the same way again; client and delivery failures may pass.
+    pub fn retry_hint(&self) -> RetryHint {
         match self {
             KafkaError::Config { .. } => RetryHint::NoRetry,
             KafkaError::Client { .. } | KafkaError::Delivery(_) => RetryHint::WithBackoff,
@@ -42,16 +52,26 @@ impl KafkaError {
     }
 }
 
-impl From<KafkaError> for SourceError {
-    fn from(e: KafkaError) -> Self {
-        let retry = e.retry();
-        SourceError::External { message: e.to_string(), retry }
+impl ConnectorError for KafkaError {
+    fn domain(&self) -> ErrorDomain {
+        KafkaError::domain(self)
+    }
+
+    fn retry_hint(&self) -> RetryHint {
+        KafkaError::retry_hint(self)
     }
 }
 
+/// Kept whole: `SourceError::connector_error::<KafkaError>()` gives it back.
+impl From<KafkaError> for SourceError {
+    fn from(e: KafkaError) -> Self {
+        SourceError::connector(e)
+    }
+}
+
+/// Kept whole: `SinkError::connector_error::<KafkaError>()` gives it back.
 impl From<KafkaError> for SinkError {
     fn from(e: KafkaError) -> Self {
-        let retry = e.retry();
-        SinkError::External { message: e.to_string(), retry }
+        SinkError::connector(e)
     }
 }

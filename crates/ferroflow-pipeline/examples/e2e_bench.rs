@@ -13,7 +13,6 @@
 
 use std::time::{Duration, Instant};
 
-use ferroflow_core::{Runner, RunnerConfig};
 use ferroflow_kafka::Assignment;
 use ferroflow_kafka::rdkafka::ClientConfig;
 use ferroflow_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
@@ -95,13 +94,13 @@ async fn main() -> anyhow::Result<()> {
     config.http.listen = "127.0.0.1:0".into();
 
     let job = ferroflow_pipeline::job::prepare(&config).await?;
-    let runner = Runner::new(RunnerConfig::default());
+    let runner = ferroflow_pipeline::job::PreparedJob::runner(&config, None)?;
     let counters = runner.counters();
     let stop = runner.shutdown_handle();
     let started = Instant::now();
     let cfg = config.clone();
     let kafka_for_report = job.handles.kafka.clone();
-    let handle = tokio::spawn(async move { job.run(&cfg, runner, None).await });
+    let handle = tokio::spawn(async move { job.run(&cfg, runner).await });
     let client = clickhouse::Client::default()
         .with_url(&ch_url)
         .with_compression(clickhouse::Compression::None)

@@ -305,6 +305,18 @@ pub enum ConfigLoadError {
     Invalid(String),
 }
 
+impl ConfigLoadError {
+    /// Always [`ferroflow_core::ErrorDomain::User`]: the configuration must be fixed.
+    pub fn domain(&self) -> ferroflow_core::ErrorDomain {
+        ferroflow_core::ErrorDomain::User
+    }
+
+    /// Always [`ferroflow_core::RetryHint::NoRetry`].
+    pub fn retry_hint(&self) -> ferroflow_core::RetryHint {
+        ferroflow_core::RetryHint::NoRetry
+    }
+}
+
 impl PipelineConfig {
     /// Loads `file` (optional), then `FERROFLOW__…` environment variables, then `overrides`
     /// (command-line flags, as a partial document of the same shape), and validates the result.

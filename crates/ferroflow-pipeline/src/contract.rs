@@ -57,6 +57,11 @@ impl ContractError {
     pub fn domain(&self) -> ErrorDomain {
         ErrorDomain::User
     }
+
+    /// Always [`ferroflow_core::RetryHint::NoRetry`]: reading the same file again fails the same way.
+    pub fn retry_hint(&self) -> ferroflow_core::RetryHint {
+        ferroflow_core::RetryHint::NoRetry
+    }
 }
 
 /// Why a value broke the contract.

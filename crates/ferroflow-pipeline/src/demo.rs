@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use ferroflow_core::{Runner, RunnerConfig};
 use ferroflow_kafka::rdkafka::ClientConfig;
 use ferroflow_kafka::rdkafka::mocking::MockCluster;
 use ferroflow_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
@@ -164,7 +163,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     let mut job = crate::job::prepare(&config).await?;
     let tap = job.tap_results();
-    let runner = Runner::new(RunnerConfig::default());
+    let runner = crate::job::PreparedJob::runner(&config, None)?;
     let counters = runner.counters();
     let stop = runner.shutdown_handle();
     let (endpoint, addr) = crate::job::serve_endpoint(&config, &job.handles, counters.clone()).await?;
@@ -274,7 +273,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         stop.stop();
     });
 
-    let report = job.run(&config, runner, None).await;
+    let report = job.run(&config, runner).await;
     live.abort();
     stopper.abort();
     let report = report?;

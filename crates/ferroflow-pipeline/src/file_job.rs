@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferroflow_core::checkpoint::{CheckpointConfig, CheckpointCoordinator, CheckpointStore, S3Options};
+use ferroflow_core::checkpoint::S3Options;
 use ferroflow_core::sink::JsonLinesSink;
 use ferroflow_core::source::JsonLinesSource;
 use ferroflow_core::state::StateBackend;
 use ferroflow_core::time::WatermarkStrategy;
 use ferroflow_core::window::{Stats, WindowSpec};
-use ferroflow_core::{JobReport, Key, Runner, RunnerConfig, Stream};
+use ferroflow_core::{JobReport, Key, Runner, Stream};
 
 use crate::event::Event;
 use crate::paced::Paced;
@@ -61,19 +61,29 @@ pub fn open_state(dir: &std::path::Path, memory: bool) -> anyhow::Result<Box<dyn
     Ok(Box::new(ferroflow_core::state::MemoryStateBackend::new()))
 }
 
-/// Runs the job to the end of its input (or until `runner`'s shutdown handle stops it).
-pub async fn run(config: &FileJobConfig, runner: Option<Runner>) -> anyhow::Result<JobReport> {
-    let store = CheckpointStore::from_url(&config.checkpoint_url, &config.s3)?;
-    let mut cp = CheckpointConfig::new("file-job", config.state_dir.join("scratch"));
-    cp.interval = config.checkpoint_interval;
-    let coordinator = CheckpointCoordinator::open(store, cp).await?;
-    let state = open_state(&config.state_dir, config.memory_state)?;
-    let mut runner =
-        runner.unwrap_or_else(|| Runner::new(RunnerConfig::default())).with_checkpoints(coordinator, state);
+/// The file job's runner: checkpoints to `checkpoint_url` with the configured state, starting
+/// from `from_savepoint` when given. Take its counters and shutdown handle before [`run`].
+pub fn runner(config: &FileJobConfig) -> anyhow::Result<Runner> {
+    let mut builder = Runner::builder()
+        .checkpoints(&config.checkpoint_url)
+        .s3(config.s3.clone())
+        .job_id("file-job")
+        .every(config.checkpoint_interval)
+        .scratch_dir(config.state_dir.join("scratch"))
+        .state(open_state(&config.state_dir, config.memory_state)?);
     if let Some(name) = &config.from_savepoint {
-        runner = runner.from_savepoint(name.clone());
+        builder = builder.from_savepoint(name.clone());
     }
+    Ok(builder.build()?)
+}
 
+/// Runs the job to the end of its input (or until `runner`'s shutdown handle stops it); `runner`
+/// comes from [`runner`] (the default when `None`).
+pub async fn run(config: &FileJobConfig, runner: Option<Runner>) -> anyhow::Result<JobReport> {
+    let mut runner = match runner {
+        Some(r) => r,
+        None => self::runner(config)?,
+    };
     let stream = Stream::<Bytes>::new()
         .ok_err(Event::decode)
         .assign_timestamps(
@@ -84,12 +94,13 @@ pub async fn run(config: &FileJobConfig, runner: Option<Runner>) -> anyhow::Resu
         .window(
             WindowSpec::tumbling(config.window)?.with_allowed_lateness(config.allowed_lateness),
             Stats::of(|e: &Event| e.amount),
-        );
+        )
+        .id("per-type");
     let source = Paced::new(
         JsonLinesSource::raw(&config.inputs).with_chunk_size(config.read_chunk_bytes),
         config.pace,
     );
     let sink = JsonLinesSink::append(&config.output).await?;
     let dlq = JsonLinesSink::append(&config.dead_letters).await?;
-    Ok(runner.run(source, stream, sink, dlq).await?)
+    Ok(runner.job(source, stream).sink(sink).dead_letters(dlq).run().await?)
 }

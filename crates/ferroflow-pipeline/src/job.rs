@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferroflow_clickhouse::{ClickHouseSink, TableRow};
-use ferroflow_core::checkpoint::{CheckpointConfig, CheckpointCoordinator};
+use ferroflow_core::checkpoint::{CheckpointConfig, CheckpointStore};
 use ferroflow_core::sink::{JsonLinesSink, Sink};
 use ferroflow_core::time::WatermarkStrategy;
 use ferroflow_core::window::{Aggregator, Stats, StatsValue, WindowResult, WindowSpec};
@@ -293,11 +293,13 @@ impl TaskSpec {
             .assign_timestamps(|e: &Event| e.ts, self.watermarks)
             // After event time is set: ids are forgotten by event time, deterministically on replay.
             .dedup_by(self.dedup_ttl, event_id)
+            .id("dedup-event-id")
             .key_by(move |e: &Event| match key_field {
                 KeyField::EventType => Key::from(e.event_type.as_str()),
                 KeyField::UserId => Key::from(e.user_id.as_str()),
             })
             .window(self.window, (Stats::of(|e: &Event| e.amount), DistinctUsers))
+            .id("windows")
             .map(move |r: WindowResult<(StatsValue, u64)>| WindowRow::from_result(partition, &r))
     }
 }
@@ -504,27 +506,39 @@ impl PreparedJob {
         tap
     }
 
-    /// Restores the newest checkpoint (or `from_savepoint`), then runs until `runner`'s shutdown
-    /// handle stops it; the runner's counters and shutdown handle should be taken beforehand.
-    pub async fn run(
-        self,
-        config: &PipelineConfig,
-        runner: Runner,
-        from_savepoint: Option<String>,
-    ) -> anyhow::Result<JobReport> {
-        let hand_over = config.hand_over()?;
+    /// The runner for this job: checkpoints to `checkpoints.url` as instance `instance_id`, with
+    /// the configured state backend, starting from `from_savepoint` when given. Take its counters
+    /// and shutdown handle before [`run`](Self::run).
+    pub fn runner(config: &PipelineConfig, from_savepoint: Option<String>) -> anyhow::Result<Runner> {
+        let base = CheckpointStore::from_url(&config.checkpoints.url, &config.checkpoints.s3())?;
         let mut cp = CheckpointConfig::new(config.pipeline_id.clone(), config.state.dir.join("scratch"));
-        cp.interval = config.checkpoint_interval();
-        cp.retain = config.checkpoints.retain.max(1);
-        let coordinator = CheckpointCoordinator::open(hand_over.instance_store(), cp).await?;
+        cp.state_format_version = crate::config::STATE_FORMAT_VERSION;
         let state =
             crate::file_job::open_state(&config.state.dir, config.state.backend == StateKind::Memory)?;
-        let mut runner = runner.with_checkpoints(coordinator, state).with_hand_over(hand_over);
+        let mut builder = Runner::builder()
+            .checkpoint_store(base)
+            .config(cp)
+            .every(config.checkpoint_interval())
+            .retain(config.checkpoints.retain.max(1))
+            .scratch_dir(config.state.dir.join("scratch"))
+            .instance(config.instance_id.clone())
+            .state(state);
         if let Some(name) = from_savepoint {
-            runner = runner.from_savepoint(name);
+            builder = builder.from_savepoint(name);
         }
+        Ok(builder.build()?)
+    }
+
+    /// Restores the newest checkpoint (or the runner's savepoint), then runs until `runner`'s
+    /// shutdown handle stops it. `runner` comes from [`PreparedJob::runner`].
+    pub async fn run(self, config: &PipelineConfig, mut runner: Runner) -> anyhow::Result<JobReport> {
         let spec = TaskSpec::new(config, Arc::clone(&self.contract), self.handles.contract.clone())?;
-        let report = runner.run_partitioned(self.source, move |p| spec.stream(p), self.sink, self.dlq).await;
+        let report = runner
+            .job_per_partition(self.source, move |p| spec.stream(p))
+            .sink(self.sink)
+            .dead_letters(self.dlq)
+            .run()
+            .await;
         self.rejected_task.abort();
         Ok(report?)
     }

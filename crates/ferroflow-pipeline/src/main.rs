@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use ferroflow_core::Runner;
 use ferroflow_core::checkpoint::{CheckpointConfig, CheckpointCoordinator, CheckpointStore, S3Options};
-use ferroflow_core::{Runner, RunnerConfig};
 use ferroflow_pipeline::file_job::{self, FileJobConfig};
 
 #[derive(Parser, Debug)]
@@ -408,7 +408,7 @@ async fn run_file(a: RunFileArgs) -> anyhow::Result<()> {
         memory_state: a.memory_state,
         from_savepoint: a.from_savepoint,
     };
-    let runner = Runner::new(RunnerConfig::default());
+    let runner = file_job::runner(&config)?;
     install_signal_handlers(&runner, a.savepoint_on_shutdown);
     let report = file_job::run(&config, Some(runner)).await?;
     println!("{}", serde_json::to_string(&report.counters)?);
@@ -470,12 +470,12 @@ async fn run_job(a: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!(pipeline = %config.pipeline_id, topic = %config.kafka.topic, "starting");
     let job = ferroflow_pipeline::job::prepare(&config).await?;
-    let runner = Runner::new(RunnerConfig::default());
+    let runner = ferroflow_pipeline::job::PreparedJob::runner(&config, a.from_savepoint.clone())?;
     let (endpoint, _addr) =
         ferroflow_pipeline::job::serve_endpoint(&config, &job.handles, runner.counters()).await?;
     install_signal_handlers(&runner, a.savepoint_on_shutdown.clone());
     ferroflow_pipeline::job::mark_ready_when_running(std::sync::Arc::clone(&endpoint), runner.counters());
-    let report = job.run(&config, runner, a.from_savepoint.clone()).await?;
+    let report = job.run(&config, runner).await?;
     println!("{}", serde_json::to_string(&report.counters)?);
     tracing::info!(
         checkpoints = report.checkpoints_taken,

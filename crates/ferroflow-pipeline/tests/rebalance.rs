@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferroflow_core::{JobCounters, JobReport, Runner, RunnerConfig, ShutdownHandle};
+use ferroflow_core::{JobCounters, JobReport, ShutdownHandle};
 use ferroflow_kafka::rdkafka::mocking::MockCluster;
 use ferroflow_pipeline::config::{OutputKind, PipelineConfig};
 use ferroflow_pipeline::demo::produce;
@@ -48,9 +48,9 @@ struct Instance {
 async fn start(config: PipelineConfig) -> Instance {
     let mut job = prepare(&config).await.unwrap();
     let tap = job.tap_results();
-    let runner = Runner::new(RunnerConfig::default());
+    let runner = ferroflow_pipeline::job::PreparedJob::runner(&config, None).unwrap();
     let (counters, stop) = (runner.counters(), runner.shutdown_handle());
-    let job = tokio::spawn(async move { job.run(&config, runner, None).await });
+    let job = tokio::spawn(async move { job.run(&config, runner).await });
     Instance { counters, stop, tap, job }
 }
 

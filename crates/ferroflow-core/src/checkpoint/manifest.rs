@@ -34,6 +34,10 @@ pub struct FileEntry {
     pub shared: bool,
 }
 
+/// Metadata key under which a checkpoint lists the job's stateful operator ids (a JSON array):
+/// a restore maps state to operators by them.
+pub const OPERATOR_IDS: &str = "operators.ids";
+
 /// Describes one complete checkpoint or savepoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,6 +74,12 @@ impl Manifest {
     /// Total bytes of the state files.
     pub fn state_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// The stateful operator ids the job had when it wrote this checkpoint (`None` when the
+    /// checkpoint does not say: written before ids were recorded).
+    pub fn operator_ids(&self) -> Option<Vec<String>> {
+        self.metadata.get(OPERATOR_IDS).and_then(|ids| serde_json::from_str(ids).ok())
     }
 
     /// A name for logs: `checkpoint 42` or `savepoint before-upgrade`.

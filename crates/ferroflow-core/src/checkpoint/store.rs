@@ -72,8 +72,8 @@ pub struct CheckpointStore {
     location: String,
 }
 
-fn storage(location: impl Into<String>, e: impl std::fmt::Display) -> CheckpointError {
-    CheckpointError::Storage { location: location.into(), message: e.to_string() }
+fn storage(location: impl Into<String>, source: object_store::Error) -> CheckpointError {
+    CheckpointError::Storage { location: location.into(), source }
 }
 
 impl CheckpointStore {

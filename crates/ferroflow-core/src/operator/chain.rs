@@ -38,6 +38,11 @@ impl<A: Operator, B: Operator<In = A::Out>> Chain<A, B> {
         Self { a, b, mid: Vec::new(), a_consumes, a_single, b_index }
     }
 
+    /// The last step, to set its id.
+    pub(crate) fn last_mut(&mut self) -> &mut B {
+        &mut self.b
+    }
+
     fn drain_mid(&mut self, ctx: &mut Context, out: &mut Vec<Record<B::Out>>) {
         if !self.mid.is_empty() {
             let (b, mid) = (&mut self.b, &mut self.mid);
@@ -114,6 +119,11 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
     fn step_names(&self, names: &mut Vec<&'static str>) {
         self.a.step_names(names);
         self.b.step_names(names);
+    }
+
+    fn state_ids(&self, ids: &mut Vec<String>) {
+        self.a.state_ids(ids);
+        self.b.state_ids(ids);
     }
 }
 

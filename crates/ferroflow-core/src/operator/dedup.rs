@@ -116,6 +116,11 @@ impl<T, F, K: ?Sized> Dedup<T, F, K> {
         &self.ns
     }
 
+    /// The id (`name`) the state is kept under.
+    pub fn id(&self) -> &str {
+        self.ns.strip_prefix("dedup/").unwrap_or(&self.ns)
+    }
+
     /// The time-to-live in milliseconds.
     pub fn ttl_ms(&self) -> i64 {
         self.ttl_ms
@@ -155,6 +160,17 @@ impl<T, F, K: ?Sized> std::fmt::Debug for Dedup<T, F, K> {
 #[inline]
 fn id_hash(key: &[u8]) -> IdHash {
     xxhash_rust::xxh3::xxh3_128(key)
+}
+
+impl<T, F, K> super::StatefulOperator for Dedup<T, F, K>
+where
+    T: Send + 'static,
+    K: AsRef<[u8]> + ?Sized + 'static,
+    F: for<'a> FnMut(&'a T) -> &'a K + Send + 'static,
+{
+    fn set_id(&mut self, id: String) {
+        self.ns = format!("dedup/{id}");
+    }
 }
 
 impl<T, F, K> Operator for Dedup<T, F, K>
@@ -263,6 +279,10 @@ where
             self.by_time.insert((at, h));
         }
         Ok(())
+    }
+
+    fn state_ids(&self, ids: &mut Vec<String>) {
+        ids.push(self.id().to_owned());
     }
 
     fn name(&self) -> &'static str {

@@ -297,6 +297,21 @@ pub trait Operator: Send + 'static {
     fn step_names(&self, names: &mut Vec<&'static str>) {
         names.push(self.name());
     }
+
+    /// Appends the id of each stateful step, in order (a [`Chain`] lists its parts). A checkpoint
+    /// records them, and a restore maps the state it holds to the job's operators by them.
+    fn state_ids(&self, ids: &mut Vec<String>) {
+        let _ = ids;
+    }
+}
+
+/// A step that keeps state under an id: the id is what a checkpoint or savepoint files its state
+/// under, so it must stay the same across changes to the job (Flink's `uid`).
+///
+/// [`Stream::id`](crate::Stream::id) sets it on the last step of a stream.
+pub trait StatefulOperator: Operator {
+    /// Sets the id the step's state is kept under.
+    fn set_id(&mut self, id: String);
 }
 
 /// Anything the runner can run: an [`Operator`] itself or a [`Stream`](crate::Stream) builder.

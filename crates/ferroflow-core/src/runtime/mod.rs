@@ -1,8 +1,20 @@
-//! The runner: drives a source through an operator chain into sinks on tokio.
+//! The runner: drives a source through the job's operator chains into sinks on tokio.
+//!
+//! - [`runner`](Runner): the public type, its job builder, and how a run starts and ends;
+//! - `builder`: [`RunnerBuilder`] and [`CheckpointsBuilder`];
+//! - `processing`: the processing loop, one handler per event;
+//! - `checkpointing`: restore, checkpoints and partition hand-over, behind the `checkpoints` feature;
+//! - `chains`: the job's operator chains (one, or one per source partition);
+//! - `io`: the source and sink task bodies.
+
+mod builder;
+mod chains;
+mod checkpointing;
+mod io;
+mod processing;
+mod runner;
 
 #[cfg(feature = "checkpoints")]
-mod handover;
-mod runner;
-mod tasks;
-
-pub use runner::{JobReport, Runner, RunnerConfig, ShutdownHandle};
+pub use builder::CheckpointsBuilder;
+pub use builder::RunnerBuilder;
+pub use runner::{JobBuilder, JobReport, Runner, RunnerConfig, ShutdownHandle};

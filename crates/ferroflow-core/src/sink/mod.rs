@@ -1,12 +1,14 @@
 //! Sinks: where results and dead letters go.
 
 mod collect;
+mod discard;
 mod file;
 mod null;
 
 use std::future::Future;
 
 pub use collect::{CollectSink, Collected};
+pub use discard::DiscardDeadLetters;
 pub use file::JsonLinesSink;
 pub use null::NullSink;
 

@@ -13,10 +13,29 @@ use std::path::Path;
 
 pub use memory::MemoryStateBackend;
 #[cfg(feature = "rocksdb")]
-pub use rocks::{RocksDbOptions, RocksDbStateBackend};
+pub use rocks::{RocksDb, RocksDbOptions, RocksDbStateBackend};
 pub use scoped::{PartitionState, copy_partition, delete_partition};
 
 use crate::error::StateError;
+
+/// A state backend for [`Runner::builder`](crate::Runner::builder) to open: an opened
+/// [`StateBackend`], or a description of one such as [`RocksDb::at`] (feature `rocksdb`).
+pub trait StateBackendSpec {
+    /// Opens the backend.
+    fn open_backend(self) -> Result<Box<dyn StateBackend>, StateError>;
+}
+
+impl<B: StateBackend + 'static> StateBackendSpec for B {
+    fn open_backend(self) -> Result<Box<dyn StateBackend>, StateError> {
+        Ok(Box::new(self))
+    }
+}
+
+impl StateBackendSpec for Box<dyn StateBackend> {
+    fn open_backend(self) -> Result<Box<dyn StateBackend>, StateError> {
+        Ok(self)
+    }
+}
 
 /// A key-value pair read from a backend.
 pub type KeyValue = (Vec<u8>, Vec<u8>);

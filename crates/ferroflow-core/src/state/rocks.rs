@@ -112,8 +112,46 @@ impl std::fmt::Debug for RocksDbStateBackend {
     }
 }
 
+/// RocksDB state in a directory, opened when the runner is built.
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::prelude::*;
+/// let dir = tempfile::tempdir().unwrap();
+/// let runner = Runner::builder()
+///     .state(RocksDb::at(dir.path().join("state")))
+///     .checkpoints(format!("file://{}", dir.path().join("checkpoints").display()))
+///     .build()
+///     .unwrap();
+/// # let _ = runner;
+/// ```
+#[derive(Debug, Clone)]
+pub struct RocksDb {
+    path: PathBuf,
+    options: RocksDbOptions,
+}
+
+impl RocksDb {
+    /// RocksDB in `dir` (created if missing) with the default options.
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Self { path: dir.into(), options: RocksDbOptions::default() }
+    }
+
+    /// Other options (cache and write-buffer sizes, compression).
+    pub fn options(mut self, options: RocksDbOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+impl super::StateBackendSpec for RocksDb {
+    fn open_backend(self) -> Result<Box<dyn StateBackend>, StateError> {
+        Ok(Box::new(RocksDbStateBackend::open(self.path, self.options)?))
+    }
+}
+
 fn backend(e: rocksdb::Error) -> StateError {
-    StateError::Backend(e.into_string())
+    StateError::RocksDb(e)
 }
 
 impl RocksDbStateBackend {

@@ -139,6 +139,16 @@ impl<T, A: Aggregator<T>> WindowOperator<T, A> {
     }
 }
 
+impl<T, A> crate::operator::StatefulOperator for WindowOperator<T, A>
+where
+    T: OriginalBytes + Send + 'static,
+    A: Aggregator<T>,
+{
+    fn set_id(&mut self, id: String) {
+        self.uid = id;
+    }
+}
+
 impl<T, A> Operator for WindowOperator<T, A>
 where
     T: OriginalBytes + Send + 'static,
@@ -199,6 +209,10 @@ where
         if let Some(end) = em.newest_end {
             ctx.note_window_emitted(end);
         }
+    }
+
+    fn state_ids(&self, ids: &mut Vec<String>) {
+        ids.push(self.uid.clone());
     }
 
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {

@@ -70,38 +70,41 @@ enum Mode<C: Operator> {
 }
 
 /// The job's chains and their combined watermark.
-pub(crate) struct Tasks<C: Operator> {
+pub(crate) struct Chains<C: Operator> {
     mode: Mode<C>,
     /// Every partition's watermark and idleness, as the chains last reported them.
     status: BTreeMap<PartitionId, PartitionStatus>,
     status_changed: bool,
     watermark: Watermark,
     names: Vec<&'static str>,
+    #[cfg_attr(not(feature = "checkpoints"), allow(dead_code))]
+    state_ids: Vec<String>,
     consumes_records: bool,
 }
 
-impl<C: Operator> Tasks<C> {
+impl<C: Operator> Chains<C> {
     /// One chain for the whole job.
     pub(crate) fn job(chain: C) -> Self {
-        let (names, consumes_records) = describe(&chain);
-        Self::with_mode(Mode::Job(Task::new(chain)), names, consumes_records)
+        let shape = Shape::of(&chain);
+        Self::with_mode(Mode::Job(Task::new(chain)), shape)
     }
 
     /// One chain per source partition, each built by `factory` when its partition first shows up.
     pub(crate) fn per_partition(mut factory: Factory<C>) -> Self {
         // A throwaway chain names the steps: every task's chain has the same shape.
-        let (names, consumes_records) = describe(&factory(0));
-        Self::with_mode(Mode::PerPartition { factory, tasks: BTreeMap::new() }, names, consumes_records)
+        let shape = Shape::of(&factory(0));
+        Self::with_mode(Mode::PerPartition { factory, tasks: BTreeMap::new() }, shape)
     }
 
-    fn with_mode(mode: Mode<C>, names: Vec<&'static str>, consumes_records: bool) -> Self {
+    fn with_mode(mode: Mode<C>, shape: Shape) -> Self {
         Self {
             mode,
             status: BTreeMap::new(),
             status_changed: false,
             watermark: Watermark::MIN,
-            names,
-            consumes_records,
+            names: shape.names,
+            state_ids: shape.state_ids,
+            consumes_records: shape.consumes_records,
         }
     }
 
@@ -113,6 +116,12 @@ impl<C: Operator> Tasks<C> {
     /// Step names of a chain.
     pub(crate) fn step_names(&self) -> &[&'static str] {
         &self.names
+    }
+
+    /// Ids of the stateful steps of a chain (what a checkpoint files their state under).
+    #[cfg_attr(not(feature = "checkpoints"), allow(dead_code))]
+    pub(crate) fn state_ids(&self) -> Vec<String> {
+        self.state_ids.clone()
     }
 
     /// True when the chains end in a window (results are not source records).
@@ -296,10 +305,21 @@ impl<C: Operator> Tasks<C> {
     }
 }
 
-fn describe<C: Operator>(chain: &C) -> (Vec<&'static str>, bool) {
-    let mut names = Vec::with_capacity(chain.steps());
-    chain.step_names(&mut names);
-    (names, chain.consumes_records())
+/// What every chain of a job has in common.
+struct Shape {
+    names: Vec<&'static str>,
+    state_ids: Vec<String>,
+    consumes_records: bool,
+}
+
+impl Shape {
+    fn of<C: Operator>(chain: &C) -> Self {
+        let mut names = Vec::with_capacity(chain.steps());
+        chain.step_names(&mut names);
+        let mut state_ids = Vec::new();
+        chain.state_ids(&mut state_ids);
+        Self { names, state_ids, consumes_records: chain.consumes_records() }
+    }
 }
 
 /// Builds partition `p`'s task, restored from its prefix of `state` when there is one.

@@ -1,0 +1,27 @@
+//! Everything a job needs, in one import: `use ferroflow::prelude::*;`.
+//!
+//! The stream builder, records and keys, event time, window specs and the built-in aggregators,
+//! the built-in sources and sinks, the runner and its builders, dead letters and the errors.
+//!
+//! # Examples
+//! ```
+//! use ferroflow_core::prelude::*;
+//! let job = Stream::<i64>::new().filter(|x| *x > 0);
+//! # let _ = job;
+//! ```
+
+pub use crate::dead_letter::{DeadLetter, DeadLetterReason, OriginalBytes, Rejection};
+pub use crate::error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, SourceError};
+pub use crate::operator::{Context, IntoOperator, Operator, ProcessOutput};
+pub use crate::record::{Key, PartitionId, Record, SourcePosition, Timestamp};
+#[cfg(feature = "checkpoints")]
+pub use crate::runtime::CheckpointsBuilder;
+pub use crate::runtime::{JobBuilder, JobReport, Runner, RunnerBuilder, RunnerConfig, ShutdownHandle};
+pub use crate::sink::{CollectSink, DiscardDeadLetters, JsonLinesSink, NullSink, Sink};
+pub use crate::source::{JsonLinesSource, MemorySource, Source};
+pub use crate::state::MemoryStateBackend;
+#[cfg(feature = "rocksdb")]
+pub use crate::state::RocksDb;
+pub use crate::stream::Stream;
+pub use crate::time::{Watermark, WatermarkStrategy};
+pub use crate::window::{Avg, Count, Max, Min, Stats, StatsValue, Sum, WindowResult, WindowSpec};

@@ -1,0 +1,347 @@
+//! The processing loop: one task that takes source events, runs them through the job's chains,
+//! sends results and dead letters on to the sink tasks, and takes checkpoints at batch
+//! boundaries. Each kind of event has its handler; how the loop ends is an [`Exit`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+
+use super::chains::Chains;
+use super::checkpointing::{Checkpointing, Resumed};
+use super::io::{SinkMsg, barrier};
+use super::runner::StopRequest;
+use crate::dead_letter::DeadLetter;
+use crate::error::JobError;
+use crate::metrics::JobCounters;
+use crate::operator::{Context, Operator, Signal};
+use crate::record::{PartitionId, Record, SourcePosition};
+use crate::source::{CheckpointListener, SourceBatch, SourceEvent};
+use crate::time::{Clock, Watermark};
+
+/// Offsets, watermark and epoch of a run: what a checkpoint records besides the state.
+pub(crate) struct JobState {
+    /// Next offset to read, per partition.
+    pub(crate) offsets: BTreeMap<PartitionId, u64>,
+    pub(crate) watermark: Watermark,
+    /// The sink epoch in progress (a checkpoint closes it).
+    pub(crate) epoch: u64,
+    pub(crate) checkpoints_taken: u64,
+    /// The source's listener for completed checkpoints.
+    #[cfg_attr(not(feature = "checkpoints"), allow(dead_code))]
+    pub(crate) listener: Option<Arc<dyn CheckpointListener>>,
+}
+
+impl JobState {
+    /// The state of a run that starts at `resumed` (or from nothing).
+    pub(crate) fn new(resumed: Option<&Resumed>, listener: Option<Arc<dyn CheckpointListener>>) -> Self {
+        let mut job = Self {
+            offsets: BTreeMap::new(),
+            watermark: Watermark::MIN,
+            epoch: 0,
+            checkpoints_taken: 0,
+            listener,
+        };
+        if let Some(r) = resumed {
+            job.offsets.clone_from(&r.offsets);
+            job.watermark = Watermark(r.watermark);
+            job.epoch = r.epoch + 1;
+        }
+        job
+    }
+
+    fn note_positions(&mut self, positions: impl Iterator<Item = SourcePosition>) {
+        let mut last: Option<(PartitionId, u64)> = None;
+        for p in positions {
+            match &mut last {
+                Some((part, max)) if *part == p.partition => *max = (*max).max(p.offset),
+                _ => {
+                    if let Some((part, max)) = last {
+                        self.note(part, max);
+                    }
+                    last = Some((p.partition, p.offset));
+                }
+            }
+        }
+        if let Some((part, max)) = last {
+            self.note(part, max);
+        }
+    }
+
+    fn note(&mut self, partition: PartitionId, offset: u64) {
+        let next = self.offsets.entry(partition).or_insert(0);
+        *next = (*next).max(offset.saturating_add(1));
+    }
+
+    /// A released partition of a partition-scoped job is no longer this run's to record.
+    pub(crate) fn forget_partitions<C: Operator>(&mut self, chains: &Chains<C>, partitions: &[PartitionId]) {
+        if chains.partitioned() {
+            for p in partitions {
+                self.offsets.remove(p);
+            }
+        }
+    }
+}
+
+/// Why the loop ended.
+pub(super) enum Exit {
+    /// Every partition ended (bounded input): the final watermark went through.
+    EndOfInput,
+    /// A stop was requested.
+    Stopped(StopRequest),
+    /// A sink task ended early: it failed, its error is its task's result.
+    SinkGone,
+    /// The source failed (its channel closed without the end marker): not the end of input.
+    SourceFailed,
+    /// Processing or a checkpoint failed.
+    Failed(JobError),
+}
+
+/// What woke the loop up.
+enum Wake<T> {
+    Request(StopRequest),
+    SinkGone,
+    SourceFailed,
+    Source(SourceEvent<T>),
+    End,
+    Tick,
+}
+
+/// The processing loop of one run.
+pub(super) struct Processing<'r, C: Operator> {
+    pub(super) chains: Chains<C>,
+    pub(super) job: JobState,
+    pub(super) checkpointing: Option<&'r mut Checkpointing>,
+    pub(super) counters: &'r JobCounters,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) out_tx: mpsc::Sender<SinkMsg<C::Out>>,
+    pub(super) dlq_tx: mpsc::Sender<SinkMsg<DeadLetter>>,
+    ctx: Context,
+    input: Vec<Record<C::In>>,
+    output: Vec<Record<C::Out>>,
+    /// Partitions revoked this event, released after its output and a checkpoint.
+    revoked: Option<Vec<PartitionId>>,
+    savepoint_now: Option<String>,
+    last_checkpoint: Instant,
+}
+
+impl<'r, C: Operator> Processing<'r, C> {
+    pub(super) fn new(
+        chains: Chains<C>,
+        job: JobState,
+        checkpointing: Option<&'r mut Checkpointing>,
+        counters: &'r JobCounters,
+        clock: Arc<dyn Clock>,
+        out_tx: mpsc::Sender<SinkMsg<C::Out>>,
+        dlq_tx: mpsc::Sender<SinkMsg<DeadLetter>>,
+    ) -> Self {
+        let ctx = Context::new(clock.now_ms());
+        Self {
+            chains,
+            job,
+            checkpointing,
+            counters,
+            clock,
+            out_tx,
+            dlq_tx,
+            ctx,
+            input: Vec::new(),
+            output: Vec::new(),
+            revoked: None,
+            savepoint_now: None,
+            last_checkpoint: Instant::now(),
+        }
+    }
+
+    /// Runs until the input ends, a stop is requested or something fails.
+    pub(super) async fn run(
+        &mut self,
+        src_rx: &mut mpsc::Receiver<Option<SourceEvent<C::In>>>,
+        shutdown: &mut watch::Receiver<Option<StopRequest>>,
+        tick: std::time::Duration,
+    ) -> Exit {
+        self.counters.set_watermark(self.job.watermark.0);
+        self.counters.set_operators(self.chains.step_names());
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake = tokio::select! {
+                biased;
+                _ = shutdown.changed() => match shutdown.borrow_and_update().clone() {
+                    Some(req) => Wake::Request(req),
+                    None => Wake::Tick,
+                },
+                // A sink task that ended early failed: stop now, even if the source is quiet.
+                _ = self.out_tx.closed() => Wake::SinkGone,
+                _ = self.dlq_tx.closed() => Wake::SinkGone,
+                ev = src_rx.recv() => match ev {
+                    Some(Some(ev)) => Wake::Source(ev),
+                    Some(None) => Wake::End,
+                    None => Wake::SourceFailed,
+                },
+                _ = ticker.tick() => Wake::Tick,
+            };
+            if let Some(exit) = self.handle(wake).await {
+                return exit;
+            }
+        }
+    }
+
+    /// Handles one wake-up; `Some` ends the loop.
+    async fn handle(&mut self, wake: Wake<C::In>) -> Option<Exit> {
+        self.ctx.set_processing_time(self.clock.now_ms());
+        let end = matches!(wake, Wake::End);
+        let handled = match wake {
+            Wake::Request(StopRequest::Savepoint(name)) => {
+                self.savepoint_now = Some(name);
+                Ok(())
+            }
+            Wake::Request(req) => return Some(Exit::Stopped(req)),
+            Wake::SinkGone => return Some(Exit::SinkGone),
+            Wake::SourceFailed => return Some(Exit::SourceFailed),
+            Wake::End => self.signal(&Signal::EndOfInput),
+            Wake::Tick => self.signal(&Signal::Tick),
+            Wake::Source(SourceEvent::Batch(batch)) => self.on_batch(batch),
+            Wake::Source(SourceEvent::PartitionsAssigned(ps)) => self.on_assigned(ps),
+            Wake::Source(SourceEvent::PartitionsRevoked(ps)) => {
+                // Released after this event's output and a checkpoint, below.
+                self.revoked = Some(ps);
+                Ok(())
+            }
+            Wake::Source(SourceEvent::PartitionFinished(p)) => self.signal(&Signal::PartitionFinished(p)),
+        };
+        if let Err(e) = handled {
+            return Some(Exit::Failed(e));
+        }
+        if !self.emit().await {
+            return Some(Exit::SinkGone);
+        }
+        if let Err(e) = self.after_event(end).await {
+            return Some(Exit::Failed(e));
+        }
+        end.then_some(Exit::EndOfInput)
+    }
+
+    fn signal(&mut self, signal: &Signal) -> Result<(), JobError> {
+        let state = self.checkpointing.as_deref_mut().map(Checkpointing::state);
+        Ok(self.chains.signal(signal, state, &mut self.ctx, &mut self.output)?)
+    }
+
+    fn on_batch(&mut self, batch: SourceBatch<C::In>) -> Result<(), JobError> {
+        self.ctx.counters.records_in += (batch.records.len() + batch.dead_letters.len()) as u64;
+        self.job.note_positions(batch.records.iter().map(|r| r.position));
+        self.job.note_positions(batch.dead_letters.iter().map(|d| d.position));
+        for dl in batch.dead_letters {
+            self.ctx.dead_letter(dl);
+        }
+        self.input = batch.records;
+        let state = self.checkpointing.as_deref_mut().map(Checkpointing::state);
+        self.chains.process(&mut self.input, state, &mut self.ctx, &mut self.output)?;
+        Ok(())
+    }
+
+    fn on_assigned(&mut self, partitions: Vec<PartitionId>) -> Result<(), JobError> {
+        if let Some(cp) = self.checkpointing.as_deref_mut() {
+            cp.start_partitions(&partitions, &mut self.job)?;
+        }
+        self.signal(&Signal::PartitionsAssigned(partitions))
+    }
+
+    /// Sends this event's results and dead letters on and moves its counters to the job's;
+    /// false when a sink task is gone.
+    async fn emit(&mut self) -> bool {
+        if self.chains.watermark() > self.job.watermark {
+            self.job.watermark = self.chains.watermark();
+            self.counters.set_watermark(self.job.watermark.0);
+        }
+        if !self.chains.consumes_records() {
+            self.ctx.counters.records_out += self.output.len() as u64;
+        }
+        let mut open = true;
+        if !self.output.is_empty() {
+            let batch: Vec<C::Out> = self.output.drain(..).map(|r| r.payload).collect();
+            open &= self.out_tx.send(SinkMsg::Batch(batch)).await.is_ok();
+        }
+        if !self.ctx.dead_letters.is_empty() {
+            open &= self.dlq_tx.send(SinkMsg::Batch(self.ctx.take_dead_letters())).await.is_ok();
+        }
+        self.counters.absorb(&mut self.ctx.counters);
+        self.counters.absorb_steps(&mut self.ctx.steps);
+        if let Some(p) = self.chains.take_status() {
+            self.counters.set_partitions(p);
+        }
+        open
+    }
+
+    /// Checkpoint work at the batch boundary: a requested savepoint, releasing revoked
+    /// partitions, and the periodic (or final) checkpoint.
+    async fn after_event(&mut self, end: bool) -> Result<(), JobError> {
+        let checkpoints = self.checkpointing.as_ref().map(|c| c.interval());
+        if let Some(name) = self.savepoint_now.take() {
+            match checkpoints {
+                Some(_) => self.checkpoint(Some(&name)).await?,
+                None => {
+                    tracing::warn!(savepoint = %name, "savepoint requested but checkpointing is not configured; ignored");
+                }
+            }
+        }
+        if let Some(ps) = self.revoked.take() {
+            self.release(&ps).await?;
+        }
+        let due = checkpoints.is_some_and(|every| self.last_checkpoint.elapsed() >= every);
+        if due || (end && checkpoints.is_some()) {
+            if let Some(cp) = self.checkpointing.as_deref_mut() {
+                cp.drop_superseded(&mut self.job).await?;
+            }
+            self.checkpoint(None).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives up revoked partitions: a checkpoint first (it holds their state and offsets for the
+    /// next owner), then their tasks end.
+    async fn release(&mut self, partitions: &[PartitionId]) -> Result<(), JobError> {
+        if self.chains.partitioned() && self.checkpointing.is_some() {
+            self.checkpoint(None).await?;
+        }
+        match self.checkpointing.as_deref_mut() {
+            Some(cp) => cp.release(&mut self.chains, partitions, &mut self.job, &mut self.ctx)?,
+            None => {
+                self.chains.release(partitions, None, &mut self.ctx)?;
+                self.job.forget_partitions(&self.chains, partitions);
+            }
+        }
+        tracing::info!(?partitions, "partitions released");
+        Ok(())
+    }
+
+    /// Barrier → flush sinks → snapshot operators → upload; `savepoint` names a savepoint instead.
+    async fn checkpoint(&mut self, savepoint: Option<&str>) -> Result<(), JobError> {
+        let Some(cp) = self.checkpointing.as_deref_mut() else {
+            return Err(JobError::Task {
+                task: "checkpoint",
+                detail: "a savepoint was requested but checkpointing is not configured".into(),
+            });
+        };
+        // Everything emitted before the barrier must be durable before the checkpoint commits.
+        let next_epoch = self.job.epoch + 1;
+        barrier(&self.out_tx, "sink", next_epoch).await?;
+        barrier(&self.dlq_tx, "dead-letter sink", next_epoch).await?;
+        cp.take(&mut self.chains, &mut self.job, savepoint, self.counters).await?;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// The final checkpoint (or savepoint) of a requested stop.
+    pub(super) async fn on_stop(&mut self, request: &StopRequest) -> Result<(), JobError> {
+        let name = match request {
+            StopRequest::Stop | StopRequest::Savepoint(_) => None,
+            StopRequest::StopWithSavepoint(n) => Some(n.as_str()),
+        };
+        if self.checkpointing.is_some() || name.is_some() {
+            self.checkpoint(name).await?;
+        }
+        Ok(())
+    }
+}
