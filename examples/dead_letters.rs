@@ -11,13 +11,8 @@
 //! records that pushed the watermark past their window; in the same batch they would still count.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
-use ferroflow::sink::{CollectSink, JsonLinesSink};
-use ferroflow::source::JsonLinesSource;
-use ferroflow::time::WatermarkStrategy;
-use ferroflow::window::{Count, WindowSpec};
-use ferroflow::{DeadLetter, DeadLetterReason, Key, Rejection, Runner, Stream};
+use ferroflow::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// One click as it appears in the input file.
@@ -81,7 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let job = Stream::<bytes::Bytes>::new()
         .decode_json::<Click>() // malformed lines -> decode_error
-        .ok_err(validate) // broken contract -> contract_violation
+        .try_map(validate) // broken contract -> contract_violation
         .filter(|c| c.page != "/healthz") // counted as filtered, not lost
         .assign_timestamps(|c| c.ts, WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5)))
         .key_by(|c| Key::from(c.user.as_str()))

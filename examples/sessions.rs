@@ -7,13 +7,7 @@
 //! The source delivers one record per batch so the watermark moves between records (watermarks
 //! advance at batch boundaries); the comments give the watermark each record leaves behind.
 
-use std::time::Duration;
-
-use ferroflow::sink::CollectSink;
-use ferroflow::source::MemorySource;
-use ferroflow::time::WatermarkStrategy;
-use ferroflow::window::{Count, WindowSpec};
-use ferroflow::{Key, Record, Runner, SourcePosition, Stream};
+use ferroflow::prelude::*;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -16,14 +16,10 @@
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use ferroflow::sink::{CollectSink, NullSink};
-use ferroflow::source::JsonLinesSource;
-use ferroflow::time::WatermarkStrategy;
-use ferroflow::window::{Stats, WindowSpec};
-use ferroflow::{Key, Rejection, Runner, Stream};
+use ferroflow::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The fields the job needs, borrowed from the line (no per-event allocation).
@@ -183,7 +179,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
 
     let stream = Stream::<Bytes>::new()
-        .ok_err(|line: &Bytes| {
+        .try_map(|line: &Bytes| {
             let e: RawEvent<'_> =
                 serde_json::from_slice(line).map_err(|e| Rejection::decode(e.to_string()))?;
             Ok::<_, Rejection>(Purchase {

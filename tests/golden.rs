@@ -30,9 +30,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use ferroflow::testing::{Emitted, OperatorHarness};
 use ferroflow::time::{Watermark, WatermarkStrategy};
 use ferroflow::window::{Count, Sum, WindowConfig, WindowResult};
-use ferroflow::{Context, DeadLetter, Key, Operator, Record, Signal, SourcePosition, Stream};
+use ferroflow::{DeadLetter, Key, Record, Signal, SourcePosition, Stream};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -149,60 +150,6 @@ fn dead_letter_line(d: &DeadLetter) -> String {
     )
 }
 
-/// Drives an operator chain step by step, recording everything it emits.
-struct Driver<Op: Operator<In = Event, Out = Row>> {
-    chain: Op,
-    ctx: Context,
-    watermark: Watermark,
-    out: Vec<Record<Row>>,
-    emitted: Vec<String>,
-}
-
-impl<Op: Operator<In = Event, Out = Row>> Driver<Op> {
-    fn new(chain: Op) -> Self {
-        Self { chain, ctx: Context::new(0), watermark: Watermark::MIN, out: Vec::new(), emitted: Vec::new() }
-    }
-
-    fn collect(&mut self) {
-        for d in self.ctx.take_dead_letters() {
-            self.emitted.push(dead_letter_line(&d));
-        }
-        for r in self.out.drain(..) {
-            self.emitted.push(row_line(&r.payload));
-        }
-    }
-
-    /// What the runner does after each event: deliver a watermark that moved forward.
-    fn deliver_watermark(&mut self) {
-        self.collect();
-        if let Some(w) = self.ctx.take_watermark() {
-            if w > self.watermark {
-                self.watermark = w;
-                self.emitted.push(watermark_line(w));
-                self.chain.on_watermark(w, &mut self.ctx, &mut self.out);
-                self.collect();
-            }
-        }
-    }
-
-    fn step(&mut self, step: Step) {
-        match step {
-            Step::Clock(ms) => self.ctx.set_processing_time(ms),
-            Step::Signal(s) => {
-                self.chain.on_signal(&s, &mut self.ctx);
-                self.deliver_watermark();
-            }
-            Step::Event(e) => {
-                let position = SourcePosition::new(e.partition, e.offset);
-                let mut batch = vec![Record::new(e, 0).with_position(position)];
-                self.chain.process_batch(&mut batch, &mut self.ctx, &mut self.out);
-                assert!(batch.is_empty(), "the chain must drain its input");
-                self.deliver_watermark();
-            }
-        }
-    }
-}
-
 fn run_steps(config: &CaseConfig, steps: Vec<Step>) -> Vec<String> {
     let spec = config.window.build().expect("window spec in case.json");
     let strategy = WatermarkStrategy::from_millis(config.out_of_orderness_ms, config.idle_timeout_ms)
@@ -212,11 +159,24 @@ fn run_steps(config: &CaseConfig, steps: Vec<Step>) -> Vec<String> {
         .key_by(|e: &Event| Key::from(e.key.as_str()))
         .window(spec, (Count, Sum::of(|e: &Event| e.value)))
         .into_operator();
-    let mut driver = Driver::new(chain);
+    let mut h = OperatorHarness::new(chain);
     for step in steps {
-        driver.step(step);
+        match step {
+            Step::Clock(ms) => h.set_processing_time(ms),
+            Step::Signal(s) => h.signal(&s),
+            Step::Event(e) => {
+                let position = SourcePosition::new(e.partition, e.offset);
+                h.process(vec![Record::new(e, 0).with_position(position)])
+            }
+        };
     }
-    driver.emitted
+    h.emitted()
+        .map(|e| match e {
+            Emitted::Output(r) => row_line(&r.payload),
+            Emitted::DeadLetter(d) => dead_letter_line(d),
+            Emitted::Watermark(w) => watermark_line(w),
+        })
+        .collect()
 }
 
 /// Numbers compare by value (`8` matches `8.0`); everything else exactly.

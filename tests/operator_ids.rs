@@ -69,7 +69,10 @@ fn v2(with_id: bool) -> impl IntoOperator<Op: Operator<In = (String, i64), Out =
 }
 
 fn runner(store: &CheckpointStore, scratch: &std::path::Path, savepoint: Option<&str>) -> CheckpointsBuilder {
-    let b = Runner::builder().checkpoint_store(store.clone()).scratch_dir(scratch).every(Duration::from_secs(3600));
+    let b = Runner::builder()
+        .checkpoint_store(store.clone())
+        .scratch_dir(scratch)
+        .every(Duration::from_secs(3600));
     match savepoint {
         Some(name) => b.from_savepoint(name),
         None => b,
@@ -80,7 +83,11 @@ fn runner(store: &CheckpointStore, scratch: &std::path::Path, savepoint: Option<
 async fn savepoint_of_v1(store: &CheckpointStore, scratch: &std::path::Path, with_id: bool) {
     let mut runner = runner(store, &scratch.join("v1"), None).build().unwrap();
     let (counters, stop) = (runner.counters(), runner.shutdown_handle());
-    let batches = records(0..50).chunks(10).rev().map(|c| SourceEvent::Batch(SourceBatch { records: c.to_vec(), dead_letters: vec![] })).collect();
+    let batches = records(0..50)
+        .chunks(10)
+        .rev()
+        .map(|c| SourceEvent::Batch(SourceBatch { records: c.to_vec(), dead_letters: vec![] }))
+        .collect();
     let job = tokio::spawn(async move {
         let sink = CollectSink::new();
         let rows = sink.handle();
@@ -100,7 +107,13 @@ async fn savepoint_of_v1(store: &CheckpointStore, scratch: &std::path::Path, wit
 async fn uninterrupted() -> Rows {
     let sink = CollectSink::new();
     let rows = sink.handle();
-    Runner::default().job(MemorySource::new(records(0..100)), v1(true)).sink(sink).discard_dead_letters().run().await.unwrap();
+    Runner::default()
+        .job(MemorySource::new(records(0..100)), v1(true))
+        .sink(sink)
+        .discard_dead_letters()
+        .run()
+        .await
+        .unwrap();
     sorted(rows.take())
 }
 
@@ -116,12 +129,22 @@ async fn with_ids_a_step_inserted_before_the_window_resumes_from_the_savepoint()
     let mut runner = runner(&store, &scratch.path().join("v2"), Some("v1")).build().unwrap();
     let sink = CollectSink::new();
     let rows = sink.handle();
-    let report = runner.job(MemorySource::new(records(0..100)), v2(true)).sink(sink).discard_dead_letters().run().await.unwrap();
+    let report = runner
+        .job(MemorySource::new(records(0..100)), v2(true))
+        .sink(sink)
+        .discard_dead_letters()
+        .run()
+        .await
+        .unwrap();
     assert_eq!(report.counters.records_in, 50, "resumed after the savepoint's offsets");
     let expected = uninterrupted().await;
     assert_eq!(expected.len(), 10, "one window per user");
     assert!(expected.iter().all(|r| r.2 == 10), "{expected:?}");
-    assert_eq!(sorted(rows.take()), expected, "the counts of the first 50 records came back with the window's state");
+    assert_eq!(
+        sorted(rows.take()),
+        expected,
+        "the counts of the first 50 records came back with the window's state"
+    );
 }
 
 #[tokio::test]
@@ -155,11 +178,19 @@ async fn allowing_non_restored_state_starts_the_window_empty() {
     let (store, scratch) = (store(), tempfile::tempdir().unwrap());
     savepoint_of_v1(&store, scratch.path(), false).await;
 
-    let mut runner =
-        runner(&store, &scratch.path().join("v2"), Some("v1")).allow_non_restored_state(true).build().unwrap();
+    let mut runner = runner(&store, &scratch.path().join("v2"), Some("v1"))
+        .allow_non_restored_state(true)
+        .build()
+        .unwrap();
     let sink = CollectSink::new();
     let rows = sink.handle();
-    runner.job(MemorySource::new(records(0..100)), v2(false)).sink(sink).discard_dead_letters().run().await.unwrap();
+    runner
+        .job(MemorySource::new(records(0..100)), v2(false))
+        .sink(sink)
+        .discard_dead_letters()
+        .run()
+        .await
+        .unwrap();
     let rows = sorted(rows.take());
     assert_eq!(rows.len(), 10);
     assert!(rows.iter().all(|r| r.2 == 5), "only the records after the savepoint are counted: {rows:?}");

@@ -8,10 +8,11 @@ use std::time::Duration;
 use ferroflow::sink::CollectSink;
 use ferroflow::source::{MemorySource, SourceBatch, SourceEvent};
 use ferroflow::state::{MemoryStateBackend, StateBackend};
+use ferroflow::testing::OperatorHarness;
 use ferroflow::time::{Watermark, WatermarkStrategy};
 use ferroflow::window::{Count, Sum, WindowKind, WindowResult, WindowSpec};
 use ferroflow::{
-    Context, DeadLetter, DeadLetterReason, JobReport, Key, Operator, PartitionId, Record, Runner, Signal,
+    DeadLetter, DeadLetterReason, JobReport, Key, Operator, PartitionId, Record, Runner, Signal,
     SourcePosition, Stream,
 };
 use proptest::prelude::*;
@@ -229,6 +230,7 @@ fn chain(kind: WindowKind, lateness: i64, bound: i64) -> impl Operator<In = Ev, 
         .assign_timestamps(|e: &Ev| e.1, strategy(bound))
         .key_by(|e: &Ev| Key::from(key_name(e.0)))
         .window(spec_of(kind, lateness), (Count, Sum::of(|e: &Ev| e.2 as f64)))
+        .id("counts")
         .into_operator()
 }
 
@@ -620,59 +622,6 @@ proptest! {
 // (c) Snapshot / restore against an uninterrupted run.
 // ---------------------------------------------------------------------------------------------
 
-/// Drives a chain exactly like `runtime/runner.rs`: after every batch or signal, the proposed
-/// watermark (if it moved forward) is delivered with `on_watermark`.
-struct Driver<O: Operator<In = Ev, Out = Row>> {
-    op: O,
-    ctx: Context,
-    watermark: Watermark,
-    out: Vec<Record<Row>>,
-    rows: Vec<Row>,
-    dead: Vec<DeadLetter>,
-}
-
-impl<O: Operator<In = Ev, Out = Row>> Driver<O> {
-    fn new(op: O) -> Self {
-        Self {
-            op,
-            ctx: Context::new(0),
-            watermark: Watermark::MIN,
-            out: Vec::new(),
-            rows: Vec::new(),
-            dead: Vec::new(),
-        }
-    }
-
-    fn after(&mut self) {
-        if let Some(w) = self.ctx.take_watermark() {
-            if w > self.watermark {
-                self.watermark = w;
-                self.op.on_watermark(w, &mut self.ctx, &mut self.out);
-            }
-        }
-        self.rows.extend(self.out.drain(..).map(|r| r.payload));
-        self.dead.extend(self.ctx.take_dead_letters());
-    }
-
-    fn batch(&mut self, mut records: Vec<Record<Ev>>) {
-        self.op.process_batch(&mut records, &mut self.ctx, &mut self.out);
-        assert!(records.is_empty(), "the chain must drain its input");
-        self.after();
-    }
-
-    fn signal(&mut self, s: &Signal) {
-        self.op.on_signal(s, &mut self.ctx);
-        self.after();
-    }
-
-    fn finish(&mut self, partitions: &[PartitionId]) {
-        for p in partitions {
-            self.signal(&Signal::PartitionFinished(*p));
-        }
-        self.signal(&Signal::EndOfInput);
-    }
-}
-
 /// `(window_end, value, is_final)` of the last row per `(key, window_start)`.
 type FinalValues = BTreeMap<(String, i64), (i64, (u64, f64), bool)>;
 
@@ -693,7 +642,7 @@ fn restore_case(
 /// Every entry of the state namespaces this job writes (the watermark generator's and the window's).
 fn state_entries(state: &MemoryStateBackend) -> BTreeMap<(&'static str, Vec<u8>), Vec<u8>> {
     let mut m = BTreeMap::new();
-    for ns in ["watermarks", "window-0"] {
+    for ns in ["watermarks", "counts"] {
         for kv in state.scan_prefix(ns, &[]).unwrap() {
             let (k, v) = kv.unwrap();
             m.insert((ns, k), v);
@@ -741,34 +690,34 @@ fn run_restore_case(
     let build = || chain(kind, case.lateness, case.bound);
 
     // Reference: one run, never snapshotted.
-    let mut reference = Driver::new(build());
+    let mut reference = OperatorHarness::new(build());
     reference.signal(&assigned);
     for b in &all {
-        reference.batch(b.clone());
+        reference.process(b.clone());
     }
     reference.finish(&partitions);
     if bounded {
-        prop_assert!(reference.dead.is_empty(), "{:?}", reference.dead);
+        prop_assert!(reference.dead_letters().is_empty(), "{:?}", reference.dead_letters());
     }
 
     // The run that takes snapshots during the prefix (incremental, into one backend, as
     // periodic checkpoints do) and at its end, and then simply goes on.
-    let mut first = Driver::new(build());
+    let mut first = OperatorHarness::new(build());
     first.signal(&assigned);
     let mut state = MemoryStateBackend::new();
     for (i, b) in prefix.iter().enumerate() {
-        first.batch(b.clone());
+        first.process(b.clone());
         if !snapshots.is_empty() && snapshots[i % snapshots.len()] && i + 1 < prefix.len() {
-            first.op.snapshot_state(&mut state).unwrap();
+            first.snapshot(&mut state).unwrap();
         }
     }
     // A twin driven over the same prefix, snapshotted once into an empty backend.
-    let mut twin = Driver::new(build());
+    let mut twin = OperatorHarness::new(build());
     twin.signal(&assigned);
     for b in prefix {
-        twin.batch(b.clone());
+        twin.process(b.clone());
     }
-    snapshot_into(&mut first.op, &mut state, &mut twin.op)?;
+    snapshot_into(first.operator_mut(), &mut state, twin.operator_mut())?;
 
     let dir = tempfile::tempdir().unwrap();
     state.snapshot(dir.path()).unwrap();
@@ -776,41 +725,41 @@ fn run_restore_case(
     restored_state.restore(dir.path()).unwrap();
     prop_assert_eq!(&restored_state, &state, "the snapshot file must round-trip the state");
 
-    let (prefix_rows, prefix_dead) = (first.rows.len(), first.dead.len());
-    let prefix_windowed = first.ctx.counters_mut().records_windowed;
+    let (prefix_rows, prefix_dead) = (first.payloads().len(), first.dead_letters().len());
+    let prefix_windowed = first.counters().records_windowed;
     for b in rest {
-        first.batch(b.clone());
+        first.process(b.clone());
     }
     first.finish(&partitions);
     prop_assert!(
-        first.rows == reference.rows,
+        first.payloads() == reference.payloads(),
         "snapshot_state must not change what a job emits:\n  with snapshots: {}\n  without:        {}",
-        show(&first.rows),
-        show(&reference.rows)
+        show(&first.payloads()),
+        show(&reference.payloads())
     );
-    prop_assert_eq!(&first.dead, &reference.dead);
+    prop_assert_eq!(first.dead_letters(), reference.dead_letters());
 
     // A fresh chain restored from the snapshot; the source announces its partitions again.
-    let mut second = Driver::new(build());
-    second.op.restore_state(&restored_state).unwrap();
+    let mut second = OperatorHarness::new(build());
+    second.restore(&restored_state).unwrap();
     second.signal(&assigned);
     for b in rest {
-        second.batch(b.clone());
+        second.process(b.clone());
     }
     second.finish(&partitions);
 
     // The restored run emits exactly what the uninterrupted run emitted after the snapshot.
     prop_assert!(
-        second.rows[..] == reference.rows[prefix_rows..],
+        second.payloads()[..] == reference.payloads()[prefix_rows..],
         "after the snapshot point:\n  restored:      {}\n  uninterrupted: {}\n  (before it:    {})",
-        show(&second.rows),
-        show(&reference.rows[prefix_rows..]),
-        show(&reference.rows[..prefix_rows])
+        show(&second.payloads()),
+        show(&reference.payloads()[prefix_rows..]),
+        show(&reference.payloads()[..prefix_rows])
     );
-    prop_assert_eq!(&second.dead[..], &reference.dead[prefix_dead..]);
+    prop_assert_eq!(second.dead_letters(), &reference.dead_letters()[prefix_dead..]);
     // Every record was windowed or dead-lettered exactly once across the two runs.
-    let windowed = second.ctx.counters_mut().records_windowed + prefix_windowed;
-    prop_assert_eq!(windowed + (prefix_dead + second.dead.len()) as u64, case.inputs.len() as u64);
+    let windowed = second.counters().records_windowed + prefix_windowed;
+    prop_assert_eq!(windowed + (prefix_dead + second.dead_letters().len()) as u64, case.inputs.len() as u64);
     Ok(())
 }
 
@@ -864,22 +813,22 @@ fn second_snapshot_forgets_a_dropped_session() {
         |off: u64, k: u8, ts: i64| Record::new((k, ts, 1i64), 0).with_position(SourcePosition::new(0, off));
     let assigned = Signal::PartitionsAssigned(vec![0]);
 
-    let mut first = Driver::new(chain(kind, 0, 0));
+    let mut first = OperatorHarness::new(chain(kind, 0, 0));
     first.signal(&assigned);
     let mut state = MemoryStateBackend::new();
-    first.batch(vec![rec(0, 0, 0)]);
-    first.op.snapshot_state(&mut state).unwrap();
-    first.batch(vec![rec(1, 1, 20)]);
-    first.op.snapshot_state(&mut state).unwrap();
-    let emitted_before = first.rows.len();
-    assert_eq!(show(&first.rows), "k0[0,10)=(1,1)#0!");
+    first.process(vec![rec(0, 0, 0)]);
+    first.snapshot(&mut state).unwrap();
+    first.process(vec![rec(1, 1, 20)]);
+    first.snapshot(&mut state).unwrap();
+    let emitted_before = first.payloads().len();
+    assert_eq!(show(&first.payloads()), "k0[0,10)=(1,1)#0!");
     first.finish(&[0]);
 
-    let mut second = Driver::new(chain(kind, 0, 0));
-    second.op.restore_state(&state).unwrap();
+    let mut second = OperatorHarness::new(chain(kind, 0, 0));
+    second.restore(&state).unwrap();
     second.signal(&assigned);
     second.finish(&[0]);
-    assert_eq!(show(&second.rows), show(&first.rows[emitted_before..]), "state: {state:?}");
+    assert_eq!(show(&second.payloads()), show(&first.payloads()[emitted_before..]), "state: {state:?}");
 }
 
 /// A session that fired, then grew through a late record (its update waits for the watermark to
@@ -898,33 +847,33 @@ fn restored_session_update_fires_on_time() {
     let rest = [rec(3, 1, 30)];
     let assigned = Signal::PartitionsAssigned(vec![0]);
 
-    let mut first = Driver::new(chain(kind, 100, 0));
+    let mut first = OperatorHarness::new(chain(kind, 100, 0));
     first.signal(&assigned);
     for r in &prefix {
-        first.batch(vec![r.clone()]);
+        first.process(vec![r.clone()]);
     }
     let mut state = MemoryStateBackend::new();
-    first.op.snapshot_state(&mut state).unwrap();
-    let emitted_before = first.rows.len();
+    first.snapshot(&mut state).unwrap();
+    let emitted_before = first.payloads().len();
     for r in &rest {
-        first.batch(vec![r.clone()]);
+        first.process(vec![r.clone()]);
     }
-    let after_rest = first.rows.len();
+    let after_rest = first.payloads().len();
     first.finish(&[0]);
     assert!(
-        show(&first.rows[emitted_before..after_rest]).contains("k0[0,18)=(2,2)#1"),
+        show(&first.payloads()[emitted_before..after_rest]).contains("k0[0,18)=(2,2)#1"),
         "{}",
-        show(&first.rows)
+        show(&first.payloads())
     );
 
-    let mut second = Driver::new(chain(kind, 100, 0));
-    second.op.restore_state(&state).unwrap();
+    let mut second = OperatorHarness::new(chain(kind, 100, 0));
+    second.restore(&state).unwrap();
     second.signal(&assigned);
     for r in &rest {
-        second.batch(vec![r.clone()]);
+        second.process(vec![r.clone()]);
     }
     second.finish(&[0]);
-    assert_eq!(show(&second.rows), show(&first.rows[emitted_before..]));
+    assert_eq!(show(&second.payloads()), show(&first.payloads()[emitted_before..]));
 }
 
 /// With late data, a restored job must dead-letter the same records as an uninterrupted one.
@@ -945,37 +894,37 @@ fn restore_does_not_change_which_records_are_late() {
     let partitions = vec![0, 1];
     let assigned = Signal::PartitionsAssigned(partitions.clone());
 
-    let mut reference = Driver::new(chain(kind, 0, 0));
+    let mut reference = OperatorHarness::new(chain(kind, 0, 0));
     reference.signal(&assigned);
     for b in prefix.iter().chain(&rest) {
-        reference.batch(b.clone());
+        reference.process(b.clone());
     }
     reference.finish(&partitions);
-    assert_eq!(reference.dead.len(), 1, "p0@245 is late in the uninterrupted run");
+    assert_eq!(reference.dead_letters().len(), 1, "p0@245 is late in the uninterrupted run");
 
-    let mut first = Driver::new(chain(kind, 0, 0));
+    let mut first = OperatorHarness::new(chain(kind, 0, 0));
     first.signal(&assigned);
     for b in &prefix {
-        first.batch(b.clone());
+        first.process(b.clone());
     }
     let mut state = MemoryStateBackend::new();
-    first.op.snapshot_state(&mut state).unwrap();
-    let mut second = Driver::new(chain(kind, 0, 0));
-    second.op.restore_state(&state).unwrap();
+    first.snapshot(&mut state).unwrap();
+    let mut second = OperatorHarness::new(chain(kind, 0, 0));
+    second.restore(&state).unwrap();
     second.signal(&assigned);
     for b in &rest {
-        second.batch(b.clone());
+        second.process(b.clone());
     }
     second.finish(&partitions);
 
-    let mut rows = first.rows.clone();
-    rows.extend(second.rows.iter().cloned());
-    let mut dead = first.dead.clone();
-    dead.extend(second.dead.iter().cloned());
+    let mut rows = first.payloads();
+    rows.extend(second.payloads());
+    let mut dead = first.dead_letters().to_vec();
+    dead.extend(second.dead_letters().iter().cloned());
     assert_eq!(
         dead.iter().map(|d| d.position).collect::<Vec<_>>(),
-        reference.dead.iter().map(|d| d.position).collect::<Vec<_>>(),
+        reference.dead_letters().iter().map(|d| d.position).collect::<Vec<_>>(),
         "the restored run dead-letters different records"
     );
-    assert_eq!(final_values(&rows), final_values(&reference.rows));
+    assert_eq!(final_values(&rows), final_values(&reference.payloads()));
 }

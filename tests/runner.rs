@@ -2,7 +2,7 @@
 //! idleness with a manual clock, and failing sinks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::path::Path;
@@ -14,6 +14,7 @@ use bytes::Bytes;
 use ferroflow::operator::ProcessOutput;
 use ferroflow::sink::{CollectSink, JsonLinesSink, Sink};
 use ferroflow::source::{JsonLinesSource, MemorySource, Source, SourceBatch, SourceEvent};
+use ferroflow::testing::ScriptedSource;
 use ferroflow::time::{ManualClock, Watermark, WatermarkStrategy};
 use ferroflow::window::{Count, WindowResult, WindowSpec};
 use ferroflow::{
@@ -485,29 +486,6 @@ async fn file_sinks_hold_every_row_and_dead_letter_when_run_returns() {
 // (e) Idleness through the runner, with a manual clock.
 // ---------------------------------------------------------------------------------------------
 
-enum Step<T> {
-    Emit(SourceEvent<T>),
-    /// Wait until the test says go.
-    Wait(Arc<Notify>),
-}
-
-/// Plays a script of events and waits; ends after the last step.
-struct ScriptedSource<T> {
-    steps: VecDeque<Step<T>>,
-}
-
-impl<T: Send + 'static> Source<T> for ScriptedSource<T> {
-    async fn next_event(&mut self) -> Result<Option<SourceEvent<T>>, SourceError> {
-        loop {
-            match self.steps.pop_front() {
-                Some(Step::Emit(ev)) => return Ok(Some(ev)),
-                Some(Step::Wait(n)) => n.notified().await,
-                None => return Ok(None),
-            }
-        }
-    }
-}
-
 fn batch_of(partition: u32, first_offset: u64, times: &[i64]) -> SourceEvent<i64> {
     let records = times
         .iter()
@@ -524,15 +502,12 @@ async fn idle_partition_stops_holding_the_watermark() {
     let clock = ManualClock::new(0);
     let (go, end) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let first: Vec<i64> = (1..=9).map(|i| i * 1_000).chain([15_000]).collect();
-    let source = ScriptedSource {
-        steps: VecDeque::from(vec![
-            Step::Emit(SourceEvent::PartitionsAssigned(vec![0, 1])),
-            Step::Emit(batch_of(0, 0, &first)),
-            Step::Wait(Arc::clone(&go)),
-            Step::Emit(batch_of(0, first.len() as u64, &[16_000])),
-            Step::Wait(Arc::clone(&end)),
-        ]),
-    };
+    let source = ScriptedSource::new()
+        .assign(vec![0, 1])
+        .emit(batch_of(0, 0, &first))
+        .wait(&go)
+        .emit(batch_of(0, first.len() as u64, &[16_000]))
+        .wait(&end);
     let stream = Stream::<i64>::new()
         .assign_timestamps(
             |t: &i64| *t,
@@ -647,13 +622,8 @@ async fn failing_sink_fails_an_unbounded_job() {
 /// An unbounded source that has nothing more to deliver after its first batch (a quiet topic).
 #[tokio::test]
 async fn failing_sink_fails_the_job_even_when_the_source_goes_quiet() {
-    let source = ScriptedSource {
-        steps: VecDeque::from(vec![
-            Step::Emit(SourceEvent::PartitionsAssigned(vec![0])),
-            Step::Emit(batch_of(0, 0, &[1, 2, 3])),
-            Step::Wait(Arc::new(Notify::new())), // never notified
-        ]),
-    };
+    let source =
+        ScriptedSource::new().assign(vec![0]).emit(batch_of(0, 0, &[1, 2, 3])).wait(&Arc::new(Notify::new())); // never notified
     let mut runner = Runner::new(RunnerConfig {
         channel_capacity: 2,
         tick_interval: Duration::from_millis(10),
@@ -671,7 +641,7 @@ async fn failing_sink_fails_the_job_even_when_the_source_goes_quiet() {
 #[tokio::test]
 async fn failing_dead_letter_sink_fails_the_job() {
     let source = MemorySource::new((0..100i64).map(|i| Record::new(i, i)).collect()).with_batch_size(10);
-    let stream = Stream::<i64>::new().ok_err(|x: &i64| {
+    let stream = Stream::<i64>::new().try_map(|x: &i64| {
         if x % 7 == 0 { Err(ferroflow::Rejection::contract("multiple of 7")) } else { Ok(*x) }
     });
     let mut runner = Runner::new(RunnerConfig { channel_capacity: 2, ..RunnerConfig::default() });
@@ -764,8 +734,12 @@ async fn every_step_of_the_chain_reports_records_in_and_out() {
     )
     .await
     .unwrap();
-    let steps: Vec<(&str, u64, u64)> =
-        report.counters.operators.iter().map(|o| (o.name, o.records_in, o.records_out)).collect();
+    let steps: Vec<(&str, u64, u64)> = report
+        .counters
+        .operators
+        .iter()
+        .map(|o| (o.name, o.records.records_in, o.records.records_out))
+        .collect();
     // 10 in, the 5 even ones pass the filter, two 5 ms windows hold them: two result rows.
     assert_eq!(
         steps,

@@ -1,5 +1,8 @@
 //! [`ClickHouseSink`]: buffers rows, inserts them in RowBinary chunks, retries transient failures
 //! forever and isolates rows the server refuses.
+//!
+//! About half of this file is its unit tests; the sink itself is one type whose parts (buffer,
+//! chunked insert, split-and-retry) share its state, so they stay together.
 
 use std::fmt;
 use std::sync::Arc;

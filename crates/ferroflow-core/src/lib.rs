@@ -38,12 +38,14 @@ pub mod sink;
 pub mod source;
 pub mod state;
 mod stream;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod window;
 
 pub use dead_letter::{DeadLetter, DeadLetterReason, OriginalBytes, Rejection};
 pub use error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, SourceError, StateError};
-pub use metrics::{CountersSnapshot, JobCounters, LocalCounters, OperatorCount, PartitionStatus};
+pub use metrics::{CountersSnapshot, JobCounters, LocalCounters, OperatorCount, PartitionStatus, StepCount};
 pub use operator::{Context, Operator, Signal};
 pub use record::{Key, PartitionId, Record, SourcePosition, Timestamp};
 pub use runtime::{JobBuilder, JobReport, Runner, RunnerBuilder, RunnerConfig, ShutdownHandle};

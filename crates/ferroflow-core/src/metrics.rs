@@ -94,17 +94,28 @@ struct Shared {
     state: std::sync::Mutex<Option<crate::state::StateStats>>,
 }
 
-/// Records in and out of one step of the job's operator chain.
+/// Records that entered and left one step of a chain.
+///
+/// A filter's `records_in - records_out` is what it dropped; a window's `records_out` counts result
+/// rows, not records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StepCount {
+    /// Records handed to the step.
+    pub records_in: u64,
+    /// Records the step passed on (results, for a window).
+    pub records_out: u64,
+}
+
+/// Records in and out of one step of the job's operator chain, with the step's place and name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OperatorCount {
     /// Position in the chain, from 0 (the source input).
     pub index: usize,
     /// The operator's name (`filter`, `dedup`, `window`, …).
     pub name: &'static str,
-    /// Records handed to it.
-    pub records_in: u64,
-    /// Records it passed on (result rows, for a window).
-    pub records_out: u64,
+    /// What went in and out.
+    #[serde(flatten)]
+    pub records: StepCount,
 }
 
 /// Checkpoint durations kept for exporters that build histograms (they read them at least this
@@ -206,23 +217,23 @@ impl JobCounters {
             *ops = names
                 .iter()
                 .enumerate()
-                .map(|(index, name)| OperatorCount { index, name, records_in: 0, records_out: 0 })
+                .map(|(index, name)| OperatorCount { index, name, records: StepCount::default() })
                 .collect();
         }
     }
 
     /// Adds a batch's per-step counts and zeroes them in place (no allocation per batch).
-    pub fn absorb_steps(&self, steps: &mut [crate::operator::StepCount]) {
+    pub fn absorb_steps(&self, steps: &mut [StepCount]) {
         if steps.iter().all(|s| s.records_in == 0 && s.records_out == 0) {
             return;
         }
         if let Ok(mut ops) = self.inner.operators.lock() {
             for (i, step) in steps.iter_mut().enumerate() {
                 if let Some(op) = ops.get_mut(i) {
-                    op.records_in += step.records_in;
-                    op.records_out += step.records_out;
+                    op.records.records_in += step.records_in;
+                    op.records.records_out += step.records_out;
                 }
-                *step = crate::operator::StepCount::default();
+                *step = StepCount::default();
             }
         }
     }

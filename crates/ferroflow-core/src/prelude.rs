@@ -1,7 +1,8 @@
 //! Everything a job needs, in one import: `use ferroflow::prelude::*;`.
 //!
 //! The stream builder, records and keys, event time, window specs and the built-in aggregators,
-//! the built-in sources and sinks, the runner and its builders, dead letters and the errors.
+//! the built-in sources and sinks, the runner and its builders, dead letters, the errors, and
+//! `std::time::Duration` (every window and watermark setting takes one).
 //!
 //! # Examples
 //! ```
@@ -9,6 +10,8 @@
 //! let job = Stream::<i64>::new().filter(|x| *x > 0);
 //! # let _ = job;
 //! ```
+
+pub use std::time::Duration;
 
 pub use crate::dead_letter::{DeadLetter, DeadLetterReason, OriginalBytes, Rejection};
 pub use crate::error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, SourceError};

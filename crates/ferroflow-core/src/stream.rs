@@ -2,8 +2,8 @@
 
 use crate::dead_letter::{OriginalBytes, Rejection};
 use crate::operator::{
-    AssignTimestamps, Chain, Dedup, Filter, FlatMap, KeyBy, Map, OkErr, Operator, Process, ProcessOutput,
-    SourceInput, StatefulOperator,
+    AssignTimestamps, Chain, Dedup, Filter, FlatMap, KeyBy, Map, Operator, Process, ProcessOutput,
+    SourceInput, StatefulOperator, TryMap,
 };
 use crate::record::{Key, Record, Timestamp};
 use crate::time::WatermarkStrategy;
@@ -13,7 +13,7 @@ use crate::window::{Aggregator, WindowOperator, WindowSpec};
 pub type DecodeFn<T, U> = fn(&T) -> Result<U, Rejection>;
 
 /// The step [`Stream::decode_json`] appends.
-pub type DecodeJson<T, U> = OkErr<T, U, Rejection, DecodeFn<T, U>>;
+pub type DecodeJson<T, U> = TryMap<T, U, Rejection, DecodeFn<T, U>>;
 
 fn decode_json_payload<T: AsRef<[u8]>, U: serde::de::DeserializeOwned>(b: &T) -> Result<U, Rejection> {
     serde_json::from_slice::<U>(b.as_ref()).map_err(|e| Rejection::decode(e.to_string()))
@@ -106,15 +106,16 @@ impl<Op: Operator> Stream<Op::In, Op> {
         self.then(KeyBy::new(f))
     }
 
-    /// Splits on `f`'s result: `Ok` continues, `Err` becomes a dead letter. See [`OkErr`].
-    pub fn ok_err<U, E, F>(self, f: F) -> Then<Op, OkErr<Op::Out, U, E, F>>
+    /// Maps with a fallible `f`: `Ok(u)` continues as the payload, `Err(e)` goes to the dead letters
+    /// with `e`'s reason, the record's position and its original bytes. See [`TryMap`].
+    pub fn try_map<U, E, F>(self, f: F) -> Then<Op, TryMap<Op::Out, U, E, F>>
     where
         Op::Out: OriginalBytes,
         U: Send + 'static,
         E: Into<Rejection> + 'static,
         F: FnMut(&Op::Out) -> Result<U, E> + Send + 'static,
     {
-        self.then(OkErr::new(f))
+        self.then(TryMap::new(f))
     }
 
     /// Decodes JSON payloads into `U`; undecodable ones become `decode_error` dead letters.
@@ -123,7 +124,7 @@ impl<Op: Operator> Stream<Op::In, Op> {
         Op::Out: OriginalBytes + AsRef<[u8]>,
         U: serde::de::DeserializeOwned + Send + 'static,
     {
-        self.ok_err(decode_json_payload::<Op::Out, U> as DecodeFn<Op::Out, U>)
+        self.try_map(decode_json_payload::<Op::Out, U> as DecodeFn<Op::Out, U>)
     }
 
     /// The general step: any number of outputs per record, or a rejection. See [`Process`].

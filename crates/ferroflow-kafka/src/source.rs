@@ -11,6 +11,9 @@
 //! Backpressure: when the job's channel is full the thread stops taking messages once its next
 //! batch is full, and waits; the broker keeps the backlog, memory holds at most two batches plus
 //! librdkafka's bounded prefetch queue (see `Poller::deliver`).
+//!
+//! Kept in one file past 500 lines: the poll thread, the rebalance callbacks and the `Source`
+//! impl share the same small state (positions, the pending batch) and its locking.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

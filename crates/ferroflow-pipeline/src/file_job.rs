@@ -85,7 +85,7 @@ pub async fn run(config: &FileJobConfig, runner: Option<Runner>) -> anyhow::Resu
         None => self::runner(config)?,
     };
     let stream = Stream::<Bytes>::new()
-        .ok_err(Event::decode)
+        .try_map(Event::decode)
         .assign_timestamps(
             |e: &Event| e.ts,
             WatermarkStrategy::bounded_out_of_orderness(config.out_of_orderness),

@@ -10,6 +10,9 @@
 //! | window | events later than the allowed lateness | `late_event` dead letter |
 //!
 //! Every other event is aggregated; `in = windowed + filtered + deduplicated + dead-lettered`.
+//!
+//! Past 500 lines because it is the whole job in one place: its rows, its sinks, how it is
+//! connected and how it runs, each short; reading the job should not need five files.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -285,7 +288,7 @@ impl TaskSpec {
         let (drop_prefixes, drop_types) = (self.drop_prefixes.clone(), self.drop_types.clone());
         let key_field = self.key_field;
         Stream::<Bytes>::new()
-            .ok_err(move |b: &Bytes| Event::decode_checked(b, &contract, &contract_stats))
+            .try_map(move |b: &Bytes| Event::decode_checked(b, &contract, &contract_stats))
             .filter(move |e: &Event| {
                 !drop_types.contains(&e.event_type)
                     && !drop_prefixes.iter().any(|p| e.user_id.starts_with(p.as_str()))

@@ -1,4 +1,7 @@
 //! `ferroflow-pipeline`: runs ferroflow jobs and inspects their checkpoints.
+//!
+//! Longer than most files on purpose: it is the command line, one `clap` struct and one small
+//! handler per subcommand (`run`, `file`, `demo`, `checkpoints`); the work itself lives in the library.
 #![allow(clippy::print_stdout)]
 
 use std::path::PathBuf;

@@ -411,8 +411,8 @@ impl PipelineMetrics {
         for op in &s.operators {
             let labels = [op.index.to_string(), op.name.to_owned()];
             let labels = [labels[0].as_str(), labels[1].as_str()];
-            set(&m.operator_in.with_label_values(&labels), op.records_in);
-            set(&m.operator_out.with_label_values(&labels), op.records_out);
+            set(&m.operator_in.with_label_values(&labels), op.records.records_in);
+            set(&m.operator_out.with_label_values(&labels), op.records.records_out);
         }
         if let Some(st) = s.state {
             let gauge = |figure: &str, v: u64| m.state.with_label_values(&[figure]).set(v as i64);

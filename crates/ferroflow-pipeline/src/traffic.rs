@@ -11,7 +11,26 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::demo::Rng;
+/// SplitMix64: deterministic and dependency-free, enough for demo and test traffic.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next pseudo-random number.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
 
 /// Event types the generator uses.
 pub const EVENT_TYPES: [&str; 5] = ["purchase", "view", "add_to_cart", "refund", "search"];

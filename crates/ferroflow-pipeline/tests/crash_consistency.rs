@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferroflow_pipeline::demo::Rng;
+use ferroflow_pipeline::traffic::Rng;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferroflow-pipeline");
 

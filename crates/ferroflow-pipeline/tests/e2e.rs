@@ -141,7 +141,7 @@ fn clickhouse_is_exact_after_repeated_sigkills() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
     });
     eprintln!("KILL_SEED={seed}");
-    let mut rng = ferroflow_pipeline::demo::Rng(seed);
+    let mut rng = ferroflow_pipeline::traffic::Rng(seed);
     // KILLS=n narrows a failure down (0: the same run without crashes).
     let max_kills: usize = std::env::var("KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
     let min_kills = max_kills.min(5);

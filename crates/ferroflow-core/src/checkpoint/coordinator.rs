@@ -1,4 +1,8 @@
 //! Takes checkpoints and savepoints, restores them, and garbage-collects old files.
+//!
+//! One file because the three share one invariant (a manifest never names a deleted file) and the
+//! coordinator's caches (next id, known shared files, read manifests); splitting them would spread
+//! that invariant over several files.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -15,9 +15,9 @@ mod filter;
 mod flat_map;
 mod key_by;
 mod map;
-mod ok_err;
 mod process;
 mod source_input;
+mod try_map;
 
 pub use assign_timestamps::AssignTimestamps;
 pub use chain::Chain;
@@ -26,13 +26,13 @@ pub use filter::Filter;
 pub use flat_map::FlatMap;
 pub use key_by::KeyBy;
 pub use map::Map;
-pub use ok_err::OkErr;
 pub use process::{Process, ProcessOutput};
 pub use source_input::SourceInput;
+pub use try_map::TryMap;
 
 use crate::dead_letter::DeadLetter;
 use crate::error::StateError;
-use crate::metrics::LocalCounters;
+use crate::metrics::{LocalCounters, StepCount};
 use crate::record::{PartitionId, Record, Timestamp};
 use crate::state::StateBackend;
 use crate::time::Watermark;
@@ -202,18 +202,6 @@ impl Context {
         self.counting = prev;
         r
     }
-}
-
-/// Records that entered and left one step of a chain.
-///
-/// A filter's `records_in - records_out` is what it dropped; a window's `records_out` counts result
-/// rows, not records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct StepCount {
-    /// Records handed to the step.
-    pub records_in: u64,
-    /// Records the step passed on (results, for a window).
-    pub records_out: u64,
 }
 
 /// One step of a job, run batch-at-a-time inside a chain.

@@ -46,6 +46,13 @@ impl<T> CollectSink<T> {
         Self::default()
     }
 
+    /// An empty sink and a handle to read what it collects.
+    pub fn with_handle() -> (Self, Collected<T>) {
+        let sink = Self::new();
+        let handle = sink.handle();
+        (sink, handle)
+    }
+
     /// A handle to read the items later (after the sink moved into the runner).
     pub fn handle(&self) -> Collected<T> {
         Collected { items: Arc::clone(&self.items) }

@@ -78,7 +78,7 @@ impl<T: serde::de::DeserializeOwned + Send + 'static> JsonLinesSource<T> {
 }
 
 impl JsonLinesSource<Bytes> {
-    /// Reads `paths` and hands each line on as raw bytes (decode later, e.g. with `ok_err`).
+    /// Reads `paths` and hands each line on as raw bytes (decode later, e.g. with `try_map`).
     pub fn raw<P: AsRef<Path>>(paths: impl IntoIterator<Item = P>) -> Self {
         Self::with_decoder(paths, |b| Ok(b.clone()))
     }

@@ -32,6 +32,25 @@ impl<T: Send + 'static> MemorySource<T> {
         Self::build(records, 1024)
     }
 
+    /// A source over `payloads` as one partition (0), at offsets 0, 1, 2, … in order and with
+    /// event time 0 (set it with [`Stream::assign_timestamps`](crate::Stream::assign_timestamps)).
+    /// The offsets let a job that checkpoints resume where it stopped.
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_core::source::MemorySource;
+    /// let source = MemorySource::of(["a", "b"]);
+    /// # let _ = source;
+    /// ```
+    pub fn of(payloads: impl IntoIterator<Item = T>) -> Self {
+        let records = payloads
+            .into_iter()
+            .zip(0u64..)
+            .map(|(p, offset)| Record::new(p, 0).with_position(crate::record::SourcePosition::new(0, offset)))
+            .collect();
+        Self::new(records)
+    }
+
     /// Re-batches the records into batches of at most `batch_size` (at least 1).
     pub fn with_batch_size(self, batch_size: usize) -> Self {
         let mut records = Vec::new();

@@ -146,6 +146,7 @@ impl RocksDb {
 
 impl super::StateBackendSpec for RocksDb {
     fn open_backend(self) -> Result<Box<dyn StateBackend>, StateError> {
+        std::fs::create_dir_all(&self.path).map_err(|e| StateError::io(&self.path, e))?;
         Ok(Box::new(RocksDbStateBackend::open(self.path, self.options)?))
     }
 }

@@ -7,7 +7,7 @@ use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::Aggregator;
-use super::operator::{Emitter, late_detail, next_revision};
+use super::common::{Emitter, WindowState, corrupt, late_detail, next_revision, ordered, unordered};
 use super::spec::Window;
 use crate::error::StateError;
 use crate::record::{Key, Record, Timestamp};
@@ -66,19 +66,21 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
         }
     }
 
-    pub fn watermark(&self) -> Timestamp {
-        self.watermark
-    }
-
     /// True when a window ending at `end` has been cleaned up (or will be, at this watermark).
     #[inline]
     fn expired(&self, end: Timestamp) -> bool {
         end.saturating_sub(1).saturating_add(self.lateness) <= self.watermark
     }
+}
+
+impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for AlignedWindows<Acc> {
+    fn watermark(&self) -> Timestamp {
+        self.watermark
+    }
 
     /// Adds a record to each of its windows that is still open; returns `Err(detail)` when none is.
     #[inline]
-    pub fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), String> {
+    fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), String> {
         let ts = record.event_time;
         let last_start = ts - ts.rem_euclid(self.slide);
         let mut start = last_start;
@@ -132,11 +134,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
     }
 
     /// Emits updated rows for fired windows that late records changed in this batch.
-    pub fn flush_updates<A: Aggregator<T, Acc = Acc>, T>(
-        &mut self,
-        agg: &A,
-        out: &mut Emitter<'_, A::Output>,
-    ) {
+    fn flush_updates<A: Aggregator<T, Acc = Acc>, T>(&mut self, agg: &A, out: &mut Emitter<'_, A::Output>) {
         if self.dirty.is_empty() {
             return;
         }
@@ -153,7 +151,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
     }
 
     /// Fires windows the watermark has passed and drops those past their allowed lateness.
-    pub fn on_watermark<A: Aggregator<T, Acc = Acc>, T>(
+    fn on_watermark<A: Aggregator<T, Acc = Acc>, T>(
         &mut self,
         agg: &A,
         watermark: Timestamp,
@@ -192,13 +190,13 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
         }
     }
 
-    pub fn open_windows(&self) -> usize {
+    fn open_windows(&self) -> usize {
         self.windows.len()
     }
 
     /// Writes what changed since the last snapshot: dropped windows are deleted, changed keys
     /// rewritten. Unchanged state is not touched, so incremental checkpoints stay small.
-    pub fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
+    fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
         state.put(ns, META_KEY, &self.watermark.to_be_bytes())?;
         let mut key_buf = Vec::with_capacity(64);
         for w in self.dropped.drain(..) {
@@ -231,7 +229,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
         Ok(())
     }
 
-    pub fn restore(&mut self, ns: &str, state: &dyn StateBackend) -> Result<(), StateError> {
+    fn restore(&mut self, ns: &str, state: &dyn StateBackend) -> Result<(), StateError> {
         self.windows.clear();
         self.dirty.clear();
         self.dropped.clear();
@@ -269,18 +267,3 @@ fn window_prefix(buf: &mut Vec<u8>, w: Window) {
 
 const META_KEY: &[u8] = b"\x00meta";
 const ENTRY_TAG: u8 = 1;
-
-/// Big-endian with the sign bit flipped, so byte order equals numeric order.
-pub(super) fn ordered(v: i64) -> [u8; 8] {
-    ((v as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-pub(super) fn unordered(b: &[u8]) -> i64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    (u64::from_be_bytes(a) ^ (1 << 63)) as i64
-}
-
-pub(super) fn corrupt(what: &str) -> StateError {
-    StateError::Corrupt { what: what.to_owned() }
-}

@@ -15,6 +15,7 @@
 
 mod aggregate;
 mod aligned;
+mod common;
 mod operator;
 mod result;
 mod session;

@@ -3,62 +3,67 @@
 
 use super::aggregate::Aggregator;
 use super::aligned::AlignedWindows;
+use super::common::{Emitter, WindowState};
 use super::result::WindowResult;
 use super::session::SessionWindows;
-use super::spec::{Window, WindowKind, WindowSpec};
+use super::spec::{WindowKind, WindowSpec};
 use crate::dead_letter::{DeadLetter, DeadLetterReason, OriginalBytes};
 use crate::error::StateError;
 use crate::operator::{Context, Operator};
-use crate::record::{Key, Record, SourcePosition, Timestamp};
+use crate::record::{Record, Timestamp};
 use crate::state::StateBackend;
 use crate::time::Watermark;
-
-/// Pushes window rows as records (event time = the window's last millisecond).
-pub(super) struct Emitter<'a, V> {
-    out: &'a mut Vec<Record<WindowResult<V>>>,
-    emitted: u64,
-    /// The latest window end emitted.
-    newest_end: Option<Timestamp>,
-}
-
-impl<V> Emitter<'_, V> {
-    pub fn emit(&mut self, key: Key, window: Window, value: V, revision: u32, is_final: bool) {
-        self.emitted += 1;
-        self.newest_end = Some(self.newest_end.map_or(window.end, |e| e.max(window.end)));
-        self.out.push(Record {
-            key: key.clone(),
-            event_time: window.max_timestamp(),
-            position: SourcePosition::default(),
-            payload: WindowResult {
-                key,
-                window_start: window.start,
-                window_end: window.end,
-                value,
-                revision,
-                is_final,
-            },
-        });
-    }
-}
-
-/// The revision of the next emission of a row last emitted as `emitted`, recorded as emitted.
-pub(super) fn next_revision(emitted: &mut Option<u32>) -> u32 {
-    let revision = emitted.map_or(0, |r| r + 1);
-    *emitted = Some(revision);
-    revision
-}
-
-pub(super) fn late_detail(ts: Timestamp, watermark: Timestamp, lateness: i64, window: Window) -> String {
-    format!(
-        "event time {ts} is too late: watermark {watermark} has passed the end of window [{}, {}) \
-         plus allowed lateness {lateness} ms",
-        window.start, window.end
-    )
-}
 
 enum Windows<Acc> {
     Aligned(AlignedWindows<Acc>),
     Session(SessionWindows<Acc>),
+}
+
+/// Runs `$call` on whichever kind of windows `$windows` holds (static dispatch, no vtable on the
+/// per-record path).
+macro_rules! each_kind {
+    ($windows:expr, $w:ident => $call:expr) => {
+        match $windows {
+            Windows::Aligned($w) => $call,
+            Windows::Session($w) => $call,
+        }
+    };
+}
+
+impl<Acc: Clone + serde::Serialize + serde::de::DeserializeOwned> WindowState<Acc> for Windows<Acc> {
+    fn watermark(&self) -> Timestamp {
+        each_kind!(self, w => w.watermark())
+    }
+
+    #[inline]
+    fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), String> {
+        each_kind!(self, w => w.add(agg, record))
+    }
+
+    fn flush_updates<A: Aggregator<T, Acc = Acc>, T>(&mut self, agg: &A, out: &mut Emitter<'_, A::Output>) {
+        each_kind!(self, w => w.flush_updates(agg, out))
+    }
+
+    fn on_watermark<A: Aggregator<T, Acc = Acc>, T>(
+        &mut self,
+        agg: &A,
+        watermark: Timestamp,
+        out: &mut Emitter<'_, A::Output>,
+    ) {
+        each_kind!(self, w => w.on_watermark(agg, watermark, out))
+    }
+
+    fn open_windows(&self) -> usize {
+        each_kind!(self, w => w.open_windows())
+    }
+
+    fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
+        each_kind!(self, w => w.snapshot(ns, state))
+    }
+
+    fn restore(&mut self, ns: &str, state: &dyn StateBackend) -> Result<(), StateError> {
+        each_kind!(self, w => w.restore(ns, state))
+    }
 }
 
 /// Keyed event-time windows with an incremental aggregator and allowed lateness.
@@ -124,18 +129,12 @@ impl<T, A: Aggregator<T>> WindowOperator<T, A> {
 
     /// Number of windows currently held in state (per key for sessions).
     pub fn open_windows(&self) -> usize {
-        match &self.windows {
-            Windows::Aligned(w) => w.open_windows(),
-            Windows::Session(w) => w.open_windows(),
-        }
+        self.windows.open_windows()
     }
 
     /// The last watermark this operator saw.
     pub fn watermark(&self) -> Timestamp {
-        match &self.windows {
-            Windows::Aligned(w) => w.watermark(),
-            Windows::Session(w) => w.watermark(),
-        }
+        self.windows.watermark()
     }
 }
 
@@ -165,10 +164,7 @@ where
     ) {
         let mut accepted = 0u64;
         for r in input.drain(..) {
-            let res = match &mut self.windows {
-                Windows::Aligned(w) => w.add(&self.agg, &r),
-                Windows::Session(w) => w.add(&self.agg, &r),
-            };
+            let res = self.windows.add(&self.agg, &r);
             match res {
                 Ok(()) => accepted += 1,
                 Err(detail) => ctx.dead_letter(
@@ -184,10 +180,7 @@ where
         }
         ctx.count_windowed(accepted);
         let mut em = Emitter { out, emitted: 0, newest_end: None };
-        match &mut self.windows {
-            Windows::Aligned(w) => w.flush_updates(&self.agg, &mut em),
-            Windows::Session(w) => w.flush_updates(&self.agg, &mut em),
-        }
+        self.windows.flush_updates(&self.agg, &mut em);
         ctx.count_window_rows(em.emitted);
         if let Some(end) = em.newest_end {
             ctx.note_window_emitted(end);
@@ -201,10 +194,7 @@ where
         out: &mut Vec<Record<WindowResult<A::Output>>>,
     ) {
         let mut em = Emitter { out, emitted: 0, newest_end: None };
-        match &mut self.windows {
-            Windows::Aligned(w) => w.on_watermark(&self.agg, watermark.0, &mut em),
-            Windows::Session(w) => w.on_watermark(&self.agg, watermark.0, &mut em),
-        }
+        self.windows.on_watermark(&self.agg, watermark.0, &mut em);
         ctx.count_window_rows(em.emitted);
         if let Some(end) = em.newest_end {
             ctx.note_window_emitted(end);
@@ -216,17 +206,11 @@ where
     }
 
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
-        match &mut self.windows {
-            Windows::Aligned(w) => w.snapshot(&self.uid, state),
-            Windows::Session(w) => w.snapshot(&self.uid, state),
-        }
+        self.windows.snapshot(&self.uid, state)
     }
 
     fn restore_state(&mut self, state: &dyn StateBackend) -> Result<(), StateError> {
-        match &mut self.windows {
-            Windows::Aligned(w) => w.restore(&self.uid, state),
-            Windows::Session(w) => w.restore(&self.uid, state),
-        }
+        self.windows.restore(&self.uid, state)
     }
 
     fn consumes_records(&self) -> bool {

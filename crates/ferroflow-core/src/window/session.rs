@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::aggregate::Aggregator;
-use super::aligned::{corrupt, ordered, unordered};
-use super::operator::{Emitter, late_detail, next_revision};
+use super::common::{Emitter, WindowState, corrupt, late_detail, next_revision, ordered, unordered};
 use super::spec::Window;
 use crate::error::StateError;
 use crate::record::{Key, Record, Timestamp};
@@ -65,11 +64,69 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         }
     }
 
-    pub fn watermark(&self) -> Timestamp {
+    /// Emits the session of `key` ending at `end` if it was never emitted or changed since; drops it
+    /// at once if it is also past its allowed lateness, else schedules its cleanup.
+    fn fire_session<A: Aggregator<T, Acc = Acc>, T>(
+        &mut self,
+        agg: &A,
+        (end, key): (Timestamp, Key),
+        out: &mut Emitter<'_, A::Output>,
+    ) {
+        self.unsaved.insert(key.clone());
+        let Some(list) = self.sessions.get_mut(&key) else { return };
+        let Some(s) = list.iter_mut().find(|s| s.end == end) else { return };
+        let expire = end.saturating_add(self.lateness) <= self.watermark;
+        if s.emitted.is_none() || s.changed {
+            s.changed = false;
+            let revision = next_revision(&mut s.emitted);
+            out.emit(
+                key.clone(),
+                Window { start: s.start, end: s.end },
+                agg.result(&s.acc),
+                revision,
+                expire,
+            );
+            if expire {
+                self.remove_session(&key, end);
+                return;
+            }
+        }
+        self.cleanup_timers.insert((end, key));
+    }
+
+    /// Removes the session of `key` ending at `end`, and the key once it has no session left.
+    fn remove_session(&mut self, key: &Key, end: Timestamp) -> Option<Session<Acc>> {
+        let list = self.sessions.get_mut(key)?;
+        let idx = list.iter().position(|s| s.end == end)?;
+        let s = list.remove(idx);
+        if list.is_empty() {
+            self.sessions.remove(key);
+        }
+        Some(s)
+    }
+
+    /// Drops the session of `key` ending at `end` (past its allowed lateness), marking its last value
+    /// final.
+    fn drop_session<A: Aggregator<T, Acc = Acc>, T>(
+        &mut self,
+        agg: &A,
+        (end, key): (Timestamp, Key),
+        out: &mut Emitter<'_, A::Output>,
+    ) {
+        self.unsaved.insert(key.clone());
+        let Some(s) = self.remove_session(&key, end) else { return };
+        if let Some(r) = s.emitted {
+            out.emit(key, Window { start: s.start, end: s.end }, agg.result(&s.acc), r + 1, true);
+        }
+    }
+}
+
+impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for SessionWindows<Acc> {
+    fn watermark(&self) -> Timestamp {
         self.watermark
     }
 
-    pub fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), String> {
+    fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), String> {
         let ts = record.event_time;
         let proto = Window { start: ts, end: ts.saturating_add(self.gap) };
         if !self.unsaved.contains(&record.key) {
@@ -138,11 +195,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         Ok(())
     }
 
-    pub fn flush_updates<A: Aggregator<T, Acc = Acc>, T>(
-        &mut self,
-        agg: &A,
-        out: &mut Emitter<'_, A::Output>,
-    ) {
+    fn flush_updates<A: Aggregator<T, Acc = Acc>, T>(&mut self, agg: &A, out: &mut Emitter<'_, A::Output>) {
         if self.dirty.is_empty() {
             return;
         }
@@ -170,7 +223,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         self.dirty = dirty;
     }
 
-    pub fn on_watermark<A: Aggregator<T, Acc = Acc>, T>(
+    fn on_watermark<A: Aggregator<T, Acc = Acc>, T>(
         &mut self,
         agg: &A,
         watermark: Timestamp,
@@ -210,68 +263,12 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         }
     }
 
-    /// Emits the session of `key` ending at `end` if it was never emitted or changed since; drops it
-    /// at once if it is also past its allowed lateness, else schedules its cleanup.
-    fn fire_session<A: Aggregator<T, Acc = Acc>, T>(
-        &mut self,
-        agg: &A,
-        (end, key): (Timestamp, Key),
-        out: &mut Emitter<'_, A::Output>,
-    ) {
-        self.unsaved.insert(key.clone());
-        let Some(list) = self.sessions.get_mut(&key) else { return };
-        let Some(s) = list.iter_mut().find(|s| s.end == end) else { return };
-        let expire = end.saturating_add(self.lateness) <= self.watermark;
-        if s.emitted.is_none() || s.changed {
-            s.changed = false;
-            let revision = next_revision(&mut s.emitted);
-            out.emit(
-                key.clone(),
-                Window { start: s.start, end: s.end },
-                agg.result(&s.acc),
-                revision,
-                expire,
-            );
-            if expire {
-                self.remove_session(&key, end);
-                return;
-            }
-        }
-        self.cleanup_timers.insert((end, key));
-    }
-
-    /// Removes the session of `key` ending at `end`, and the key once it has no session left.
-    fn remove_session(&mut self, key: &Key, end: Timestamp) -> Option<Session<Acc>> {
-        let list = self.sessions.get_mut(key)?;
-        let idx = list.iter().position(|s| s.end == end)?;
-        let s = list.remove(idx);
-        if list.is_empty() {
-            self.sessions.remove(key);
-        }
-        Some(s)
-    }
-
-    /// Drops the session of `key` ending at `end` (past its allowed lateness), marking its last value
-    /// final.
-    fn drop_session<A: Aggregator<T, Acc = Acc>, T>(
-        &mut self,
-        agg: &A,
-        (end, key): (Timestamp, Key),
-        out: &mut Emitter<'_, A::Output>,
-    ) {
-        self.unsaved.insert(key.clone());
-        let Some(s) = self.remove_session(&key, end) else { return };
-        if let Some(r) = s.emitted {
-            out.emit(key, Window { start: s.start, end: s.end }, agg.result(&s.acc), r + 1, true);
-        }
-    }
-
-    pub fn open_windows(&self) -> usize {
+    fn open_windows(&self) -> usize {
         self.sessions.values().map(SmallVec::len).sum()
     }
 
     /// Rewrites the sessions of keys that changed since the last snapshot; others stay untouched.
-    pub fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
+    fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
         state.put(ns, META_KEY, &self.watermark.to_be_bytes())?;
         let mut key_buf = Vec::with_capacity(64);
         for key in self.unsaved.drain() {
@@ -289,7 +286,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         Ok(())
     }
 
-    pub fn restore(&mut self, ns: &str, state: &dyn StateBackend) -> Result<(), StateError> {
+    fn restore(&mut self, ns: &str, state: &dyn StateBackend) -> Result<(), StateError> {
         self.sessions.clear();
         self.fire_timers.clear();
         self.cleanup_timers.clear();

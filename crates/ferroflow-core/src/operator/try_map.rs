@@ -1,4 +1,4 @@
-//! Splits a stream in two: `Ok` results go on, `Err` results become dead letters.
+//! A fallible map: `Ok` results go on, `Err` results become dead letters.
 
 use std::marker::PhantomData;
 
@@ -15,9 +15,9 @@ use crate::record::Record;
 /// # Examples
 /// ```
 /// use bytes::Bytes;
-/// use ferroflow_core::operator::OkErr;
+/// use ferroflow_core::operator::TryMap;
 /// use ferroflow_core::{Context, DeadLetterReason, Operator, Record, Rejection};
-/// let mut op = OkErr::new(|b: &Bytes| {
+/// let mut op = TryMap::new(|b: &Bytes| {
 ///     std::str::from_utf8(b).map_err(|e| Rejection::decode(e.to_string()))?
 ///         .trim().parse::<i64>().map_err(|e| Rejection::decode(e.to_string()))
 /// });
@@ -30,25 +30,25 @@ use crate::record::Record;
 /// assert_eq!(dl[0].reason, DeadLetterReason::DecodeError);
 /// assert_eq!(&dl[0].original[..], b"x");
 /// ```
-pub struct OkErr<T, U, E, F> {
+pub struct TryMap<T, U, E, F> {
     f: F,
     _t: PhantomData<fn(T) -> Result<U, E>>,
 }
 
-impl<T, U, E: Into<Rejection>, F: FnMut(&T) -> Result<U, E>> OkErr<T, U, E, F> {
+impl<T, U, E: Into<Rejection>, F: FnMut(&T) -> Result<U, E>> TryMap<T, U, E, F> {
     /// Splits records by the result of `f`.
     pub fn new(f: F) -> Self {
         Self { f, _t: PhantomData }
     }
 }
 
-impl<T, U, E, F> std::fmt::Debug for OkErr<T, U, E, F> {
+impl<T, U, E, F> std::fmt::Debug for TryMap<T, U, E, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OkErr")
+        f.write_str("TryMap")
     }
 }
 
-impl<T, U, E, F> Operator for OkErr<T, U, E, F>
+impl<T, U, E, F> Operator for TryMap<T, U, E, F>
 where
     T: OriginalBytes + Send + 'static,
     U: Send + 'static,
@@ -82,7 +82,7 @@ where
     }
 
     fn name(&self) -> &'static str {
-        "ok_err"
+        "try_map"
     }
 }
 
@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn typed_errors_map_to_reasons_and_keep_position_and_bytes() {
-        let mut op = OkErr::new(|s: &String| -> Result<i64, ParseError> {
+        let mut op = TryMap::new(|s: &String| -> Result<i64, ParseError> {
             let n: i64 = s.parse().map_err(|_| ParseError::NotANumber)?;
             if n < 0 { Err(ParseError::Negative) } else { Ok(n) }
         });

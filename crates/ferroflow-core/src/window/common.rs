@@ -1,0 +1,97 @@
+//! What the window kinds share: the emitter of result rows, revision numbering, the late-record
+//! message, the state key codec, and [`WindowState`], the interface the window operator drives
+//! aligned (tumbling, sliding) and session windows through.
+
+use super::aggregate::Aggregator;
+use super::result::WindowResult;
+use super::spec::Window;
+use crate::error::StateError;
+use crate::record::{Key, Record, SourcePosition, Timestamp};
+use crate::state::StateBackend;
+
+/// The windows of one kind, as the window operator drives them.
+pub(super) trait WindowState<Acc> {
+    /// The last watermark they saw.
+    fn watermark(&self) -> Timestamp;
+
+    /// Adds a record to each of its windows that is still open; `Err(detail)` when none is.
+    fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), String>;
+
+    /// Emits updated rows for fired windows that late records changed in this batch.
+    fn flush_updates<A: Aggregator<T, Acc = Acc>, T>(&mut self, agg: &A, out: &mut Emitter<'_, A::Output>);
+
+    /// Fires windows the watermark has passed and drops those past their allowed lateness.
+    fn on_watermark<A: Aggregator<T, Acc = Acc>, T>(
+        &mut self,
+        agg: &A,
+        watermark: Timestamp,
+        out: &mut Emitter<'_, A::Output>,
+    );
+
+    /// Windows held in state (per key for sessions).
+    fn open_windows(&self) -> usize;
+
+    /// Writes what changed since the last snapshot under namespace `ns`.
+    fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError>;
+
+    /// Replaces everything with what namespace `ns` of `state` holds.
+    fn restore(&mut self, ns: &str, state: &dyn StateBackend) -> Result<(), StateError>;
+}
+
+/// Pushes window rows as records (event time = the window's last millisecond).
+pub(super) struct Emitter<'a, V> {
+    pub(super) out: &'a mut Vec<Record<WindowResult<V>>>,
+    pub(super) emitted: u64,
+    /// The latest window end emitted.
+    pub(super) newest_end: Option<Timestamp>,
+}
+
+impl<V> Emitter<'_, V> {
+    pub fn emit(&mut self, key: Key, window: Window, value: V, revision: u32, is_final: bool) {
+        self.emitted += 1;
+        self.newest_end = Some(self.newest_end.map_or(window.end, |e| e.max(window.end)));
+        self.out.push(Record {
+            key: key.clone(),
+            event_time: window.max_timestamp(),
+            position: SourcePosition::default(),
+            payload: WindowResult {
+                key,
+                window_start: window.start,
+                window_end: window.end,
+                value,
+                revision,
+                is_final,
+            },
+        });
+    }
+}
+
+/// The revision of the next emission of a row last emitted as `emitted`, recorded as emitted.
+pub(super) fn next_revision(emitted: &mut Option<u32>) -> u32 {
+    let revision = emitted.map_or(0, |r| r + 1);
+    *emitted = Some(revision);
+    revision
+}
+
+pub(super) fn late_detail(ts: Timestamp, watermark: Timestamp, lateness: i64, window: Window) -> String {
+    format!(
+        "event time {ts} is too late: watermark {watermark} has passed the end of window [{}, {}) \
+         plus allowed lateness {lateness} ms",
+        window.start, window.end
+    )
+}
+
+/// Big-endian with the sign bit flipped, so byte order equals numeric order.
+pub(super) fn ordered(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub(super) fn unordered(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    (u64::from_be_bytes(a) ^ (1 << 63)) as i64
+}
+
+pub(super) fn corrupt(what: &str) -> StateError {
+    StateError::Corrupt { what: what.to_owned() }
+}
