@@ -26,7 +26,6 @@ struct Click {
 }
 
 // Dead letters raised after decoding keep the record's JSON encoding as their original bytes.
-ferroflow::original_bytes_as_json!(Click);
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
 const GOOD_LINES: usize = 13_000;

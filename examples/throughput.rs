@@ -41,7 +41,6 @@ struct Purchase {
     amount: f64,
     test_traffic: bool,
 }
-ferroflow::original_bytes_as_json!(Purchase);
 
 struct Args {
     events: u64,

@@ -7,7 +7,7 @@
 pub use ferroflow_core::*;
 
 /// The README's Rust code blocks, run as doctests so that the README cannot drift from the API.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "rocksdb", feature = "checkpoints"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 

@@ -48,8 +48,6 @@ struct Event {
     value: f64,
 }
 
-ferroflow::original_bytes_as_json!(Event);
-
 /// `tests/golden/<case>/case.json`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -83,11 +83,8 @@ fn runner(store: &CheckpointStore, scratch: &std::path::Path, savepoint: Option<
 async fn savepoint_of_v1(store: &CheckpointStore, scratch: &std::path::Path, with_id: bool) {
     let mut runner = runner(store, &scratch.join("v1"), None).build().unwrap();
     let (counters, stop) = (runner.counters(), runner.shutdown_handle());
-    let batches = records(0..50)
-        .chunks(10)
-        .rev()
-        .map(|c| SourceEvent::Batch(SourceBatch { records: c.to_vec(), dead_letters: vec![] }))
-        .collect();
+    let batches =
+        records(0..50).chunks(10).rev().map(|c| SourceEvent::Batch(SourceBatch::of(c.to_vec()))).collect();
     let job = tokio::spawn(async move {
         let sink = CollectSink::new();
         let rows = sink.handle();

@@ -100,7 +100,7 @@ impl Source<i64> for Scripted {
                         .map(|(o, &ts)| Record::new(ts, 0).with_position(SourcePosition::new(p, o as u64)))
                         .collect();
                     self.next.insert(p, from + records.len() as u64);
-                    return Ok(Some(SourceEvent::Batch(SourceBatch { records, dead_letters: Vec::new() })));
+                    return Ok(Some(SourceEvent::Batch(SourceBatch::of(records))));
                 }
                 Some(Step::Revoke(ps)) => return Ok(Some(SourceEvent::PartitionsRevoked(ps))),
                 Some(Step::Wait(n)) => n.notified().await,

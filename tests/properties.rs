@@ -207,11 +207,12 @@ fn batches(case: &Case) -> Vec<Vec<Record<Ev>>> {
 fn source_events(case: &Case) -> Vec<SourceEvent<Ev>> {
     let partitions = partitions_of(&case.inputs);
     let mut events = vec![SourceEvent::PartitionsAssigned(partitions.clone())];
-    events.extend(
-        batches(case)
-            .into_iter()
-            .map(|records| SourceEvent::Batch(SourceBatch { records, dead_letters: Vec::new() })),
-    );
+    // The source's bytes of each record (its JSON): the dead letters of late records must carry them.
+    events.extend(batches(case).into_iter().map(|records| {
+        let originals =
+            records.iter().map(|r| (r.position, serde_json::to_vec(&r.payload).unwrap().into())).collect();
+        SourceEvent::Batch(SourceBatch::of(records).with_originals(originals))
+    }));
     events.extend(partitions.into_iter().map(SourceEvent::PartitionFinished));
     events
 }

@@ -32,7 +32,6 @@ struct Ev {
     #[serde(default)]
     n: u64,
 }
-ferroflow::original_bytes_as_json!(Ev);
 
 /// Fails the test if `fut` does not finish within `secs` seconds.
 async fn within<F: Future>(secs: u64, what: &str, fut: F) -> F::Output {
@@ -344,7 +343,7 @@ impl Source<u64> for CountingSource {
         let ahead = n + 1 - self.written.load(Ordering::SeqCst);
         self.max_ahead.fetch_max(ahead, Ordering::SeqCst);
         let record = Record::new(n as u64, n as i64).with_position(SourcePosition::new(0, n as u64));
-        Ok(Some(SourceEvent::Batch(SourceBatch { records: vec![record], dead_letters: Vec::new() })))
+        Ok(Some(SourceEvent::Batch(SourceBatch::of(vec![record]))))
     }
 }
 
@@ -494,7 +493,7 @@ fn batch_of(partition: u32, first_offset: u64, times: &[i64]) -> SourceEvent<i64
             Record::new(ts, 0).with_position(SourcePosition::new(partition, first_offset + i as u64))
         })
         .collect();
-    SourceEvent::Batch(SourceBatch { records, dead_letters: Vec::new() })
+    SourceEvent::Batch(SourceBatch::of(records))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,7 +598,7 @@ impl Source<u64> for EndlessSource {
     async fn next_event(&mut self) -> Result<Option<SourceEvent<u64>>, SourceError> {
         self.0 += 1;
         let r = Record::new(self.0, 0).with_position(SourcePosition::new(0, self.0));
-        Ok(Some(SourceEvent::Batch(SourceBatch { records: vec![r], dead_letters: Vec::new() })))
+        Ok(Some(SourceEvent::Batch(SourceBatch::of(vec![r]))))
     }
 }
 
@@ -669,7 +668,7 @@ impl Source<i64> for FailingSource {
         }
         self.sent = true;
         let records = (0..10).map(|i| Record::new(i, i * 1_000)).collect();
-        Ok(Some(SourceEvent::Batch(SourceBatch { records, dead_letters: Vec::new() })))
+        Ok(Some(SourceEvent::Batch(SourceBatch::of(records))))
     }
 }
 

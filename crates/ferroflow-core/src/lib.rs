@@ -43,16 +43,10 @@ pub mod testing;
 pub mod time;
 pub mod window;
 
-pub use dead_letter::{DeadLetter, DeadLetterReason, OriginalBytes, Rejection};
+pub use dead_letter::{DeadLetter, DeadLetterReason, Rejection};
 pub use error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, SourceError, StateError};
 pub use metrics::{CountersSnapshot, JobCounters, LocalCounters, OperatorCount, PartitionStatus, StepCount};
 pub use operator::{Context, Operator, Signal};
 pub use record::{Key, PartitionId, Record, SourcePosition, Timestamp};
 pub use runtime::{JobBuilder, JobReport, Runner, RunnerBuilder, RunnerConfig, ShutdownHandle};
 pub use stream::{Stream, Then};
-
-#[doc(hidden)]
-pub mod __private {
-    pub use bytes::Bytes;
-    pub use serde_json;
-}

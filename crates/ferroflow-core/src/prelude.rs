@@ -13,7 +13,7 @@
 
 pub use std::time::Duration;
 
-pub use crate::dead_letter::{DeadLetter, DeadLetterReason, OriginalBytes, Rejection};
+pub use crate::dead_letter::{DeadLetter, DeadLetterReason, Rejection};
 pub use crate::error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, SourceError};
 pub use crate::operator::{Context, IntoOperator, Operator, ProcessOutput};
 pub use crate::record::{Key, PartitionId, Record, SourcePosition, Timestamp};

@@ -1,6 +1,6 @@
 //! The job builder: `Stream::<T>::new().filter(..).map(..).window(..)`.
 
-use crate::dead_letter::{OriginalBytes, Rejection};
+use crate::dead_letter::Rejection;
 use crate::operator::{
     AssignTimestamps, Chain, Dedup, Filter, FlatMap, KeyBy, Map, Operator, Process, ProcessOutput,
     SourceInput, StatefulOperator, TryMap,
@@ -110,7 +110,6 @@ impl<Op: Operator> Stream<Op::In, Op> {
     /// with `e`'s reason, the record's position and its original bytes. See [`TryMap`].
     pub fn try_map<U, E, F>(self, f: F) -> Then<Op, TryMap<Op::Out, U, E, F>>
     where
-        Op::Out: OriginalBytes,
         U: Send + 'static,
         E: Into<Rejection> + 'static,
         F: FnMut(&Op::Out) -> Result<U, E> + Send + 'static,
@@ -121,7 +120,7 @@ impl<Op: Operator> Stream<Op::In, Op> {
     /// Decodes JSON payloads into `U`; undecodable ones become `decode_error` dead letters.
     pub fn decode_json<U>(self) -> Then<Op, DecodeJson<Op::Out, U>>
     where
-        Op::Out: OriginalBytes + AsRef<[u8]>,
+        Op::Out: AsRef<[u8]>,
         U: serde::de::DeserializeOwned + Send + 'static,
     {
         self.try_map(decode_json_payload::<Op::Out, U> as DecodeFn<Op::Out, U>)
@@ -130,7 +129,6 @@ impl<Op: Operator> Stream<Op::In, Op> {
     /// The general step: any number of outputs per record, or a rejection. See [`Process`].
     pub fn process<U, F>(self, f: F) -> Then<Op, Process<Op::Out, U, F>>
     where
-        Op::Out: OriginalBytes,
         U: Send + 'static,
         F: FnMut(Record<Op::Out>, &mut ProcessOutput<'_, Op::Out, U>) + Send + 'static,
     {
@@ -183,7 +181,6 @@ impl<Op: Operator> Stream<Op::In, Op> {
     /// with [`.id("…")`](Stream::id) so that savepoints survive changes to the job.
     pub fn window<A>(self, spec: WindowSpec, agg: A) -> Then<Op, WindowOperator<Op::Out, A>>
     where
-        Op::Out: OriginalBytes,
         A: Aggregator<Op::Out>,
     {
         let id = self.position_id("window");

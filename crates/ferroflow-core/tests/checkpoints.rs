@@ -329,10 +329,9 @@ async fn stop_with_savepoint_then_resume_from_it_matches_an_uninterrupted_run() 
         }
     }
     for chunk in records(0..50).chunks(10) {
-        tx.send(ferroflow_core::source::SourceEvent::Batch(ferroflow_core::source::SourceBatch {
-            records: chunk.to_vec(),
-            dead_letters: vec![],
-        }))
+        tx.send(ferroflow_core::source::SourceEvent::Batch(ferroflow_core::source::SourceBatch::of(
+            chunk.to_vec(),
+        )))
         .await
         .unwrap();
     }

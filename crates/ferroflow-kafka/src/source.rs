@@ -396,17 +396,18 @@ impl BatchBuilder {
         let mut all: Bytes = std::mem::take(&mut self.buf).freeze();
         let bytes = all.len() as u64;
         let mut next = BTreeMap::new();
-        let records = self
-            .meta
-            .drain(..)
-            .map(|(p, o, ts, len)| {
-                let payload = all.split_to(len);
-                let e = next.entry(p).or_insert(0);
-                *e = (*e).max(o + 1);
-                Record::new(payload, ts).with_position(SourcePosition::new(p, o))
-            })
-            .collect();
-        (SourceBatch { records, dead_letters: Vec::new() }, next, bytes)
+        let mut records = Vec::with_capacity(self.meta.len());
+        // The payload is the original: dead letters of later steps take it from here (shared).
+        let mut originals = Vec::with_capacity(self.meta.len());
+        for (p, o, ts, len) in self.meta.drain(..) {
+            let payload = all.split_to(len);
+            let e = next.entry(p).or_insert(0);
+            *e = (*e).max(o + 1);
+            let position = SourcePosition::new(p, o);
+            originals.push((position, payload.clone()));
+            records.push(Record::new(payload, ts).with_position(position));
+        }
+        (SourceBatch::of(records).with_originals(originals), next, bytes)
     }
 }
 

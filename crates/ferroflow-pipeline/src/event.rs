@@ -1,7 +1,7 @@
 //! The pipeline's input event and its decoding, with or without the data contract.
 
 use bytes::Bytes;
-use ferroflow_core::{OriginalBytes, Rejection};
+use ferroflow_core::Rejection;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -22,15 +22,6 @@ pub struct Event {
     pub ts: i64,
     /// Amount of money involved.
     pub amount: f64,
-    /// The original bytes, kept for dead letters.
-    #[serde(skip)]
-    pub raw: Bytes,
-}
-
-impl OriginalBytes for Event {
-    fn original_bytes(&self) -> Bytes {
-        self.raw.clone()
-    }
 }
 
 impl Event {
@@ -45,9 +36,7 @@ impl Event {
     /// assert_eq!(Event::decode(&line).unwrap().ts, 1_000);
     /// ```
     pub fn decode(line: &Bytes) -> Result<Event, Rejection> {
-        let mut e: Event = serde_json::from_slice(line).map_err(|e| Rejection::decode(e.to_string()))?;
-        e.raw = line.clone();
-        Ok(e)
+        serde_json::from_slice(line).map_err(|e| Rejection::decode(e.to_string()))
     }
 
     /// Decodes one JSON event and checks it against `contract`, counting violations in `stats`.
@@ -80,7 +69,7 @@ impl Event {
         stats: &ContractStats,
     ) -> Result<Event, Rejection> {
         let value: Value = serde_json::from_slice(line).map_err(|e| Rejection::decode(e.to_string()))?;
-        let checked = contract.check(&value).and_then(|()| Event::from_checked(value, line));
+        let checked = contract.check(&value).and_then(|()| Event::from_checked(value));
         checked.map_err(|v| {
             stats.record(&v.rule);
             Rejection::contract(v.to_string())
@@ -90,7 +79,7 @@ impl Event {
     /// Takes a contract-checked value apart (moving its strings, no copy). The contract already
     /// guarantees the shape, so failures here mean a contract that is looser than this type; they
     /// are reported as violations with the same rule names, never as panics.
-    fn from_checked(value: Value, raw: &Bytes) -> Result<Event, Violation> {
+    fn from_checked(value: Value) -> Result<Event, Violation> {
         let Value::Object(mut m) = value else {
             return Err(violation("type:/", "the event is not a JSON object"));
         };
@@ -114,7 +103,6 @@ impl Event {
             event_type: take_string(&mut m, "event_type")?,
             ts,
             amount,
-            raw: raw.clone(),
         })
     }
 }
@@ -202,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn valid_event_decodes_with_its_bytes() {
+    fn valid_event_decodes() {
         let (c, stats) = (contract(), ContractStats::new());
         let raw = line("1700000000000", "12.5");
         let e = Event::decode_checked(&raw, &c, &stats).unwrap();
@@ -210,7 +198,6 @@ mod tests {
             (e.event_id.as_str(), e.user_id.as_str(), e.event_type.as_str(), e.ts, e.amount),
             ("e-1", "u-1", "purchase", 1_700_000_000_000, 12.5)
         );
-        assert_eq!(e.raw, raw, "original bytes kept for dead letters");
         assert_eq!(stats.total(), 0);
     }
 

@@ -15,6 +15,7 @@ mod filter;
 mod flat_map;
 mod key_by;
 mod map;
+mod originals;
 mod process;
 mod source_input;
 mod try_map;
@@ -31,9 +32,10 @@ pub use source_input::SourceInput;
 pub use try_map::TryMap;
 
 use crate::dead_letter::DeadLetter;
+use crate::dead_letter::Rejection;
 use crate::error::StateError;
 use crate::metrics::{LocalCounters, StepCount};
-use crate::record::{PartitionId, Record, Timestamp};
+use crate::record::{PartitionId, Record, SourcePosition, Timestamp};
 use crate::state::StateBackend;
 use crate::time::Watermark;
 
@@ -67,6 +69,8 @@ pub struct Context {
     /// False downstream of a window: those steps see results, not source records, so they are
     /// kept out of the record accounting.
     counting: bool,
+    /// The bytes the current batch's records were read from, for their dead letters.
+    originals: originals::Originals,
 }
 
 impl Default for Context {
@@ -86,6 +90,7 @@ impl Context {
             partitions: None,
             steps: Vec::new(),
             counting: true,
+            originals: originals::Originals::default(),
         }
     }
 
@@ -98,6 +103,39 @@ impl Context {
     /// Sets processing time; the runner does this before each batch.
     pub fn set_processing_time(&mut self, now_ms: Timestamp) {
         self.now_ms = now_ms;
+    }
+
+    /// Sends the record at `position` to the dead letters with `rejection`'s reason and detail,
+    /// its event time when known, and the bytes it was read from (see
+    /// [`set_originals`](Self::set_originals)). This is how a step refuses a record.
+    ///
+    /// # Examples
+    /// ```
+    /// use bytes::Bytes;
+    /// use ferroflow_core::{Context, Rejection, SourcePosition};
+    /// let mut ctx = Context::default();
+    /// let at = SourcePosition::new(0, 7);
+    /// ctx.set_originals(vec![(at, Bytes::from_static(b"{oops"))]);
+    /// ctx.reject(at, None, Rejection::decode("not JSON"));
+    /// assert_eq!(&ctx.take_dead_letters()[0].original[..], b"{oops");
+    /// ```
+    pub fn reject(&mut self, position: SourcePosition, event_time: Option<Timestamp>, rejection: Rejection) {
+        let original = self.originals.get(position);
+        let mut dl = DeadLetter::new(rejection.reason, rejection.detail, position, original);
+        dl.event_time = event_time;
+        self.dead_letter(dl);
+    }
+
+    /// The bytes the records of the next batch were read from, by position (the runner sets them
+    /// from [`SourceBatch::originals`](crate::source::SourceBatch) before each batch; tests of
+    /// operators may too).
+    pub fn set_originals(&mut self, originals: Vec<(SourcePosition, bytes::Bytes)>) {
+        self.originals.set(originals);
+    }
+
+    /// Forgets the current batch's bytes (the runner does this after each batch).
+    pub fn clear_originals(&mut self) {
+        self.originals.clear();
     }
 
     /// Sends a dead letter to the job's dead-letter output and counts it.

@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 
 use super::{Context, Operator};
-use crate::dead_letter::{DeadLetter, OriginalBytes, Rejection};
+use crate::dead_letter::Rejection;
 use crate::record::Record;
 
 /// Where a [`Process`] function sends its results: the main output or the dead-letter side output.
@@ -15,7 +15,7 @@ pub struct ProcessOutput<'a, T, U> {
     _t: PhantomData<fn(T)>,
 }
 
-impl<T: OriginalBytes, U> ProcessOutput<'_, T, U> {
+impl<T, U> ProcessOutput<'_, T, U> {
     /// Emits a record downstream.
     pub fn emit(&mut self, record: Record<U>) {
         self.emitted += 1;
@@ -24,15 +24,7 @@ impl<T: OriginalBytes, U> ProcessOutput<'_, T, U> {
 
     /// Sends `input` to the dead-letter output with `rejection`'s reason and detail.
     pub fn reject(&mut self, input: &Record<T>, rejection: Rejection) {
-        self.ctx.dead_letter(
-            DeadLetter::new(
-                rejection.reason,
-                rejection.detail,
-                input.position,
-                input.payload.original_bytes(),
-            )
-            .with_event_time(input.event_time),
-        );
+        self.ctx.reject(input.position, Some(input.event_time), rejection);
         // A rejected input counts as handled, not as a dropped one.
         self.emitted += 1;
     }
@@ -87,7 +79,7 @@ impl<T, U, F> std::fmt::Debug for Process<T, U, F> {
 
 impl<T, U, F> Operator for Process<T, U, F>
 where
-    T: OriginalBytes + Send + 'static,
+    T: Send + 'static,
     U: Send + 'static,
     F: FnMut(Record<T>, &mut ProcessOutput<'_, T, U>) + Send + 'static,
 {
@@ -132,8 +124,13 @@ mod tests {
         });
         let mut ctx = Context::default();
         let mut out = Vec::new();
-        let mut input =
-            vec![Record::new("ok".into(), 0), Record::new("bad".into(), 7), Record::new("drop".into(), 0)];
+        let at = |o| crate::record::SourcePosition::new(0, o);
+        let mut input = vec![
+            Record::new("ok".to_string(), 0).with_position(at(0)),
+            Record::new("bad".to_string(), 7).with_position(at(1)),
+            Record::new("drop".to_string(), 0).with_position(at(2)),
+        ];
+        ctx.set_originals(vec![(at(1), bytes::Bytes::from_static(b"bad"))]);
         op.process_batch(&mut input, &mut ctx, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(ctx.counters.records_filtered, 1);

@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 
 use super::{Context, Operator};
-use crate::dead_letter::{DeadLetter, OriginalBytes, Rejection};
+use crate::dead_letter::Rejection;
 use crate::record::Record;
 
 /// Runs a fallible step: `Ok(u)` continues downstream as the new payload, `Err(e)` goes to the
@@ -16,14 +16,20 @@ use crate::record::Record;
 /// ```
 /// use bytes::Bytes;
 /// use ferroflow_core::operator::TryMap;
-/// use ferroflow_core::{Context, DeadLetterReason, Operator, Record, Rejection};
+/// use ferroflow_core::{Context, DeadLetterReason, Operator, Record, Rejection, SourcePosition};
 /// let mut op = TryMap::new(|b: &Bytes| {
 ///     std::str::from_utf8(b).map_err(|e| Rejection::decode(e.to_string()))?
 ///         .trim().parse::<i64>().map_err(|e| Rejection::decode(e.to_string()))
 /// });
+/// let (at0, at1) = (SourcePosition::new(0, 0), SourcePosition::new(0, 1));
 /// let mut ctx = Context::default();
+/// // What a source hands the runner with each batch: the bytes each record was read from.
+/// ctx.set_originals(vec![(at0, Bytes::from_static(b"42")), (at1, Bytes::from_static(b"x"))]);
 /// let mut out = Vec::new();
-/// let mut input = vec![Record::new(Bytes::from_static(b"42"), 0), Record::new(Bytes::from_static(b"x"), 0)];
+/// let mut input = vec![
+///     Record::new(Bytes::from_static(b"42"), 0).with_position(at0),
+///     Record::new(Bytes::from_static(b"x"), 0).with_position(at1),
+/// ];
 /// op.process_batch(&mut input, &mut ctx, &mut out);
 /// assert_eq!(out[0].payload, 42);
 /// let dl = ctx.take_dead_letters();
@@ -50,7 +56,7 @@ impl<T, U, E, F> std::fmt::Debug for TryMap<T, U, E, F> {
 
 impl<T, U, E, F> Operator for TryMap<T, U, E, F>
 where
-    T: OriginalBytes + Send + 'static,
+    T: Send + 'static,
     U: Send + 'static,
     E: Into<Rejection> + 'static,
     F: FnMut(&T) -> Result<U, E> + Send + 'static,
@@ -68,15 +74,7 @@ where
                     position: r.position,
                     payload: u,
                 }),
-                Err(e) => {
-                    let rej: Rejection = e.into();
-                    ctx.dead_letter(DeadLetter::new(
-                        rej.reason,
-                        rej.detail,
-                        r.position,
-                        r.payload.original_bytes(),
-                    ));
-                }
+                Err(e) => ctx.reject(r.position, None, e.into()),
             }
         }
     }
@@ -119,6 +117,9 @@ mod tests {
             Record::new("x".to_string(), 0).with_position(SourcePosition::new(1, 11)),
             Record::new("-3".to_string(), 0).with_position(SourcePosition::new(2, 12)),
         ];
+        ctx.set_originals(
+            input.iter().map(|r| (r.position, bytes::Bytes::from(r.payload.clone().into_bytes()))).collect(),
+        );
         op.process_batch(&mut input, &mut ctx, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].position, SourcePosition::new(1, 10));

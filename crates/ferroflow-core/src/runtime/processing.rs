@@ -236,9 +236,11 @@ impl<'r, C: Operator> Processing<'r, C> {
             self.ctx.dead_letter(dl);
         }
         self.input = batch.records;
+        self.ctx.set_originals(batch.originals);
         let state = self.checkpointing.as_deref_mut().map(Checkpointing::state);
-        self.chains.process(&mut self.input, state, &mut self.ctx, &mut self.output)?;
-        Ok(())
+        let processed = self.chains.process(&mut self.input, state, &mut self.ctx, &mut self.output);
+        self.ctx.clear_originals();
+        Ok(processed?)
     }
 
     fn on_assigned(&mut self, partitions: Vec<PartitionId>) -> Result<(), JobError> {

@@ -116,7 +116,10 @@ impl<T: Send + 'static> JsonLinesSource<T> {
         }
         let position = SourcePosition::new(pid, line_no);
         match (self.decode)(&line) {
-            Ok(payload) => batch.records.push(Record::new(payload, 0).with_position(position)),
+            Ok(payload) => {
+                batch.records.push(Record::new(payload, 0).with_position(position));
+                batch.originals.push((position, line));
+            }
             Err(e) => batch.dead_letters.push(DeadLetter::new(
                 DeadLetterReason::DecodeError,
                 format!("line {}: {e}", line_no + 1),
@@ -201,8 +204,11 @@ impl<T: Send + 'static> Source<T> for JsonLinesSource<T> {
                     p.file = None;
                     self.finished.push(pid);
                 }
-                let mut batch =
-                    SourceBatch { records: Vec::with_capacity(lines.len()), dead_letters: Vec::new() };
+                let mut batch = SourceBatch {
+                    records: Vec::with_capacity(lines.len()),
+                    originals: Vec::with_capacity(lines.len()),
+                    dead_letters: Vec::new(),
+                };
                 for (i, line) in lines.into_iter().enumerate() {
                     self.push_line(pid, first_line + i as u64, line, &mut batch);
                 }

@@ -74,7 +74,7 @@ impl<T: Send + 'static> MemorySource<T> {
         let mut it = records.into_iter().peekable();
         while it.peek().is_some() {
             let batch: Vec<_> = it.by_ref().take(batch_size.max(1)).collect();
-            events.push_back(SourceEvent::Batch(SourceBatch { records: batch, dead_letters: Vec::new() }));
+            events.push_back(SourceEvent::Batch(SourceBatch::of(batch)));
         }
         events.extend(partitions.into_iter().map(SourceEvent::PartitionFinished));
         Self { events }
@@ -94,6 +94,7 @@ impl<T: Send + 'static> Source<T> for MemorySource<T> {
                 };
                 b.records.retain(|r| keep(&r.position));
                 b.dead_letters.retain(|d| keep(&d.position));
+                b.originals.retain(|(p, _)| keep(p));
             }
         }
         self.events.retain(

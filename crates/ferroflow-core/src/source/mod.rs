@@ -13,20 +13,49 @@ pub use memory::MemorySource;
 
 use crate::dead_letter::DeadLetter;
 use crate::error::SourceError;
-use crate::record::{PartitionId, Record};
+use bytes::Bytes;
+
+use crate::record::{PartitionId, Record, SourcePosition};
 
 /// A batch of records read from a source, plus any input the source itself could not decode.
+///
+/// # Examples
+/// ```
+/// use bytes::Bytes;
+/// use ferroflow_core::source::SourceBatch;
+/// use ferroflow_core::{Record, SourcePosition};
+/// let at = SourcePosition::new(0, 0);
+/// let batch = SourceBatch::of(vec![Record::new(1u8, 0).with_position(at)]).with_originals(vec![(at, Bytes::from_static(b"1"))]);
+/// assert_eq!(batch.records.len(), 1);
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceBatch<T> {
     /// Records, in read order.
     pub records: Vec<Record<T>>,
     /// Input the source could not turn into records (each counts as one record in).
     pub dead_letters: Vec<DeadLetter>,
+    /// The bytes records were read from, by position (shared with the read buffer, no copy): a
+    /// later step that refuses a record puts them in its dead letter. A source that has none
+    /// leaves this empty, and such dead letters carry no original bytes.
+    pub originals: Vec<(SourcePosition, Bytes)>,
 }
 
 impl<T> Default for SourceBatch<T> {
     fn default() -> Self {
-        Self { records: Vec::new(), dead_letters: Vec::new() }
+        Self { records: Vec::new(), dead_letters: Vec::new(), originals: Vec::new() }
+    }
+}
+
+impl<T> SourceBatch<T> {
+    /// A batch of `records` (no dead letters, no original bytes).
+    pub fn of(records: Vec<Record<T>>) -> Self {
+        Self { records, ..Self::default() }
+    }
+
+    /// Adds the bytes the records were read from.
+    pub fn with_originals(mut self, originals: Vec<(SourcePosition, Bytes)>) -> Self {
+        self.originals = originals;
+        self
     }
 }
 

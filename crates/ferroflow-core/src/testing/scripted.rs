@@ -74,7 +74,7 @@ impl<T> ScriptedSource<T> {
 
     /// Appends a batch of records.
     pub fn records(self, records: Vec<Record<T>>) -> Self {
-        self.emit(SourceEvent::Batch(SourceBatch { records, dead_letters: Vec::new() }))
+        self.emit(SourceEvent::Batch(SourceBatch::of(records)))
     }
 
     /// Appends the end of partition `p`.
@@ -99,6 +99,7 @@ impl<T: Send + 'static> Source<T> for ScriptedSource<T> {
                     };
                     b.records.retain(|r| keep(&r.position));
                     b.dead_letters.retain(|d| keep(&d.position));
+                    b.originals.retain(|(p, _)| keep(p));
                     return Ok(Some(SourceEvent::Batch(b)));
                 }
                 Some(Script::Emit(ev)) => return Ok(Some(ev)),

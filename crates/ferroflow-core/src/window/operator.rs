@@ -7,7 +7,7 @@ use super::common::{Emitter, WindowState};
 use super::result::WindowResult;
 use super::session::SessionWindows;
 use super::spec::{WindowKind, WindowSpec};
-use crate::dead_letter::{DeadLetter, DeadLetterReason, OriginalBytes};
+use crate::dead_letter::{DeadLetterReason, Rejection};
 use crate::error::StateError;
 use crate::operator::{Context, Operator};
 use crate::record::{Record, Timestamp};
@@ -140,7 +140,7 @@ impl<T, A: Aggregator<T>> WindowOperator<T, A> {
 
 impl<T, A> crate::operator::StatefulOperator for WindowOperator<T, A>
 where
-    T: OriginalBytes + Send + 'static,
+    T: Send + 'static,
     A: Aggregator<T>,
 {
     fn set_id(&mut self, id: String) {
@@ -150,7 +150,7 @@ where
 
 impl<T, A> Operator for WindowOperator<T, A>
 where
-    T: OriginalBytes + Send + 'static,
+    T: Send + 'static,
     A: Aggregator<T>,
 {
     type In = T;
@@ -167,15 +167,13 @@ where
             let res = self.windows.add(&self.agg, &r);
             match res {
                 Ok(()) => accepted += 1,
-                Err(detail) => ctx.dead_letter(
-                    DeadLetter::new(
-                        DeadLetterReason::LateEvent,
-                        detail,
+                Err(detail) => {
+                    ctx.reject(
                         r.position,
-                        r.payload.original_bytes(),
-                    )
-                    .with_event_time(r.event_time),
-                ),
+                        Some(r.event_time),
+                        Rejection::new(DeadLetterReason::LateEvent, detail),
+                    );
+                }
             }
         }
         ctx.count_windowed(accepted);
