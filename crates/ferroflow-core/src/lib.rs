@@ -49,4 +49,4 @@ pub use metrics::{CountersSnapshot, JobCounters, LocalCounters, OperatorCount, P
 pub use operator::{Context, Operator, Signal};
 pub use record::{Key, PartitionId, Record, SourcePosition, Timestamp};
 pub use runtime::{JobBuilder, JobReport, Runner, RunnerBuilder, RunnerConfig, ShutdownHandle};
-pub use stream::{Stream, Then};
+pub use stream::{Keyed, Stream, Then, Unkeyed};

@@ -72,6 +72,21 @@ impl Key {
         std::str::from_utf8(&self.0).ok()
     }
 
+    /// The key as the `u64` it was made from with `Key::from(u64)` (8 big-endian bytes).
+    ///
+    /// Window results carry the key as bytes; [`as_str`](Self::as_str) and this give typed keys
+    /// back for the common cases.
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_core::Key;
+    /// assert_eq!(Key::from(42u64).as_u64(), Some(42));
+    /// assert_eq!(Key::from("user-42").as_u64(), None);
+    /// ```
+    pub fn as_u64(&self) -> Option<u64> {
+        <[u8; 8]>::try_from(self.0.as_slice()).ok().map(u64::from_be_bytes)
+    }
+
     /// True for the empty key.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

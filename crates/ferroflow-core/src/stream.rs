@@ -19,8 +19,17 @@ fn decode_json_payload<T: AsRef<[u8]>, U: serde::de::DeserializeOwned>(b: &T) ->
     serde_json::from_slice::<U>(b.as_ref()).map_err(|e| Rejection::decode(e.to_string()))
 }
 
-/// The stream after appending step `B` to chain `Op`.
-pub type Then<Op, B> = Stream<<Op as Operator>::In, Chain<Op, B>>;
+/// The stream after appending step `B` to chain `Op`, keyed or not as before (`S`).
+pub type Then<Op, B, S = Unkeyed> = Stream<<Op as Operator>::In, Chain<Op, B>, S>;
+
+/// Type state of a [`Stream`] whose records have no key yet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unkeyed;
+
+/// Type state of a [`Stream`] after [`key_by`](Stream::key_by): keyed steps (windows) are
+/// available. Steps that keep records' keys (filter, map, …) keep it keyed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keyed;
 
 /// A chain of operators under construction; each method appends one step.
 ///
@@ -40,15 +49,27 @@ pub type Then<Op, B> = Stream<<Op as Operator>::In, Chain<Op, B>>;
 ///     .window(WindowSpec::tumbling(Duration::from_secs(60)).unwrap(), Count);
 /// # let _ = stream;
 /// ```
+///
+/// A stream is keyed once [`key_by`](Stream::key_by) has run (the type says so): only then does
+/// [`window`](Stream::window) exist, so a window cannot silently aggregate everything under one
+/// empty key.
+///
+/// ```compile_fail
+/// use std::time::Duration;
+/// use ferroflow_core::prelude::*;
+/// // No key_by: `window` does not exist on an unkeyed stream.
+/// let job = Stream::<i64>::new().window(WindowSpec::tumbling(Duration::from_secs(1)).unwrap(), Count);
+/// ```
 #[derive(Debug)]
-pub struct Stream<In, Op: Operator<In = In> = SourceInput<In>> {
+pub struct Stream<In, Op: Operator<In = In> = SourceInput<In>, S = Unkeyed> {
     op: Op,
+    _keyed: std::marker::PhantomData<S>,
 }
 
 impl<T: Send + 'static> Stream<T, SourceInput<T>> {
     /// An empty chain over source records of type `T`.
     pub fn new() -> Self {
-        Self { op: SourceInput::new() }
+        Self { op: SourceInput::new(), _keyed: std::marker::PhantomData }
     }
 }
 
@@ -58,10 +79,10 @@ impl<T: Send + 'static> Default for Stream<T, SourceInput<T>> {
     }
 }
 
-impl<Op: Operator> Stream<Op::In, Op> {
-    /// Appends any operator.
-    pub fn then<B: Operator<In = Op::Out>>(self, next: B) -> Then<Op, B> {
-        Stream { op: Chain::new(self.op, next) }
+impl<Op: Operator, S> Stream<Op::In, Op, S> {
+    /// Appends any operator (the stream stays keyed if it was).
+    pub fn then<B: Operator<In = Op::Out>>(self, next: B) -> Then<Op, B, S> {
+        Stream { op: Chain::new(self.op, next), _keyed: std::marker::PhantomData }
     }
 
     /// The id a stateful step appended now gets unless [`id`](Stream::id) names it: the step's
@@ -72,7 +93,7 @@ impl<Op: Operator> Stream<Op::In, Op> {
     }
 
     /// Keeps records whose payload satisfies `f`; the rest are counted as filtered. See [`Filter`].
-    pub fn filter<F>(self, f: F) -> Then<Op, Filter<Op::Out, F>>
+    pub fn filter<F>(self, f: F) -> Then<Op, Filter<Op::Out, F>, S>
     where
         F: FnMut(&Op::Out) -> bool + Send + 'static,
     {
@@ -80,7 +101,7 @@ impl<Op: Operator> Stream<Op::In, Op> {
     }
 
     /// Transforms each payload. See [`Map`].
-    pub fn map<U, F>(self, f: F) -> Then<Op, Map<Op::Out, U, F>>
+    pub fn map<U, F>(self, f: F) -> Then<Op, Map<Op::Out, U, F>, S>
     where
         U: Send + 'static,
         F: FnMut(Op::Out) -> U + Send + 'static,
@@ -89,7 +110,7 @@ impl<Op: Operator> Stream<Op::In, Op> {
     }
 
     /// Turns each payload into zero or more. See [`FlatMap`].
-    pub fn flat_map<I, F>(self, f: F) -> Then<Op, FlatMap<Op::Out, I, F>>
+    pub fn flat_map<I, F>(self, f: F) -> Then<Op, FlatMap<Op::Out, I, F>, S>
     where
         I: IntoIterator + 'static,
         I::Item: Send + 'static,
@@ -99,16 +120,16 @@ impl<Op: Operator> Stream<Op::In, Op> {
     }
 
     /// Sets each record's key. See [`KeyBy`].
-    pub fn key_by<F>(self, f: F) -> Then<Op, KeyBy<Op::Out, F>>
+    pub fn key_by<F>(self, f: F) -> Then<Op, KeyBy<Op::Out, F>, Keyed>
     where
         F: FnMut(&Op::Out) -> Key + Send + 'static,
     {
-        self.then(KeyBy::new(f))
+        Stream { op: Chain::new(self.op, KeyBy::new(f)), _keyed: std::marker::PhantomData }
     }
 
     /// Maps with a fallible `f`: `Ok(u)` continues as the payload, `Err(e)` goes to the dead letters
     /// with `e`'s reason, the record's position and its original bytes. See [`TryMap`].
-    pub fn try_map<U, E, F>(self, f: F) -> Then<Op, TryMap<Op::Out, U, E, F>>
+    pub fn try_map<U, E, F>(self, f: F) -> Then<Op, TryMap<Op::Out, U, E, F>, S>
     where
         U: Send + 'static,
         E: Into<Rejection> + 'static,
@@ -118,7 +139,7 @@ impl<Op: Operator> Stream<Op::In, Op> {
     }
 
     /// Decodes JSON payloads into `U`; undecodable ones become `decode_error` dead letters.
-    pub fn decode_json<U>(self) -> Then<Op, DecodeJson<Op::Out, U>>
+    pub fn decode_json<U>(self) -> Then<Op, DecodeJson<Op::Out, U>, S>
     where
         Op::Out: AsRef<[u8]>,
         U: serde::de::DeserializeOwned + Send + 'static,
@@ -127,7 +148,7 @@ impl<Op: Operator> Stream<Op::In, Op> {
     }
 
     /// The general step: any number of outputs per record, or a rejection. See [`Process`].
-    pub fn process<U, F>(self, f: F) -> Then<Op, Process<Op::Out, U, F>>
+    pub fn process<U, F>(self, f: F) -> Then<Op, Process<Op::Out, U, F>, S>
     where
         U: Send + 'static,
         F: FnMut(Record<Op::Out>, &mut ProcessOutput<'_, Op::Out, U>) + Send + 'static,
@@ -156,7 +177,7 @@ impl<Op: Operator> Stream<Op::In, Op> {
     /// assert_eq!(out.len(), 1);
     /// assert_eq!(ctx.counters_mut().records_deduplicated, 1);
     /// ```
-    pub fn dedup_by<K, F>(self, ttl: std::time::Duration, key_fn: F) -> Then<Op, Dedup<Op::Out, F, K>>
+    pub fn dedup_by<K, F>(self, ttl: std::time::Duration, key_fn: F) -> Then<Op, Dedup<Op::Out, F, K>, S>
     where
         K: AsRef<[u8]> + ?Sized + 'static,
         F: for<'a> FnMut(&'a Op::Out) -> &'a K + Send + 'static,
@@ -170,21 +191,11 @@ impl<Op: Operator> Stream<Op::In, Op> {
         self,
         f: F,
         strategy: WatermarkStrategy,
-    ) -> Then<Op, AssignTimestamps<Op::Out, F>>
+    ) -> Then<Op, AssignTimestamps<Op::Out, F>, S>
     where
         F: FnMut(&Op::Out) -> Timestamp + Send + 'static,
     {
         self.then(AssignTimestamps::new(f, strategy))
-    }
-
-    /// Aggregates keyed records in event-time windows. See [`WindowOperator`]. Give it a stable id
-    /// with [`.id("…")`](Stream::id) so that savepoints survive changes to the job.
-    pub fn window<A>(self, spec: WindowSpec, agg: A) -> Then<Op, WindowOperator<Op::Out, A>>
-    where
-        A: Aggregator<Op::Out>,
-    {
-        let id = self.position_id("window");
-        self.then(WindowOperator::new(id, spec, agg))
     }
 
     /// The assembled operator chain.
@@ -193,7 +204,19 @@ impl<Op: Operator> Stream<Op::In, Op> {
     }
 }
 
-impl<A: Operator, B: StatefulOperator<In = A::Out>> Stream<A::In, Chain<A, B>> {
+impl<Op: Operator> Stream<Op::In, Op, Keyed> {
+    /// Aggregates keyed records in event-time windows. See [`WindowOperator`]. Give it a stable id
+    /// with [`.id("…")`](Stream::id) so that savepoints survive changes to the job.
+    pub fn window<A>(self, spec: WindowSpec, agg: A) -> Then<Op, WindowOperator<Op::Out, A>, Keyed>
+    where
+        A: Aggregator<Op::Out>,
+    {
+        let id = self.position_id("window");
+        self.then(WindowOperator::new(id, spec, agg))
+    }
+}
+
+impl<A: Operator, B: StatefulOperator<In = A::Out>, S> Stream<A::In, Chain<A, B>, S> {
     /// Names the state of the step just appended (a window, a dedup): checkpoints and savepoints
     /// keep its state under this id, so it must stay the same while the job changes around it
     /// (Flink's `uid`). Without one the id is the step's position, and inserting a step before it
@@ -220,7 +243,7 @@ impl<A: Operator, B: StatefulOperator<In = A::Out>> Stream<A::In, Chain<A, B>> {
     }
 }
 
-impl<Op: Operator> crate::operator::IntoOperator for Stream<Op::In, Op> {
+impl<Op: Operator, S> crate::operator::IntoOperator for Stream<Op::In, Op, S> {
     type Op = Op;
     fn into_operator(self) -> Op {
         self.op
