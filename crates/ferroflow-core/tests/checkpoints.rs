@@ -272,7 +272,7 @@ async fn stop_with_savepoint_then_resume_from_it_matches_an_uninterrupted_run() 
     use ferroflow_core::source::MemorySource;
     use ferroflow_core::time::WatermarkStrategy;
     use ferroflow_core::window::{Count, WindowSpec};
-    use ferroflow_core::{Key, Record, Runner, RunnerConfig, SourcePosition, Stream};
+    use ferroflow_core::{Key, Record, Runner, SourcePosition, Stream};
 
     let records = |range: std::ops::Range<u64>| -> Vec<Record<(String, i64)>> {
         range
