@@ -3,21 +3,19 @@
 //! checkpoints when partitions move.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferroflow::checkpoint::{CheckpointStore, S3Options};
 use ferroflow::operator::IntoOperator;
 use ferroflow::sink::CollectSink;
-use ferroflow::source::{PartitionLifecycle, Source, SourceBatch, SourceEvent};
 use ferroflow::state::MemoryStateBackend;
+use ferroflow::testing::ScriptedSource;
 use ferroflow::time::{ManualClock, WatermarkStrategy};
 use ferroflow::window::{Count, WindowResult, WindowSpec};
-use ferroflow::{
-    Key, Operator, PartitionId, Record, Runner, RunnerConfig, SourceError, SourcePosition, Stream,
-};
+use ferroflow::{Key, Operator, PartitionId, Runner, RunnerConfig, Stream};
 use tokio::sync::Notify;
 
 /// Fails the test if `fut` does not finish within `secs` seconds.
@@ -45,95 +43,14 @@ fn task(p: PartitionId, idleness: Option<Duration>) -> impl IntoOperator<Op: Ope
         .map(move |r: WindowResult<u64>| (p, r.window_start, r.value))
 }
 
-enum Step {
-    Assign(Vec<PartitionId>),
-    /// The next `n` records of a partition, from where it stands.
-    Read(PartitionId, usize),
-    Revoke(Vec<PartitionId>),
-    Wait(Arc<Notify>),
-}
-
-/// Plays a script over fixed per-partition data, asking the job's lifecycle hook where assigned
-/// partitions resume, as a consumer-group member would.
-struct Scripted {
-    steps: VecDeque<Step>,
-    data: BTreeMap<PartitionId, Vec<i64>>,
-    next: BTreeMap<PartitionId, u64>,
-    lifecycle: Option<Arc<dyn PartitionLifecycle>>,
-    /// What the hook answered at each assignment.
-    answers: Arc<Mutex<Vec<BTreeMap<PartitionId, u64>>>>,
-}
-
-impl Scripted {
-    fn new(steps: Vec<Step>, data: &BTreeMap<PartitionId, Vec<i64>>) -> Self {
-        Self {
-            steps: steps.into(),
-            data: data.clone(),
-            next: BTreeMap::new(),
-            lifecycle: None,
-            answers: Arc::default(),
-        }
-    }
-}
-
-impl Source<i64> for Scripted {
-    async fn next_event(&mut self) -> Result<Option<SourceEvent<i64>>, SourceError> {
-        loop {
-            match self.steps.pop_front() {
-                Some(Step::Assign(ps)) => {
-                    if let Some(l) = self.lifecycle.clone() {
-                        let asked = ps.clone();
-                        // The hook blocks while it downloads: off the runtime, like a poll thread.
-                        let offsets = tokio::task::spawn_blocking(move || l.assigning(&asked)).await.unwrap();
-                        self.next.extend(offsets.iter().map(|(p, o)| (*p, *o)));
-                        self.answers.lock().unwrap().push(offsets);
-                    }
-                    return Ok(Some(SourceEvent::PartitionsAssigned(ps)));
-                }
-                Some(Step::Read(p, n)) => {
-                    let from = self.next.get(&p).copied().unwrap_or(0);
-                    let records: Vec<Record<i64>> = self.data[&p]
-                        .iter()
-                        .enumerate()
-                        .skip(from as usize)
-                        .take(n)
-                        .map(|(o, &ts)| Record::new(ts, 0).with_position(SourcePosition::new(p, o as u64)))
-                        .collect();
-                    self.next.insert(p, from + records.len() as u64);
-                    return Ok(Some(SourceEvent::Batch(SourceBatch::of(records))));
-                }
-                Some(Step::Revoke(ps)) => return Ok(Some(SourceEvent::PartitionsRevoked(ps))),
-                Some(Step::Wait(n)) => n.notified().await,
-                None => return Ok(None),
-            }
-        }
-    }
-
-    fn seek(&mut self, offsets: &BTreeMap<PartitionId, u64>) -> Result<(), SourceError> {
-        self.next.extend(offsets.iter().map(|(p, o)| (*p, *o)));
-        Ok(())
-    }
-
-    fn set_partition_lifecycle(&mut self, lifecycle: Arc<dyn PartitionLifecycle>) -> bool {
-        self.lifecycle = Some(lifecycle);
-        true
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_partition_follows_its_own_watermark_and_an_idle_one_follows_the_job() {
     let clock = ManualClock::new(0);
     let data =
         BTreeMap::from([(0, (1..=9).map(|i| i * 1_000).chain([15_000, 16_000]).collect()), (1, vec![2_000])]);
     let (go, end) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let steps = vec![
-        Step::Assign(vec![0, 1]),
-        Step::Read(0, 10),
-        Step::Read(1, 1),
-        Step::Wait(Arc::clone(&go)),
-        Step::Read(0, 1),
-        Step::Wait(Arc::clone(&end)),
-    ];
+    let source =
+        ScriptedSource::over(data).assign(vec![0, 1]).read(0, 10).read(1, 1).wait(&go).read(0, 1).wait(&end);
     let mut runner = Runner::new(RunnerConfig {
         channel_capacity: 4,
         tick_interval: Duration::from_millis(5),
@@ -142,7 +59,6 @@ async fn each_partition_follows_its_own_watermark_and_an_idle_one_follows_the_jo
     let counters = runner.counters();
     let sink = CollectSink::new();
     let rows = sink.handle();
-    let source = Scripted::new(steps, &data);
     let job = tokio::spawn(async move {
         runner
             .job_per_partition(source, |p| task(p, Some(Duration::from_secs(1))))
@@ -221,7 +137,7 @@ async fn revoked_partitions_continue_on_another_instance_from_their_checkpointed
         let h = s.handle();
         (s, h)
     };
-    let all = Scripted::new(vec![Step::Assign(vec![0, 1]), Step::Read(0, 100), Step::Read(1, 100)], &data);
+    let all = ScriptedSource::over(data.clone()).assign(vec![0, 1]).read(0, 100).read(1, 100);
     Runner::default()
         .job_per_partition(all, |p| task(p, None))
         .sink(sink)
@@ -240,9 +156,9 @@ async fn revoked_partitions_continue_on_another_instance_from_their_checkpointed
         (s, h)
     };
     let script =
-        vec![Step::Assign(vec![0, 1]), Step::Read(0, 25), Step::Read(1, 37), Step::Revoke(vec![0, 1])];
+        ScriptedSource::over(data.clone()).assign(vec![0, 1]).read(0, 25).read(1, 37).revoke(vec![0, 1]);
     let report_a = instance(&base, "a", scratch.path())
-        .job_per_partition(Scripted::new(script, &data), |p| task(p, None))
+        .job_per_partition(script, |p| task(p, None))
         .sink(sink)
         .dead_letters(CollectSink::new())
         .run()
@@ -256,9 +172,8 @@ async fn revoked_partitions_continue_on_another_instance_from_their_checkpointed
         let h = s.handle();
         (s, h)
     };
-    let source_b =
-        Scripted::new(vec![Step::Assign(vec![0, 1]), Step::Read(0, 100), Step::Read(1, 100)], &data);
-    let answers = Arc::clone(&source_b.answers);
+    let source_b = ScriptedSource::over(data.clone()).assign(vec![0, 1]).read(0, 100).read(1, 100);
+    let answers = source_b.hook_answers();
     let report_b = instance(&base, "b", scratch.path())
         .job_per_partition(source_b, |p| task(p, None))
         .sink(sink)

@@ -13,4 +13,4 @@ mod harness;
 mod scripted;
 
 pub use harness::{Emitted, OperatorHarness};
-pub use scripted::{Script, ScriptedSource};
+pub use scripted::{HookAnswers, Script, ScriptedSource};

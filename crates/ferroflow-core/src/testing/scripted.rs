@@ -1,13 +1,13 @@
 //! [`ScriptedSource`]: a source that plays a script of events and waits when told to.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::error::SourceError;
-use crate::record::{PartitionId, Record};
-use crate::source::{Source, SourceBatch, SourceEvent};
+use crate::error::{RetryHint, SourceError};
+use crate::record::{PartitionId, Record, SourcePosition};
+use crate::source::{PartitionLifecycle, Source, SourceBatch, SourceEvent};
 
 /// One step of a [`ScriptedSource`].
 #[derive(Debug)]
@@ -16,7 +16,18 @@ pub enum Script<T> {
     Emit(SourceEvent<T>),
     /// Wait until the test calls `notify_one` on this.
     Wait(Arc<Notify>),
+    /// Deliver the next `count` values of `partition`'s data (see [`ScriptedSource::over`]), from
+    /// where the partition stands (a seek or a hand-over moves it).
+    Read {
+        /// The partition.
+        partition: PartitionId,
+        /// How many values at most.
+        count: usize,
+    },
 }
+
+/// Where assigned partitions resume, as the job's hand-over hook answered at each assignment.
+pub type HookAnswers = Arc<Mutex<Vec<BTreeMap<PartitionId, u64>>>>;
 
 /// Plays its script in order, then ends (bounded input); a [`Script::Wait`] step holds it until
 /// the test releases it, so a test can look at a running job between events.
@@ -32,16 +43,38 @@ pub enum Script<T> {
 /// assert_eq!(out.take(), vec![1, 2]);
 /// # });
 /// ```
-#[derive(Debug)]
+///
+/// Over per-partition data ([`over`](Self::over)) it reads like a consumer-group member: a
+/// [`read`](Self::read) step delivers the next values of a partition at their offsets, and at an
+/// assignment it asks the job's hand-over hook (when the job installed one) where the partitions
+/// resume; [`hook_answers`](Self::hook_answers) shows what the hook said.
 pub struct ScriptedSource<T> {
     steps: VecDeque<Script<T>>,
-    /// Where each partition resumes after a restore (records before it are skipped).
+    /// Where each partition resumes (records before it are skipped, reads start there).
     resume: BTreeMap<PartitionId, u64>,
+    data: BTreeMap<PartitionId, Vec<T>>,
+    lifecycle: Option<Arc<dyn PartitionLifecycle>>,
+    answers: HookAnswers,
+}
+
+impl<T> std::fmt::Debug for ScriptedSource<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptedSource")
+            .field("steps", &self.steps.len())
+            .field("resume", &self.resume)
+            .finish()
+    }
 }
 
 impl<T> Default for ScriptedSource<T> {
     fn default() -> Self {
-        Self { steps: VecDeque::new(), resume: BTreeMap::new() }
+        Self {
+            steps: VecDeque::new(),
+            resume: BTreeMap::new(),
+            data: BTreeMap::new(),
+            lifecycle: None,
+            answers: HookAnswers::default(),
+        }
     }
 }
 
@@ -49,6 +82,22 @@ impl<T> ScriptedSource<T> {
     /// An empty script.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty script over per-partition data: value `i` of a partition is at offset `i`, with
+    /// event time 0 (set it with `assign_timestamps`).
+    pub fn over(data: BTreeMap<PartitionId, Vec<T>>) -> Self {
+        Self { data, ..Self::default() }
+    }
+
+    /// Appends a read of the next `count` values of `partition` (see [`over`](Self::over)).
+    pub fn read(self, partition: PartitionId, count: usize) -> Self {
+        self.then(Script::Read { partition, count })
+    }
+
+    /// What the job's hand-over hook answered at each assignment.
+    pub fn hook_answers(&self) -> HookAnswers {
+        Arc::clone(&self.answers)
     }
 
     /// Appends a step.
@@ -88,10 +137,51 @@ impl<T> ScriptedSource<T> {
     }
 }
 
-impl<T: Send + 'static> Source<T> for ScriptedSource<T> {
+impl<T: Clone + Send + 'static> ScriptedSource<T> {
+    fn read_next(&mut self, p: PartitionId, count: usize) -> SourceBatch<T> {
+        let from = self.resume.get(&p).copied().unwrap_or(0);
+        let values = self.data.get(&p).map_or(&[][..], Vec::as_slice);
+        let records: Vec<Record<T>> = values
+            .iter()
+            .zip(0u64..)
+            .skip(usize::try_from(from).unwrap_or(usize::MAX))
+            .take(count)
+            .map(|(v, o)| Record::new(v.clone(), 0).with_position(SourcePosition::new(p, o)))
+            .collect();
+        self.resume.insert(p, from + records.len() as u64);
+        SourceBatch::of(records)
+    }
+
+    /// Asks the hand-over hook where `partitions` resume, off the runtime (it blocks while it
+    /// downloads), as a consumer's poll thread would.
+    async fn ask_hook(&mut self, partitions: &[PartitionId]) -> Result<(), SourceError> {
+        let Some(hook) = self.lifecycle.clone() else { return Ok(()) };
+        let asked = partitions.to_vec();
+        let offsets = tokio::task::spawn_blocking(move || hook.assigning(&asked)).await.map_err(|e| {
+            SourceError::External {
+                message: format!("the hand-over hook failed: {e}"),
+                retry: RetryHint::NoRetry,
+            }
+        })?;
+        self.resume.extend(offsets.iter().map(|(p, o)| (*p, *o)));
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.push(offsets);
+        }
+        Ok(())
+    }
+}
+
+impl<T: Clone + Send + 'static> Source<T> for ScriptedSource<T> {
     async fn next_event(&mut self) -> Result<Option<SourceEvent<T>>, SourceError> {
         loop {
             match self.steps.pop_front() {
+                Some(Script::Read { partition, count }) => {
+                    return Ok(Some(SourceEvent::Batch(self.read_next(partition, count))));
+                }
+                Some(Script::Emit(SourceEvent::PartitionsAssigned(ps))) => {
+                    self.ask_hook(&ps).await?;
+                    return Ok(Some(SourceEvent::PartitionsAssigned(ps)));
+                }
                 Some(Script::Emit(SourceEvent::Batch(mut b))) => {
                     let resume = &self.resume;
                     let keep = |p: &crate::record::SourcePosition| {
@@ -112,5 +202,10 @@ impl<T: Send + 'static> Source<T> for ScriptedSource<T> {
     fn seek(&mut self, offsets: &BTreeMap<PartitionId, u64>) -> Result<(), SourceError> {
         self.resume.extend(offsets.iter().map(|(p, o)| (*p, *o)));
         Ok(())
+    }
+
+    fn set_partition_lifecycle(&mut self, lifecycle: Arc<dyn PartitionLifecycle>) -> bool {
+        self.lifecycle = Some(lifecycle);
+        true
     }
 }
