@@ -77,6 +77,11 @@ else
     ignored_cargo=()
 fi
 
+# The Debian build packages (cmake, clang, …: scripts/build-packages.sh, the one list the demo
+# script and .ci/run use too), so that this command works on a fresh machine by itself.
+# shellcheck source=scripts/build-packages.sh
+source scripts/build-packages.sh
+section "build packages" install_build_packages
 section "format (rustfmt)" cargo fmt --all --check
 if [ "${FERROFLOW_NO_SERVICES:-0}" != "1" ]; then
     # promtool and docker-compose come with the services (scripts/services.sh installs them).
