@@ -23,16 +23,20 @@ pub enum DeadLetterReason {
     SinkRejected,
     /// A user processing step rejected the record.
     ProcessingError,
+    /// The record's event time is outside the range the engine can place in windows (within a
+    /// window size of the ends of `i64`): a hostile or corrupt timestamp, never arithmetic on it.
+    EventTimeOutOfRange,
 }
 
 impl DeadLetterReason {
     /// Every reason, in a stable order (for metrics and reports).
-    pub const ALL: [DeadLetterReason; 5] = [
+    pub const ALL: [DeadLetterReason; 6] = [
         DeadLetterReason::DecodeError,
         DeadLetterReason::ContractViolation,
         DeadLetterReason::LateEvent,
         DeadLetterReason::SinkRejected,
         DeadLetterReason::ProcessingError,
+        DeadLetterReason::EventTimeOutOfRange,
     ];
 
     /// The stable code used in envelopes, logs and metric labels.
@@ -43,6 +47,7 @@ impl DeadLetterReason {
             DeadLetterReason::LateEvent => "late_event",
             DeadLetterReason::SinkRejected => "sink_rejected",
             DeadLetterReason::ProcessingError => "processing_error",
+            DeadLetterReason::EventTimeOutOfRange => "event_time_out_of_range",
         }
     }
 

@@ -7,8 +7,9 @@ use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::Aggregator;
-use super::common::{Emitter, WindowState, corrupt, late_detail, next_revision, ordered, unordered};
+use super::common::{Emitter, WindowState, corrupt, late, next_revision, ordered, out_of_range, unordered};
 use super::spec::Window;
+use crate::dead_letter::Rejection;
 use crate::error::StateError;
 use crate::record::{Key, Record, Timestamp};
 use crate::state::StateBackend;
@@ -80,9 +81,14 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
 
     /// Adds a record to each of its windows that is still open; returns `Err(detail)` when none is.
     #[inline]
-    fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), String> {
+    fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), Rejection> {
         let ts = record.event_time;
-        let last_start = ts - ts.rem_euclid(self.slide);
+        // Every window of `ts` starts within `size` before it and ends within `size` after it:
+        // outside that margin of the i64 range the arithmetic below would overflow.
+        let last_start = match (ts.checked_sub(self.size), ts.checked_add(self.size)) {
+            (Some(_), Some(_)) => ts - ts.rem_euclid(self.slide),
+            _ => return Err(out_of_range(ts, self.size)),
+        };
         let mut start = last_start;
         let mut accepted = false;
         let mut first_window = None;
@@ -129,7 +135,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
         } else {
             let w = first_window
                 .unwrap_or(Window { start: last_start, end: last_start.saturating_add(self.size) });
-            Err(late_detail(ts, self.watermark, self.lateness, w))
+            Err(late(ts, self.watermark, self.lateness, w))
         }
     }
 

@@ -5,6 +5,7 @@
 use super::aggregate::Aggregator;
 use super::result::WindowResult;
 use super::spec::Window;
+use crate::dead_letter::{DeadLetterReason, Rejection};
 use crate::error::StateError;
 use crate::record::{Key, Record, SourcePosition, Timestamp};
 use crate::state::StateBackend;
@@ -14,8 +15,9 @@ pub(super) trait WindowState<Acc> {
     /// The last watermark they saw.
     fn watermark(&self) -> Timestamp;
 
-    /// Adds a record to each of its windows that is still open; `Err(detail)` when none is.
-    fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), String>;
+    /// Adds a record to each of its windows that is still open; the rejection when none is (too
+    /// late) or when its event time cannot be placed in a window at all (out of range).
+    fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), Rejection>;
 
     /// Emits updated rows for fired windows that late records changed in this batch.
     fn flush_updates<A: Aggregator<T, Acc = Acc>, T>(&mut self, agg: &A, out: &mut Emitter<'_, A::Output>);
@@ -78,6 +80,21 @@ pub(super) fn late_detail(ts: Timestamp, watermark: Timestamp, lateness: i64, wi
         "event time {ts} is too late: watermark {watermark} has passed the end of window [{}, {}) \
          plus allowed lateness {lateness} ms",
         window.start, window.end
+    )
+}
+
+/// The rejection of a record too late for any of its windows.
+pub(super) fn late(ts: Timestamp, watermark: Timestamp, lateness: i64, window: Window) -> Rejection {
+    Rejection::new(DeadLetterReason::LateEvent, late_detail(ts, watermark, lateness, window))
+}
+
+/// The rejection of a record whose windows (of length `span` ms) would not fit in `i64`.
+pub(super) fn out_of_range(ts: Timestamp, span: i64) -> Rejection {
+    Rejection::new(
+        DeadLetterReason::EventTimeOutOfRange,
+        format!(
+            "event time {ts} is within {span} ms of the ends of the millisecond range: no window can hold it"
+        ),
     )
 }
 

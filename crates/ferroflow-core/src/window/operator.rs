@@ -7,7 +7,7 @@ use super::common::{Emitter, WindowState};
 use super::result::WindowResult;
 use super::session::SessionWindows;
 use super::spec::{WindowKind, WindowSpec};
-use crate::dead_letter::{DeadLetterReason, Rejection};
+use crate::dead_letter::Rejection;
 use crate::error::StateError;
 use crate::operator::{Context, Operator};
 use crate::record::{Record, Timestamp};
@@ -36,7 +36,7 @@ impl<Acc: Clone + serde::Serialize + serde::de::DeserializeOwned> WindowState<Ac
     }
 
     #[inline]
-    fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), String> {
+    fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), Rejection> {
         each_kind!(self, w => w.add(agg, record))
     }
 
@@ -167,13 +167,7 @@ where
             let res = self.windows.add(&self.agg, &r);
             match res {
                 Ok(()) => accepted += 1,
-                Err(detail) => {
-                    ctx.reject(
-                        r.position,
-                        Some(r.event_time),
-                        Rejection::new(DeadLetterReason::LateEvent, detail),
-                    );
-                }
+                Err(rejection) => ctx.reject(r.position, Some(r.event_time), rejection),
             }
         }
         ctx.count_windowed(accepted);

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::aggregate::Aggregator;
-use super::common::{Emitter, WindowState, corrupt, late_detail, next_revision, ordered, unordered};
+use super::common::{Emitter, WindowState, corrupt, late, next_revision, ordered, out_of_range, unordered};
 use super::spec::Window;
+use crate::dead_letter::Rejection;
 use crate::error::StateError;
 use crate::record::{Key, Record, Timestamp};
 use crate::state::StateBackend;
@@ -126,16 +127,19 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
         self.watermark
     }
 
-    fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), String> {
+    fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), Rejection> {
         let ts = record.event_time;
-        let proto = Window { start: ts, end: ts.saturating_add(self.gap) };
+        let Some(end) = ts.checked_add(self.gap).filter(|_| ts.checked_sub(self.gap).is_some()) else {
+            return Err(out_of_range(ts, self.gap));
+        };
+        let proto = Window { start: ts, end };
         if !self.unsaved.contains(&record.key) {
             self.unsaved.insert(record.key.clone());
         }
         // A record whose own session would be past its allowed lateness is late, even when it
         // touches a session still held: merging it would revive a result already marked final.
         if proto.end.saturating_add(self.lateness) <= self.watermark {
-            return Err(late_detail(ts, self.watermark, self.lateness, proto));
+            return Err(late(ts, self.watermark, self.lateness, proto));
         }
         let list = self.sessions.entry(record.key.clone()).or_default();
         // Indices of sessions intersecting the proto-session (bounds touching count).
