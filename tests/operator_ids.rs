@@ -192,3 +192,62 @@ async fn allowing_non_restored_state_starts_the_window_empty() {
     assert_eq!(rows.len(), 10);
     assert!(rows.iter().all(|r| r.2 == 5), "only the records after the savepoint are counted: {rows:?}");
 }
+
+#[tokio::test]
+async fn two_stateful_steps_with_one_id_are_refused_before_the_run() {
+    let job = Stream::<(String, i64)>::new()
+        .assign_timestamps(|e| e.1, timestamps())
+        .dedup_by(Duration::from_secs(60), |e: &(String, i64)| e.0.as_str())
+        .id("same")
+        .key_by(|e| Key::from(e.0.as_str()))
+        .window(minute(), Count)
+        .id("same");
+    let err = Runner::default()
+        .job(MemorySource::new(records(0..10)), job)
+        .sink(CollectSink::new())
+        .discard_dead_letters()
+        .run()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JobError::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("`same`"), "{err}");
+}
+
+#[tokio::test]
+async fn a_checkpoint_without_operator_ids_is_refused_for_a_stateful_job() {
+    use ferroflow::checkpoint::{CheckpointConfig, CheckpointCoordinator, coordinator_meta};
+    use ferroflow::state::MemoryStateBackend;
+    let (store, scratch) = (store(), tempfile::tempdir().unwrap());
+    // A checkpoint as written before ids were recorded: offsets and state, no `operators.ids`.
+    let mut old = CheckpointCoordinator::open(
+        store.clone(),
+        CheckpointConfig::new("ferroflow-job", scratch.path().join("old")),
+    )
+    .await
+    .unwrap();
+    old.take(&mut MemoryStateBackend::new(), coordinator_meta(&[(0, 50)])).await.unwrap();
+
+    let mut fresh = runner(&store, &scratch.path().join("new"), None).build().unwrap();
+    let err = fresh
+        .job(MemorySource::new(records(0..100)), v1(true))
+        .sink(CollectSink::new())
+        .discard_dead_letters()
+        .run()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, JobError::Checkpoint(CheckpointError::UnmatchedState { unmatched, .. }) if unmatched[0].contains("not recorded")),
+        "{err:?}"
+    );
+    // Said on purpose, the job starts from the checkpoint's offsets with empty state.
+    let mut allowed =
+        runner(&store, &scratch.path().join("new2"), None).allow_non_restored_state(true).build().unwrap();
+    let report = allowed
+        .job(MemorySource::new(records(0..100)), v1(true))
+        .sink(CollectSink::new())
+        .discard_dead_letters()
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.counters.records_in, 50);
+}

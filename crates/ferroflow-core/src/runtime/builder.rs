@@ -134,7 +134,7 @@ pub struct CheckpointsBuilder {
     runner: RunnerBuilder,
     target: Target,
     config: Option<crate::checkpoint::CheckpointConfig>,
-    job_id: String,
+    job_id: Option<String>,
     interval: Option<Duration>,
     retain: Option<usize>,
     scratch_dir: Option<std::path::PathBuf>,
@@ -163,7 +163,7 @@ impl CheckpointsBuilder {
             runner,
             target,
             config: None,
-            job_id: "ferroflow-job".into(),
+            job_id: None,
             interval: None,
             retain: None,
             scratch_dir: None,
@@ -188,7 +188,7 @@ impl CheckpointsBuilder {
 
     /// Names the job in manifests. Default `ferroflow-job`.
     pub fn job_id(mut self, id: impl Into<String>) -> Self {
-        self.job_id = id.into();
+        self.job_id = Some(id.into());
         self
     }
 
@@ -199,17 +199,17 @@ impl CheckpointsBuilder {
         self
     }
 
-    /// Endpoint, region and credentials of an `s3://` store (path-style by default, as MinIO and
-    /// Garage need).
+    /// Endpoint, region and credentials of an `s3://` store given by URL (path-style by default,
+    /// as MinIO and Garage need); a store opened with `checkpoint_store` has its own.
     pub fn s3(mut self, options: crate::checkpoint::S3Options) -> Self {
         self.s3 = options;
         self
     }
 
     /// Every other checkpoint setting (format version, migration, empty start), at once; the
-    /// builder's own settings (interval, retention, job id, scratch directory) apply on top.
+    /// builder's own settings (interval, retention, job id, scratch directory), set before or
+    /// after, apply on top.
     pub fn config(mut self, config: crate::checkpoint::CheckpointConfig) -> Self {
-        self.job_id.clone_from(&config.job_id);
         self.config = Some(config);
         self
     }
@@ -251,11 +251,13 @@ impl CheckpointsBuilder {
             Target::Store(store) => store,
         };
         let mut config = self.config.unwrap_or_else(|| {
-            let scratch =
-                std::env::temp_dir().join(format!("ferroflow-{}-{}", self.job_id, std::process::id()));
-            CheckpointConfig::new(self.job_id.clone(), scratch)
+            let job_id = self.job_id.clone().unwrap_or_else(|| "ferroflow-job".into());
+            let scratch = std::env::temp_dir().join(format!("ferroflow-{job_id}-{}", std::process::id()));
+            CheckpointConfig::new(job_id, scratch)
         });
-        config.job_id = self.job_id;
+        if let Some(id) = self.job_id {
+            config.job_id = id;
+        }
         if let Some(dir) = self.scratch_dir {
             config.local_dir = dir;
         }

@@ -77,7 +77,6 @@ pub(crate) struct Chains<C: Operator> {
     status_changed: bool,
     watermark: Watermark,
     names: Vec<&'static str>,
-    #[cfg_attr(not(feature = "checkpoints"), allow(dead_code))]
     state_ids: Vec<String>,
     consumes_records: bool,
 }
@@ -119,7 +118,6 @@ impl<C: Operator> Chains<C> {
     }
 
     /// Ids of the stateful steps of a chain (what a checkpoint files their state under).
-    #[cfg_attr(not(feature = "checkpoints"), allow(dead_code))]
     pub(crate) fn state_ids(&self) -> Vec<String> {
         self.state_ids.clone()
     }

@@ -245,6 +245,13 @@ impl Runner {
         K: Sink<C::Out>,
         D: Sink<DeadLetter>,
     {
+        let ids = chains.state_ids();
+        if let Some(dup) = ids.iter().enumerate().find_map(|(i, id)| ids[..i].contains(id).then_some(id)) {
+            return Err(crate::error::ConfigError::Invalid(format!(
+                "two stateful steps have the id `{dup}`: they would share one state namespace; give each its own `.id(..)`"
+            ))
+            .into());
+        }
         let resumed = match self.checkpointing.as_mut() {
             Some(cp) => cp.restore(&mut chains, &mut source, &self.counters).await?,
             None => None,

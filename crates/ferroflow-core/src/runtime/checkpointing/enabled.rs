@@ -116,8 +116,17 @@ impl Checkpointing {
     /// allowed; new operators simply start empty.
     fn check_operator_ids(&self, manifest: &Manifest, job: &[String]) -> Result<(), CheckpointError> {
         let Some(written) = manifest.operator_ids() else {
-            tracing::warn!(checkpoint = %manifest.label(), "the checkpoint does not list its operator ids; state is restored by name as it is");
-            return Ok(());
+            // Written before checkpoints recorded ids: which state belongs to which operator is
+            // unknown, and restoring the offsets without it would count records again.
+            if job.is_empty() || self.settings.allow_non_restored_state {
+                tracing::warn!(checkpoint = %manifest.label(), "the checkpoint does not list its operator ids; its state is restored by namespace as it is");
+                return Ok(());
+            }
+            return Err(CheckpointError::UnmatchedState {
+                id: manifest.label(),
+                unmatched: vec!["(not recorded: written before operator ids)".to_owned()],
+                job: job.to_vec(),
+            });
         };
         let unmatched: Vec<String> = written.into_iter().filter(|id| !job.contains(id)).collect();
         if unmatched.is_empty() {
