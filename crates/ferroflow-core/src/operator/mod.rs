@@ -120,7 +120,9 @@ impl Context {
     /// assert_eq!(&ctx.take_dead_letters()[0].original[..], b"{oops");
     /// ```
     pub fn reject(&mut self, position: SourcePosition, event_time: Option<Timestamp>, rejection: Rejection) {
-        let original = self.originals.get(position);
+        // Downstream of a window the records are results, not source records: their position
+        // names no source bytes.
+        let original = if self.counting { self.originals.get(position) } else { bytes::Bytes::new() };
         let mut dl = DeadLetter::new(rejection.reason, rejection.detail, position, original);
         dl.event_time = event_time;
         self.dead_letter(dl);
