@@ -3,8 +3,9 @@
 //! checkpoints when partitions move.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,13 +19,7 @@ use ferroflow::window::{Count, WindowResult, WindowSpec};
 use ferroflow::{Key, Operator, PartitionId, Runner, RunnerConfig, Stream};
 use tokio::sync::Notify;
 
-/// Fails the test if `fut` does not finish within `secs` seconds.
-async fn within<F: Future>(secs: u64, what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what} did not finish within {secs} s"),
-    }
-}
+use common::within;
 
 /// (partition, window start, events) of a row.
 type Row = (PartitionId, i64, u64);
@@ -190,4 +185,78 @@ async fn revoked_partitions_continue_on_another_instance_from_their_checkpointed
     together.sort_unstable();
     assert_eq!(together, expected);
     assert_eq!(report_a.counters.records_in + report_b.counters.records_in, 2 * 61);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_a_revoked_partition_stop_the_job_instead_of_rebuilding_its_task() {
+    let scratch = tempfile::tempdir().unwrap();
+    let base = CheckpointStore::from_url("memory://", &S3Options::default()).unwrap();
+    let data: BTreeMap<PartitionId, Vec<i64>> = BTreeMap::from([(0, (0..20).map(|s| s * 1_000).collect())]);
+    // A broken source: partition 0's records keep coming after its revocation.
+    let script = ScriptedSource::over(data).assign(vec![0]).read(0, 10).revoke(vec![0]).read(0, 10);
+    let err = within(
+        10,
+        "the job",
+        instance(&base, "a", scratch.path())
+            .job_per_partition(script, |p| task(p, None))
+            .sink(CollectSink::new())
+            .dead_letters(CollectSink::new())
+            .run(),
+    )
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("partition 0 offset 10") && text.contains("not assigned"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_assigned_back_resumes_from_the_state_it_was_released_with() {
+    let scratch = tempfile::tempdir().unwrap();
+    let base = CheckpointStore::from_url("memory://", &S3Options::default()).unwrap();
+    let data: BTreeMap<PartitionId, Vec<i64>> =
+        BTreeMap::from([(0, (0..60).map(|s| s * 1_000).chain([200_000]).collect())]);
+    let reference = {
+        let (sink, rows) = CollectSink::with_handle();
+        let all = ScriptedSource::over(data.clone()).assign(vec![0]).read(0, 100);
+        Runner::default()
+            .job_per_partition(all, |p| task(p, None))
+            .sink(sink)
+            .discard_dead_letters()
+            .run()
+            .await
+            .unwrap();
+        rows.take()
+    };
+    // Revoked at 20 (a checkpoint there), assigned back, revoked at 50, assigned back again: the
+    // second return must start from the state released at 50, not from the older checkpoint at
+    // 20, which is all a hand-over decided before the job had released the partition could see.
+    let script = ScriptedSource::over(data)
+        .assign(vec![0])
+        .read(0, 20)
+        .revoke(vec![0])
+        .assign(vec![0])
+        .read(0, 30)
+        .revoke(vec![0])
+        .assign(vec![0])
+        .read(0, 100);
+    let answers = script.hook_answers();
+    let (sink, rows) = CollectSink::with_handle();
+    let report = within(
+        20,
+        "the job",
+        instance(&base, "a", scratch.path())
+            .job_per_partition(script, |p| task(p, None))
+            .sink(sink)
+            .discard_dead_letters()
+            .run(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        *answers.lock().unwrap(),
+        vec![BTreeMap::new(), BTreeMap::from([(0, 20)]), BTreeMap::from([(0, 50)])],
+        "each return resumes where the partition was released"
+    );
+    assert_eq!(report.counters.records_in, 61, "nothing read twice");
+    assert_eq!(rows.take(), reference);
 }

@@ -2,9 +2,10 @@
 //! idleness with a manual clock, and failing sinks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,8 @@ use ferroflow::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use common::{wait_until, within};
+
 /// A test event as written in the input files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Ev {
@@ -31,24 +34,6 @@ struct Ev {
     ts: i64,
     #[serde(default)]
     n: u64,
-}
-
-/// Fails the test if `fut` does not finish within `secs` seconds.
-async fn within<F: Future>(secs: u64, what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what} did not finish within {secs} s"),
-    }
-}
-
-/// Polls `cond` every 2 ms until it holds (fails the test after `secs` seconds).
-async fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    within(secs, what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
 }
 
 fn positions_stream()

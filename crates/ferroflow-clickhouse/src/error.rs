@@ -231,12 +231,8 @@ const PERMANENT_CODES: &[u32] = &[
     25,  // CANNOT_PARSE_ESCAPE_SEQUENCE
     26,  // CANNOT_PARSE_QUOTED_STRING
     27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
-    32,  // ATTEMPT_TO_READ_AFTER_EOF
-    33,  // CANNOT_READ_ALL_DATA
-    36,  // BAD_ARGUMENTS
     38,  // CANNOT_PARSE_DATE
     41,  // CANNOT_PARSE_DATETIME
-    53,  // TYPE_MISMATCH
     69,  // ARGUMENT_OUT_OF_BOUND
     70,  // CANNOT_CONVERT_TYPE
     72,  // CANNOT_PARSE_NUMBER
@@ -253,10 +249,17 @@ const PERMANENT_CODES: &[u32] = &[
 ];
 
 /// Server codes for a broken setup: retrying cannot help and rejecting rows would be wrong.
+///
+/// RowBinary rows carry no types: a type mismatch or bad argument on INSERT means the table no
+/// longer has the columns the sink writes (it was altered while the job ran), and every row would
+/// be refused alike. Stopping keeps them, rejecting them would move every result to the dead
+/// letters while checkpoints commit past them.
 const FATAL_CODES: &[u32] = &[
     8,   // THERE_IS_NO_COLUMN
     10,  // NOT_FOUND_COLUMN_IN_BLOCK
     16,  // NO_SUCH_COLUMN_IN_TABLE
+    36,  // BAD_ARGUMENTS
+    53,  // TYPE_MISMATCH
     47,  // UNKNOWN_IDENTIFIER
     48,  // NOT_IMPLEMENTED
     60,  // UNKNOWN_TABLE
@@ -272,6 +275,18 @@ const FATAL_CODES: &[u32] = &[
     497, // ACCESS_DENIED
     516, // AUTHENTICATION_FAILED
 ];
+
+/// Server codes for a request the server could not read to its end: the body was cut short in
+/// transit (retried), or, when it keeps happening, the table's columns changed size under the
+/// sink (see [`TRUNCATED_ATTEMPTS`]). Never a row's fault: splitting would reject good rows.
+pub(crate) const TRUNCATED_CODES: &[u32] = &[
+    32, // ATTEMPT_TO_READ_AFTER_EOF
+    33, // CANNOT_READ_ALL_DATA
+];
+
+/// Attempts of one INSERT that ends in a [`TRUNCATED_CODES`] failure before the sink stops: a
+/// body cut in transit does not repeat this often; a table whose columns changed does.
+pub(crate) const TRUNCATED_ATTEMPTS: u32 = 5;
 
 /// Reads the exception code from a server message: `Code: 60, e.displayText() = …` (18.x) or
 /// `Code: 60. DB::Exception: …` (current versions).
@@ -291,6 +306,7 @@ pub(crate) fn classify_server_message(message: &str) -> (ErrorClass, Option<u32>
         Some(252) if message.contains("partitions for single INSERT block") => ErrorClass::Permanent,
         Some(c) if PERMANENT_CODES.contains(&c) => ErrorClass::Permanent,
         Some(c) if FATAL_CODES.contains(&c) => ErrorClass::Fatal,
+        Some(c) if TRUNCATED_CODES.contains(&c) => ErrorClass::Transient,
         // Everything else — TOO_MANY_PARTS, MEMORY_LIMIT_EXCEEDED, TIMEOUT_EXCEEDED,
         // TABLE_IS_READ_ONLY, NO_ZOOKEEPER, TOO_MANY_SIMULTANEOUS_QUERIES, and codes this list
         // does not know — is retried: stalling with a warning on every attempt loses nothing,
@@ -352,6 +368,19 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+
+    #[test]
+    fn codes_that_are_never_one_rows_fault_retry_or_stop() {
+        let msg = |code: u32| format!("Code: {code}, e.displayText() = DB::Exception: something");
+        // A body cut short: retried (and fatal after a few attempts of one INSERT).
+        assert_eq!(classify_server_message(&msg(32)).0, ErrorClass::Transient);
+        assert_eq!(classify_server_message(&msg(33)).0, ErrorClass::Transient);
+        // A table altered under the sink: stop.
+        assert_eq!(classify_server_message(&msg(36)).0, ErrorClass::Fatal);
+        assert_eq!(classify_server_message(&msg(53)).0, ErrorClass::Fatal);
+        // A value the server refuses is still one row's fault.
+        assert_eq!(classify_server_message(&msg(395)).0, ErrorClass::Permanent);
+    }
 
     #[test]
     fn codes_are_read_from_old_and_new_message_formats() {

@@ -321,6 +321,17 @@ impl<R: TableRow> ClickHouseSink<R> {
                 Err(e) => classify(&e),
             };
             self.stats.failed(error.class);
+            let cut_short = error.code.is_some_and(|c| crate::error::TRUNCATED_CODES.contains(&c));
+            if cut_short && attempt >= crate::error::TRUNCATED_ATTEMPTS {
+                return Err(ClickHouseError::Fatal {
+                    what: format!("{} rows {attempt} times", rows.len()),
+                    message: format!(
+                        "{}; the server keeps reading the INSERT short: the table's columns probably changed \
+                         type while the job ran (check SHOW CREATE TABLE {}); nothing was committed past these rows",
+                        error.message, self.config.table
+                    ),
+                });
+            }
             match error.class {
                 ErrorClass::Permanent => return Ok(Attempt::Refused(error.message)),
                 ErrorClass::Fatal => return Err(error.into_error(&self.config, "the INSERT")),

@@ -93,6 +93,19 @@ pub struct DeadLetter {
     #[serde(with = "original_bytes")]
     #[serde(flatten)]
     pub original: Bytes,
+    /// Set when `original` holds only the start of the record's bytes: the whole did not fit in
+    /// a dead-letter message (see [`DeadLetter::truncated_to`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_truncated: Option<TruncatedOriginal>,
+}
+
+/// What a truncated dead letter says about the bytes it no longer holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TruncatedOriginal {
+    /// Size of the whole original, bytes.
+    pub size: u64,
+    /// XXH3-128 of the whole original, 32 hex digits: finds the record again at its source.
+    pub xxh3_128: String,
 }
 
 impl DeadLetter {
@@ -103,7 +116,43 @@ impl DeadLetter {
         position: SourcePosition,
         original: Bytes,
     ) -> Self {
-        Self { reason, detail: detail.into(), position, event_time: None, original }
+        Self { reason, detail: detail.into(), position, event_time: None, original, original_truncated: None }
+    }
+
+    /// The same dead letter with at most the first `keep` bytes of the original (cut at a UTF-8
+    /// character boundary when the original is text), and the whole original's size and hash.
+    /// Unchanged when the original already fits.
+    ///
+    /// # Examples
+    /// ```
+    /// use bytes::Bytes;
+    /// use ferroflow_core::{DeadLetter, DeadLetterReason, SourcePosition};
+    /// let big = Bytes::from("é".repeat(1_000)); // 2 000 bytes of text
+    /// let dl = DeadLetter::new(DeadLetterReason::DecodeError, "not JSON", SourcePosition::new(0, 1), big);
+    /// let cut = dl.truncated_to(101);
+    /// assert_eq!(cut.original.len(), 100, "cut at a character boundary");
+    /// let t = cut.original_truncated.unwrap();
+    /// assert_eq!(t.size, 2_000);
+    /// assert_eq!(t.xxh3_128.len(), 32);
+    /// ```
+    pub fn truncated_to(&self, keep: usize) -> Self {
+        if self.original.len() <= keep {
+            return self.clone();
+        }
+        let whole = self.original_truncated.clone().unwrap_or_else(|| TruncatedOriginal {
+            size: self.original.len() as u64,
+            xxh3_128: format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&self.original)),
+        });
+        let mut end = keep;
+        if std::str::from_utf8(&self.original).is_ok() {
+            while end > 0 && (self.original[end] & 0b1100_0000) == 0b1000_0000 {
+                end -= 1;
+            }
+        }
+        let mut cut = self.clone();
+        cut.original = self.original.slice(..end);
+        cut.original_truncated = Some(whole);
+        cut
     }
 
     /// Sets the event time.

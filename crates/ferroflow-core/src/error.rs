@@ -446,6 +446,22 @@ pub enum CheckpointError {
         /// The job's stateful operator ids.
         job: Vec<String>,
     },
+    /// Another process claimed the checkpoint folder after this one: two running processes share
+    /// an instance id, or this process was replaced by a restarted one. This one stops without
+    /// committing anything more.
+    #[error(
+        "checkpoints at {location} were taken over by another writer, {by}; this writer, {ours}, stops \
+         without committing: two running processes share one instance id, or a restarted process \
+         replaced this one"
+    )]
+    Fenced {
+        /// The checkpoint folder.
+        location: String,
+        /// This process's claim.
+        ours: String,
+        /// The newer claim.
+        by: String,
+    },
     /// Local file I/O failed.
     #[error("checkpoint I/O error at {path}: {source}")]
     Io {

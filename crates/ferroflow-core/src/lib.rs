@@ -43,7 +43,7 @@ pub mod testing;
 pub mod time;
 pub mod window;
 
-pub use dead_letter::{DeadLetter, DeadLetterReason, Rejection};
+pub use dead_letter::{DeadLetter, DeadLetterReason, Rejection, TruncatedOriginal};
 pub use error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, SourceError, StateError};
 pub use metrics::{CountersSnapshot, JobCounters, LocalCounters, OperatorCount, PartitionStatus, StepCount};
 pub use operator::{Context, Operator, Signal};

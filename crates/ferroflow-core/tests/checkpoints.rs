@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ferroflow_core::StateError;
 use ferroflow_core::checkpoint::{
-    CheckpointConfig, CheckpointCoordinator, CheckpointError, CheckpointMeta, CheckpointStore,
+    CheckpointConfig, CheckpointCoordinator, CheckpointError, CheckpointMeta, CheckpointStore, EPOCH_SPAN,
     RestoreOutcome, S3Options, coordinator_meta,
 };
 use ferroflow_core::state::{RocksDbOptions, RocksDbStateBackend, StateBackend};
@@ -395,4 +395,106 @@ fn rocksdb_reports_keys_live_sst_bytes_and_block_cache() {
     assert!(after.live_bytes > 10_000, "5000 keys flushed to SSTs: {after:?}");
     assert!(after.block_cache_bytes > 0, "a read from an SST fills the block cache: {after:?}");
     assert!((4_000..=6_000).contains(&after.keys), "estimate near 5000: {after:?}");
+}
+
+/// Every file of every manifest in `store` exists with its recorded size and CRC.
+async fn every_manifest_is_whole(store: &CheckpointStore, coord: &mut CheckpointCoordinator) -> usize {
+    let manifests = coord.list_checkpoints().await.unwrap();
+    for m in &manifests {
+        for f in &m.files {
+            let data = store
+                .get(&f.object)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {} is gone: {e}", m.label(), f.object));
+            assert_eq!(
+                (data.len() as u64, crc32fast::hash(&data)),
+                (f.size, f.crc32),
+                "{}: {}",
+                m.label(),
+                f.object
+            );
+        }
+    }
+    manifests.len()
+}
+
+#[tokio::test]
+async fn a_second_writer_fences_the_first_and_every_checkpoint_stays_restorable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tmp.path().join("store").display());
+    let store = CheckpointStore::from_url(&url, &S3Options::default()).unwrap();
+
+    // Writer a: two checkpoints.
+    let mut a = coordinator(&store, &tmp.path().join("scratch-a"), 2).await;
+    let mut state_a = rocks(&tmp.path().join("db-a"));
+    fill(&mut state_a, 0, 5_000, "a1");
+    a.take(&mut state_a, coordinator_meta(&[(0, 10)])).await.unwrap();
+    fill(&mut state_a, 0, 100, "a2");
+    let a_last = a.take(&mut state_a, coordinator_meta(&[(0, 20)])).await.unwrap().manifest;
+
+    // Writer b (the same instance started again while a still runs) claims the folder and
+    // restores a's newest checkpoint.
+    let mut b = coordinator(&store, &tmp.path().join("scratch-b"), 2).await;
+    let claim = b.claim().await.unwrap().clone();
+    assert!(claim.epoch > a.writer().unwrap().epoch, "b's epoch is newer: {claim:?}");
+    let mut state_b = rocks(&tmp.path().join("db-b"));
+    assert_eq!(restored_id(b.restore_latest(&mut state_b).await.unwrap()), a_last.id);
+
+    // a is fenced: its next checkpoint fails, naming both writers, and writes no manifest.
+    fill(&mut state_a, 0, 100, "a3");
+    let err = a.take(&mut state_a, coordinator_meta(&[(0, 30)])).await.unwrap_err();
+    assert!(matches!(err, CheckpointError::Fenced { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&format!("epoch {}", claim.epoch)) && text.contains("instance id"), "{text}");
+    assert_eq!(err.retry_hint(), ferroflow_core::RetryHint::NoRetry);
+
+    // b checkpoints on, garbage-collecting beyond retain = 2: nothing any remaining manifest
+    // names is ever deleted, and a's checkpoints go only by retention, never by overwriting.
+    for round in 0..4u32 {
+        fill(&mut state_b, round * 10, round * 10 + 500, "b");
+        let m = b.take(&mut state_b, coordinator_meta(&[(0, 40 + u64::from(round))])).await.unwrap().manifest;
+        assert!(m.id > a_last.id && m.id / EPOCH_SPAN == claim.epoch, "b's ids carry its epoch: {}", m.id);
+        assert_eq!(every_manifest_is_whole(&store, &mut b).await, 2);
+    }
+
+    // A fresh reader restores b's newest state.
+    let mut reader = coordinator(&store, &tmp.path().join("scratch-r"), 2).await;
+    let mut restored = rocks(&tmp.path().join("db-r"));
+    let RestoreOutcome::Restored(m) = reader.restore_latest(&mut restored).await.unwrap() else {
+        panic!("nothing restored")
+    };
+    assert_eq!(m.source_offsets[&0], 43);
+    assert_eq!(restored.get("w", b"key-000030").unwrap(), Some(b"b-30".to_vec()));
+    assert_eq!(
+        restored.get("w", b"key-004000").unwrap(),
+        Some(b"a1-4000".to_vec()),
+        "a's state lives on in b's"
+    );
+}
+
+#[tokio::test]
+async fn two_writers_racing_for_one_folder_never_overwrite_each_others_checkpoints() {
+    // Both claim before either writes (two pods started with one instance id): the newer claim
+    // wins, the older writer commits nothing, and the folder holds only whole checkpoints.
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tmp.path().join("store").display());
+    let store = CheckpointStore::from_url(&url, &S3Options::default()).unwrap();
+    let mut a = coordinator(&store, &tmp.path().join("scratch-a"), 2).await;
+    let mut b = coordinator(&store, &tmp.path().join("scratch-b"), 2).await;
+    a.claim().await.unwrap();
+    b.claim().await.unwrap();
+    let (mut sa, mut sb) = (rocks(&tmp.path().join("db-a")), rocks(&tmp.path().join("db-b")));
+    fill(&mut sa, 0, 1_000, "a");
+    fill(&mut sb, 0, 1_000, "b");
+    assert!(matches!(
+        a.take(&mut sa, coordinator_meta(&[(0, 1)])).await,
+        Err(CheckpointError::Fenced { .. })
+    ));
+    b.take(&mut sb, coordinator_meta(&[(0, 2)])).await.unwrap();
+    b.take(&mut sb, coordinator_meta(&[(0, 3)])).await.unwrap();
+    assert_eq!(every_manifest_is_whole(&store, &mut b).await, 2);
+    let mut restored = rocks(&tmp.path().join("db-r"));
+    let mut reader = coordinator(&store, &tmp.path().join("scratch-r"), 2).await;
+    reader.restore_latest(&mut restored).await.unwrap();
+    assert_eq!(restored.get("w", b"key-000001").unwrap(), Some(b"b-1".to_vec()));
 }

@@ -34,6 +34,21 @@ pub enum Assignment {
     AllPartitions,
 }
 
+/// What the source does when a partition cannot resume where its checkpoint says: the records in
+/// between were deleted by retention (or the topic was recreated), and librdkafka's
+/// `auto.offset.reset` would silently jump over them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataLossPolicy {
+    /// Stop the job with [`KafkaError::DataLoss`](crate::KafkaError::DataLoss) (default): someone
+    /// decides, e.g. restores an older savepoint, or sets `continue` to accept the loss.
+    #[default]
+    Fail,
+    /// Log the skipped range as an error, count it in `ferroflow_source_records_lost_total` and go
+    /// on from where the partition now starts.
+    Continue,
+}
+
 /// librdkafka properties passed through verbatim (`security.protocol`, `sasl.*`, `ssl.*`, …).
 ///
 /// Values of secret-looking keys (passwords, keys, JAAS configs, tokens) print as `***` so the
@@ -89,6 +104,13 @@ pub struct KafkaSourceConfig {
     pub commit_offsets: bool,
     /// librdkafka statistics interval, ms (feeds the consumer-lag metrics; 0 = off).
     pub statistics_interval_ms: u64,
+    /// `fail` (default) or `continue` when a partition cannot resume at its checkpointed offset
+    /// because retention deleted the records there (see [`DataLossPolicy`]).
+    pub on_data_loss: DataLossPolicy,
+    /// Most bytes of original message headers kept for dead letters of records not yet covered
+    /// by a checkpoint; beyond it the oldest are dropped (counted) and their dead letters carry
+    /// no original headers.
+    pub header_stash_max_bytes: usize,
     /// Extra librdkafka consumer properties, passed through (SASL, SSL, fetch sizes, …).
     pub properties: Properties,
 }
@@ -105,6 +127,8 @@ impl Default for KafkaSourceConfig {
             assignment: Assignment::Group,
             commit_offsets: true,
             statistics_interval_ms: 1000,
+            on_data_loss: DataLossPolicy::Fail,
+            header_stash_max_bytes: 64 << 20,
             properties: Properties::default(),
         }
     }
@@ -168,6 +192,10 @@ impl KafkaSourceConfig {
     }
 }
 
+/// Smallest `dead_letters.max_message_bytes`: a dead letter without its original bytes and
+/// headers (reason, detail, position) always fits.
+pub const MIN_DEAD_LETTER_BYTES: usize = 16 << 10;
+
 /// The dead-letter producer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -182,6 +210,10 @@ pub struct DeadLetterTopicConfig {
     pub create_topic: bool,
     /// Partitions of the topic when it is created.
     pub partitions: i32,
+    /// Largest dead-letter message produced, bytes (librdkafka's `message.max.bytes`, unless
+    /// `properties` sets that). A larger envelope carries only the start of the original bytes,
+    /// with the whole original's size and hash; a record never stops the job for its size.
+    pub max_message_bytes: usize,
     /// Extra librdkafka producer properties, passed through.
     pub properties: Properties,
 }
@@ -194,6 +226,7 @@ impl Default for DeadLetterTopicConfig {
             flush_timeout_ms: 30_000,
             create_topic: true,
             partitions: 1,
+            max_message_bytes: 1_000_000,
             properties: Properties::default(),
         }
     }
@@ -208,7 +241,25 @@ impl DeadLetterTopicConfig {
                 problem: "must not be empty".into(),
             });
         }
+        if self.max_message_bytes() < MIN_DEAD_LETTER_BYTES {
+            return Err(KafkaError::Config {
+                setting: "dead_letters.max_message_bytes".into(),
+                problem: format!(
+                    "must be at least {MIN_DEAD_LETTER_BYTES} (room for the envelope without its original bytes)"
+                ),
+            });
+        }
         Ok(())
+    }
+
+    /// The largest message the producer sends: `properties."message.max.bytes"` when set, else
+    /// `max_message_bytes`.
+    pub fn max_message_bytes(&self) -> usize {
+        self.properties
+            .0
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(self.max_message_bytes)
     }
 
     /// The librdkafka producer configuration (`fallback_brokers` when `brokers` is empty).
@@ -219,7 +270,8 @@ impl DeadLetterTopicConfig {
             // Retries must not reorder or duplicate dead letters of one partition.
             .set("enable.idempotence", "true")
             .set("linger.ms", "20")
-            .set("compression.type", "lz4");
+            .set("compression.type", "lz4")
+            .set("message.max.bytes", self.max_message_bytes.to_string());
         for (k, v) in &self.properties.0 {
             c.set(k, v);
         }

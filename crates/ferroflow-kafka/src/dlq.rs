@@ -26,6 +26,9 @@ struct Deliveries {
     delivered: AtomicU64,
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Envelopes the broker refused as too large (its limit is below the producer's): produced
+    /// again without their original bytes at the next flush.
+    too_large: Mutex<Vec<Vec<u8>>>,
 }
 
 /// The producer's callbacks.
@@ -42,6 +45,12 @@ impl ProducerContext for DeadLetterContext {
         match result {
             Ok(_) => {
                 self.deliveries.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, m)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                use rdkafka::message::Message as _;
+                if let Ok(mut t) = self.deliveries.too_large.lock() {
+                    t.push(m.payload().unwrap_or_default().to_vec());
+                }
             }
             Err((e, _)) => {
                 self.deliveries.failed.fetch_add(1, Ordering::Relaxed);
@@ -68,6 +77,10 @@ pub struct KafkaDeadLetterSink {
     /// Failures already reported (so one failure fails one flush, not every later one).
     failures_seen: u64,
     scratch: Vec<u8>,
+    /// Largest message the producer sends.
+    max_message_bytes: usize,
+    /// Dead letters cut to fit.
+    truncated: u64,
 }
 
 impl std::fmt::Debug for KafkaDeadLetterSink {
@@ -95,7 +108,14 @@ impl KafkaDeadLetterSink {
             stash: None,
             failures_seen: 0,
             scratch: Vec::with_capacity(1024),
+            max_message_bytes: config.max_message_bytes(),
+            truncated: 0,
         })
+    }
+
+    /// Dead letters whose original bytes (or headers) were cut to fit in one message.
+    pub fn truncated(&self) -> u64 {
+        self.truncated
     }
 
     /// Copies each dead letter's original message headers (from the source's stash) onto its
@@ -111,12 +131,20 @@ impl KafkaDeadLetterSink {
     }
 
     async fn produce(&mut self, dl: &DeadLetter) -> Result<(), SinkError> {
-        self.scratch.clear();
-        serde_json::to_writer(&mut self.scratch, dl).map_err(|e| SinkError::Encode(e.to_string()))?;
         let key = format!("{}:{}", dl.position.partition, dl.position.offset);
         let partition = dl.position.partition.to_string();
         let offset = dl.position.offset.to_string();
-        let original = self.stash.as_ref().and_then(|s| s.get(dl.position)).unwrap_or_default();
+        let mut original = self.stash.as_ref().and_then(|s| s.get(dl.position)).unwrap_or_default();
+        let mut header_bytes: usize =
+            original.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len())).sum();
+        // The message must fit whole: key, our headers, the original headers and the envelope.
+        let room = self.max_message_bytes.saturating_sub(key.len() + ENVELOPE_SLACK);
+        if header_bytes > room / 2 {
+            // Huge original headers: the envelope (reason, position, bytes) matters more.
+            original.clear();
+            header_bytes = 0;
+        }
+        self.encode(dl, room.saturating_sub(header_bytes))?;
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(3 + original.len())
                 .insert(Header { key: "ferroflow.reason", value: Some(dl.reason.code()) })
@@ -135,11 +163,113 @@ impl KafkaDeadLetterSink {
                 Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                // Still too large for the producer (its own limit differs from ours): the
+                // envelope alone, which always fits.
+                Err((e, _))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+                        && (!original.is_empty() || self.scratch.len() > MIN_ENVELOPE) =>
+                {
+                    original.clear();
+                    self.encode(&dl.truncated_to(0), MIN_ENVELOPE)?;
+                }
                 Err((e, _)) => return Err(KafkaError::client("producing a dead letter", e).into()),
             }
         }
     }
+
+    /// Serializes `dl` into the scratch buffer in at most `room` bytes: when the whole envelope
+    /// is larger, the detail is shortened and the original cut (its size and hash kept), so a
+    /// record never fails the job for its size.
+    fn encode(&mut self, dl: &DeadLetter, room: usize) -> Result<(), SinkError> {
+        let write = |buf: &mut Vec<u8>, dl: &DeadLetter| {
+            buf.clear();
+            serde_json::to_writer(&mut *buf, dl).map_err(|e| SinkError::Encode(e.to_string()))
+        };
+        write(&mut self.scratch, dl)?;
+        if self.scratch.len() <= room {
+            return Ok(());
+        }
+        self.truncated += 1;
+        let mut cut = dl.truncated_to(0);
+        if cut.detail.len() > MAX_DETAIL {
+            let mut end = MAX_DETAIL;
+            while !cut.detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            cut.detail.truncate(end);
+            cut.detail.push_str(" …");
+        }
+        write(&mut self.scratch, &cut)?;
+        let bare = self.scratch.len();
+        // Escaping can grow the original up to six-fold (control characters as \u00XX) and base64
+        // by a third: shrink until it fits.
+        let mut keep = room.saturating_sub(bare);
+        while keep > 0 {
+            let mut attempt = dl.truncated_to(keep);
+            attempt.detail.clone_from(&cut.detail);
+            write(&mut self.scratch, &attempt)?;
+            if self.scratch.len() <= room {
+                break;
+            }
+            let over = self.scratch.len() - room;
+            keep = keep.saturating_sub(over.max(keep / 8).max(1));
+        }
+        if keep == 0 {
+            write(&mut self.scratch, &cut)?;
+        }
+        tracing::warn!(
+            reason = %dl.reason,
+            partition = dl.position.partition,
+            offset = dl.position.offset,
+            original_bytes = dl.original.len(),
+            kept = keep,
+            "dead letter larger than dead_letters.max_message_bytes; its original bytes were cut"
+        );
+        Ok(())
+    }
+
+    /// Produces again, without original bytes or headers, the envelopes the broker refused as too
+    /// large.
+    async fn resend_too_large(&mut self) -> Result<bool, SinkError> {
+        let refused: Vec<Vec<u8>> =
+            self.deliveries.too_large.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        if refused.is_empty() {
+            return Ok(false);
+        }
+        let stash = self.stash.take();
+        for body in &refused {
+            let dl = match serde_json::from_slice::<DeadLetter>(body) {
+                Ok(dl) => dl.truncated_to(0),
+                Err(e) => {
+                    return Err(SinkError::Encode(format!("a refused dead letter does not parse: {e}")));
+                }
+            };
+            tracing::warn!(
+                partition = dl.position.partition,
+                offset = dl.position.offset,
+                "the broker refused a dead letter as too large; producing it without its original bytes"
+            );
+            self.truncated += 1;
+            let limit = self.max_message_bytes;
+            self.max_message_bytes = MIN_ENVELOPE;
+            let sent = self.produce(&dl).await;
+            self.max_message_bytes = limit;
+            sent?;
+        }
+        self.stash = stash;
+        Ok(true)
+    }
 }
+
+/// Room kept for our own headers and the message's framing.
+const ENVELOPE_SLACK: usize = 1024;
+
+/// Longest detail kept in a dead letter that had to be cut.
+const MAX_DETAIL: usize = 4096;
+
+/// An envelope without original bytes or headers fits in this (the detail is at most
+/// [`MAX_DETAIL`]).
+const MIN_ENVELOPE: usize = 8192;
 
 impl Sink<DeadLetter> for KafkaDeadLetterSink {
     async fn write_batch(&mut self, batch: Vec<DeadLetter>) -> Result<(), SinkError> {
@@ -150,12 +280,17 @@ impl Sink<DeadLetter> for KafkaDeadLetterSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        let producer = Arc::clone(&self.producer);
-        let timeout = self.flush_timeout;
-        tokio::task::spawn_blocking(move || producer.flush(timeout))
-            .await
-            .map_err(|e| KafkaError::Delivery(format!("flush task failed: {e}")))?
-            .map_err(|e| KafkaError::client("flushing dead letters", e))?;
+        loop {
+            let producer = Arc::clone(&self.producer);
+            let timeout = self.flush_timeout;
+            tokio::task::spawn_blocking(move || producer.flush(timeout))
+                .await
+                .map_err(|e| KafkaError::Delivery(format!("flush task failed: {e}")))?
+                .map_err(|e| KafkaError::client("flushing dead letters", e))?;
+            if !self.resend_too_large().await? {
+                break;
+            }
+        }
         let failed = self.deliveries.failed.load(Ordering::Relaxed);
         if failed > self.failures_seen {
             self.failures_seen = failed;

@@ -28,6 +28,25 @@ pub enum KafkaError {
     /// Producing dead letters failed.
     #[error("dead-letter delivery failed: {0}")]
     Delivery(String),
+    /// A partition could not resume where its checkpoint says: the broker no longer has the
+    /// records there (retention deleted them, or the topic was recreated).
+    #[error(
+        "partition {partition} of {topic} should resume at offset {expected} but the broker delivered \
+         offset {delivered} first ({detail}); records would be skipped or read twice, so the job stops. \
+         Restore an older savepoint, or set kafka.on_data_loss = \"continue\" to accept it"
+    )]
+    DataLoss {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// Where the checkpoint says it resumes.
+        expected: u64,
+        /// The first offset the broker delivered.
+        delivered: u64,
+        /// What the broker's log start says about the gap.
+        detail: String,
+    },
 }
 
 impl KafkaError {
@@ -35,18 +54,19 @@ impl KafkaError {
         KafkaError::Client { operation, source }
     }
 
-    /// A bad setting is the user's to fix; the rest come from the brokers or the network.
+    /// A bad setting or lost data is the user's to decide; the rest come from the brokers or the
+    /// network.
     pub fn domain(&self) -> ErrorDomain {
         match self {
-            KafkaError::Config { .. } => ErrorDomain::User,
+            KafkaError::Config { .. } | KafkaError::DataLoss { .. } => ErrorDomain::User,
             KafkaError::Client { .. } | KafkaError::Delivery(_) => ErrorDomain::External,
         }
     }
 
-    /// A bad setting fails the same way again; client and delivery failures may pass.
+    /// A bad setting or lost data fails the same way again; client and delivery failures may pass.
     pub fn retry_hint(&self) -> RetryHint {
         match self {
-            KafkaError::Config { .. } => RetryHint::NoRetry,
+            KafkaError::Config { .. } | KafkaError::DataLoss { .. } => RetryHint::NoRetry,
             KafkaError::Client { .. } | KafkaError::Delivery(_) => RetryHint::WithBackoff,
         }
     }

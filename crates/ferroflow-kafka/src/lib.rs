@@ -16,15 +16,21 @@ mod config;
 mod dlq;
 mod error;
 mod headers;
+mod poll;
+mod rebalance;
+mod shared;
 mod source;
 mod stats;
 
 pub use admin::ensure_topic;
-pub use config::{Assignment, DeadLetterTopicConfig, KafkaSourceConfig, Properties, StartOffset};
+pub use config::{
+    Assignment, DataLossPolicy, DeadLetterTopicConfig, KafkaSourceConfig, Properties, StartOffset,
+};
 pub use dlq::{DeadLetterContext, KafkaDeadLetterSink};
 pub use error::KafkaError;
 pub use headers::{HeaderPair, HeaderStash};
-pub use source::{KafkaSource, SourceContext};
+pub use rebalance::SourceContext;
+pub use source::KafkaSource;
 pub use stats::{PartitionLag, SourceStats};
 
 /// Re-exported so users of this crate name the same librdkafka types (mock cluster, producers).

@@ -34,6 +34,14 @@ struct Inner {
     commit_failures: AtomicU64,
     rebalances: AtomicU64,
     lag: Mutex<BTreeMap<PartitionId, PartitionLag>>,
+    /// Log start and end of every partition librdkafka reports on, as of its latest statistics.
+    log_range: Mutex<BTreeMap<PartitionId, (i64, i64)>>,
+    /// Offsets skipped because the broker no longer had them, per partition.
+    lost: Mutex<BTreeMap<PartitionId, u64>>,
+    /// Messages of partitions not assigned any more, dropped unread (another owner reads them).
+    stray: AtomicU64,
+    /// The source's header stash, for its eviction count.
+    headers: Mutex<Option<crate::headers::HeaderStash>>,
 }
 
 impl SourceStats {
@@ -52,10 +60,33 @@ impl SourceStats {
     pub(crate) fn rebalanced(&self) {
         self.inner.rebalances.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn lost(&self, partition: PartitionId, records: u64) {
+        if let Ok(mut l) = self.inner.lost.lock() {
+            let n = l.entry(partition).or_default();
+            *n = n.saturating_add(records);
+        }
+    }
+    pub(crate) fn watch_headers(&self, stash: crate::headers::HeaderStash) {
+        if let Ok(mut h) = self.inner.headers.lock() {
+            *h = Some(stash);
+        }
+    }
+    pub(crate) fn stray(&self) {
+        self.inner.stray.fetch_add(1, Ordering::Relaxed);
+    }
     pub(crate) fn set_lag(&self, lags: BTreeMap<PartitionId, PartitionLag>) {
         if let Ok(mut l) = self.inner.lag.lock() {
             *l = lags;
         }
+    }
+    pub(crate) fn set_log_range(&self, ranges: BTreeMap<PartitionId, (i64, i64)>) {
+        if let Ok(mut r) = self.inner.log_range.lock() {
+            *r = ranges;
+        }
+    }
+    /// `(log start, log end)` per partition, from librdkafka's latest statistics.
+    pub(crate) fn log_range(&self) -> BTreeMap<PartitionId, (i64, i64)> {
+        self.inner.log_range.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// Records consumed.
@@ -81,6 +112,25 @@ impl SourceStats {
     /// Rebalances seen.
     pub fn rebalances(&self) -> u64 {
         self.inner.rebalances.load(Ordering::Relaxed)
+    }
+    /// Offsets skipped per partition because retention had deleted them when the partition
+    /// resumed (only with `on_data_loss = "continue"`; by default the job stops instead).
+    pub fn records_lost(&self) -> BTreeMap<PartitionId, u64> {
+        self.inner.lost.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+    /// Original headers dropped from the stash to stay within `header_stash_max_bytes` (their
+    /// dead letters go out without them).
+    pub fn headers_evicted(&self) -> u64 {
+        self.inner
+            .headers
+            .lock()
+            .ok()
+            .and_then(|h| h.as_ref().map(crate::headers::HeaderStash::evicted))
+            .unwrap_or(0)
+    }
+    /// Messages of partitions no longer assigned that were dropped unread.
+    pub fn stray_messages(&self) -> u64 {
+        self.inner.stray.load(Ordering::Relaxed)
     }
     /// Consumer lag per partition, from librdkafka's latest statistics.
     pub fn lag(&self) -> BTreeMap<PartitionId, PartitionLag> {

@@ -2,61 +2,22 @@
 //! in ferroflow-pipeline use a real broker).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{PARTITIONS, config, produce, read};
 use ferroflow_core::sink::Sink;
-use ferroflow_core::source::{Source, SourceEvent};
+use ferroflow_core::source::Source;
 use ferroflow_core::{DeadLetter, DeadLetterReason, SourcePosition};
 use ferroflow_kafka::rdkafka::ClientConfig;
 use ferroflow_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use ferroflow_kafka::rdkafka::message::{Headers, Message};
 use ferroflow_kafka::rdkafka::mocking::MockCluster;
 use ferroflow_kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use ferroflow_kafka::{DeadLetterTopicConfig, KafkaDeadLetterSink, KafkaSource, KafkaSourceConfig};
-
-const PARTITIONS: i32 = 3;
-
-fn produce(brokers: &str, topic: &str, n: usize) {
-    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    for i in 0..n {
-        let payload = format!("message-{i}");
-        let partition = (i % PARTITIONS as usize) as i32;
-        loop {
-            match producer.send(BaseRecord::<(), _>::to(topic).payload(&payload).partition(partition)) {
-                Ok(()) => break,
-                Err(_) => {
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(10)).unwrap();
-}
-
-/// Reads until `n` records arrived (or 30 s passed); returns (partition, offset, payload) triples.
-async fn read(source: &mut KafkaSource, n: usize) -> Vec<(u32, u64, Bytes)> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while out.len() < n && Instant::now() < deadline {
-        let ev = tokio::time::timeout(Duration::from_secs(5), source.next_event()).await;
-        if let Ok(Ok(Some(SourceEvent::Batch(b)))) = ev {
-            out.extend(b.records.into_iter().map(|r| (r.position.partition, r.position.offset, r.payload)));
-        }
-    }
-    out
-}
-
-fn config(brokers: &str, topic: &str, group: &str) -> KafkaSourceConfig {
-    KafkaSourceConfig {
-        brokers: brokers.into(),
-        topic: topic.into(),
-        group_id: group.into(),
-        batch_max_records: 500,
-        ..Default::default()
-    }
-}
+use ferroflow_kafka::{DeadLetterTopicConfig, KafkaDeadLetterSink, KafkaSource};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_every_partition_in_batches_exactly_once() {

@@ -28,7 +28,10 @@ pub struct PipelineConfig {
     /// Names this instance among the pipeline's instances in one consumer group; each keeps its
     /// checkpoints in `<checkpoints.url>/<instance_id>/`. Give every running instance its own
     /// (a pod name, a host name); the state of a partition is found by looking through every
-    /// instance's folder, so a restarted instance may take a new name.
+    /// instance's folder, so a restarted instance may take a new name. Empty (the default): the
+    /// host name and a hash of `state.dir`'s absolute path, unique per host and state directory
+    /// and the same across restarts (see [`PipelineConfig::instance`]). Two processes started
+    /// with one id fence each other: the newer one runs, the older stops.
     pub instance_id: String,
     /// The input topic and consumer group.
     pub kafka: KafkaSourceConfig,
@@ -60,7 +63,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             pipeline_id: "events-per-minute".into(),
-            instance_id: "0".into(),
+            instance_id: String::new(),
             kafka: KafkaSourceConfig::default(),
             dead_letters: DeadLetterTopicConfig::default(),
             contract: ContractSection::default(),
@@ -112,7 +115,13 @@ impl Default for FilterSection {
 #[serde(deny_unknown_fields, default)]
 pub struct DedupSection {
     /// How long (event time, ms) an `event_id` is remembered; a resend within it is dropped and
-    /// counted as deduplicated.
+    /// counted as deduplicated. At least `window.size_ms + window.allowed_lateness_ms +
+    /// watermarks.out_of_orderness_ms`: a resend arriving after its id was forgotten is then late
+    /// for its window and can never be counted twice, whatever the batch boundaries of a replay.
+    ///
+    /// Ids are remembered per Kafka partition: a resend must land on the partition of its
+    /// original (the topic keyed by `user_id` or `event_id`, as producers' retries do), see
+    /// README "Delivery guarantees".
     pub ttl_ms: u64,
 }
 
@@ -129,14 +138,20 @@ pub struct WatermarkSection {
     /// Bounded out-of-orderness: how far behind the newest event time an event may arrive and
     /// still be on time, in ms.
     pub out_of_orderness_ms: u64,
-    /// A partition with no records for this long (wall clock, ms) stops holding the watermark
-    /// back; 0 turns idleness detection off.
+    /// A partition with no records for this long stops holding the watermark back; 0 turns
+    /// idleness detection off. Measured on the Kafka source's clock, which stands still while
+    /// the job is blocked (a ClickHouse outage, a slow checkpoint), and a partition the source has
+    /// not caught up with never counts as idle.
     pub idle_timeout_ms: u64,
+    /// Events stamped more than this far ahead of the wall clock (ms) become
+    /// `event_time_out_of_range` dead letters instead of moving their partition's watermark
+    /// there for good; 0 turns the bound off.
+    pub max_time_ahead_ms: u64,
 }
 
 impl Default for WatermarkSection {
     fn default() -> Self {
-        Self { out_of_orderness_ms: 5_000, idle_timeout_ms: 30_000 }
+        Self { out_of_orderness_ms: 5_000, idle_timeout_ms: 30_000, max_time_ahead_ms: 3_600_000 }
     }
 }
 
@@ -154,7 +169,8 @@ pub enum KeyField {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WindowSection {
-    /// Window size in ms (default one minute).
+    /// Window size in ms (default one minute): whole seconds, since the table stores window
+    /// starts in seconds.
     pub size_ms: u64,
     /// How long after a window closes late events still update it, in ms; later ones become
     /// `late_event` dead letters.
@@ -347,13 +363,29 @@ impl PipelineConfig {
         {
             return bad("pipeline_id must be non-empty and use only letters, digits, '-' or '_'");
         }
-        if self.instance_id.is_empty()
-            || !self.instance_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return bad("instance_id must be non-empty and use only letters, digits, '-', '_' or '.'");
+        if !self.instance_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            return bad(
+                "instance_id must use only letters, digits, '-', '_' or '.' (empty: derived from the host name)",
+            );
         }
-        if self.window.size_ms == 0 {
-            return bad("window.size_ms must be greater than 0");
+        if self.window.size_ms == 0 || self.window.size_ms % 1000 != 0 {
+            return bad(
+                "window.size_ms must be a positive whole number of seconds (a multiple of 1000): the result \
+                 table stores window starts in seconds, so shorter or fractional windows would share rows",
+            );
+        }
+        let needed = self
+            .window
+            .size_ms
+            .saturating_add(self.window.allowed_lateness_ms)
+            .saturating_add(self.watermarks.out_of_orderness_ms);
+        if self.dedup.ttl_ms < needed {
+            return Err(ConfigLoadError::Invalid(format!(
+                "dedup.ttl_ms = {} is shorter than window.size_ms + window.allowed_lateness_ms + \
+                 watermarks.out_of_orderness_ms = {needed}: a resend arriving after its id is forgotten could \
+                 still be counted in its window, differently on every replay; raise dedup.ttl_ms to at least {needed}",
+                self.dedup.ttl_ms
+            )));
         }
         if self.checkpoints.interval_ms == 0 {
             return bad("checkpoints.interval_ms must be greater than 0");
@@ -365,10 +397,36 @@ impl PipelineConfig {
     }
 
     /// Where partition state is found and handed over: every instance's folder under
-    /// `checkpoints.url`, this instance writing to `<instance_id>/`.
+    /// `checkpoints.url`, this instance writing to `<instance>/`.
     pub fn hand_over(&self) -> Result<PartitionHandOver, ferroflow_core::checkpoint::CheckpointError> {
         let base = CheckpointStore::from_url(&self.checkpoints.url, &self.checkpoints.s3())?;
-        Ok(PartitionHandOver::new(base, self.instance_id.clone(), STATE_FORMAT_VERSION))
+        Ok(PartitionHandOver::new(base, self.instance(), STATE_FORMAT_VERSION))
+    }
+
+    /// This instance's id: `instance_id`, or when it is empty `<host name>-<8 hex digits>` from
+    /// the absolute path of `state.dir`. Unique per host and state directory (two instances on
+    /// one host need their own state directories anyway) and the same across restarts on the
+    /// same host, so an unset id never makes two instances share a checkpoint folder.
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_pipeline::config::PipelineConfig;
+    /// let mut a = PipelineConfig::default();
+    /// a.state.dir = "/var/lib/ferroflow/a".into();
+    /// let mut b = a.clone();
+    /// b.state.dir = "/var/lib/ferroflow/b".into();
+    /// assert_ne!(a.instance(), b.instance());
+    /// assert_eq!(a.instance(), a.clone().instance(), "stable");
+    /// a.instance_id = "web-1".into();
+    /// assert_eq!(a.instance(), "web-1");
+    /// ```
+    pub fn instance(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        let dir = std::path::absolute(&self.state.dir).unwrap_or_else(|_| self.state.dir.clone());
+        let hash = crc32fast::hash(dir.to_string_lossy().as_bytes());
+        format!("{}-{hash:08x}", ferroflow_core::checkpoint::host_name())
     }
 
     /// The checkpoint interval.
@@ -427,6 +485,42 @@ mod tests {
         let c = load_toml("[checkpoints]\ns3_secret_access_key = \"s3cr3t\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n").unwrap();
         let text = format!("{c:?}");
         assert!(!text.contains("s3cr3t") && !text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn the_shipped_configuration_files_load() {
+        for f in ["pipeline.example.toml", "compose-pipeline.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config").join(f);
+            let c = PipelineConfig::load(Some(&path), &serde_json::json!({}));
+            assert!(c.is_ok(), "{f}: {:?}", c.err());
+        }
+    }
+
+    #[test]
+    fn a_window_that_is_not_whole_seconds_is_refused() {
+        // The table stores window starts in seconds: 1.5 s windows would share rows.
+        let e = load_toml("[window]\nsize_ms = 1500\n").unwrap_err().to_string();
+        assert!(e.contains("window.size_ms") && e.contains("multiple of 1000"), "{e}");
+        assert!(load_toml("[window]\nsize_ms = 2000\n").is_ok());
+    }
+
+    #[test]
+    fn a_dedup_ttl_shorter_than_a_window_and_its_lateness_is_refused() {
+        let e = load_toml("[dedup]\nttl_ms = 60000\n").unwrap_err().to_string();
+        // 60 000 + 120 000 + 5 000 with the default window, lateness and out-of-orderness.
+        assert!(e.contains("dedup.ttl_ms") && e.contains("185000"), "{e}");
+        assert!(load_toml("[dedup]\nttl_ms = 185000\n").is_ok());
+    }
+
+    #[test]
+    fn an_unset_instance_id_is_derived_and_differs_per_state_directory() {
+        let a = load_toml("[state]\ndir = \"/srv/a\"\n").unwrap();
+        let b = load_toml("[state]\ndir = \"/srv/b\"\n").unwrap();
+        assert!(a.instance_id.is_empty());
+        assert_ne!(a.instance(), b.instance(), "two instances on one host never share a folder");
+        assert!(a.instance().starts_with(&ferroflow_core::checkpoint::host_name()));
+        let named = load_toml("instance_id = \"web-1\"\n").unwrap();
+        assert_eq!(named.instance(), "web-1");
     }
 
     #[test]

@@ -55,7 +55,11 @@ pub fn open_state(dir: &std::path::Path, memory: bool) -> anyhow::Result<Box<dyn
     #[cfg(feature = "rocksdb")]
     if !memory {
         use ferroflow_core::state::{RocksDbOptions, RocksDbStateBackend};
-        return Ok(Box::new(RocksDbStateBackend::open(dir.join("rocksdb"), RocksDbOptions::default())?));
+        // Emptied: the job's state comes from its checkpoint, whatever a crash left on disk.
+        return Ok(Box::new(RocksDbStateBackend::open_empty(
+            dir.join("rocksdb"),
+            RocksDbOptions::default(),
+        )?));
     }
     let _ = (dir, memory);
     Ok(Box::new(ferroflow_core::state::MemoryStateBackend::new()))

@@ -29,7 +29,6 @@ use ferroflow_core::{
 };
 use ferroflow_kafka::{KafkaDeadLetterSink, KafkaSource, SourceStats};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use crate::config::{KeyField, OutputKind, PipelineConfig, StateKind};
 use crate::contract::{Contract, ContractStats};
@@ -264,6 +263,10 @@ impl TaskSpec {
         if config.watermarks.idle_timeout_ms > 0 {
             watermarks = watermarks.with_idleness(Duration::from_millis(config.watermarks.idle_timeout_ms));
         }
+        if config.watermarks.max_time_ahead_ms > 0 {
+            watermarks =
+                watermarks.with_max_time_ahead(Duration::from_millis(config.watermarks.max_time_ahead_ms));
+        }
         let window = WindowSpec::tumbling(Duration::from_millis(config.window.size_ms))?
             .with_allowed_lateness(Duration::from_millis(config.window.allowed_lateness_ms));
         Ok(Self {
@@ -320,11 +323,34 @@ pub enum ResultTarget {
 /// (key, window start, partition), kept by the demo to show and check its results.
 pub type ResultTap = Arc<Mutex<BTreeMap<(String, u32, u32), WindowRow>>>;
 
-/// The job's result sink: a target plus an optional tap.
+/// Rows ClickHouse refused, as `sink_rejected` dead letters waiting to be produced (filled by
+/// the sink's rejection callback, drained by [`ResultSink`] after every call into the sink).
+pub type RejectedRows = Arc<Mutex<Vec<DeadLetter>>>;
+
+/// The job's result sink: a target plus an optional tap, and the producer of `sink_rejected`
+/// dead letters.
+///
+/// Refused rows are produced after each call into the target and flushed with it: a checkpoint
+/// barrier completes only once they are acknowledged (at-least-once, like every other dead
+/// letter), and at most one call's refusals wait in memory.
 #[derive(Debug)]
 pub struct ResultSink {
     target: ResultTarget,
     tap: Option<ResultTap>,
+    rejected: RejectedRows,
+    rejected_sink: KafkaDeadLetterSink,
+}
+
+impl ResultSink {
+    /// Produces the rows the target refused since the last call.
+    async fn produce_rejected(&mut self) -> Result<(), SinkError> {
+        let refused =
+            std::mem::take(&mut *self.rejected.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if refused.is_empty() {
+            return Ok(());
+        }
+        self.rejected_sink.write_batch(refused).await
+    }
 }
 
 impl Sink<WindowRow> for ResultSink {
@@ -341,21 +367,25 @@ impl Sink<WindowRow> for ResultSink {
             }
         }
         match &mut self.target {
-            ResultTarget::ClickHouse(s) => s.write_batch(batch).await,
-            ResultTarget::File(s) => s.write_batch(batch).await,
+            ResultTarget::ClickHouse(s) => s.write_batch(batch).await?,
+            ResultTarget::File(s) => s.write_batch(batch).await?,
         }
+        self.produce_rejected().await
     }
     async fn flush(&mut self) -> Result<(), SinkError> {
         match &mut self.target {
-            ResultTarget::ClickHouse(s) => s.flush().await,
-            ResultTarget::File(s) => Sink::<WindowRow>::flush(s).await,
+            ResultTarget::ClickHouse(s) => s.flush().await?,
+            ResultTarget::File(s) => Sink::<WindowRow>::flush(s).await?,
         }
+        self.produce_rejected().await?;
+        self.rejected_sink.flush().await
     }
     async fn on_idle(&mut self) -> Result<(), SinkError> {
         match &mut self.target {
-            ResultTarget::ClickHouse(s) => s.on_idle().await,
-            ResultTarget::File(s) => Sink::<WindowRow>::on_idle(s).await,
+            ResultTarget::ClickHouse(s) => s.on_idle().await?,
+            ResultTarget::File(s) => Sink::<WindowRow>::on_idle(s).await?,
         }
+        self.produce_rejected().await
     }
     fn begin_epoch(&mut self, epoch: u64) {
         match &mut self.target {
@@ -391,7 +421,6 @@ pub struct PreparedJob {
     sink: ResultSink,
     dlq: KafkaDeadLetterSink,
     contract: Arc<Contract>,
-    rejected_task: tokio::task::JoinHandle<()>,
 }
 
 /// Connects everything (contract, Kafka, ClickHouse or file, checkpoint store) and restores
@@ -423,25 +452,12 @@ pub async fn prepare(config: &PipelineConfig) -> anyhow::Result<PreparedJob> {
         .with_header_stash(source.header_stash());
 
     // Rows ClickHouse refuses permanently become `sink_rejected` dead letters on the same topic,
-    // through their own producer (the callback runs inside the sink task).
-    let (rej_tx, mut rej_rx) = mpsc::unbounded_channel::<DeadLetter>();
-    let mut rej_sink = KafkaDeadLetterSink::new(&config.dead_letters, &config.kafka.brokers)?;
-    let rejected_task = tokio::spawn(async move {
-        while let Some(dl) = rej_rx.recv().await {
-            let mut batch = vec![dl];
-            while let Ok(more) = rej_rx.try_recv() {
-                batch.push(more);
-            }
-            if let Err(e) = rej_sink.write_batch(batch).await {
-                tracing::error!(error = %e, "cannot produce sink_rejected dead letters");
-            }
-            if let Err(e) = rej_sink.flush().await {
-                tracing::error!(error = %e, "cannot flush sink_rejected dead letters");
-            }
-        }
-    });
-    let rejected: ferroflow_clickhouse::RejectedFn<WindowRow> = Arc::new(
-        move |row: &WindowRow, why: &str| {
+    // through their own producer, flushed with the result sink at every checkpoint barrier.
+    let rejected_rows = RejectedRows::default();
+    let rejected_sink = KafkaDeadLetterSink::new(&config.dead_letters, &config.kafka.brokers)?;
+    let pending = Arc::clone(&rejected_rows);
+    let rejected: ferroflow_clickhouse::RejectedFn<WindowRow> =
+        Arc::new(move |row: &WindowRow, why: &str| {
             let original = serde_json::to_vec(row).unwrap_or_default();
             let dl = DeadLetter::new(
                 DeadLetterReason::SinkRejected,
@@ -449,16 +465,13 @@ pub async fn prepare(config: &PipelineConfig) -> anyhow::Result<PreparedJob> {
                 SourcePosition::new(RESULT_ROW_PARTITION, u64::from(row.window_start) * 1000),
                 Bytes::from(original),
             );
-            if rej_tx.send(dl).is_err() {
-                tracing::error!(key = %row.key, window_start = row.window_start, "a refused row could not be dead-lettered");
-            }
-        },
-    );
+            pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(dl);
+        });
 
     // Dedup tokens are prefixed with the pipeline's and the instance's ids, whatever the
     // [clickhouse] section says: instances number their epochs independently.
     let mut ch_config = config.clickhouse.clone();
-    ch_config.pipeline_id = format!("{}-{}", config.pipeline_id, config.instance_id);
+    ch_config.pipeline_id = format!("{}-{}", config.pipeline_id, config.instance());
     let sink = match config.output.kind {
         OutputKind::Clickhouse => {
             ResultTarget::ClickHouse(Box::new(ClickHouseSink::connect(ch_config, rejected).await?))
@@ -485,7 +498,7 @@ pub async fn prepare(config: &PipelineConfig) -> anyhow::Result<PreparedJob> {
         ResultTarget::ClickHouse(s) => (Some(s.stats()), true),
         ResultTarget::File(_) => (None, false),
     };
-    let sink = ResultSink { target: sink, tap: None };
+    let sink = ResultSink { target: sink, tap: None, rejected: rejected_rows, rejected_sink };
     Ok(PreparedJob {
         handles: JobHandles {
             kafka: source.stats(),
@@ -497,7 +510,6 @@ pub async fn prepare(config: &PipelineConfig) -> anyhow::Result<PreparedJob> {
         sink,
         dlq,
         contract,
-        rejected_task,
     })
 }
 
@@ -524,7 +536,7 @@ impl PreparedJob {
             .every(config.checkpoint_interval())
             .retain(config.checkpoints.retain.max(1))
             .scratch_dir(config.state.dir.join("scratch"))
-            .instance(config.instance_id.clone())
+            .instance(config.instance())
             .state(state);
         if let Some(name) = from_savepoint {
             builder = builder.from_savepoint(name);
@@ -542,7 +554,6 @@ impl PreparedJob {
             .dead_letters(self.dlq)
             .run()
             .await;
-        self.rejected_task.abort();
         Ok(report?)
     }
 }

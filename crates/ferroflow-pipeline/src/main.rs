@@ -471,7 +471,7 @@ async fn run_job(a: RunArgs) -> anyhow::Result<()> {
         println!("{config:#?}");
         return Ok(());
     }
-    tracing::info!(pipeline = %config.pipeline_id, topic = %config.kafka.topic, "starting");
+    tracing::info!(pipeline = %config.pipeline_id, instance = %config.instance(), topic = %config.kafka.topic, "starting");
     let job = ferroflow_pipeline::job::prepare(&config).await?;
     let runner = ferroflow_pipeline::job::PreparedJob::runner(&config, a.from_savepoint.clone())?;
     let (endpoint, _addr) =

@@ -70,6 +70,9 @@ struct Metrics {
     kafka_lag: IntGaugeVec,
     kafka_blocked: Gauge,
     kafka_commits: IntCounterVec,
+    records_lost: IntCounterVec,
+    kafka_stray: IntCounter,
+    headers_evicted: IntCounter,
     contract_violations: IntCounterVec,
     sink_rows: IntCounter,
     sink_batches: IntCounter,
@@ -301,6 +304,27 @@ impl PipelineMetrics {
                     &["result"],
                 )?,
             )?,
+            records_lost: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ferroflow_source_records_lost_total",
+                        "Offsets skipped because retention had deleted them when the partition resumed \
+                         (kafka.on_data_loss = \"continue\"; by default the job stops instead).",
+                    ),
+                    &["partition"],
+                )?,
+            )?,
+            kafka_stray: counter(
+                &r,
+                "ferroflow_kafka_stray_messages_total",
+                "Messages of partitions no longer assigned here, dropped unread (their new owner reads them).",
+            )?,
+            headers_evicted: counter(
+                &r,
+                "ferroflow_dead_letter_headers_evicted_total",
+                "Original message headers dropped to stay within kafka.header_stash_max_bytes.",
+            )?,
             contract_violations: reg(
                 &r,
                 IntCounterVec::new(
@@ -433,6 +457,11 @@ impl PipelineMetrics {
             for (p, lag) in k.lag() {
                 m.kafka_lag.with_label_values(&[&p.to_string()]).set(lag.lag);
             }
+            for (p, n) in k.records_lost() {
+                set(&m.records_lost.with_label_values(&[&p.to_string()]), n);
+            }
+            set(&m.kafka_stray, k.stray_messages());
+            set(&m.headers_evicted, k.headers_evicted());
         }
         if let Some(c) = &self.sources.contract {
             for (rule, n) in c.snapshot() {

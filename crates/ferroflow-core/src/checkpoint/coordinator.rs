@@ -2,7 +2,7 @@
 //!
 //! One file because the three share one invariant (a manifest never names a deleted file) and the
 //! coordinator's caches (next id, known shared files, read manifests); splitting them would spread
-//! that invariant over several files.
+//! that invariant over several files. Who may write at all is decided in `writer.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use tracing::Instrument;
 use super::CheckpointError;
 use super::manifest::{CheckpointKind, FileEntry, MANIFEST_FORMAT_VERSION, Manifest};
 use super::store::CheckpointStore;
+use super::writer::{FOREIGN_GRACE_MS, Writer, WriterClaim};
 use crate::error::StateError;
 use crate::record::PartitionId;
 use crate::state::StateBackend;
@@ -22,6 +23,16 @@ use crate::state::StateBackend;
 const CHECKPOINTS: &str = "checkpoints/";
 const SAVEPOINTS: &str = "savepoints/";
 const SHARED: &str = "shared/";
+
+/// Checkpoint ids are `epoch × EPOCH_SPAN + sequence`: each writer of a folder numbers its
+/// checkpoints from its own epoch (see [`WriterClaim`](super::WriterClaim)), so two writers never write the same
+/// key and a newer writer's checkpoints sort after every older one's. `3000000000042` is
+/// checkpoint 42 of the writer of epoch 3; ids below the span are from before epochs.
+pub const EPOCH_SPAN: u64 = 1_000_000_000_000;
+
+/// Fewest periodic checkpoints kept: the one a newly claimed writer restored must survive the one
+/// commit a fenced writer can still make.
+const MIN_RETAIN: usize = 2;
 
 /// Upgrades state written in an older format, after its files are restored.
 pub trait Migration: Send + Sync {
@@ -42,7 +53,7 @@ pub struct CheckpointConfig {
     pub job_id: String,
     /// Time between periodic checkpoints (default 10 s).
     pub interval: Duration,
-    /// Periodic checkpoints kept (default 3, at least 1).
+    /// Periodic checkpoints kept (default 3, at least 2: see [`EPOCH_SPAN`]'s writers).
     pub retain: usize,
     /// Local scratch directory for snapshots and downloads.
     pub local_dir: PathBuf,
@@ -144,8 +155,14 @@ pub struct CheckpointCoordinator {
     store: CheckpointStore,
     config: CheckpointConfig,
     next_id: u64,
-    /// Shared objects known to exist in the store.
+    /// This process's claim of the folder; taken before the first restore or write.
+    writer: Option<Writer>,
+    /// Shared objects a committed manifest this writer restored or wrote references: uploads of
+    /// them are skipped.
     known_shared: HashSet<String>,
+    /// Objects this writer uploaded (garbage collection may delete them as soon as nothing
+    /// references them; an earlier writer's only after the grace period).
+    uploaded: HashSet<String>,
     /// Manifests read or written, by object key, to avoid fetching them again during GC.
     manifests: HashMap<String, Manifest>,
 }
@@ -156,6 +173,7 @@ impl std::fmt::Debug for CheckpointCoordinator {
             .field("store", &self.store.location())
             .field("config", &self.config)
             .field("next_id", &self.next_id)
+            .field("writer", &self.writer.as_ref().map(|w| w.claim.epoch))
             .finish()
     }
 }
@@ -168,7 +186,7 @@ fn parse_checkpoint_id(key: &str) -> Option<u64> {
     key.strip_prefix(CHECKPOINTS)?.strip_suffix(".json")?.parse().ok()
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -181,22 +199,59 @@ pub fn coordinator_meta(offsets: &[(PartitionId, u64)]) -> CheckpointMeta {
 }
 
 impl CheckpointCoordinator {
-    /// Opens the coordinator: lists the store to find the next checkpoint id and the shared files.
+    /// Opens the coordinator; it lists the store to check that it answers. Reading (listing,
+    /// restoring) needs nothing more; the first write claims the folder (see
+    /// [`claim`](Self::claim)).
     pub async fn open(store: CheckpointStore, mut config: CheckpointConfig) -> Result<Self, CheckpointError> {
-        config.retain = config.retain.max(1);
+        config.retain = config.retain.max(MIN_RETAIN);
         std::fs::create_dir_all(&config.local_dir).map_err(|e| CheckpointError::io(&config.local_dir, e))?;
-        let mut me =
-            Self { store, config, next_id: 1, known_shared: HashSet::new(), manifests: HashMap::new() };
-        let max_checkpoint = me.checkpoint_ids().await?.into_iter().max().unwrap_or(0);
-        let mut max_id = max_checkpoint;
-        for key in me.savepoint_keys().await? {
-            if let Ok(m) = me.manifest(&key).await {
-                max_id = max_id.max(m.id);
+        let me = Self {
+            store,
+            config,
+            next_id: 1,
+            writer: None,
+            known_shared: HashSet::new(),
+            uploaded: HashSet::new(),
+            manifests: HashMap::new(),
+        };
+        me.checkpoint_ids().await?;
+        Ok(me)
+    }
+
+    /// Claims the folder for this process: a newer epoch than every writer and checkpoint there
+    /// before. From then on a process that claims it later fences this one, and this one fences
+    /// every earlier one. A job claims before it restores, so that what it restores cannot be
+    /// garbage-collected by an earlier writer; [`take`](Self::take) claims by itself otherwise.
+    pub async fn claim(&mut self) -> Result<&WriterClaim, CheckpointError> {
+        let mut newest = self.checkpoint_ids().await?.into_iter().max().unwrap_or(0);
+        for key in self.savepoint_keys().await? {
+            if let Ok(m) = self.manifest(&key).await {
+                newest = newest.max(m.id);
             }
         }
-        me.next_id = max_id + 1;
-        me.known_shared = me.store.list(SHARED).await?.into_iter().map(|(k, _)| k).collect();
-        Ok(me)
+        let writer = Writer::claim(&self.store, &self.config.job_id, newest / EPOCH_SPAN).await?;
+        self.next_id = writer.claim.epoch.saturating_mul(EPOCH_SPAN).saturating_add(1);
+        Ok(&self.writer.insert(writer).claim)
+    }
+
+    /// This process's claim, once it has claimed the folder.
+    pub fn writer(&self) -> Option<&WriterClaim> {
+        self.writer.as_ref().map(|w| &w.claim)
+    }
+
+    async fn ensure_claimed(&mut self) -> Result<(), CheckpointError> {
+        if self.writer.is_none() {
+            self.claim().await?;
+        }
+        Ok(())
+    }
+
+    /// Fails with [`CheckpointError::Fenced`] once another process has claimed the folder.
+    async fn check_fence(&self) -> Result<(), CheckpointError> {
+        match &self.writer {
+            Some(w) => w.check(&self.store).await,
+            None => Ok(()),
+        }
     }
 
     /// The store.
@@ -270,12 +325,18 @@ impl CheckpointCoordinator {
         state: &mut dyn StateBackend,
         meta: CheckpointMeta,
     ) -> Result<TakenCheckpoint, CheckpointError> {
+        self.ensure_claimed().await?;
         let id = self.next_id;
         let taken = self.write(state, meta, CheckpointKind::Checkpoint, id, None).await?;
         self.next_id = id + 1;
-        if let Err(e) = self.collect_garbage().await {
+        match self.collect_garbage().await {
+            Ok(()) => {}
+            // The checkpoint committed before the claim was seen; the next one would not.
+            Err(e @ CheckpointError::Fenced { .. }) => return Err(e),
             // The checkpoint itself is complete; stale files only cost space until the next run.
-            tracing::warn!(error = %e, "checkpoint garbage collection failed; will retry after the next checkpoint");
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint garbage collection failed; will retry after the next checkpoint");
+            }
         }
         Ok(taken)
     }
@@ -294,6 +355,7 @@ impl CheckpointCoordinator {
                 "savepoint name `{name}` must be non-empty and use only letters, digits, '-', '_' or '.'"
             )));
         }
+        self.ensure_claimed().await?;
         let id = self.next_id;
         let taken = self.write(state, meta, CheckpointKind::Savepoint, id, Some(name)).await?;
         self.next_id = id + 1;
@@ -313,6 +375,8 @@ impl CheckpointCoordinator {
         let span = tracing::info_span!("checkpoint", id, kind = ?kind, job = %self.config.job_id);
         let body = async {
             let started = Instant::now();
+            // Fail fast when fenced: nothing is uploaded for a manifest that may not be written.
+            self.check_fence().await?;
             let label = name.map_or_else(|| format!("chk-{id:020}"), |n| format!("sp-{n}"));
             let dir = self.config.local_dir.join("snapshots").join(&label);
             if dir.exists() {
@@ -351,9 +415,7 @@ impl CheckpointCoordinator {
                     self.store.put(&object, data).await?;
                     bytes_uploaded += size;
                     files_uploaded += 1;
-                    if shared {
-                        self.known_shared.insert(object.clone());
-                    }
+                    self.uploaded.insert(object.clone());
                 }
                 files.push(FileEntry { name: file_name, object, size, crc32, shared });
             }
@@ -379,8 +441,11 @@ impl CheckpointCoordinator {
             };
             bytes_uploaded += body.len() as u64;
             files_uploaded += 1;
-            // The manifest goes last: until it exists, the checkpoint does not.
+            // The manifest goes last: until it exists, the checkpoint does not. A writer fenced
+            // since the first check commits nothing.
+            self.check_fence().await?;
             self.store.put(&manifest_key, Bytes::from(body)).await?;
+            self.known_shared.extend(manifest.files.iter().filter(|f| f.shared).map(|f| f.object.clone()));
             self.manifests.insert(manifest_key, manifest.clone());
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::debug!(error = %e, dir = %dir.display(), "could not remove local snapshot");
@@ -400,7 +465,11 @@ impl CheckpointCoordinator {
     }
 
     /// Deletes checkpoints beyond the newest `retain`, then shared files nothing references.
+    /// Objects of earlier writers go only once they are older than the fencing grace period; a
+    /// fenced writer deletes nothing.
     async fn collect_garbage(&mut self) -> Result<(), CheckpointError> {
+        self.check_fence().await?;
+        let Some(writer) = self.writer.clone() else { return Ok(()) };
         let ids = self.checkpoint_ids().await?;
         let keep_from = ids.len().saturating_sub(self.config.retain);
         let (doomed, kept) = ids.split_at(keep_from);
@@ -411,6 +480,7 @@ impl CheckpointCoordinator {
             self.manifests.remove(&key);
             for (obj, _) in self.store.list(&format!("{CHECKPOINTS}{id:020}/")).await? {
                 self.store.delete(&obj).await?;
+                self.uploaded.remove(&obj);
             }
         }
         let mut referenced = HashSet::new();
@@ -420,26 +490,36 @@ impl CheckpointCoordinator {
             let m = self.manifest(key).await?;
             referenced.extend(m.files.iter().filter(|f| f.shared).map(|f| f.object.clone()));
         }
+        let grace_before = writer.claimed_at_ms.saturating_sub(FOREIGN_GRACE_MS);
+        let mine_or_old = |me: &HashSet<String>, key: &str, modified_ms: i64| {
+            me.contains(key) || modified_ms < grace_before
+        };
         // Private folders of checkpoints whose manifest was never written (a crash mid-upload).
-        let newest = kept.last().copied().unwrap_or(0);
-        for (obj, _) in self.store.list(CHECKPOINTS).await? {
-            if let Some(id) = obj
+        for obj in self.store.list_meta(CHECKPOINTS).await? {
+            let Some(id) = obj
+                .key
                 .strip_prefix(CHECKPOINTS)
                 .and_then(|r| r.split_once('/'))
                 .and_then(|(id, _)| id.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if !kept.contains(&id)
+                && id < self.next_id
+                && mine_or_old(&self.uploaded, &obj.key, obj.modified_ms)
             {
-                if id < newest && !kept.contains(&id) {
-                    self.store.delete(&obj).await?;
-                }
+                self.store.delete(&obj.key).await?;
+                self.uploaded.remove(&obj.key);
             }
         }
-        for (obj, _) in self.store.list(SHARED).await? {
-            if !referenced.contains(&obj) {
-                self.store.delete(&obj).await?;
-                self.known_shared.remove(&obj);
+        for obj in self.store.list_meta(SHARED).await? {
+            if !referenced.contains(&obj.key) && mine_or_old(&self.uploaded, &obj.key, obj.modified_ms) {
+                self.store.delete(&obj.key).await?;
+                self.known_shared.remove(&obj.key);
+                self.uploaded.remove(&obj.key);
             }
         }
-        Ok(())
+        writer.forget_older(&self.store).await
     }
 
     /// Restores the newest usable checkpoint into `state`, falling back to older ones when files are
@@ -507,6 +587,8 @@ impl CheckpointCoordinator {
         let dir = self.config.local_dir.join("restore").join(format!("{:020}", manifest.id));
         download_files(&self.store, &manifest, &dir).await?;
         state.restore(&dir)?;
+        // What a committed manifest references exists: the next checkpoint need not upload it.
+        self.known_shared.extend(manifest.files.iter().filter(|f| f.shared).map(|f| f.object.clone()));
         if manifest.state_format_version != expected {
             if let Some(m) = &self.config.migration {
                 m.migrate(manifest.state_format_version, state)?;

@@ -209,16 +209,37 @@ impl CheckpointStore {
 
     /// Lists objects whose key starts with `prefix` (a folder, ending in `/`): `(key, size)`, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, CheckpointError> {
+        Ok(self.list_meta(prefix).await?.into_iter().map(|o| (o.key, o.size)).collect())
+    }
+
+    /// Lists objects whose key starts with `prefix` with their size and the store's
+    /// last-modified time, sorted by key.
+    pub async fn list_meta(&self, prefix: &str) -> Result<Vec<StoredObject>, CheckpointError> {
         let folder = prefix.trim_end_matches('/');
         let base = self.path(folder);
-        let mut out: Vec<(String, u64)> = self
+        let mut out: Vec<StoredObject> = self
             .store
             .list(Some(&base))
-            .map_ok(|m| (self.relative(&m.location), m.size))
+            .map_ok(|m| StoredObject {
+                key: self.relative(&m.location),
+                size: m.size,
+                modified_ms: m.last_modified.timestamp_millis(),
+            })
             .try_collect()
             .await
             .map_err(|e| storage(prefix, e))?;
-        out.sort();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
+}
+
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// Key relative to the store's prefix.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When the store last wrote it, ms since the epoch, by the store's clock.
+    pub modified_ms: i64,
 }

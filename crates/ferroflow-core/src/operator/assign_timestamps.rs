@@ -3,6 +3,7 @@
 use std::marker::PhantomData;
 
 use super::{Context, Operator, Signal};
+use crate::dead_letter::{DeadLetterReason, Rejection};
 use crate::error::StateError;
 use crate::record::{PartitionId, Record, Timestamp};
 use crate::state::StateBackend;
@@ -58,9 +59,9 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> AssignTimest
         if self.restored {
             self.restored = false;
             let snapshot = self.tracker.export();
-            self.tracker.import(&snapshot, ctx.processing_time());
+            self.tracker.import(&snapshot, ctx.idle_time());
         }
-        if let Some(w) = self.tracker.advance(ctx.processing_time()) {
+        if let Some(w) = self.tracker.advance(ctx.idle_time()) {
             ctx.propose_watermark(w);
         }
         let idle = self.tracker.idle_partitions();
@@ -84,11 +85,19 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for
 
     #[inline]
     fn process_batch(&mut self, input: &mut Vec<Record<T>>, ctx: &mut Context, out: &mut Vec<Record<T>>) {
-        let now = ctx.processing_time();
+        let now = ctx.idle_time();
+        let latest =
+            self.tracker.strategy().max_time_ahead_ms().map(|b| ctx.processing_time().saturating_add(b));
+        let mut too_far = false;
         // Consecutive records mostly share a partition: look the partition up once per run.
         let mut run: Option<(PartitionId, Timestamp)> = None;
         for r in input.iter_mut() {
             r.event_time = (self.f)(&r.payload);
+            if latest.is_some_and(|l| r.event_time > l) {
+                // Refused below; it must not move the watermark.
+                too_far = true;
+                continue;
+            }
             match &mut run {
                 Some((p, max)) if *p == r.position.partition => *max = (*max).max(r.event_time),
                 _ => {
@@ -102,6 +111,9 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for
         if let Some((p, max)) = run {
             self.tracker.observe(p, max, now);
         }
+        if let (true, Some(latest)) = (too_far, latest) {
+            refuse_ahead(input, latest, ctx);
+        }
         if out.is_empty() {
             std::mem::swap(input, out);
         } else {
@@ -114,7 +126,7 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for
         match signal {
             Signal::PartitionsAssigned(ps) => {
                 for p in ps {
-                    self.tracker.register(*p, ctx.processing_time());
+                    self.tracker.register(*p, ctx.idle_time());
                 }
             }
             Signal::PartitionsRevoked(ps) => {
@@ -124,6 +136,11 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for
             }
             Signal::PartitionFinished(p) => self.tracker.finish(*p),
             Signal::EndOfInput => self.tracker.finish_all(),
+            Signal::PartitionsActive(ps) => {
+                for p in ps {
+                    self.tracker.touch(*p, ctx.idle_time());
+                }
+            }
             Signal::Tick => {}
         }
         self.propose(ctx);
@@ -152,4 +169,30 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for
     fn name(&self) -> &'static str {
         "assign_timestamps"
     }
+}
+
+/// Dead-letters the records of `batch` stamped after `latest` (processing time plus the strategy's
+/// bound), keeping the others in order.
+#[cold]
+fn refuse_ahead<T>(batch: &mut Vec<Record<T>>, latest: Timestamp, ctx: &mut Context) {
+    let now = ctx.processing_time();
+    batch.retain(|r| {
+        if r.event_time <= latest {
+            return true;
+        }
+        let ahead = r.event_time.saturating_sub(now);
+        let bound = latest.saturating_sub(now);
+        ctx.reject(
+            r.position,
+            Some(r.event_time),
+            Rejection::new(
+                DeadLetterReason::EventTimeOutOfRange,
+                format!(
+                    "event time {} is {ahead} ms ahead of processing time {now}, beyond the bound of {bound} ms",
+                    r.event_time
+                ),
+            ),
+        );
+        false
+    });
 }

@@ -50,7 +50,11 @@ pub enum Signal {
     PartitionFinished(PartitionId),
     /// Every partition reached its end: the final watermark follows.
     EndOfInput,
-    /// Periodic wake-up with no data, so idleness can be detected.
+    /// The source still has data of these partitions to read (they are behind the end of their
+    /// log): they are not idle, even if none of their records arrived for a while.
+    PartitionsActive(Vec<PartitionId>),
+    /// Idleness may have changed: the runner sends it for every task after each event once the
+    /// idleness clock moved (see [`Context::idle_time`]), and on a periodic wake-up.
     Tick,
 }
 
@@ -59,6 +63,8 @@ pub enum Signal {
 #[derive(Debug)]
 pub struct Context {
     now_ms: Timestamp,
+    /// The source's clock, when it has one: idleness is measured in it.
+    idle_clock_ms: Option<Timestamp>,
     pub(crate) counters: LocalCounters,
     pub(crate) dead_letters: Vec<DeadLetter>,
     pending_watermark: Option<Watermark>,
@@ -84,6 +90,7 @@ impl Context {
     pub fn new(now_ms: Timestamp) -> Self {
         Self {
             now_ms,
+            idle_clock_ms: None,
             counters: LocalCounters::default(),
             dead_letters: Vec::new(),
             pending_watermark: None,
@@ -103,6 +110,32 @@ impl Context {
     /// Sets processing time; the runner does this before each batch.
     pub fn set_processing_time(&mut self, now_ms: Timestamp) {
         self.now_ms = now_ms;
+    }
+
+    /// The time idleness is measured in, ms: the source's own clock when the source reports one
+    /// ([`SourceProgress`](crate::source::SourceProgress)), else processing time.
+    ///
+    /// A source's clock runs only while the source can read: while the job is blocked (a sink
+    /// outage, a slow checkpoint) the source waits, its clock stands still, and no partition turns
+    /// idle because of time the job spent elsewhere (Flink's pausable idleness clock).
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_core::Context;
+    /// let mut ctx = Context::new(5_000);
+    /// assert_eq!(ctx.idle_time(), 5_000);
+    /// ctx.set_idle_clock(1_200);
+    /// ctx.set_processing_time(9_000);
+    /// assert_eq!(ctx.idle_time(), 1_200, "the source's clock, once it has one");
+    /// ```
+    #[inline]
+    pub fn idle_time(&self) -> Timestamp {
+        self.idle_clock_ms.unwrap_or(self.now_ms)
+    }
+
+    /// Sets the source's clock (the runner does, from the source's progress reports).
+    pub fn set_idle_clock(&mut self, source_time_ms: Timestamp) {
+        self.idle_clock_ms = Some(source_time_ms);
     }
 
     /// Sends the record at `position` to the dead letters with `rejection`'s reason and detail,

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::StateError;
+use crate::error::{JobError, StateError};
 use crate::metrics::PartitionStatus;
 use crate::operator::{Context, Operator, Signal};
 use crate::record::{PartitionId, Record};
@@ -66,7 +66,14 @@ impl<C: Operator> Task<C> {
 
 enum Mode<C: Operator> {
     Job(Task<C>),
-    PerPartition { factory: Factory<C>, tasks: BTreeMap<PartitionId, Task<C>> },
+    PerPartition {
+        factory: Factory<C>,
+        tasks: BTreeMap<PartitionId, Task<C>>,
+        /// The source announces its partitions (assigned, revoked): records of a partition without
+        /// a task are then a broken promise, never a new task. Sources that never announce any
+        /// (files, memory) get a task per partition as records show up.
+        announced: bool,
+    },
 }
 
 /// The job's chains and their combined watermark.
@@ -92,7 +99,7 @@ impl<C: Operator> Chains<C> {
     pub(crate) fn per_partition(mut factory: Factory<C>) -> Self {
         // A throwaway chain names the steps: every task's chain has the same shape.
         let shape = Shape::of(&factory(0));
-        Self::with_mode(Mode::PerPartition { factory, tasks: BTreeMap::new() }, shape)
+        Self::with_mode(Mode::PerPartition { factory, tasks: BTreeMap::new(), announced: false }, shape)
     }
 
     fn with_mode(mode: Mode<C>, shape: Shape) -> Self {
@@ -159,17 +166,18 @@ impl<C: Operator> Chains<C> {
         mut state: Option<&mut Backend>,
         ctx: &mut Context,
         out: &mut Vec<Record<C::Out>>,
-    ) -> Result<(), StateError> {
+    ) -> Result<(), JobError> {
         match &mut self.mode {
             Mode::Job(task) => {
                 task.chain.process_batch(records, ctx, out);
                 self.status_changed |= task.settle(ctx, out, &mut self.status);
             }
-            Mode::PerPartition { factory, tasks } => {
+            Mode::PerPartition { factory, tasks, announced } => {
                 for r in records.drain(..) {
                     let p = r.position.partition;
                     let task = match tasks.get_mut(&p) {
                         Some(t) => t,
+                        None if *announced => return Err(not_assigned(r.position)),
                         None => create(tasks, factory, p, state.as_deref_mut())?,
                     };
                     task.input.push(r);
@@ -199,8 +207,9 @@ impl<C: Operator> Chains<C> {
                 task.chain.on_signal(signal, ctx);
                 self.status_changed |= task.settle(ctx, out, &mut self.status);
             }
-            Mode::PerPartition { factory, tasks } => match signal {
+            Mode::PerPartition { factory, tasks, announced } => match signal {
                 Signal::PartitionsAssigned(ps) => {
+                    *announced = true;
                     for &p in ps {
                         if !tasks.contains_key(&p) {
                             create(tasks, factory, p, state.as_deref_mut())?;
@@ -219,6 +228,14 @@ impl<C: Operator> Chains<C> {
                 }
                 // Releasing revoked partitions goes through `release`, after a checkpoint.
                 Signal::PartitionsRevoked(_) => {}
+                Signal::PartitionsActive(ps) => {
+                    for p in ps {
+                        if let Some(task) = tasks.get_mut(p) {
+                            task.chain.on_signal(&Signal::PartitionsActive(vec![*p]), ctx);
+                            self.status_changed |= task.settle(ctx, out, &mut self.status);
+                        }
+                    }
+                }
                 Signal::EndOfInput | Signal::Tick => {
                     for task in tasks.values_mut() {
                         task.chain.on_signal(signal, ctx);
@@ -245,7 +262,8 @@ impl<C: Operator> Chains<C> {
                 let mut none = Vec::new();
                 self.status_changed |= task.settle(ctx, &mut none, &mut self.status);
             }
-            Mode::PerPartition { tasks, .. } => {
+            Mode::PerPartition { tasks, announced, .. } => {
+                *announced = true;
                 for p in partitions {
                     tasks.remove(p);
                     self.status.remove(p);
@@ -332,4 +350,20 @@ fn create<'t, C: Operator>(
         chain.restore_state(&PartitionState::reader(state, p))?;
     }
     Ok(tasks.entry(p).or_insert(Task::new(chain)))
+}
+
+/// A record of a partition this instance does not hold: the source delivered it after the
+/// partition was revoked (or before it was assigned). Processing it would rebuild the partition's
+/// task from stale state while another instance owns it.
+#[cold]
+fn not_assigned(at: crate::record::SourcePosition) -> JobError {
+    JobError::Task {
+        task: "source",
+        detail: format!(
+            "record at partition {} offset {} arrived while the partition is not assigned to this \
+             instance: the source broke its promise to deliver a partition's records only between its \
+             assignment and its revocation",
+            at.partition, at.offset
+        ),
+    }
 }

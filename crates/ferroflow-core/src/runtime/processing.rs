@@ -17,7 +17,7 @@ use crate::error::JobError;
 use crate::metrics::JobCounters;
 use crate::operator::{Context, Operator, Signal};
 use crate::record::{PartitionId, Record, SourcePosition};
-use crate::source::{CheckpointListener, SourceBatch, SourceEvent};
+use crate::source::{CheckpointListener, SourceBatch, SourceEvent, SourceProgress};
 use crate::time::{Clock, Watermark};
 
 /// Offsets, watermark and epoch of a run: what a checkpoint records besides the state.
@@ -124,6 +124,10 @@ pub(super) struct Processing<'r, C: Operator> {
     revoked: Option<Vec<PartitionId>>,
     savepoint_now: Option<String>,
     last_checkpoint: Instant,
+    /// How far the idleness clock must move between two idleness checks of every task.
+    tick_ms: i64,
+    /// The idleness clock at the last check.
+    last_tick: i64,
 }
 
 impl<'r, C: Operator> Processing<'r, C> {
@@ -137,6 +141,7 @@ impl<'r, C: Operator> Processing<'r, C> {
         dlq_tx: mpsc::Sender<SinkMsg<DeadLetter>>,
     ) -> Self {
         let ctx = Context::new(clock.now_ms());
+        let last_tick = ctx.idle_time();
         Self {
             chains,
             job,
@@ -151,6 +156,8 @@ impl<'r, C: Operator> Processing<'r, C> {
             revoked: None,
             savepoint_now: None,
             last_checkpoint: Instant::now(),
+            tick_ms: 200,
+            last_tick,
         }
     }
 
@@ -163,6 +170,8 @@ impl<'r, C: Operator> Processing<'r, C> {
     ) -> Exit {
         self.counters.set_watermark(self.job.watermark.0);
         self.counters.set_operators(self.chains.step_names());
+        // At most every 100 ms of the idleness clock, also when the periodic wake-up is rarer.
+        self.tick_ms = i64::try_from(tick.as_millis()).unwrap_or(i64::MAX).clamp(1, 100);
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -201,7 +210,8 @@ impl<'r, C: Operator> Processing<'r, C> {
             Wake::SinkGone => return Some(Exit::SinkGone),
             Wake::SourceFailed => return Some(Exit::SourceFailed),
             Wake::End => self.signal(&Signal::EndOfInput),
-            Wake::Tick => self.signal(&Signal::Tick),
+            Wake::Tick => self.tick(),
+            Wake::Source(SourceEvent::Progress(p)) => self.on_progress(p),
             Wake::Source(SourceEvent::Batch(batch)) => self.on_batch(batch),
             Wake::Source(SourceEvent::PartitionsAssigned(ps)) => self.on_assigned(ps),
             Wake::Source(SourceEvent::PartitionsRevoked(ps)) => {
@@ -211,6 +221,9 @@ impl<'r, C: Operator> Processing<'r, C> {
             }
             Wake::Source(SourceEvent::PartitionFinished(p)) => self.signal(&Signal::PartitionFinished(p)),
         };
+        // Every task's idleness is checked as the idleness clock moves, also when batches keep
+        // coming and the periodic wake-up never gets its turn.
+        let handled = handled.and_then(|()| self.maybe_tick());
         if let Err(e) = handled {
             return Some(Exit::Failed(e));
         }
@@ -228,7 +241,32 @@ impl<'r, C: Operator> Processing<'r, C> {
         Ok(self.chains.signal(signal, state, &mut self.ctx, &mut self.output)?)
     }
 
-    fn on_batch(&mut self, batch: SourceBatch<C::In>) -> Result<(), JobError> {
+    /// Checks every task's idleness once the idleness clock moved by the tick interval.
+    fn maybe_tick(&mut self) -> Result<(), JobError> {
+        if self.ctx.idle_time().saturating_sub(self.last_tick) >= self.tick_ms {
+            self.tick()?;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<(), JobError> {
+        self.last_tick = self.ctx.idle_time();
+        self.signal(&Signal::Tick)
+    }
+
+    /// The source's clock moved; partitions it has not caught up with stay active.
+    fn on_progress(&mut self, progress: SourceProgress) -> Result<(), JobError> {
+        self.ctx.set_idle_clock(progress.time_ms);
+        if progress.behind.is_empty() {
+            return Ok(());
+        }
+        self.signal(&Signal::PartitionsActive(progress.behind))
+    }
+
+    fn on_batch(&mut self, mut batch: SourceBatch<C::In>) -> Result<(), JobError> {
+        if let Some(p) = batch.progress.take() {
+            self.on_progress(p)?;
+        }
         self.ctx.counters.records_in += (batch.records.len() + batch.dead_letters.len()) as u64;
         self.job.note_positions(batch.records.iter().map(|r| r.position));
         self.job.note_positions(batch.dead_letters.iter().map(|d| d.position));
@@ -240,7 +278,7 @@ impl<'r, C: Operator> Processing<'r, C> {
         let state = self.checkpointing.as_deref_mut().map(Checkpointing::state);
         let processed = self.chains.process(&mut self.input, state, &mut self.ctx, &mut self.output);
         self.ctx.clear_originals();
-        Ok(processed?)
+        processed
     }
 
     fn on_assigned(&mut self, partitions: Vec<PartitionId>) -> Result<(), JobError> {

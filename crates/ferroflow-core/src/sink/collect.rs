@@ -82,6 +82,16 @@ impl<T> Collected<T> {
     }
 }
 
+impl<T: Clone> Collected<T> {
+    /// A copy of every item collected so far (they stay collected).
+    pub fn snapshot(&self) -> Vec<T> {
+        match self.items.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
 impl<T: Send + 'static> Sink<T> for CollectSink<T> {
     async fn write_batch(&mut self, batch: Vec<T>) -> Result<(), SinkError> {
         match self.items.lock() {

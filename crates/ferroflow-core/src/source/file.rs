@@ -208,6 +208,7 @@ impl<T: Send + 'static> Source<T> for JsonLinesSource<T> {
                     records: Vec::with_capacity(lines.len()),
                     originals: Vec::with_capacity(lines.len()),
                     dead_letters: Vec::new(),
+                    progress: None,
                 };
                 for (i, line) in lines.into_iter().enumerate() {
                     self.push_line(pid, first_line + i as u64, line, &mut batch);

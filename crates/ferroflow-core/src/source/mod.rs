@@ -38,11 +38,14 @@ pub struct SourceBatch<T> {
     /// later step that refuses a record puts them in its dead letter. A source that has none
     /// leaves this empty, and such dead letters carry no original bytes.
     pub originals: Vec<(SourcePosition, Bytes)>,
+    /// The source's clock when it cut the batch, for sources that keep one (see
+    /// [`SourceProgress`]).
+    pub progress: Option<SourceProgress>,
 }
 
 impl<T> Default for SourceBatch<T> {
     fn default() -> Self {
-        Self { records: Vec::new(), dead_letters: Vec::new(), originals: Vec::new() }
+        Self { records: Vec::new(), dead_letters: Vec::new(), originals: Vec::new(), progress: None }
     }
 }
 
@@ -57,6 +60,36 @@ impl<T> SourceBatch<T> {
         self.originals = originals;
         self
     }
+
+    /// Adds the source's clock at the batch.
+    pub fn with_progress(mut self, progress: SourceProgress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+}
+
+/// What a source knows about idleness: its own clock, and which partitions still have data.
+///
+/// Idleness judged by processing time alone goes wrong whenever the job is blocked: after a
+/// sink outage longer than the idle timeout every partition looks silent, although their records
+/// wait in the broker, and the watermark jumps past them. A source that reports progress gives the
+/// job a clock that runs only while the source is reading (it stops while the source waits on a
+/// full channel or a rebalance), and names the partitions it has not caught up with. The runner
+/// measures idleness on that clock ([`Context::idle_time`](crate::Context::idle_time)) and keeps
+/// the named partitions active.
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::source::{SourceEvent, SourceProgress};
+/// let beat: SourceEvent<u8> = SourceEvent::Progress(SourceProgress { time_ms: 1_000, behind: vec![2] });
+/// # let _ = beat;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourceProgress {
+    /// The source's clock, ms: it only runs while the source is able to read.
+    pub time_ms: i64,
+    /// Partitions with data the source has not delivered yet: they are not idle.
+    pub behind: Vec<PartitionId>,
 }
 
 /// What a source delivers.
@@ -70,6 +103,8 @@ pub enum SourceEvent<T> {
     PartitionsRevoked(Vec<PartitionId>),
     /// A bounded partition reached its end.
     PartitionFinished(PartitionId),
+    /// The source's clock moved while it had nothing to deliver (see [`SourceProgress`]).
+    Progress(SourceProgress),
 }
 
 /// A source of records for the [`Runner`](crate::Runner).
@@ -114,6 +149,20 @@ pub trait PartitionLifecycle: Send + Sync + 'static {
     /// resume (partitions left out start where the source would by itself). Blocks while it
     /// downloads; call it from the source's own thread, never from an async task.
     fn assigning(&self, partitions: &[PartitionId]) -> BTreeMap<PartitionId, u64>;
+
+    /// Waits up to `timeout` until the job has released `partitions`: it processed every event
+    /// the source delivered before their revocation, checkpointed their state and ended their
+    /// tasks. True once they are released.
+    ///
+    /// A source calls it after it delivered a revocation and before it lets the partitions go to
+    /// another owner (inside the consumer's revoke callback, as Kafka Streams commits in
+    /// `onPartitionsRevoked`): the next owner, or this instance when the partitions come back, then
+    /// finds their newest state instead of an older one. Call it in a loop that also checks whether
+    /// the source is stopping. The default (a job without hand-over) releases at once.
+    fn wait_released(&self, partitions: &[PartitionId], timeout: std::time::Duration) -> bool {
+        let _ = (partitions, timeout);
+        true
+    }
 }
 
 /// Told when a checkpoint has committed, with the source offsets it holds.

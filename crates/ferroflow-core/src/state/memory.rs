@@ -70,6 +70,11 @@ impl StateBackend for MemoryStateBackend {
         Ok(Box::new(MemoryStateBackend::new()))
     }
 
+    fn clear(&mut self) -> Result<(), StateError> {
+        self.namespaces.clear();
+        Ok(())
+    }
+
     fn stats(&self) -> super::StateStats {
         let maps = self.namespaces.values();
         super::StateStats {

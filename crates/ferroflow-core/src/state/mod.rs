@@ -144,6 +144,15 @@ pub trait StateBackend: Send + std::fmt::Debug {
     /// Replaces all contents with the snapshot in `dir`.
     fn restore(&mut self, dir: &Path) -> Result<(), StateError>;
 
+    /// Removes all contents: a job that starts without a checkpoint starts from nothing, whatever
+    /// an earlier run left on disk. The default deletes every namespace's keys.
+    fn clear(&mut self) -> Result<(), StateError> {
+        for ns in self.namespaces()? {
+            self.delete_prefix(&ns, &[])?;
+        }
+        Ok(())
+    }
+
     /// Names of the namespaces that hold (or held) keys. Partition-scoped jobs need it to move a
     /// partition's state; the default refuses.
     fn namespaces(&self) -> Result<Vec<String>, StateError> {

@@ -114,6 +114,10 @@ impl std::fmt::Debug for RocksDbStateBackend {
 
 /// RocksDB state in a directory, opened when the runner is built.
 ///
+/// The directory holds working state only: it is emptied when the runner is built, then filled
+/// from the restored checkpoint (a checkpoint, not the directory, is what survives a crash; the
+/// write-ahead log is off). A directory a crash left half-written therefore never stops a start.
+///
 /// # Examples
 /// ```
 /// use ferroflow_core::prelude::*;
@@ -146,8 +150,7 @@ impl RocksDb {
 
 impl super::StateBackendSpec for RocksDb {
     fn open_backend(self) -> Result<Box<dyn StateBackend>, StateError> {
-        std::fs::create_dir_all(&self.path).map_err(|e| StateError::io(&self.path, e))?;
-        Ok(Box::new(RocksDbStateBackend::open(self.path, self.options)?))
+        Ok(Box::new(RocksDbStateBackend::open_empty(self.path, self.options)?))
     }
 }
 
@@ -192,6 +195,18 @@ impl RocksDbStateBackend {
             self.db_mut()?.create_cf(ns, &opts).map_err(backend)?;
         }
         Ok(())
+    }
+
+    /// Opens an empty database at `path`, removing whatever the directory held: what a job
+    /// starts from (its state comes from the restored checkpoint). A crash can leave the directory
+    /// in any state (killed during a restore, say, with half of the files linked), and opening it
+    /// as it is would fail or, worse, resurrect state no checkpoint holds.
+    pub fn open_empty(path: impl Into<PathBuf>, options: RocksDbOptions) -> Result<Self, StateError> {
+        let path = path.into();
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| StateError::io(&path, e))?;
+        }
+        Self::open(path, options)
     }
 
     /// The database directory.
@@ -335,6 +350,17 @@ impl StateBackend for RocksDbStateBackend {
             }
         }
         Checkpoint::new(db).and_then(|c| c.create_checkpoint(dir)).map_err(backend)
+    }
+
+    fn clear(&mut self) -> Result<(), StateError> {
+        // Close, remove the directory, reopen empty.
+        self.db = None;
+        if self.path.exists() {
+            std::fs::remove_dir_all(&self.path).map_err(|e| StateError::io(&self.path, e))?;
+        }
+        std::fs::create_dir_all(&self.path).map_err(|e| StateError::io(&self.path, e))?;
+        self.db = Some(self.open_db()?);
+        Ok(())
     }
 
     fn restore(&mut self, dir: &Path) -> Result<(), StateError> {

@@ -47,7 +47,9 @@ pub type HookAnswers = Arc<Mutex<Vec<BTreeMap<PartitionId, u64>>>>;
 /// Over per-partition data ([`over`](Self::over)) it reads like a consumer-group member: a
 /// [`read`](Self::read) step delivers the next values of a partition at their offsets, and at an
 /// assignment it asks the job's hand-over hook (when the job installed one) where the partitions
-/// resume; [`hook_answers`](Self::hook_answers) shows what the hook said.
+/// resume; [`hook_answers`](Self::hook_answers) shows what the hook said. After a revocation it
+/// waits until the job has released the partitions before its next step, as the Kafka source's
+/// revoke callback does.
 pub struct ScriptedSource<T> {
     steps: VecDeque<Script<T>>,
     /// Where each partition resumes (records before it are skipped, reads start there).
@@ -55,6 +57,8 @@ pub struct ScriptedSource<T> {
     data: BTreeMap<PartitionId, Vec<T>>,
     lifecycle: Option<Arc<dyn PartitionLifecycle>>,
     answers: HookAnswers,
+    /// Revoked partitions the job has not released yet: the next step waits for them.
+    releasing: Option<Vec<PartitionId>>,
 }
 
 impl<T> std::fmt::Debug for ScriptedSource<T> {
@@ -74,6 +78,7 @@ impl<T> Default for ScriptedSource<T> {
             data: BTreeMap::new(),
             lifecycle: None,
             answers: HookAnswers::default(),
+            releasing: None,
         }
     }
 }
@@ -152,6 +157,23 @@ impl<T: Clone + Send + 'static> ScriptedSource<T> {
         SourceBatch::of(records)
     }
 
+    /// Waits, off the runtime, until the job released the partitions revoked last.
+    async fn await_release(&mut self) -> Result<(), SourceError> {
+        let (Some(ps), Some(hook)) = (self.releasing.take(), self.lifecycle.clone()) else { return Ok(()) };
+        // Bounded: a job that failed never releases, and the runtime waits for blocking tasks.
+        tokio::task::spawn_blocking(move || {
+            let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !hook.wait_released(&ps, std::time::Duration::from_millis(100))
+                && std::time::Instant::now() < give_up
+            {}
+        })
+        .await
+        .map_err(|e| SourceError::External {
+            message: format!("waiting for the job to release partitions failed: {e}"),
+            retry: RetryHint::NoRetry,
+        })
+    }
+
     /// Asks the hand-over hook where `partitions` resume, off the runtime (it blocks while it
     /// downloads), as a consumer's poll thread would.
     async fn ask_hook(&mut self, partitions: &[PartitionId]) -> Result<(), SourceError> {
@@ -173,6 +195,7 @@ impl<T: Clone + Send + 'static> ScriptedSource<T> {
 
 impl<T: Clone + Send + 'static> Source<T> for ScriptedSource<T> {
     async fn next_event(&mut self) -> Result<Option<SourceEvent<T>>, SourceError> {
+        self.await_release().await?;
         loop {
             match self.steps.pop_front() {
                 Some(Script::Read { partition, count }) => {
@@ -191,6 +214,10 @@ impl<T: Clone + Send + 'static> Source<T> for ScriptedSource<T> {
                     b.dead_letters.retain(|d| keep(&d.position));
                     b.originals.retain(|(p, _)| keep(p));
                     return Ok(Some(SourceEvent::Batch(b)));
+                }
+                Some(Script::Emit(SourceEvent::PartitionsRevoked(ps))) => {
+                    self.releasing = Some(ps.clone());
+                    return Ok(Some(SourceEvent::PartitionsRevoked(ps)));
                 }
                 Some(Script::Emit(ev)) => return Ok(Some(ev)),
                 Some(Script::Wait(go)) => go.notified().await,

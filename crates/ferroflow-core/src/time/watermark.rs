@@ -5,10 +5,15 @@
 //! `M - B - 1`. The job's watermark is the minimum over partitions that are neither idle nor
 //! finished, and it never goes backwards.
 //!
-//! **Idleness.** A partition that delivered nothing for the idle timeout `T` (processing time) stops
-//! holding the watermark back until it delivers again. The runner checks idleness on every batch and
-//! on a periodic tick of period `I`, so a partition is detected idle at worst `T + I` after its last
-//! record (plus the time to finish the batch in progress).
+//! **Idleness.** A partition that delivered nothing for the idle timeout `T` stops holding the
+//! watermark back until it delivers again. `T` is measured on the idleness clock
+//! ([`Context::idle_time`](crate::Context::idle_time)): the source's own clock when it reports one,
+//! which stands still while the source cannot read, so a stalled job (sink outage, slow checkpoint)
+//! never turns partitions with a backlog idle; processing time otherwise. A source may also say
+//! that a partition still has data to read ([`Signal::PartitionsActive`](crate::Signal)), which
+//! keeps it from going idle. The runner checks every task's idleness after each event once that
+//! clock moved by the tick interval `I`, and on a periodic wake-up, so a partition is detected idle
+//! at worst `T + I` after its last record.
 //!
 //! **Finished partitions** (bounded input that reached its end) leave the minimum for good, so a
 //! partition that ended early neither holds the others back nor makes their records late. When every
@@ -48,31 +53,62 @@ impl Watermark {
 pub struct WatermarkStrategy {
     out_of_orderness_ms: i64,
     idle_timeout_ms: Option<i64>,
+    #[serde(default)]
+    max_time_ahead_ms: Option<i64>,
 }
 
 impl Default for WatermarkStrategy {
     /// 5 s of out-of-orderness, partitions idle after 60 s.
     fn default() -> Self {
-        Self { out_of_orderness_ms: 5_000, idle_timeout_ms: Some(60_000) }
+        Self { out_of_orderness_ms: 5_000, idle_timeout_ms: Some(60_000), max_time_ahead_ms: None }
     }
 }
 
 impl WatermarkStrategy {
     /// Records may arrive up to `bound` behind the highest event time seen on their partition.
     pub fn bounded_out_of_orderness(bound: Duration) -> Self {
-        Self { out_of_orderness_ms: duration_ms(bound), idle_timeout_ms: None }
+        Self { out_of_orderness_ms: duration_ms(bound), idle_timeout_ms: None, max_time_ahead_ms: None }
     }
 
     /// Bound 0, for input in event-time order per partition: the watermark is the highest event
     /// time seen minus 1 ms, so further records at that same time are still on time.
     pub fn monotonous() -> Self {
-        Self { out_of_orderness_ms: 0, idle_timeout_ms: None }
+        Self { out_of_orderness_ms: 0, idle_timeout_ms: None, max_time_ahead_ms: None }
     }
 
-    /// A partition silent for `timeout` of processing time stops holding the watermark back.
+    /// A partition silent for `timeout` stops holding the watermark back. The timeout runs on
+    /// the source's clock when it has one (see [`Context::idle_time`](crate::Context::idle_time)):
+    /// time the job spent blocked does not count.
     pub fn with_idleness(mut self, timeout: Duration) -> Self {
         self.idle_timeout_ms = Some(duration_ms(timeout).max(1));
         self
+    }
+
+    /// Refuses records whose event time is more than `bound` ahead of processing time: they
+    /// become `event_time_out_of_range` dead letters and never move the watermark.
+    ///
+    /// Without a bound, one record stamped years ahead (a bad clock, a unit mix-up) moves its
+    /// partition's watermark there for good, and every later record of the partition is late.
+    /// Off by default in the library (tests and replays often run with a clock at 0); the
+    /// reference pipeline sets one hour. A record refused this way may be accepted by a replay
+    /// much later, when processing time has caught up with it.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use ferroflow_core::time::WatermarkStrategy;
+    /// let s = WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5))
+    ///     .with_max_time_ahead(Duration::from_secs(3600));
+    /// assert_eq!(s.max_time_ahead_ms(), Some(3_600_000));
+    /// ```
+    pub fn with_max_time_ahead(mut self, bound: Duration) -> Self {
+        self.max_time_ahead_ms = Some(duration_ms(bound));
+        self
+    }
+
+    /// The bound on event time ahead of processing time, in milliseconds, if one is set.
+    pub fn max_time_ahead_ms(&self) -> Option<i64> {
+        self.max_time_ahead_ms
     }
 
     /// Builds a strategy from configured milliseconds, rejecting negative values.
@@ -82,7 +118,7 @@ impl WatermarkStrategy {
             Some(v) => Some(crate::error::positive_ms("idle_timeout", v)?),
             None => None,
         };
-        Ok(Self { out_of_orderness_ms, idle_timeout_ms })
+        Ok(Self { out_of_orderness_ms, idle_timeout_ms, max_time_ahead_ms: None })
     }
 
     /// The out-of-orderness bound in milliseconds.
@@ -180,6 +216,15 @@ impl WatermarkTracker {
         }
         p.last_activity_ms = now_ms;
         p.idle = false;
+    }
+
+    /// Notes that `partition` still has data to read (the source says so) although none of its
+    /// records arrived: it is not idle.
+    pub fn touch(&mut self, partition: PartitionId, now_ms: Timestamp) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.last_activity_ms = now_ms;
+            p.idle = false;
+        }
     }
 
     /// Marks a partition as finished: it no longer holds the watermark back.

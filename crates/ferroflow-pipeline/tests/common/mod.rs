@@ -96,13 +96,37 @@ impl Pipeline {
     /// `assignment` is `group` or `all_partitions`; `extra` is appended (more TOML sections).
     pub fn new(services: &Services, topic: &str, table: &str, assignment: &str, extra: &str) -> Self {
         let dir = std::env::temp_dir().join(unique("ferroflow-e2e"));
+        let checkpoints = dir.join("checkpoints");
+        Self::at(dir, services, topic, table, assignment, &checkpoints, "", extra)
+    }
+
+    /// One instance of a pipeline run by several: its own directory under `base` (state,
+    /// config, logs), `instance_id = id`, checkpoints in `base/checkpoints` shared with the
+    /// others. Two members with one id are the same instance started twice.
+    pub fn member(services: &Services, topic: &str, table: &str, base: &Path, id: &str, extra: &str) -> Self {
+        let dir = base.join(unique(id));
+        let top = format!("instance_id = \"{id}\"\n");
+        Self::at(dir, services, topic, table, "group", &base.join("checkpoints"), &top, extra)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn at(
+        dir: PathBuf,
+        services: &Services,
+        topic: &str,
+        table: &str,
+        assignment: &str,
+        checkpoints: &Path,
+        top: &str,
+        extra: &str,
+    ) -> Self {
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let contract = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contracts/events.v1.json");
         let config = dir.join("pipeline.toml");
         let text = format!(
             r#"pipeline_id = "{table}"
-
+{top}
 [kafka]
 brokers = "{brokers}"
 topic = "{topic}"
@@ -143,7 +167,7 @@ listen = "127.0.0.1:{port}"
             contract = contract.display(),
             ch = services.clickhouse_url,
             state = dir.join("state").display(),
-            checkpoints = dir.join("checkpoints").display(),
+            checkpoints = checkpoints.display(),
         );
         std::fs::write(&config, text).unwrap();
         Self { dir, config, port, child: None, starts: 0 }
@@ -185,6 +209,25 @@ listen = "127.0.0.1:{port}"
         }
         let _ = c.kill();
         None
+    }
+
+    /// SIGTERM without waiting: the process shuts down (a final checkpoint, leaving the group)
+    /// while the caller goes on. Returns the child, to be reaped (or killed) later.
+    pub fn terminate_detached(&mut self) -> Option<Child> {
+        let c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        Some(c)
+    }
+
+    /// The counters a run printed when it finished (its last line of JSON on stdout), by run.
+    pub fn final_counters(&self) -> Vec<serde_json::Value> {
+        (1..=self.starts)
+            .filter_map(|i| {
+                let text = std::fs::read_to_string(self.dir.join(format!("run-{i}.log"))).ok()?;
+                let line = text.lines().rev().find(|l| l.starts_with("{\"records_in\""))?;
+                serde_json::from_str(line).ok()
+            })
+            .collect()
     }
 
     /// `/status`, or `None` while the process is not serving.

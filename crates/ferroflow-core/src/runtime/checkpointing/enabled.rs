@@ -91,11 +91,19 @@ impl Checkpointing {
             self.hooks = source.set_partition_lifecycle(lifecycle).then_some(hooks);
         }
         let coordinator = self.coordinator.insert(coordinator);
+        // Claimed before restoring: from here on an earlier writer of the folder (a process this
+        // one replaces) is fenced and cannot garbage-collect what is restored.
+        coordinator.claim().await?;
         let state = self.settings.state.as_mut();
         let manifest = match self.settings.from_savepoint.take() {
             Some(name) => Some(coordinator.restore_savepoint(&name, state).await?),
             None => match coordinator.restore_latest(state).await? {
-                RestoreOutcome::Fresh => None,
+                RestoreOutcome::Fresh => {
+                    // Whatever an earlier run left in the local backend belongs to no checkpoint:
+                    // starting over must not see its watermarks, dedup ids or windows.
+                    state.clear()?;
+                    None
+                }
                 RestoreOutcome::Restored(m) => Some(*m),
             },
         };
@@ -206,6 +214,7 @@ impl Checkpointing {
             Some(h) => {
                 chains.release(partitions, None, ctx)?;
                 h.set_live(partitions.iter().filter_map(|p| job.offsets.get(p).map(|o| (*p, *o))));
+                h.note_released(partitions);
             }
             None => {
                 chains.release(partitions, Some(self.settings.state.as_mut()), ctx)?;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::checkpoint::{Located, PartitionHandOver};
@@ -53,6 +53,9 @@ pub(crate) enum Start {
 
 #[derive(Debug, Default)]
 struct Book {
+    /// Partitions the job released since the source last asked (see
+    /// [`PartitionLifecycle::wait_released`]).
+    released: std::collections::BTreeSet<PartitionId>,
     /// Partitions whose state sits in the live backend without a task (restored at start-up, or
     /// released at a revoke), with the offset that state belongs to.
     live: BTreeMap<PartitionId, u64>,
@@ -72,6 +75,8 @@ pub(crate) struct HandOverHooks {
     hand_over: PartitionHandOver,
     scratch: PathBuf,
     book: Mutex<Book>,
+    /// Signalled when partitions are released.
+    released: Condvar,
 }
 
 impl std::fmt::Debug for HandOverHooks {
@@ -86,7 +91,20 @@ impl HandOverHooks {
         hand_over: PartitionHandOver,
         local_dir: &Path,
     ) -> Self {
-        Self { handle, hand_over, scratch: local_dir.join("handover"), book: Mutex::new(Book::default()) }
+        Self {
+            handle,
+            hand_over,
+            scratch: local_dir.join("handover"),
+            book: Mutex::new(Book::default()),
+            released: Condvar::new(),
+        }
+    }
+
+    /// The job released `partitions` (their state is checkpointed and carried): a source waiting
+    /// in its revoke callback may let them go.
+    pub(crate) fn note_released(&self, partitions: &[PartitionId]) {
+        self.book().released.extend(partitions.iter().copied());
+        self.released.notify_all();
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -193,7 +211,30 @@ impl HandOverHooks {
 }
 
 impl PartitionLifecycle for HandOverHooks {
+    fn wait_released(&self, partitions: &[PartitionId], timeout: Duration) -> bool {
+        let book = self.book();
+        let (mut book, _) = self
+            .released
+            .wait_timeout_while(book, timeout, |b| !partitions.iter().all(|p| b.released.contains(p)))
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let done = partitions.iter().all(|p| book.released.contains(p));
+        if done {
+            for p in partitions {
+                book.released.remove(p);
+            }
+        }
+        done
+    }
+
     fn assigning(&self, partitions: &[PartitionId]) -> BTreeMap<PartitionId, u64> {
+        {
+            // A release nobody waited for (the source gave up waiting) must not answer a later
+            // revocation of the same partitions.
+            let mut book = self.book();
+            for p in partitions {
+                book.released.remove(p);
+            }
+        }
         let mut attempt = 0;
         let starts = loop {
             attempt += 1;

@@ -1,0 +1,163 @@
+//! The consumer's callbacks: rebalances, statistics (lag), commit results.
+//!
+//! A rebalance callback runs inside `poll`, on the poll thread. An assignment asks the job's
+//! hand-over hook where the partitions resume, assigns them there and queues the event behind
+//! everything read before it. A revocation queues the event, stops fetching, hands the queue to
+//! the job and waits until the job has released the partitions (processed what came before,
+//! checkpointed them, ended their tasks): only then does the group move them on, so their next
+//! owner, or this instance when they come back, finds their newest state. Kafka Streams commits
+//! in `onPartitionsRevoked` for the same reason.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferroflow_core::PartitionId;
+use ferroflow_core::source::SourceEvent;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::TopicPartitionList;
+
+use crate::shared::{Shared, lock};
+use crate::stats::PartitionLag;
+
+/// How long one wait for the job to release revoked partitions lasts before the thread checks
+/// whether the source is stopping.
+const RELEASE_WAIT: Duration = Duration::from_millis(100);
+
+/// The consumer's callbacks: rebalances (assign at checkpointed offsets, release before
+/// revoking), statistics (lag), commit results.
+#[allow(missing_debug_implementations)] // holds locks and channels only
+pub struct SourceContext {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.shared.topic) else { return };
+        let (mut lags, mut ranges) = (BTreeMap::new(), BTreeMap::new());
+        for (p, s) in &topic.partitions {
+            // -1 is librdkafka's internal unassigned partition; unowned partitions report -1 lag.
+            let Ok(pid) = PartitionId::try_from(*p) else { continue };
+            if s.hi_offset >= 0 {
+                ranges.insert(pid, (s.lo_offset.max(0), s.hi_offset));
+            }
+            if s.consumer_lag < 0 {
+                continue;
+            }
+            lags.insert(
+                pid,
+                PartitionLag {
+                    high_watermark: s.hi_offset,
+                    position: s.hi_offset - s.consumer_lag,
+                    lag: s.consumer_lag,
+                },
+            );
+        }
+        self.shared.stats.set_lag(lags);
+        self.shared.stats.set_log_range(ranges);
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::RebalanceProtocol;
+        use rdkafka::types::RDKafkaRespErr;
+        self.shared.stats.rebalanced();
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let partitions: Vec<PartitionId> = tpl
+            .elements_for_topic(&self.shared.topic)
+            .iter()
+            .filter_map(|e| PartitionId::try_from(e.partition()).ok())
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(consumer, cooperative, partitions, tpl)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoke(consumer, cooperative, partitions, tpl)
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed; dropping the assignment");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        // Successes are counted when the commit is handed to the client; this only sees failures
+        // reported by the broker.
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "committing checkpointed offsets failed; lag tools may lag behind");
+            self.shared.stats.committed(false);
+        }
+    }
+}
+
+impl SourceContext {
+    fn assign(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        cooperative: bool,
+        partitions: Vec<PartitionId>,
+        tpl: &mut TopicPartitionList,
+    ) {
+        for (p, offset) in self.shared.start_offsets(&partitions) {
+            if let Err(e) = tpl.set_partition_offset(&self.shared.topic, p as i32, offset) {
+                tracing::error!(partition = p, error = %e, "cannot set the resume offset");
+            }
+        }
+        let res = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+        match res {
+            Ok(()) => {
+                tracing::info!(topic = %self.shared.topic, ?partitions, "partitions assigned");
+                self.shared.enqueue(SourceEvent::PartitionsAssigned(partitions));
+            }
+            Err(e) => {
+                self.shared.forget_partitions(&partitions);
+                tracing::error!(error = %e, "assigning partitions failed");
+            }
+        }
+    }
+
+    fn revoke(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        cooperative: bool,
+        partitions: Vec<PartitionId>,
+        tpl: &TopicPartitionList,
+    ) {
+        tracing::info!(topic = %self.shared.topic, ?partitions, "partitions revoked");
+        self.shared.enqueue(SourceEvent::PartitionsRevoked(partitions.clone()));
+        self.shared.forget_partitions(&partitions);
+        let res = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+        if let Err(e) = res {
+            tracing::error!(error = %e, "unassigning partitions failed");
+        }
+        // Everything up to the revocation goes to the job now; nothing more is read meanwhile.
+        if !self.shared.send_queued(|| self.shared.idle_wait()) {
+            return;
+        }
+        let lifecycle = lock(&self.shared.lifecycle).clone();
+        if let Some(l) = lifecycle {
+            self.shared.paused(|| {
+                while !l.wait_released(&partitions, RELEASE_WAIT) {
+                    if self.shared.stopping() || self.shared.tx.get().is_none_or(|tx| tx.is_closed()) {
+                        return;
+                    }
+                }
+                tracing::info!(?partitions, "the job released the revoked partitions");
+            });
+        }
+        self.shared.headers.forget_partitions(&partitions);
+    }
+}

@@ -1,0 +1,23 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code, clippy::panic)]
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Fails the test if `fut` does not finish within `secs` seconds.
+pub async fn within<F: Future>(secs: u64, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {secs} s"),
+    }
+}
+
+/// Polls `cond` every 2 ms until it holds (fails the test after `secs` seconds).
+pub async fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    within(secs, what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+}
