@@ -116,7 +116,7 @@ fn generate(path: &PathBuf, events: u64, keys: u64) -> std::io::Result<(u64, u64
         let r = rng.next();
         let user = r % keys;
         // 2% test traffic, which the job filters out.
-        let et = if (r >> 20) % 50 == 0 { "test" } else { EVENT_TYPES[((r >> 26) % 4) as usize] };
+        let et = if (r >> 20).is_multiple_of(50) { "test" } else { EVENT_TYPES[((r >> 26) % 4) as usize] };
         if et == "test" {
             tests += 1;
         }

@@ -1,4 +1,5 @@
-//! Event times at the ends of the millisecond range: every window kind turns them into
+//! Hostile event times. Far ahead of processing time: refused by the watermark generator before
+//! they move the watermark. At the ends of the millisecond range: every window kind turns them into
 //! `event_time_out_of_range` dead letters instead of overflowing (a panic in debug builds, and in
 //! release a wrapped window start and a loop over ~2^64/slide windows: a hang).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -75,4 +76,37 @@ async fn a_job_fed_hostile_event_times_finishes_and_accounts_for_them() {
         let rows = rows.take();
         assert!(rows.iter().any(|r| r.value == 2), "{spec:?}: the two real events are counted: {rows:?}");
     }
+}
+
+#[test]
+fn an_event_stamped_years_ahead_is_dead_lettered_and_never_moves_the_watermark() {
+    // Processing time is 2026-12-02; one producer's clock (or a unit mix-up: seconds read as ms
+    // of another era) stamps an event in 2036. Without a bound its partition's watermark jumps ten
+    // years ahead for good and every later event is late.
+    let now = 1_796_204_800_000; // 2026-12-02T00:00:00Z
+    let ten_years = 10 * 365 * 86_400_000;
+    let strategy = WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5))
+        .with_max_time_ahead(Duration::from_secs(3_600));
+    let job = Stream::<i64>::new()
+        .assign_timestamps(|t| *t, strategy)
+        .key_by(|_| Key::from("k"))
+        .window(WindowSpec::tumbling(Duration::from_secs(60)).unwrap(), Count);
+    let mut h = OperatorHarness::new(job);
+    h.set_processing_time(now);
+    h.process(records(&[now - 60_000, now + ten_years, now - 59_000, now - 58_000]));
+    let dead: Vec<(DeadLetterReason, u64)> =
+        h.dead_letters().iter().map(|d| (d.reason, d.position.offset)).collect();
+    assert_eq!(dead, vec![(DeadLetterReason::EventTimeOutOfRange, 1)], "only the one ten years ahead");
+    assert!(
+        h.dead_letters()[0].detail.contains("ahead of processing time"),
+        "{}",
+        h.dead_letters()[0].detail
+    );
+    assert_eq!(h.counters().records_windowed, 3);
+    assert!(h.watermark().0 < now, "the watermark stays behind now: {:?}", h.watermark());
+    // A later event is still on time; one 59 minutes ahead is within the bound.
+    let later = |t: i64, o: u64| Record::new(t, t).with_position(SourcePosition::new(0, o)).with_key("k");
+    h.process(vec![later(now - 57_000, 4), later(now + 3_599_000, 5)]);
+    assert_eq!(h.counters().records_windowed, 5);
+    assert_eq!(h.dead_letters().len(), 1, "nothing else dead-lettered");
 }

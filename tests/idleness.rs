@@ -51,7 +51,9 @@ async fn a_silent_partition_turns_idle_while_batches_keep_the_channel_full() {
     // source is always ahead, the channel never empty, and the periodic wake-up (an hour) never
     // comes. Partition 1 must still turn idle after 5 s of processing time and follow partition
     // 0, so both partitions' windows close while the input continues.
-    let mut script = ScriptedSource::new().assign(vec![0, 1]).records(vec![rec(1, 0, 1_000)]);
+    // The job starts idle (the first periodic wake-up, which comes at once, finds nothing to do).
+    let go = Arc::new(Notify::new());
+    let mut script = ScriptedSource::new().wait(&go).assign(vec![0, 1]).records(vec![rec(1, 0, 1_000)]);
     for s in 0..60u64 {
         script = script.records(vec![rec(0, s, s as i64 * 1_000)]);
     }
@@ -66,6 +68,8 @@ async fn a_silent_partition_turns_idle_while_batches_keep_the_channel_full() {
     let job = tokio::spawn(async move {
         runner.job_per_partition(script, task).sink(sink).discard_dead_letters().run().await
     });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    go.notify_one();
     let closed = within(10, "windows of both partitions closing before the end of input", async {
         loop {
             let got: Vec<Row> = rows.snapshot();
@@ -175,4 +179,24 @@ fn batch_at(source_time_ms: i64, records: Vec<ferroflow::Record<i64>>) -> Source
         ferroflow::source::SourceBatch::of(records)
             .with_progress(SourceProgress { time_ms: source_time_ms, behind: vec![] }),
     )
+}
+
+#[test]
+fn a_partition_named_active_does_not_make_the_others_idle_before_their_records_count() {
+    // The source's report comes with a batch; judging idleness on it, before the batch's records
+    // are observed, could idle a partition whose records are in that very batch.
+    use ferroflow::operator::AssignTimestamps;
+    use ferroflow::{Context, Signal};
+    let strategy =
+        WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO).with_idleness(Duration::from_secs(5));
+    let mut op = AssignTimestamps::new(|t: &i64| *t, strategy);
+    let mut ctx = Context::new(0);
+    let mut out = Vec::new();
+    op.process_batch(&mut vec![rec(0, 0, 20_000), rec(1, 0, 1_000)], &mut ctx, &mut out);
+    assert_eq!(ctx.take_watermark(), Some(ferroflow::time::Watermark(999)));
+    ctx.set_idle_clock(10_000);
+    op.on_signal(&Signal::PartitionsActive(vec![0]), &mut ctx);
+    assert_eq!(ctx.take_watermark(), None, "partition 1 is not judged here");
+    op.process_batch(&mut vec![rec(1, 1, 2_000)], &mut ctx, &mut out);
+    assert_eq!(ctx.take_watermark(), Some(ferroflow::time::Watermark(1_999)), "its record counts first");
 }

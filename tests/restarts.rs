@@ -62,3 +62,21 @@ async fn deleting_the_checkpoints_starts_over_from_an_empty_backend() {
     assert_eq!(report.counters.records_dead_lettered, 0, "no record is late against a stale watermark");
     assert_eq!(again, first, "the same results as the first run");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_in_use_is_refused_instead_of_wiped() {
+    // A second process given the same state directory (a restart while the old one still runs)
+    // must not empty the directory under the first.
+    let dir = tempfile::tempdir().unwrap();
+    let build = || {
+        Runner::builder()
+            .state(RocksDb::at(dir.path().join("state")))
+            .checkpoints(format!("file://{}", dir.path().join("checkpoints").display()))
+            .build()
+    };
+    let first = build().unwrap();
+    let err = build().unwrap_err().to_string();
+    assert!(err.contains("in use by another process"), "{err}");
+    drop(first);
+    build().expect("free again once the first is gone");
+}

@@ -496,4 +496,9 @@ impl CheckpointError {
     pub(crate) fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
         CheckpointError::Io { path: path.into(), source }
     }
+
+    /// True when the store said the object does not exist (as opposed to failing to answer).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CheckpointError::Storage { source: object_store::Error::NotFound { .. }, .. })
+    }
 }

@@ -175,13 +175,10 @@ impl KafkaSourceConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
-            .set(
-                "auto.offset.reset",
-                match self.start_offset {
-                    StartOffset::Earliest => "earliest",
-                    StartOffset::Latest => "latest",
-                },
-            );
+            // Only ever used when an offset is out of range (a new partition's start is set
+            // explicitly from `start_offset`): resetting to the log start makes the first message
+            // tell how many records retention deleted, which the source then reports.
+            .set("auto.offset.reset", "earliest");
         if self.statistics_interval_ms > 0 {
             c.set("statistics.interval.ms", self.statistics_interval_ms.to_string());
         }

@@ -1,6 +1,7 @@
 //! The dead-letter topic: each dead letter becomes one JSON message.
 //!
-//! The message key is `partition:offset` of the source record, so a consumer of the topic can
+//! The message key is `partition:offset` of the source record (plus a hash of the row for rows
+//! the sink refused, which share their window's position), so a consumer of the topic can
 //! deduplicate the replays a crash causes (delivery to this topic is at-least-once: dead letters
 //! produced after the last checkpoint are produced again when the job replays). Headers carry
 //! the reason and the source position for routing without parsing the body.
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferroflow_core::sink::Sink;
-use ferroflow_core::{DeadLetter, SinkError};
+use ferroflow_core::{DeadLetter, DeadLetterReason, SinkError};
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -131,7 +132,7 @@ impl KafkaDeadLetterSink {
     }
 
     async fn produce(&mut self, dl: &DeadLetter) -> Result<(), SinkError> {
-        let key = format!("{}:{}", dl.position.partition, dl.position.offset);
+        let key = key_of(dl);
         let partition = dl.position.partition.to_string();
         let offset = dl.position.offset.to_string();
         let mut original = self.stash.as_ref().and_then(|s| s.get(dl.position)).unwrap_or_default();
@@ -261,6 +262,21 @@ impl KafkaDeadLetterSink {
     }
 }
 
+/// The message key: `partition:offset` of the source record. Rows the sink refused share their
+/// window's position, so theirs adds a hash of the row, which keeps keys unique for consumers that
+/// deduplicate by key (or a compacted topic).
+fn key_of(dl: &DeadLetter) -> String {
+    match dl.reason {
+        DeadLetterReason::SinkRejected => format!(
+            "{}:{}:{:016x}",
+            dl.position.partition,
+            dl.position.offset,
+            xxhash_rust::xxh3::xxh3_64(&dl.original)
+        ),
+        _ => format!("{}:{}", dl.position.partition, dl.position.offset),
+    }
+}
+
 /// Room kept for our own headers and the message's framing.
 const ENVELOPE_SLACK: usize = 1024;
 
@@ -280,13 +296,25 @@ impl Sink<DeadLetter> for KafkaDeadLetterSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        loop {
+        // Envelopes the broker refused as too large go out once more without their original;
+        // refused again, the topic cannot hold dead letters at all: a setting to fix.
+        for round in 0..3 {
             let producer = Arc::clone(&self.producer);
             let timeout = self.flush_timeout;
             tokio::task::spawn_blocking(move || producer.flush(timeout))
                 .await
                 .map_err(|e| KafkaError::Delivery(format!("flush task failed: {e}")))?
                 .map_err(|e| KafkaError::client("flushing dead letters", e))?;
+            if round == 2 && self.deliveries.too_large.lock().is_ok_and(|t| !t.is_empty()) {
+                return Err(KafkaError::Config {
+                    setting: format!("the max.message.bytes of topic {}", self.topic),
+                    problem: format!(
+                        "the broker refuses dead letters even without their original bytes (at most {MIN_ENVELOPE} \
+                         bytes); raise the topic's max.message.bytes"
+                    ),
+                }
+                .into());
+            }
             if !self.resend_too_large().await? {
                 break;
             }
@@ -302,5 +330,26 @@ impl Sink<DeadLetter> for KafkaDeadLetterSink {
             .into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use ferroflow_core::{DeadLetter, DeadLetterReason, SourcePosition};
+
+    use super::key_of;
+
+    #[test]
+    fn refused_rows_of_one_window_keep_keys_of_their_own() {
+        let at = SourcePosition::new(u32::MAX, 1_767_225_600_000);
+        let row = |k: &str| {
+            DeadLetter::new(DeadLetterReason::SinkRejected, "refused", at, Bytes::from(k.to_owned()))
+        };
+        assert_ne!(key_of(&row("{\"key\":\"a\"}")), key_of(&row("{\"key\":\"b\"}")));
+        assert!(key_of(&row("x")).starts_with("4294967295:1767225600000:"));
+        let source =
+            DeadLetter::new(DeadLetterReason::DecodeError, "bad", SourcePosition::new(2, 7), Bytes::new());
+        assert_eq!(key_of(&source), "2:7");
     }
 }

@@ -121,10 +121,20 @@ impl Poller {
         }
     }
 
-    /// Sends `e` to the job (its channel closes after it: the job stops).
+    /// Sends `e` to the job (its channel closes after it: the job stops). Gives up when the
+    /// source is dropped meanwhile: its owner joins this thread, and a blocking send into a full
+    /// channel nobody reads any more would never return.
     fn fail(&self, e: KafkaError) {
-        if let Some(tx) = self.shared.tx.get() {
-            let _ = tx.blocking_send(Err(e));
+        let Some(tx) = self.shared.tx.get() else { return };
+        let mut e = Err(e);
+        while !self.shared.stopping() {
+            match tx.try_send(e) {
+                Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(back)) => {
+                    e = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
         }
     }
 

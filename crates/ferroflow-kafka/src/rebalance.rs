@@ -2,11 +2,12 @@
 //!
 //! A rebalance callback runs inside `poll`, on the poll thread. An assignment asks the job's
 //! hand-over hook where the partitions resume, assigns them there and queues the event behind
-//! everything read before it. A revocation queues the event, stops fetching, hands the queue to
-//! the job and waits until the job has released the partitions (processed what came before,
-//! checkpointed them, ended their tasks): only then does the group move them on, so their next
-//! owner, or this instance when they come back, finds their newest state. Kafka Streams commits
-//! in `onPartitionsRevoked` for the same reason.
+//! everything read before it. A revocation queues the event, hands the queue to the job and waits
+//! until the job has released the partitions (processed what came before, checkpointed them,
+//! ended their tasks); only then does it unassign them. librdkafka rejoins the group (eager
+//! protocol) or lets them go (cooperative) only after that call, so their next owner, or this
+//! instance when they come back, finds their newest state. Kafka Streams commits in
+//! `onPartitionsRevoked` for the same reason.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 
 use crate::shared::{Shared, lock};
-use crate::stats::PartitionLag;
+use crate::stats::{LogRange, PartitionLag};
 
 /// How long one wait for the job to release revoked partitions lasts before the thread checks
 /// whether the source is stopping.
@@ -42,7 +43,8 @@ impl ClientContext for SourceContext {
             // -1 is librdkafka's internal unassigned partition; unowned partitions report -1 lag.
             let Ok(pid) = PartitionId::try_from(*p) else { continue };
             if s.hi_offset >= 0 {
-                ranges.insert(pid, (s.lo_offset.max(0), s.hi_offset));
+                let end = if s.ls_offset >= 0 { s.ls_offset.min(s.hi_offset) } else { s.hi_offset };
+                ranges.insert(pid, LogRange { start: s.lo_offset.max(0), end, app: s.app_offset });
             }
             if s.consumer_lag < 0 {
                 continue;
@@ -138,25 +140,27 @@ impl SourceContext {
     ) {
         tracing::info!(topic = %self.shared.topic, ?partitions, "partitions revoked");
         self.shared.enqueue(SourceEvent::PartitionsRevoked(partitions.clone()));
+        // From here on their messages still in librdkafka's queues are dropped unread.
         self.shared.forget_partitions(&partitions);
+        // Everything up to the revocation goes to the job, and the partitions stay assigned until
+        // the job has released them: librdkafka rejoins the group (and another member gets them)
+        // only once they are unassigned, so their next owner finds the checkpoint taken here.
+        if self.shared.send_queued(|| self.shared.idle_wait()) {
+            let lifecycle = lock(&self.shared.lifecycle).clone();
+            if let Some(l) = lifecycle {
+                self.shared.paused(|| {
+                    while !l.wait_released(&partitions, RELEASE_WAIT) {
+                        if self.shared.stopping() || self.shared.tx.get().is_none_or(|tx| tx.is_closed()) {
+                            return;
+                        }
+                    }
+                    tracing::info!(?partitions, "the job released the revoked partitions");
+                });
+            }
+        }
         let res = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
         if let Err(e) = res {
             tracing::error!(error = %e, "unassigning partitions failed");
-        }
-        // Everything up to the revocation goes to the job now; nothing more is read meanwhile.
-        if !self.shared.send_queued(|| self.shared.idle_wait()) {
-            return;
-        }
-        let lifecycle = lock(&self.shared.lifecycle).clone();
-        if let Some(l) = lifecycle {
-            self.shared.paused(|| {
-                while !l.wait_released(&partitions, RELEASE_WAIT) {
-                    if self.shared.stopping() || self.shared.tx.get().is_none_or(|tx| tx.is_closed()) {
-                        return;
-                    }
-                }
-                tracing::info!(?partitions, "the job released the revoked partitions");
-            });
         }
         self.shared.headers.forget_partitions(&partitions);
     }

@@ -269,19 +269,36 @@ impl Shared {
         if self.failed() {
             return; // the source stops; nothing read from here on reaches the job
         }
-        let check = {
+        let (first, gap_from) = {
             let mut reading = lock(&self.reading);
             let Some(r) = reading.get_mut(&p) else {
                 self.stats.stray();
                 return;
             };
+            let gap_from = r.next.filter(|n| o > *n);
             r.next = Some(o.saturating_add(1));
-            r.check_first.take()
+            (r.check_first.take(), gap_from)
         };
-        if let Some(expected) = check.filter(|e| *e != o) {
-            if !self.offset_jump(consumer, p, expected, o) {
-                return;
+        // The first message after a resume must be at the resume offset; a later gap is checked
+        // against the log start librdkafka last reported (compaction and transaction markers make
+        // gaps too; only a log start past the gap means deleted records).
+        let jumped = match (first, gap_from) {
+            (Some(expected), _) if expected != o => Some(expected),
+            (None, Some(from))
+                if self
+                    .stats
+                    .log_range()
+                    .get(&p)
+                    .is_some_and(|l| l.start > i64::try_from(from).unwrap_or(i64::MAX)) =>
+            {
+                Some(from)
             }
+            _ => None,
+        };
+        if let Some(expected) = jumped
+            && !self.offset_jump(consumer, p, expected, o)
+        {
+            return;
         }
         let ts = m.timestamp().to_millis().unwrap_or(0);
         lock(&self.queue).builder.push(p, o, ts, m.payload().unwrap_or(&[]));
@@ -300,10 +317,16 @@ impl Shared {
     /// and (by default) fails the source. False when the message must not be delivered.
     #[cold]
     fn offset_jump(&self, consumer: &Consumer_, p: PartitionId, expected: u64, delivered: u64) -> bool {
-        let start = consumer
-            .fetch_watermarks(&self.topic, i32::try_from(p).unwrap_or(i32::MAX), Duration::from_secs(10))
-            .ok()
-            .and_then(|(low, _)| u64::try_from(low).ok());
+        let start = (0..3).find_map(|attempt| {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            let p = i32::try_from(p).ok()?;
+            consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                .ok()
+                .and_then(|(low, _)| u64::try_from(low).ok())
+        });
         let (lost, detail) = match start {
             // Offsets below the log start were deleted (retention, DeleteRecords).
             Some(low) if delivered > expected && low > expected => {
@@ -353,13 +376,14 @@ impl Shared {
         let behind = lock(&self.reading)
             .iter()
             .filter_map(|(p, r)| {
-                let (start, end) = *range.get(p)?;
+                let log = range.get(p)?;
                 let next = match r.next {
-                    Some(n) => i64::try_from(n).ok()?,
-                    None if r.from_start => start,
+                    Some(n) => i64::try_from(n).ok()?.max(log.app),
+                    None if r.from_start => log.start,
                     None => return None,
                 };
-                (end > next).then_some(*p)
+                // One offset of slack: a transaction's commit marker can end a quiet partition.
+                (log.end > next.saturating_add(1)).then_some(*p)
             })
             .collect();
         SourceProgress { time_ms, behind }

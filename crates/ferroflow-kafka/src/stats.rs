@@ -18,6 +18,19 @@ pub struct PartitionLag {
     pub lag: i64,
 }
 
+/// Where a partition stands, as librdkafka's statistics last reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LogRange {
+    /// The log start (records below it were deleted).
+    pub(crate) start: i64,
+    /// The end a consumer can read to: the last stable offset under `read_committed` (past open
+    /// transactions nothing is readable yet), else the high watermark.
+    pub(crate) end: i64,
+    /// The offset after the last message librdkafka handed to the application (it moves past
+    /// transaction markers, which never reach the application); -1 before the first.
+    pub(crate) app: i64,
+}
+
 /// Counters shared between the poll thread and readers. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct SourceStats {
@@ -34,8 +47,8 @@ struct Inner {
     commit_failures: AtomicU64,
     rebalances: AtomicU64,
     lag: Mutex<BTreeMap<PartitionId, PartitionLag>>,
-    /// Log start and end of every partition librdkafka reports on, as of its latest statistics.
-    log_range: Mutex<BTreeMap<PartitionId, (i64, i64)>>,
+    /// Where every partition librdkafka reports on stands, as of its latest statistics.
+    log_range: Mutex<BTreeMap<PartitionId, LogRange>>,
     /// Offsets skipped because the broker no longer had them, per partition.
     lost: Mutex<BTreeMap<PartitionId, u64>>,
     /// Messages of partitions not assigned any more, dropped unread (another owner reads them).
@@ -79,13 +92,13 @@ impl SourceStats {
             *l = lags;
         }
     }
-    pub(crate) fn set_log_range(&self, ranges: BTreeMap<PartitionId, (i64, i64)>) {
+    pub(crate) fn set_log_range(&self, ranges: BTreeMap<PartitionId, LogRange>) {
         if let Ok(mut r) = self.inner.log_range.lock() {
             *r = ranges;
         }
     }
-    /// `(log start, log end)` per partition, from librdkafka's latest statistics.
-    pub(crate) fn log_range(&self) -> BTreeMap<PartitionId, (i64, i64)> {
+    /// Where each partition stands, from librdkafka's latest statistics.
+    pub(crate) fn log_range(&self) -> BTreeMap<PartitionId, LogRange> {
         self.inner.log_range.lock().map(|r| r.clone()).unwrap_or_default()
     }
 

@@ -368,7 +368,7 @@ impl PipelineConfig {
                 "instance_id must use only letters, digits, '-', '_' or '.' (empty: derived from the host name)",
             );
         }
-        if self.window.size_ms == 0 || self.window.size_ms % 1000 != 0 {
+        if self.window.size_ms == 0 || !self.window.size_ms.is_multiple_of(1000) {
             return bad(
                 "window.size_ms must be a positive whole number of seconds (a multiple of 1000): the result \
                  table stores window starts in seconds, so shorter or fractional windows would share rows",

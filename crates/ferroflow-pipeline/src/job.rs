@@ -355,14 +355,13 @@ impl ResultSink {
 
 impl Sink<WindowRow> for ResultSink {
     async fn write_batch(&mut self, batch: Vec<WindowRow>) -> Result<(), SinkError> {
-        if let Some(tap) = &self.tap {
-            if let Ok(mut t) = tap.lock() {
-                for r in &batch {
-                    let e =
-                        t.entry((r.key.clone(), r.window_start, r.partition)).or_insert_with(|| r.clone());
-                    if r.version >= e.version {
-                        *e = r.clone();
-                    }
+        if let Some(tap) = &self.tap
+            && let Ok(mut t) = tap.lock()
+        {
+            for r in &batch {
+                let e = t.entry((r.key.clone(), r.window_start, r.partition)).or_insert_with(|| r.clone());
+                if r.version >= e.version {
+                    *e = r.clone();
                 }
             }
         }

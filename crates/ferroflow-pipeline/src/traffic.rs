@@ -244,8 +244,11 @@ fn remember(recent: &mut Vec<String>, payload: &str) {
 /// Renders an event; one in four carries its time as RFC 3339, the rest as epoch ms.
 fn render(f: &Fields, i: u64) -> String {
     let ts = if i % 4 == 3 { format!("\"{}\"", rfc3339(f.ts)) } else { f.ts.to_string() };
-    let attrs =
-        if i % 5 == 0 { ", \"attributes\": {\"campaign\": \"spring\", \"mobile\": true}" } else { "" };
+    let attrs = if i.is_multiple_of(5) {
+        ", \"attributes\": {\"campaign\": \"spring\", \"mobile\": true}"
+    } else {
+        ""
+    };
     format!(
         "{{\"event_id\": \"{}\", \"user_id\": \"{}\", \"event_type\": \"{}\", \"ts\": {ts}, \"amount\": {}{attrs}}}",
         f.event_id, f.user_id, f.event_type, f.amount

@@ -98,6 +98,8 @@ struct Group<'a> {
     /// SIGTERMed processes still shutting down.
     detached: Vec<Child>,
     next_id: u32,
+    /// Instances replaced by a second process under the same id.
+    replaced: usize,
     log: Vec<String>,
 }
 
@@ -181,6 +183,7 @@ fn the_pipeline_stays_exact_through_kills_replacements_and_rebalances() {
         gone: Vec::new(),
         detached: Vec::new(),
         next_id: 0,
+        replaced: 0,
         log: Vec::new(),
     };
     let t0 = Instant::now();
@@ -207,18 +210,25 @@ fn the_pipeline_stays_exact_through_kills_replacements_and_rebalances() {
                 p.start();
                 group.note(t0, format!("kill -9 {id}, restart"));
             }
-            // The instance is replaced while its old process still shuts down: a new process
-            // under the same id on another machine (a new state directory). The newer one
-            // fences the older, which must commit nothing after.
+            // The instance is replaced while its old process still runs: a new process under
+            // the same id on another machine (a new state directory). Once the new one has
+            // claimed the checkpoint folder the old one is told to stop: it is fenced, and
+            // commits nothing more.
             1 => {
                 let id = group.pick(&mut rng);
                 let mut old = group.running.remove(&id).unwrap();
+                group.start(&id);
+                let new = &group.running[&id];
+                let claimed = Instant::now() + Duration::from_secs(30);
+                while !new.log_contains("claimed the checkpoint folder") && Instant::now() < claimed {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 if let Some(c) = old.terminate_detached() {
                     group.detached.push(c);
                 }
                 group.gone.push(old);
-                group.start(&id);
-                group.note(t0, format!("replace {id} while the old process shuts down"));
+                group.replaced += 1;
+                group.note(t0, format!("replace {id}: a second process under its id, then the first stops"));
             }
             // A new instance joins: partitions move to it with their state.
             2 if group.running.len() < 4 => {
@@ -311,5 +321,15 @@ fn the_pipeline_stays_exact_through_kills_replacements_and_rebalances() {
             assert_eq!(n("records_in") + n("records_expanded"), accounted, "{}: {c}", p.dir.display());
         }
     }
-    group.note(t0, "all checks passed".into());
+    // Every replaced process found itself fenced by its successor and stopped: it took no
+    // checkpoint after the successor claimed the folder.
+    for _ in 0..50 {
+        for c in &mut group.detached {
+            let _ = c.try_wait();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fenced = group.gone.iter().filter(|p| p.log_contains("taken over by another writer")).count();
+    assert_eq!(fenced, group.replaced, "CHAOS_SEED={seed}: replaced processes fenced\n{}", group.logs());
+    group.note(t0, format!("all checks passed ({fenced} replaced process(es) fenced)"));
 }

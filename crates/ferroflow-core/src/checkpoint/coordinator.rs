@@ -538,7 +538,10 @@ impl CheckpointCoordinator {
             let key = checkpoint_manifest_key(id);
             match self.restore_manifest(&key, state).await {
                 Ok(m) => return Ok(RestoreOutcome::Restored(Box::new(m))),
+                // A store that does not answer now may answer later: falling back would restore
+                // older state, and the newer checkpoint's partitions with it.
                 Err(e @ CheckpointError::IncompatibleFormat { .. }) => return Err(e),
+                Err(e @ CheckpointError::Storage { .. }) if !e.is_not_found() => return Err(e),
                 Err(e) => {
                     tracing::warn!(checkpoint = id, error = %e, "checkpoint unusable; falling back to the previous one");
                 }
@@ -589,11 +592,11 @@ impl CheckpointCoordinator {
         state.restore(&dir)?;
         // What a committed manifest references exists: the next checkpoint need not upload it.
         self.known_shared.extend(manifest.files.iter().filter(|f| f.shared).map(|f| f.object.clone()));
-        if manifest.state_format_version != expected {
-            if let Some(m) = &self.config.migration {
-                m.migrate(manifest.state_format_version, state)?;
-                tracing::info!(from = manifest.state_format_version, to = expected, "state migrated");
-            }
+        if manifest.state_format_version != expected
+            && let Some(m) = &self.config.migration
+        {
+            m.migrate(manifest.state_format_version, state)?;
+            tracing::info!(from = manifest.state_format_version, to = expected, "state migrated");
         }
         remove_quietly(&dir);
         tracing::info!(
@@ -619,9 +622,16 @@ pub(super) async fn download_files(
     }
     std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
     for f in &manifest.files {
-        let data = store.get(&f.object).await.map_err(|e| CheckpointError::Invalid {
-            id: label.clone(),
-            reason: format!("file {} cannot be read: {e}", f.object),
+        let data = store.get(&f.object).await.map_err(|e| {
+            // Gone: the checkpoint is broken for good. Anything else may pass: kept as it is.
+            if e.is_not_found() {
+                CheckpointError::Invalid {
+                    id: label.clone(),
+                    reason: format!("file {} is missing: {e}", f.object),
+                }
+            } else {
+                e
+            }
         })?;
         if data.len() as u64 != f.size || crc32fast::hash(&data) != f.crc32 {
             return Err(CheckpointError::Invalid {

@@ -137,9 +137,12 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for
             Signal::PartitionFinished(p) => self.tracker.finish(*p),
             Signal::EndOfInput => self.tracker.finish_all(),
             Signal::PartitionsActive(ps) => {
+                // Only keeps partitions from going idle; judging idleness here, before the
+                // records of the batch this came with are observed, could idle one of them.
                 for p in ps {
                     self.tracker.touch(*p, ctx.idle_time());
                 }
+                return;
             }
             Signal::Tick => {}
         }

@@ -101,6 +101,9 @@ pub struct RocksDbStateBackend {
     cache: Cache,
     db: Option<DB>,
     write_options: WriteOptions,
+    /// Held for the backend's lifetime when it owns its directory (see
+    /// [`open_empty`](Self::open_empty)).
+    _lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for RocksDbStateBackend {
@@ -165,7 +168,7 @@ impl RocksDbStateBackend {
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
-        let mut me = Self { path, options, cache, db: None, write_options };
+        let mut me = Self { path, options, cache, db: None, write_options, _lock: None };
         me.db = Some(me.open_db()?);
         Ok(me)
     }
@@ -201,12 +204,42 @@ impl RocksDbStateBackend {
     /// starts from (its state comes from the restored checkpoint). A crash can leave the directory
     /// in any state (killed during a restore, say, with half of the files linked), and opening it
     /// as it is would fail or, worse, resurrect state no checkpoint holds.
+    ///
+    /// The directory is owned for the backend's lifetime through an exclusive lock on
+    /// `<path>.lock` beside it: a second process given the same directory (a restart while the
+    /// old process still runs) fails here instead of wiping state in use.
     pub fn open_empty(path: impl Into<PathBuf>, options: RocksDbOptions) -> Result<Self, StateError> {
         let path = path.into();
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        if let Some(parent) = lock_path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StateError::io(parent, e))?;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StateError::io(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StateError::Backend(format!(
+                    "state directory {} is in use by another process (it holds {}); each running \
+                     instance needs its own state directory",
+                    path.display(),
+                    lock_path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(StateError::io(&lock_path, e)),
+        }
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(|e| StateError::io(&path, e))?;
         }
-        Self::open(path, options)
+        let mut me = Self::open(path, options)?;
+        me._lock = Some(lock);
+        Ok(me)
     }
 
     /// The database directory.

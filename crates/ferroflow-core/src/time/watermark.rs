@@ -289,10 +289,10 @@ impl WatermarkTracker {
                 continue;
             }
             all_finished = false;
-            if let Some(t) = idle_after {
-                if now_ms.saturating_sub(p.last_activity_ms) >= t {
-                    p.idle = true;
-                }
+            if let Some(t) = idle_after
+                && now_ms.saturating_sub(p.last_activity_ms) >= t
+            {
+                p.idle = true;
             }
             if p.idle {
                 continue;

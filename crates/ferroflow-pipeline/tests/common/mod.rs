@@ -230,6 +230,13 @@ listen = "127.0.0.1:{port}"
             .collect()
     }
 
+    /// True when any run's log holds `text`.
+    pub fn log_contains(&self, text: &str) -> bool {
+        (1..=self.starts).any(|i| {
+            std::fs::read_to_string(self.dir.join(format!("run-{i}.log"))).is_ok_and(|t| t.contains(text))
+        })
+    }
+
     /// `/status`, or `None` while the process is not serving.
     pub fn status(&self) -> Option<serde_json::Value> {
         let body = http_get(self.port, "/status")?;
