@@ -156,6 +156,8 @@ pub(crate) struct Shared {
     clock: Mutex<SourceClock>,
     /// A failure found inside a callback or while appending, sent by the poll loop.
     failure: Mutex<Option<KafkaError>>,
+    /// `failure` is set (read for every message, without the lock).
+    failing: AtomicBool,
 }
 
 impl Shared {
@@ -180,6 +182,7 @@ impl Shared {
             reading: Mutex::new(BTreeMap::new()),
             clock: Mutex::new(SourceClock::new()),
             failure: Mutex::new(None),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -212,14 +215,16 @@ impl Shared {
 
     pub(crate) fn set_failure(&self, e: KafkaError) {
         lock(&self.failure).get_or_insert(e);
+        self.failing.store(true, Ordering::Relaxed);
     }
 
+    /// The failure, once: the source stops after sending it (the flag stays set).
     pub(crate) fn take_failure(&self) -> Option<KafkaError> {
         lock(&self.failure).take()
     }
 
     pub(crate) fn failed(&self) -> bool {
-        lock(&self.failure).is_some()
+        self.failing.load(Ordering::Relaxed)
     }
 
     /// Where each of `partitions` starts: the job's hand-over decides first (it fetches the
