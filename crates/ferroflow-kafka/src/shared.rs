@@ -292,9 +292,8 @@ impl Shared {
             (None, Some(from))
                 if self
                     .stats
-                    .log_range()
-                    .get(&p)
-                    .is_some_and(|l| l.start > i64::try_from(from).unwrap_or(i64::MAX)) =>
+                    .log_start(p)
+                    .is_some_and(|start| start > i64::try_from(from).unwrap_or(i64::MAX)) =>
             {
                 Some(from)
             }

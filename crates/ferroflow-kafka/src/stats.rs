@@ -97,6 +97,10 @@ impl SourceStats {
             *r = ranges;
         }
     }
+    /// The log start of `partition`, from librdkafka's latest statistics.
+    pub(crate) fn log_start(&self, partition: PartitionId) -> Option<i64> {
+        self.inner.log_range.lock().ok()?.get(&partition).map(|r| r.start)
+    }
     /// Where each partition stands, from librdkafka's latest statistics.
     pub(crate) fn log_range(&self) -> BTreeMap<PartitionId, LogRange> {
         self.inner.log_range.lock().map(|r| r.clone()).unwrap_or_default()
