@@ -63,6 +63,7 @@ async fn a_silent_partition_turns_idle_while_batches_keep_the_channel_full() {
         channel_capacity: 64,
         tick_interval: Duration::from_secs(3_600),
         clock: Arc::new(SecondPerRead::default()),
+        ..RunnerConfig::default()
     });
     let (sink, rows) = CollectSink::with_handle();
     let job = tokio::spawn(async move {
@@ -112,6 +113,7 @@ async fn a_stalled_job_does_not_make_partitions_with_data_idle() {
         channel_capacity: 4,
         tick_interval: Duration::from_millis(5),
         clock: Arc::new(clock.clone()),
+        ..RunnerConfig::default()
     });
     let counters = runner.counters();
     let (sink, rows) = CollectSink::with_handle();
@@ -150,6 +152,7 @@ async fn a_partition_the_source_has_not_caught_up_with_never_turns_idle() {
         channel_capacity: 4,
         tick_interval: Duration::from_millis(5),
         clock: Arc::new(ManualClock::new(0)),
+        ..RunnerConfig::default()
     });
     let counters = runner.counters();
     let (sink, rows) = CollectSink::with_handle();

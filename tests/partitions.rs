@@ -50,6 +50,7 @@ async fn each_partition_follows_its_own_watermark_and_an_idle_one_follows_the_jo
         channel_capacity: 4,
         tick_interval: Duration::from_millis(5),
         clock: Arc::new(clock.clone()),
+        ..RunnerConfig::default()
     });
     let counters = runner.counters();
     let sink = CollectSink::new();

@@ -929,3 +929,68 @@ fn restore_does_not_change_which_records_are_late() {
     );
     assert_eq!(final_values(&rows), final_values(&reference.payloads()));
 }
+
+// ---------------------------------------------------------------------------------------------
+// (d) Worker threads: a partition-scoped job gives the same results on 1, 2 or 3 workers.
+// ---------------------------------------------------------------------------------------------
+
+/// What a run gives, in an order that does not depend on which worker ran which partition.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    /// Every emitted row, `p<partition> <row>`, sorted.
+    rows: Vec<String>,
+    /// Every dead letter as (partition, offset, reason), sorted.
+    dead: Vec<(PartitionId, u64, DeadLetterReason)>,
+    /// in, windowed, dead-lettered, rows emitted.
+    counts: [u64; 4],
+}
+
+fn run_partitioned(kind: WindowKind, case: &Case, workers: usize) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let source = MemorySource::from_events(source_events(case));
+        let (bound, lateness) = (case.bound, case.lateness);
+        // Each task tags its rows with its partition: a key seen in two partitions has two windows.
+        let factory = move |p: PartitionId| {
+            Stream::<Ev>::new()
+                .assign_timestamps(|e: &Ev| e.1, strategy(bound))
+                .key_by(|e: &Ev| Key::from(key_name(e.0)))
+                .window(spec_of(kind, lateness), (Count, Sum::of(|e: &Ev| e.2 as f64)))
+                .map(move |r: Row| format!("p{p} {}", show(std::slice::from_ref(&r))))
+        };
+        let (sink, dlq) = (CollectSink::new(), CollectSink::new());
+        let (rows, dead) = (sink.handle(), dlq.handle());
+        let mut runner = Runner::builder().workers(workers).build().unwrap();
+        let report =
+            runner.job_per_partition(source, factory).sink(sink).dead_letters(dlq).run().await.unwrap();
+        let c = &report.counters;
+        assert!(c.identity_holds(), "{workers} workers: {c:?}");
+        let mut rows = rows.take();
+        rows.sort();
+        let mut dead: Vec<_> =
+            dead.take().iter().map(|d| (d.position.partition, d.position.offset, d.reason)).collect();
+        dead.sort();
+        Outcome {
+            rows,
+            dead,
+            counts: [c.records_in, c.records_windowed, c.records_dead_lettered, c.window_rows_emitted],
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Each partition's task follows its own watermark, so which worker runs it, and how the
+    /// workers' output interleaves, must not change a row, a dead letter or a count; late records
+    /// included (the inputs come in any order).
+    #[test]
+    fn worker_threads_do_not_change_results(kind in any_kind(), case in any_case()) {
+        let one = run_partitioned(kind, &case, 1);
+        prop_assert_eq!(one.counts[0], case.inputs.len() as u64, "every record counted in");
+        for workers in [2, 3] {
+            let many = run_partitioned(kind, &case, workers);
+            prop_assert_eq!(&many, &one, "{} workers differ from 1", workers);
+        }
+    }
+}

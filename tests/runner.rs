@@ -503,6 +503,7 @@ async fn idle_partition_stops_holding_the_watermark() {
         channel_capacity: 4,
         tick_interval: Duration::from_millis(5),
         clock: Arc::new(clock.clone()),
+        ..RunnerConfig::default()
     });
     let counters = runner.counters();
     let sink = CollectSink::new();

@@ -15,7 +15,7 @@ mod filter;
 mod flat_map;
 mod key_by;
 mod map;
-mod originals;
+pub(crate) mod originals;
 mod process;
 mod source_input;
 mod try_map;
@@ -166,6 +166,12 @@ impl Context {
     /// operators may too).
     pub fn set_originals(&mut self, originals: Vec<(SourcePosition, bytes::Bytes)>) {
         self.originals.set(originals);
+    }
+
+    /// The bytes of the next batch's records, shared with the other parts of the batch that run
+    /// on other worker threads.
+    pub(crate) fn set_shared_originals(&mut self, originals: originals::SharedOriginals) {
+        self.originals.set_shared(originals);
     }
 
     /// Forgets the current batch's bytes (the runner does this after each batch).

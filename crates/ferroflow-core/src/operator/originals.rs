@@ -11,22 +11,33 @@ const SCAN_LIMIT: usize = 16;
 
 /// The current batch's source bytes by position. Dead letters are rare, so nothing is indexed
 /// until the first lookup of a batch.
+/// A batch's source bytes; shared, so that worker threads running parts of one batch each look
+/// up their records' bytes without copying the list.
+pub(crate) type SharedOriginals = std::sync::Arc<Vec<(SourcePosition, Bytes)>>;
+
 #[derive(Debug, Default)]
 pub(crate) struct Originals {
-    entries: Vec<(SourcePosition, Bytes)>,
+    entries: SharedOriginals,
     index: Option<AHashMap<SourcePosition, usize>>,
 }
 
 impl Originals {
     /// Holds `entries` for the batch about to run (the previous batch's are dropped).
     pub(crate) fn set(&mut self, entries: Vec<(SourcePosition, Bytes)>) {
+        self.set_shared(std::sync::Arc::new(entries));
+    }
+
+    /// Holds `entries`, shared with other parts of the same batch.
+    pub(crate) fn set_shared(&mut self, entries: SharedOriginals) {
         self.entries = entries;
         self.index = None;
     }
 
-    /// Drops the batch's bytes (keeping the allocation for the next).
+    /// Drops the batch's bytes.
     pub(crate) fn clear(&mut self) {
-        self.entries.clear();
+        if !self.entries.is_empty() {
+            self.entries = SharedOriginals::default();
+        }
         self.index = None;
     }
 

@@ -60,6 +60,23 @@ impl RunnerBuilder {
         self
     }
 
+    /// Worker threads that run a partition-scoped job's tasks
+    /// ([`Runner::job_per_partition`](super::Runner::job_per_partition)): each partition's task
+    /// runs on one of them, and a checkpoint is one cut across all. Default: the cores this
+    /// process may use ([`available_cores`](super::available_cores)); `build` refuses 0.
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_core::prelude::*;
+    /// let runner = Runner::builder().workers(2).build().unwrap();
+    /// # let _ = runner;
+    /// assert!(Runner::builder().workers(0).build().is_err());
+    /// ```
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.config.workers = workers;
+        self
+    }
+
     /// Where operator state is snapshotted for checkpoints: [`MemoryState`](crate::state::MemoryState)
     /// (the default) or [`RocksDb::at(dir)`](crate::state::RocksDb::at) (feature `rocksdb`), or
     /// any opened [`StateBackend`]. Needs [`checkpoints`](Self::checkpoints): without them state
@@ -86,6 +103,7 @@ impl RunnerBuilder {
 
     /// The runner, without checkpoints.
     pub fn build(self) -> Result<Runner, JobError> {
+        self.check()?;
         if self.state.is_some() {
             return Err(ConfigError::Invalid(
                 "a state backend was set without checkpoints: it would never be written; add .checkpoints(url) or drop .state(..)"
@@ -94,6 +112,15 @@ impl RunnerBuilder {
             .into());
         }
         Ok(Runner::assemble(self.config, None))
+    }
+}
+
+impl RunnerBuilder {
+    fn check(&self) -> Result<(), JobError> {
+        if self.config.workers == 0 {
+            return Err(ConfigError::Invalid("workers must be at least 1".into()).into());
+        }
+        Ok(())
     }
 }
 
@@ -246,6 +273,7 @@ impl CheckpointsBuilder {
     /// The runner. Opens the store and the state backend; the store is listed when the job runs.
     pub fn build(self) -> Result<Runner, JobError> {
         use crate::checkpoint::{CheckpointConfig, CheckpointStore};
+        self.runner.check()?;
         let store = match self.target {
             Target::Url(url) => CheckpointStore::from_url(&url, &self.s3)?,
             Target::Store(store) => store,

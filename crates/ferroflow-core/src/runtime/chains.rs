@@ -22,14 +22,18 @@ pub(crate) type Backend = dyn StateBackend + 'static;
 /// Builds the chain of one partition's task.
 pub(crate) type Factory<C> = Box<dyn FnMut(PartitionId) -> C + Send>;
 
-struct Task<C: Operator> {
-    chain: C,
+/// One chain and where its watermark stands: the whole job's, or one partition's task.
+pub(crate) struct Task<C: Operator> {
+    pub(crate) chain: C,
     /// The watermark this task's chain last received.
-    watermark: Watermark,
+    pub(crate) watermark: Watermark,
     /// The task's partition is idle: it follows the other tasks' watermark.
-    idle: bool,
+    pub(crate) idle: bool,
     input: Vec<Record<C::In>>,
 }
+
+/// Partition tasks by partition.
+pub(crate) type Tasks<C> = BTreeMap<PartitionId, Task<C>>;
 
 impl<C: Operator> Task<C> {
     fn new(chain: C) -> Self {
@@ -37,7 +41,7 @@ impl<C: Operator> Task<C> {
     }
 
     /// Delivers the watermark the chain proposed, if it moved, and notes the partition report.
-    fn settle(
+    pub(crate) fn settle(
         &mut self,
         ctx: &mut Context,
         out: &mut Vec<Record<C::Out>>,
@@ -56,7 +60,7 @@ impl<C: Operator> Task<C> {
         }
     }
 
-    fn advance(&mut self, w: Watermark, ctx: &mut Context, out: &mut Vec<Record<C::Out>>) {
+    pub(crate) fn advance(&mut self, w: Watermark, ctx: &mut Context, out: &mut Vec<Record<C::Out>>) {
         if w > self.watermark {
             self.watermark = w;
             self.chain.on_watermark(w, ctx, out);
@@ -157,6 +161,63 @@ impl<C: Operator> Chains<C> {
     /// The partition report, when it changed since the last call.
     pub(crate) fn take_status(&mut self) -> Option<Vec<PartitionStatus>> {
         std::mem::take(&mut self.status_changed).then(|| self.status.values().copied().collect())
+    }
+
+    /// Takes every partition task out (to run them on worker threads); `None` for a job-scoped
+    /// chain, which stays here.
+    pub(crate) fn take_tasks(&mut self) -> Option<Tasks<C>> {
+        match &mut self.mode {
+            Mode::Job(_) => None,
+            Mode::PerPartition { tasks, .. } => Some(std::mem::take(tasks)),
+        }
+    }
+
+    /// Puts partition tasks back (from worker threads).
+    pub(crate) fn put_tasks(&mut self, back: Tasks<C>) {
+        if let Mode::PerPartition { tasks, .. } = &mut self.mode {
+            tasks.extend(back);
+        }
+    }
+
+    /// Builds the task of a partition whose first record just arrived while the tasks are out on
+    /// worker threads (restored from its prefix of `state`); refused once the source announces
+    /// its partitions, as in [`process`](Self::process).
+    pub(crate) fn new_task(
+        &mut self,
+        at: crate::record::SourcePosition,
+        state: Option<&mut Backend>,
+    ) -> Result<Task<C>, JobError> {
+        let Mode::PerPartition { factory, announced, .. } = &mut self.mode else {
+            return Err(JobError::Task {
+                task: "workers",
+                detail: "a job-scoped chain has no partition tasks".into(),
+            });
+        };
+        if *announced {
+            return Err(not_assigned(at));
+        }
+        let mut chain = factory(at.partition);
+        if let Some(state) = state {
+            chain.restore_state(&PartitionState::reader(state, at.partition))?;
+        }
+        Ok(Task::new(chain))
+    }
+
+    /// Takes what worker threads reported: each worker's lowest watermark among its tasks that
+    /// are not idle (`None`: no such task), and partition reports. The combined watermark moves
+    /// as [`combine`](Self::combine) moves it; the workers advance their idle tasks to it.
+    pub(crate) fn absorb_reports(
+        &mut self,
+        active: impl Iterator<Item = Option<Watermark>>,
+        status: impl Iterator<Item = PartitionStatus>,
+    ) {
+        if let Some(w) = active.flatten().min() {
+            self.watermark = self.watermark.max(w);
+        }
+        for s in status {
+            self.status.insert(s.partition, s);
+            self.status_changed = true;
+        }
     }
 
     /// Runs a batch through the chains (each record to its partition's task).

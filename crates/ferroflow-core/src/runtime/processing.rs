@@ -12,6 +12,7 @@ use super::chains::Chains;
 use super::checkpointing::{Checkpointing, Resumed};
 use super::io::{SinkMsg, barrier};
 use super::runner::StopRequest;
+use super::workers::{Clocks, Outputs, Workers};
 use crate::dead_letter::DeadLetter;
 use crate::error::JobError;
 use crate::metrics::JobCounters;
@@ -117,6 +118,8 @@ pub(super) struct Processing<'r, C: Operator> {
     pub(super) clock: Arc<dyn Clock>,
     pub(super) out_tx: mpsc::Sender<SinkMsg<C::Out>>,
     pub(super) dlq_tx: mpsc::Sender<SinkMsg<DeadLetter>>,
+    /// The worker threads that run a partition-scoped job's tasks (`None`: the chain runs here).
+    pub(super) workers: Option<Workers<C>>,
     ctx: Context,
     input: Vec<Record<C::In>>,
     output: Vec<Record<C::Out>>,
@@ -137,9 +140,10 @@ impl<'r, C: Operator> Processing<'r, C> {
         checkpointing: Option<&'r mut Checkpointing>,
         counters: &'r JobCounters,
         clock: Arc<dyn Clock>,
-        out_tx: mpsc::Sender<SinkMsg<C::Out>>,
-        dlq_tx: mpsc::Sender<SinkMsg<DeadLetter>>,
+        outputs: Outputs<C::Out>,
+        workers: Option<Workers<C>>,
     ) -> Self {
+        let Outputs { results: out_tx, dead_letters: dlq_tx, .. } = outputs;
         let ctx = Context::new(clock.now_ms());
         let last_tick = ctx.idle_time();
         Self {
@@ -150,6 +154,7 @@ impl<'r, C: Operator> Processing<'r, C> {
             clock,
             out_tx,
             dlq_tx,
+            workers,
             ctx,
             input: Vec::new(),
             output: Vec::new(),
@@ -209,21 +214,27 @@ impl<'r, C: Operator> Processing<'r, C> {
             Wake::Request(req) => return Some(Exit::Stopped(req)),
             Wake::SinkGone => return Some(Exit::SinkGone),
             Wake::SourceFailed => return Some(Exit::SourceFailed),
-            Wake::End => self.signal(&Signal::EndOfInput),
-            Wake::Tick => self.tick(),
-            Wake::Source(SourceEvent::Progress(p)) => self.on_progress(p),
-            Wake::Source(SourceEvent::Batch(batch)) => self.on_batch(batch),
-            Wake::Source(SourceEvent::PartitionsAssigned(ps)) => self.on_assigned(ps),
+            Wake::End => self.signal(&Signal::EndOfInput).await,
+            Wake::Tick => self.tick().await,
+            Wake::Source(SourceEvent::Progress(p)) => self.on_progress(p).await,
+            Wake::Source(SourceEvent::Batch(batch)) => self.on_batch(batch).await,
+            Wake::Source(SourceEvent::PartitionsAssigned(ps)) => self.on_assigned(ps).await,
             Wake::Source(SourceEvent::PartitionsRevoked(ps)) => {
                 // Released after this event's output and a checkpoint, below.
                 self.revoked = Some(ps);
                 Ok(())
             }
-            Wake::Source(SourceEvent::PartitionFinished(p)) => self.signal(&Signal::PartitionFinished(p)),
+            Wake::Source(SourceEvent::PartitionFinished(p)) => {
+                self.signal(&Signal::PartitionFinished(p)).await
+            }
         };
         // Every task's idleness is checked as the idleness clock moves, also when batches keep
         // coming and the periodic wake-up never gets its turn.
-        let handled = handled.and_then(|()| self.maybe_tick());
+        let handled = match handled {
+            Ok(()) => self.maybe_tick().await,
+            Err(e) => Err(e),
+        };
+        let handled = handled.and_then(|()| self.take_worker_reports());
         if let Err(e) = handled {
             return Some(Exit::Failed(e));
         }
@@ -236,42 +247,75 @@ impl<'r, C: Operator> Processing<'r, C> {
         end.then_some(Exit::EndOfInput)
     }
 
-    fn signal(&mut self, signal: &Signal) -> Result<(), JobError> {
+    async fn signal(&mut self, signal: &Signal) -> Result<(), JobError> {
+        if let Some(workers) = self.workers.as_mut() {
+            if workers.lent() && matches!(signal, Signal::Tick | Signal::PartitionsActive(_)) {
+                let clocks = Clocks::of(&self.ctx, self.chains.watermark());
+                return workers.signal(signal, clocks).await;
+            }
+            workers.collect(&mut self.chains).await?;
+        }
         let state = self.checkpointing.as_deref_mut().map(Checkpointing::state);
         Ok(self.chains.signal(signal, state, &mut self.ctx, &mut self.output)?)
     }
 
     /// Checks every task's idleness once the idleness clock moved by the tick interval.
-    fn maybe_tick(&mut self) -> Result<(), JobError> {
+    async fn maybe_tick(&mut self) -> Result<(), JobError> {
         if self.ctx.idle_time().saturating_sub(self.last_tick) >= self.tick_ms {
-            self.tick()?;
+            self.tick().await?;
         }
         Ok(())
     }
 
-    fn tick(&mut self) -> Result<(), JobError> {
+    async fn tick(&mut self) -> Result<(), JobError> {
         self.last_tick = self.ctx.idle_time();
-        self.signal(&Signal::Tick)
+        self.signal(&Signal::Tick).await
+    }
+
+    /// Takes the combined watermark and partition reports from the worker threads, and stops the
+    /// job if one of them failed.
+    fn take_worker_reports(&mut self) -> Result<(), JobError> {
+        if let Some(workers) = &self.workers {
+            workers.check()?;
+            workers.absorb_reports(&mut self.chains);
+        }
+        Ok(())
+    }
+
+    /// Takes the tasks back from the worker threads, at a cut after everything handed to them.
+    async fn collect(&mut self) -> Result<(), JobError> {
+        match self.workers.as_mut() {
+            Some(workers) => workers.collect(&mut self.chains).await,
+            None => Ok(()),
+        }
     }
 
     /// The source's clock moved; partitions it has not caught up with stay active.
-    fn on_progress(&mut self, progress: SourceProgress) -> Result<(), JobError> {
+    async fn on_progress(&mut self, progress: SourceProgress) -> Result<(), JobError> {
         self.ctx.set_idle_clock(progress.time_ms);
         if progress.behind.is_empty() {
             return Ok(());
         }
-        self.signal(&Signal::PartitionsActive(progress.behind))
+        self.signal(&Signal::PartitionsActive(progress.behind)).await
     }
 
-    fn on_batch(&mut self, mut batch: SourceBatch<C::In>) -> Result<(), JobError> {
+    async fn on_batch(&mut self, mut batch: SourceBatch<C::In>) -> Result<(), JobError> {
         if let Some(p) = batch.progress.take() {
-            self.on_progress(p)?;
+            self.on_progress(p).await?;
         }
-        self.ctx.counters.records_in += (batch.records.len() + batch.dead_letters.len()) as u64;
         self.job.note_positions(batch.records.iter().map(|r| r.position));
         self.job.note_positions(batch.dead_letters.iter().map(|d| d.position));
+        // The workers count the records they run; the source's own dead letters are counted here.
+        let running_here = if self.workers.is_some() { 0 } else { batch.records.len() };
+        self.ctx.counters.records_in += (running_here + batch.dead_letters.len()) as u64;
         for dl in batch.dead_letters {
             self.ctx.dead_letter(dl);
+        }
+        if let Some(workers) = self.workers.as_mut() {
+            let clocks = Clocks::of(&self.ctx, self.chains.watermark());
+            let state = self.checkpointing.as_deref_mut().map(Checkpointing::state);
+            let originals = Arc::new(batch.originals);
+            return workers.route(&mut self.chains, batch.records, originals, clocks, state).await;
         }
         self.input = batch.records;
         self.ctx.set_originals(batch.originals);
@@ -281,11 +325,11 @@ impl<'r, C: Operator> Processing<'r, C> {
         processed
     }
 
-    fn on_assigned(&mut self, partitions: Vec<PartitionId>) -> Result<(), JobError> {
+    async fn on_assigned(&mut self, partitions: Vec<PartitionId>) -> Result<(), JobError> {
         if let Some(cp) = self.checkpointing.as_deref_mut() {
             cp.start_partitions(&partitions, &mut self.job)?;
         }
-        self.signal(&Signal::PartitionsAssigned(partitions))
+        self.signal(&Signal::PartitionsAssigned(partitions)).await
     }
 
     /// Sends this event's results and dead letters on and moves its counters to the job's;
@@ -342,6 +386,7 @@ impl<'r, C: Operator> Processing<'r, C> {
     /// Gives up revoked partitions: a checkpoint first (it holds their state and offsets for the
     /// next owner), then their tasks end.
     async fn release(&mut self, partitions: &[PartitionId]) -> Result<(), JobError> {
+        self.collect().await?;
         if self.chains.partitioned() && self.checkpointing.is_some() {
             self.checkpoint(None).await?;
         }
@@ -364,6 +409,11 @@ impl<'r, C: Operator> Processing<'r, C> {
                 detail: "a savepoint was requested but checkpointing is not configured".into(),
             });
         };
+        // The tasks come back from the workers once they have sent on everything they were
+        // handed: the barrier below then follows every worker's output (an aligned cut).
+        if let Some(workers) = self.workers.as_mut() {
+            workers.collect(&mut self.chains).await?;
+        }
         // Everything emitted before the barrier must be durable before the checkpoint commits.
         let next_epoch = self.job.epoch + 1;
         barrier(&self.out_tx, "sink", next_epoch).await?;

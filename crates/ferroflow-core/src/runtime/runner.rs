@@ -18,6 +18,7 @@ use super::chains::Chains;
 use super::checkpointing::Checkpointing;
 use super::io::{join, run_sink, run_source};
 use super::processing::{Exit, JobState, Processing};
+use super::workers::{Outputs, Workers};
 use crate::dead_letter::DeadLetter;
 use crate::error::{JobError, SourceError};
 use crate::metrics::{CountersSnapshot, JobCounters};
@@ -35,12 +36,31 @@ pub struct RunnerConfig {
     pub tick_interval: Duration,
     /// Processing-time clock (swap in a [`ManualClock`](crate::time::ManualClock) for tests).
     pub clock: Arc<dyn Clock>,
+    /// Worker threads that run a partition-scoped job's tasks (at least 1). Default: the cores
+    /// this process may use ([`available_cores`]).
+    pub workers: usize,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        Self { channel_capacity: 8, tick_interval: Duration::from_millis(200), clock: Arc::new(SystemClock) }
+        Self {
+            channel_capacity: 8,
+            tick_interval: Duration::from_millis(200),
+            clock: Arc::new(SystemClock),
+            workers: available_cores(),
+        }
     }
+}
+
+/// The cores this process may run on: the CPU affinity mask and a cgroup CPU quota (a
+/// container's `--cpus`) both count; 1 when it cannot be told.
+///
+/// # Examples
+/// ```
+/// assert!(ferroflow_core::runtime::available_cores() >= 1);
+/// ```
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// What a finished job reports.
@@ -270,8 +290,25 @@ impl Runner {
 
         let clock = Arc::clone(&self.config.clock);
         let mut shutdown = self.shutdown_rx.clone();
-        let mut processing =
-            Processing::new(chains, job, self.checkpointing.as_mut(), &self.counters, clock, out_tx, dlq_tx);
+        let outputs = Outputs {
+            results: out_tx,
+            dead_letters: dlq_tx,
+            counters: self.counters.clone(),
+            consumes_records: chains.consumes_records(),
+        };
+        let workers = match chains.partitioned() {
+            true => Some(Workers::start(self.config.workers, cap, &outputs)?),
+            false => None,
+        };
+        let mut processing = Processing::new(
+            chains,
+            job,
+            self.checkpointing.as_mut(),
+            &self.counters,
+            clock,
+            outputs,
+            workers,
+        );
         let exit = processing.run(&mut src_rx, &mut shutdown, self.config.tick_interval).await;
         let ended = matches!(exit, Exit::EndOfInput);
         let (failure, stopped) = match exit {
@@ -279,12 +316,17 @@ impl Runner {
             Exit::Failed(e) => (Some(e), false),
             Exit::EndOfInput | Exit::SinkGone | Exit::SourceFailed => (None, false),
         };
-        let Processing { job, out_tx, dlq_tx, .. } = processing;
+        let Processing { job, out_tx, dlq_tx, workers, .. } = processing;
         drop((out_tx, dlq_tx, src_rx));
         if !ended {
             // The source may be waiting for input that never comes; it has nothing left to deliver.
             source_task.abort();
         }
+        // The workers finish what they were handed and drop their ends of the sink channels.
+        let workers_res = match workers {
+            Some(w) => w.finish().await,
+            None => Ok(()),
+        };
 
         let sink_res = join("sink", sink_task).await;
         let dlq_res = join("dead-letter sink", dlq_task).await;
@@ -294,6 +336,7 @@ impl Runner {
         if let Some(e) = failure {
             return Err(e);
         }
+        workers_res?;
         match src_res {
             Ok(r) => r?,
             Err(e) if e.is_cancelled() && !ended => {}

@@ -1,0 +1,493 @@
+//! Worker threads of a partition-scoped job: the job's slots.
+//!
+//! Each worker is an OS thread that runs the tasks of the partitions it was given: it takes
+//! their records (decoding included, as the chain's first steps), runs them through the tasks'
+//! fused chains, and sends results and dead letters straight to the sink tasks. The processing
+//! loop stays the job's one coordinator: it reads the source, notes offsets, splits each batch by
+//! partition, and hands every part to the worker that runs the partition's task, in order.
+//!
+//! The tasks belong to the processing loop's [`Chains`] and are *lent* to the workers while
+//! records flow. Anything that needs the tasks themselves (a checkpoint, an assignment, a release,
+//! the end of input) first *collects* them: every worker answers once it has finished everything
+//! queued before the request and sent its results on, so the tasks come back at one cut of the
+//! input. A checkpoint barrier sent to the sinks after that is aligned across every worker (what
+//! Flink's aligned barriers give), and the snapshot, the offsets and the sinks' epoch all describe
+//! that one cut.
+//!
+//! Watermarks stay per task. Every worker reports the lowest watermark of its tasks that are not
+//! idle; the job's watermark is the minimum over workers, and each worker moves its idle tasks up
+//! to the job's watermark it was last told.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::chains::{Backend, Chains, Tasks};
+use super::io::SinkMsg;
+use crate::dead_letter::DeadLetter;
+use crate::error::JobError;
+use crate::metrics::{JobCounters, PartitionStatus};
+use crate::operator::originals::SharedOriginals;
+use crate::operator::{Context, Operator, Signal};
+use crate::record::{PartitionId, Record};
+use crate::time::Watermark;
+
+/// One partition's records of a batch, in order.
+type Part<T> = (PartitionId, Vec<Record<T>>);
+
+/// Messages a worker queues for its thread. A part of a batch is a partition's records, in order.
+enum Work<C: Operator> {
+    /// Runs these tasks from now on (added to the worker's own).
+    Lend(Tasks<C>),
+    Batch {
+        parts: Vec<Part<C::In>>,
+        originals: SharedOriginals,
+        clocks: Clocks,
+    },
+    Signal {
+        signal: Signal,
+        clocks: Clocks,
+    },
+    /// Returns every task once everything queued before has run and its output is sent.
+    Collect(oneshot::Sender<Tasks<C>>),
+}
+
+/// The coordinator's clocks and watermark at the time it queued a message.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Clocks {
+    pub(super) now_ms: i64,
+    pub(super) idle_ms: i64,
+    /// The job's watermark: idle tasks follow it.
+    pub(super) job_watermark: Watermark,
+}
+
+impl Clocks {
+    pub(super) fn of(ctx: &Context, job_watermark: Watermark) -> Self {
+        Self { now_ms: ctx.processing_time(), idle_ms: ctx.idle_time(), job_watermark }
+    }
+
+    fn apply(self, ctx: &mut Context) {
+        ctx.set_processing_time(self.now_ms);
+        ctx.set_idle_clock(self.idle_ms);
+    }
+}
+
+/// What a worker last reported.
+#[derive(Debug, Default)]
+struct Report {
+    /// The lowest watermark of its tasks that are not idle (`None`: no such task).
+    active: Option<Watermark>,
+    /// Partition reports since the coordinator last took them.
+    status: Vec<PartitionStatus>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    reports: Mutex<Vec<Report>>,
+    /// Set by a worker that could not do what it was asked; the job stops with it.
+    failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn reports(&self) -> std::sync::MutexGuard<'_, Vec<Report>> {
+        // Reports are plain values: one left by a thread that panicked is still whole.
+        self.reports.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fail(&self, detail: String) {
+        let mut f = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        f.get_or_insert(detail);
+    }
+}
+
+/// The processing loop's handle on its workers.
+pub(super) struct Workers<C: Operator> {
+    senders: Vec<mpsc::Sender<Work<C>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Which worker runs each lent task.
+    owner: BTreeMap<PartitionId, usize>,
+    /// The tasks are out on the workers.
+    lent: bool,
+    shared: Arc<Shared>,
+}
+
+impl<C: Operator> std::fmt::Debug for Workers<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers").field("workers", &self.senders.len()).field("lent", &self.lent).finish()
+    }
+}
+
+/// What every worker thread sends its output to.
+pub(super) struct Outputs<O> {
+    pub(super) results: mpsc::Sender<SinkMsg<O>>,
+    pub(super) dead_letters: mpsc::Sender<SinkMsg<DeadLetter>>,
+    pub(super) counters: JobCounters,
+    /// The chains end in a window: their output is not source records.
+    pub(super) consumes_records: bool,
+}
+
+impl<O> Clone for Outputs<O> {
+    fn clone(&self) -> Self {
+        Self {
+            results: self.results.clone(),
+            dead_letters: self.dead_letters.clone(),
+            counters: self.counters.clone(),
+            consumes_records: self.consumes_records,
+        }
+    }
+}
+
+impl<C: Operator> Workers<C> {
+    /// Starts `n` worker threads, each with a queue of `capacity` messages.
+    pub(super) fn start(n: usize, capacity: usize, outputs: &Outputs<C::Out>) -> Result<Self, JobError> {
+        let n = n.max(1);
+        let shared = Arc::new(Shared::default());
+        shared.reports().resize_with(n, Report::default);
+        let mut senders = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for index in 0..n {
+            let (tx, rx) = mpsc::channel(capacity.max(1));
+            let worker = Worker::<C>::new(index, outputs.clone(), Arc::clone(&shared));
+            let thread = std::thread::Builder::new()
+                .name(format!("ferroflow-worker-{index}"))
+                .spawn(move || worker.run(rx))
+                .map_err(|e| JobError::Task {
+                    task: "workers",
+                    detail: format!("cannot start a worker thread: {e}"),
+                })?;
+            senders.push(tx);
+            threads.push(thread);
+        }
+        Ok(Self { senders, threads, owner: BTreeMap::new(), lent: false, shared })
+    }
+
+    /// True while the tasks are out on the workers.
+    pub(super) fn lent(&self) -> bool {
+        self.lent
+    }
+
+    /// Sends every task of `chains` to its worker; a task seen for the first time goes to the
+    /// worker with the fewest.
+    pub(super) async fn lend(&mut self, chains: &mut Chains<C>) -> Result<(), JobError> {
+        if self.lent {
+            return Ok(());
+        }
+        let Some(tasks) = chains.take_tasks() else { return Ok(()) };
+        self.owner.retain(|p, _| tasks.contains_key(p));
+        let mut shares: Vec<Tasks<C>> = (0..self.senders.len()).map(|_| Tasks::new()).collect();
+        for (p, task) in tasks {
+            let w = self.owner_of(p);
+            if let Some(share) = shares.get_mut(w) {
+                share.insert(p, task);
+            }
+        }
+        self.lent = true;
+        for (w, share) in shares.into_iter().enumerate() {
+            if !share.is_empty() {
+                self.send(w, Work::Lend(share)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes every task back, once each worker has run everything queued before, and the
+    /// workers' last reports with them.
+    pub(super) async fn collect(&mut self, chains: &mut Chains<C>) -> Result<(), JobError> {
+        if !self.lent {
+            return Ok(());
+        }
+        let mut replies = Vec::with_capacity(self.senders.len());
+        for w in 0..self.senders.len() {
+            let (tx, rx) = oneshot::channel();
+            self.send(w, Work::Collect(tx)).await?;
+            replies.push(rx);
+        }
+        for rx in replies {
+            let tasks = rx.await.map_err(|_| self.gone())?;
+            chains.put_tasks(tasks);
+        }
+        self.lent = false;
+        self.check()?;
+        self.absorb_reports(chains);
+        Ok(())
+    }
+
+    /// Hands a batch's records to the workers running their partitions' tasks, keeping each
+    /// partition's order; a partition seen for the first time gets its task built here.
+    pub(super) async fn route(
+        &mut self,
+        chains: &mut Chains<C>,
+        records: Vec<Record<C::In>>,
+        originals: SharedOriginals,
+        clocks: Clocks,
+        mut state: Option<&mut Backend>,
+    ) -> Result<(), JobError> {
+        self.lend(chains).await?;
+        let mut parts: Vec<Vec<Part<C::In>>> = (0..self.senders.len()).map(|_| Vec::new()).collect();
+        let mut new_tasks: Vec<Tasks<C>> = (0..self.senders.len()).map(|_| Tasks::new()).collect();
+        let mut last: Option<(PartitionId, usize, usize)> = None; // partition, worker, part index
+        for r in records {
+            let p = r.position.partition;
+            let (w, i) = match last {
+                Some((lp, w, i)) if lp == p => (w, i),
+                _ => {
+                    let w = match self.owner.get(&p) {
+                        Some(&w) => w,
+                        None => {
+                            let task = chains.new_task(r.position, state.as_deref_mut())?;
+                            let w = self.owner_of(p);
+                            if let Some(n) = new_tasks.get_mut(w) {
+                                n.insert(p, task);
+                            }
+                            w
+                        }
+                    };
+                    let Some(worker_parts) = parts.get_mut(w) else { return Err(self.gone()) };
+                    let i = match worker_parts.iter().position(|(q, _)| *q == p) {
+                        Some(i) => i,
+                        None => {
+                            worker_parts.push((p, Vec::new()));
+                            worker_parts.len() - 1
+                        }
+                    };
+                    last = Some((p, w, i));
+                    (w, i)
+                }
+            };
+            if let Some((_, part)) = parts.get_mut(w).and_then(|ps| ps.get_mut(i)) {
+                part.push(r);
+            }
+        }
+        for (w, (parts, tasks)) in parts.into_iter().zip(new_tasks).enumerate() {
+            if !tasks.is_empty() {
+                self.send(w, Work::Lend(tasks)).await?;
+            }
+            if !parts.is_empty() {
+                self.send(w, Work::Batch { parts, originals: Arc::clone(&originals), clocks }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a tick or the source's list of partitions it is behind on to the workers that run
+    /// the tasks concerned.
+    pub(super) async fn signal(&mut self, signal: &Signal, clocks: Clocks) -> Result<(), JobError> {
+        match signal {
+            Signal::PartitionsActive(ps) => {
+                let mut by_worker: BTreeMap<usize, Vec<PartitionId>> = BTreeMap::new();
+                for p in ps {
+                    if let Some(&w) = self.owner.get(p) {
+                        by_worker.entry(w).or_default().push(*p);
+                    }
+                }
+                for (w, ps) in by_worker {
+                    self.send(w, Work::Signal { signal: Signal::PartitionsActive(ps), clocks }).await?;
+                }
+            }
+            other => {
+                for w in 0..self.senders.len() {
+                    self.send(w, Work::Signal { signal: other.clone(), clocks }).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the workers' reports into `chains` (combined watermark, partition reports) and
+    /// fails when a worker did.
+    pub(super) fn absorb_reports(&self, chains: &mut Chains<C>) {
+        let mut reports = self.shared.reports();
+        let active: Vec<Option<Watermark>> = reports.iter().map(|r| r.active).collect();
+        let status: Vec<PartitionStatus> = reports.iter_mut().flat_map(|r| r.status.drain(..)).collect();
+        drop(reports);
+        chains.absorb_reports(active.into_iter(), status.into_iter());
+    }
+
+    /// The failure a worker reported, if any.
+    pub(super) fn check(&self) -> Result<(), JobError> {
+        let failure = self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        match failure {
+            Some(detail) => Err(JobError::Task { task: "worker", detail }),
+            None => Ok(()),
+        }
+    }
+
+    /// Lets the workers finish what is queued and waits for their threads to end.
+    pub(super) async fn finish(self) -> Result<(), JobError> {
+        let Self { senders, threads, .. } = self;
+        drop(senders);
+        let joined = tokio::task::spawn_blocking(move || {
+            threads.into_iter().map(std::thread::JoinHandle::join).filter_map(Result::err).count()
+        })
+        .await
+        .map_err(|e| JobError::Task { task: "worker", detail: e.to_string() })?;
+        if joined > 0 {
+            return Err(JobError::Task {
+                task: "worker",
+                detail: format!("{joined} worker thread(s) panicked"),
+            });
+        }
+        Ok(())
+    }
+
+    fn owner_of(&mut self, p: PartitionId) -> usize {
+        let n = self.senders.len();
+        if let Some(&w) = self.owner.get(&p) {
+            return w;
+        }
+        let mut load = vec![0usize; n];
+        for &w in self.owner.values() {
+            if let Some(l) = load.get_mut(w) {
+                *l += 1;
+            }
+        }
+        let w = (0..n).min_by_key(|&w| (load[w], w)).unwrap_or(0);
+        self.owner.insert(p, w);
+        w
+    }
+
+    async fn send(&self, w: usize, work: Work<C>) -> Result<(), JobError> {
+        let tx = self.senders.get(w).ok_or_else(|| self.gone())?;
+        tx.send(work).await.map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> JobError {
+        match self.check() {
+            Err(e) => e,
+            // A worker ends early only when a sink is gone (its error is the sink's) or it panicked.
+            Ok(()) => JobError::Task { task: "worker", detail: "a worker thread stopped".into() },
+        }
+    }
+}
+
+/// One worker thread's own state.
+struct Worker<C: Operator> {
+    index: usize,
+    tasks: Tasks<C>,
+    ctx: Context,
+    out: Vec<Record<C::Out>>,
+    status: BTreeMap<PartitionId, PartitionStatus>,
+    outputs: Outputs<C::Out>,
+    shared: Arc<Shared>,
+}
+
+impl<C: Operator> Worker<C> {
+    fn new(index: usize, outputs: Outputs<C::Out>, shared: Arc<Shared>) -> Self {
+        Self {
+            index,
+            tasks: Tasks::new(),
+            ctx: Context::new(0),
+            out: Vec::new(),
+            status: BTreeMap::new(),
+            outputs,
+            shared,
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Work<C>>) {
+        while let Some(work) = rx.blocking_recv() {
+            let clocks = match work {
+                Work::Lend(tasks) => {
+                    self.tasks.extend(tasks);
+                    continue;
+                }
+                Work::Collect(reply) => {
+                    self.report();
+                    let _ = reply.send(std::mem::take(&mut self.tasks));
+                    continue;
+                }
+                Work::Batch { parts, originals, clocks } => {
+                    clocks.apply(&mut self.ctx);
+                    self.ctx.set_shared_originals(originals);
+                    for (p, records) in parts {
+                        self.process(p, records);
+                    }
+                    self.ctx.clear_originals();
+                    clocks
+                }
+                Work::Signal { signal, clocks } => {
+                    clocks.apply(&mut self.ctx);
+                    self.signal(&signal);
+                    clocks
+                }
+            };
+            self.follow(clocks.job_watermark);
+            if !self.emit() {
+                return; // a sink is gone: its task reports why
+            }
+            self.report();
+        }
+    }
+
+    fn process(&mut self, p: PartitionId, mut records: Vec<Record<C::In>>) {
+        let Some(task) = self.tasks.get_mut(&p) else {
+            // Cannot happen: the coordinator lends a partition's task before its first records.
+            // Stopping keeps the records unacknowledged: the job restarts from its checkpoint.
+            self.shared.fail(format!(
+                "worker {} got {} records of partition {p} without its task",
+                self.index,
+                records.len()
+            ));
+            return;
+        };
+        self.ctx.counters.records_in += records.len() as u64;
+        task.chain.process_batch(&mut records, &mut self.ctx, &mut self.out);
+        task.settle(&mut self.ctx, &mut self.out, &mut self.status);
+    }
+
+    fn signal(&mut self, signal: &Signal) {
+        match signal {
+            Signal::PartitionsActive(ps) => {
+                for p in ps {
+                    if let Some(task) = self.tasks.get_mut(p) {
+                        task.chain.on_signal(&Signal::PartitionsActive(vec![*p]), &mut self.ctx);
+                        task.settle(&mut self.ctx, &mut self.out, &mut self.status);
+                    }
+                }
+            }
+            other => {
+                for task in self.tasks.values_mut() {
+                    task.chain.on_signal(other, &mut self.ctx);
+                    task.settle(&mut self.ctx, &mut self.out, &mut self.status);
+                }
+            }
+        }
+    }
+
+    /// Idle tasks follow the job's watermark, so their windows close with the rest of the job.
+    fn follow(&mut self, job: Watermark) {
+        for task in self.tasks.values_mut().filter(|t| t.idle) {
+            task.advance(job, &mut self.ctx, &mut self.out);
+        }
+    }
+
+    /// Sends results and dead letters on and adds the counters to the job's; false when a sink
+    /// task is gone.
+    fn emit(&mut self) -> bool {
+        let o = &self.outputs;
+        if !o.consumes_records {
+            self.ctx.counters.records_out += self.out.len() as u64;
+        }
+        let mut open = true;
+        if !self.out.is_empty() {
+            let batch: Vec<C::Out> = self.out.drain(..).map(|r| r.payload).collect();
+            open &= o.results.blocking_send(SinkMsg::Batch(batch)).is_ok();
+        }
+        if !self.ctx.dead_letters.is_empty() {
+            open &= o.dead_letters.blocking_send(SinkMsg::Batch(self.ctx.take_dead_letters())).is_ok();
+        }
+        o.counters.absorb(&mut self.ctx.counters);
+        o.counters.absorb_steps(&mut self.ctx.steps);
+        open
+    }
+
+    fn report(&mut self) {
+        let active = self.tasks.values().filter(|t| !t.idle).map(|t| t.watermark).min();
+        let mut reports = self.shared.reports();
+        if let Some(r) = reports.get_mut(self.index) {
+            r.active = active;
+            r.status.extend(std::mem::take(&mut self.status).into_values());
+        }
+    }
+}
