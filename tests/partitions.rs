@@ -109,6 +109,7 @@ async fn each_partition_follows_its_own_watermark_and_an_idle_one_follows_the_jo
 /// Instance `name` of a partition-scoped job on the shared checkpoint base.
 fn instance(base: &CheckpointStore, name: &str, scratch: &std::path::Path) -> Runner {
     Runner::builder()
+        .workers(2) // hand-over with several workers per instance
         .checkpoint_store(base.clone())
         .job_id("job")
         .scratch_dir(scratch.join(name))

@@ -3,11 +3,21 @@
 //! Produces `--events` clean events to a new topic, drains the topic with a plain batch
 //! consumer (the ceiling: how fast this machine reads the broker), then runs the pipeline on the
 //! same topic until ClickHouse holds every closed window, and prints
-//! `e2e_events_per_sec=<N> raw_consume_events_per_sec=<M>`.
+//! `e2e_events_per_sec=<N> raw_consume_events_per_sec=<M> workers=<W>`.
 //!
 //! ```text
 //! eval "$(scripts/services.sh env)"
 //! cargo run --release -p ferroflow-pipeline --example e2e_bench -- --events 5000000
+//! ```
+//!
+//! With `--mock` the broker is librdkafka's in-process mock cluster (no server, no broker
+//! bottleneck) and rows go to a file: the figure is the pipeline itself (decode, contract, dedup,
+//! windows, checkpoints), measured until every event has run through its partition's task.
+//! `--workers N` sets the worker threads (default: one per core), `--partitions P` the topic's
+//! partitions (default 3, 4 with `--mock`).
+//!
+//! ```text
+//! cargo run --release -p ferroflow-pipeline --example e2e_bench -- --mock --events 3000000 --workers 1
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,7 +30,6 @@ use ferroflow_kafka::rdkafka::topic_partition_list::{Offset, TopicPartitionList}
 use ferroflow_pipeline::config::{OutputKind, PipelineConfig};
 use ferroflow_pipeline::traffic::{Oracle, TrafficConfig};
 
-const PARTITIONS: u32 = 3;
 const ROUND_EVENTS: u64 = 500_000;
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -34,13 +43,30 @@ fn arg(name: &str, default: u64) -> u64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let mock = std::env::args().any(|a| a == "--mock");
     let events = arg("--events", 5_000_000);
-    let brokers = std::env::var("FERROFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let ch_url = std::env::var("FERROFLOW_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    let workers = usize::try_from(arg("--workers", 0))?;
+    let partitions = u32::try_from(arg("--partitions", if mock { 4 } else { 3 }))?.max(1);
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let topic = format!("bench_events_{stamp}");
     let table = format!("bench_windows_{stamp}");
-    ferroflow_kafka::ensure_topic(&brokers, &Default::default(), &topic, PARTITIONS as i32).await?;
+    let ch_url = std::env::var("FERROFLOW_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    let cluster = match mock {
+        true => {
+            let cluster = ferroflow_kafka::rdkafka::mocking::MockCluster::new(1)?;
+            cluster.create_topic(&topic, partitions as i32, 1)?;
+            cluster.create_topic(&format!("{topic}.dlq"), 1, 1)?;
+            Some(cluster)
+        }
+        false => None,
+    };
+    let brokers = match &cluster {
+        Some(c) => c.bootstrap_servers(),
+        None => std::env::var("FERROFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+    };
+    if !mock {
+        ferroflow_kafka::ensure_topic(&brokers, &Default::default(), &topic, partitions as i32).await?;
+    }
 
     // Produce in rounds of disjoint event time, keeping only the expected window count.
     let rounds = events.div_ceil(ROUND_EVENTS).max(1);
@@ -49,9 +75,9 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     for r in 0..rounds {
         let t = TrafficConfig {
-            partitions: PARTITIONS,
-            events_per_partition: (ROUND_EVENTS / u64::from(PARTITIONS))
-                .min((events - produced) / u64::from(PARTITIONS))
+            partitions,
+            events_per_partition: (ROUND_EVENTS / u64::from(partitions))
+                .min((events - produced) / u64::from(partitions))
                 .max(1),
             start_ms: 1_767_225_600_000 + r as i64 * 60 * 60_000,
             dirty: false,
@@ -60,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let batch = t.generate();
         // One final row per partition with events in a window (each partition has its own task).
-        for p in 0..PARTITIONS {
+        for p in 0..partitions {
             let part: Vec<_> = batch.iter().filter(|g| g.partition == p).cloned().collect();
             expected_windows +=
                 Oracle::of(&part, 60_000).windows_ending_by(t.last_closed_window_end(), 60_000).len();
@@ -73,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
     println!("produced {produced} events to {topic} in {:.1}s", started.elapsed().as_secs_f64());
 
     // The ceiling: a plain consumer draining the topic in batches.
-    let raw = raw_consume(&brokers, &topic, produced)?;
+    let raw = raw_consume(&brokers, &topic, partitions, produced)?;
     println!("raw consumer drained {produced} events in {raw:.2}s");
 
     let mut config = PipelineConfig { pipeline_id: format!("bench{stamp}"), ..Default::default() };
@@ -84,10 +110,17 @@ async fn main() -> anyhow::Result<()> {
     config.dead_letters.topic = format!("{topic}.dlq");
     config.contract.path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contracts/events.v1.json");
-    config.output.kind = OutputKind::Clickhouse;
     config.clickhouse.url = ch_url.clone();
     config.clickhouse.table = table.clone();
+    config.processing.workers = workers;
     let dir = std::env::temp_dir().join(format!("ferroflow-bench-{stamp}"));
+    if mock {
+        config.dead_letters.create_topic = false;
+        config.output.kind = OutputKind::File;
+        config.output.file = dir.join("windows.jsonl");
+    } else {
+        config.output.kind = OutputKind::Clickhouse;
+    }
     config.state.dir = dir.join("state");
     config.checkpoints.url = format!("file://{}", dir.join("checkpoints").display());
     config.checkpoints.interval_ms = 5_000;
@@ -108,11 +141,15 @@ async fn main() -> anyhow::Result<()> {
     let sql = format!("SELECT count() FROM {table} FINAL WHERE is_final = 1");
     let mut consumed_at = None;
     let e2e = loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(if mock { 5 } else { 50 })).await;
+        // Counted as each partition's task takes them: every event has run through the job.
         if counters.snapshot().records_in < produced {
             continue;
         }
         consumed_at.get_or_insert_with(|| started.elapsed().as_secs_f64());
+        if mock {
+            break started.elapsed().as_secs_f64();
+        }
         let n: u64 = client.query(&sql).fetch_one().await.unwrap_or(0);
         if n as usize >= expected_windows {
             break started.elapsed().as_secs_f64();
@@ -121,30 +158,38 @@ async fn main() -> anyhow::Result<()> {
     stop.stop();
     let report = handle.await??;
     assert!(report.counters.identity_holds());
+    let c = &report.counters;
+    assert_eq!(c.records_windowed, produced, "clean traffic: every event is windowed");
+    let rows = match mock {
+        true => format!("{} window rows to a file", c.window_rows_emitted),
+        false => format!("{expected_windows} final window rows in ClickHouse"),
+    };
     println!(
-        "pipeline: {produced} events consumed in {:.2}s, {expected_windows} final window rows in ClickHouse after {e2e:.2}s \
+        "pipeline: {produced} events consumed in {:.2}s, {rows} after {e2e:.2}s \
          ({} checkpoints, source waited {:.2}s on the job)",
         consumed_at.unwrap_or(e2e),
         report.checkpoints_taken,
         kafka_for_report.blocked_seconds()
     );
     println!(
-        "e2e_events_per_sec={:.0} raw_consume_events_per_sec={:.0}",
+        "e2e_events_per_sec={:.0} raw_consume_events_per_sec={:.0} workers={}",
         produced as f64 / e2e,
-        produced as f64 / raw
+        produced as f64 / raw,
+        config.processing.workers()
     );
+    drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-fn raw_consume(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<f64> {
+fn raw_consume(brokers: &str, topic: &str, partitions: u32, expected: u64) -> anyhow::Result<f64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}-raw"))
         .set("enable.auto.commit", "false")
         .create()?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS as i32 {
+    for p in 0..partitions as i32 {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;

@@ -53,6 +53,8 @@ pub struct PipelineConfig {
     pub output: OutputSection,
     /// Local state.
     pub state: StateSection,
+    /// Threads that process the partitions.
+    pub processing: ProcessingSection,
     /// Checkpoints.
     pub checkpoints: CheckpointSection,
     /// The metrics and health endpoint.
@@ -74,6 +76,7 @@ impl Default for PipelineConfig {
             clickhouse: ClickHouseConfig::default(),
             output: OutputSection::default(),
             state: StateSection::default(),
+            processing: ProcessingSection::default(),
             checkpoints: CheckpointSection::default(),
             http: HttpSection::default(),
         }
@@ -236,6 +239,26 @@ pub struct StateSection {
 impl Default for StateSection {
     fn default() -> Self {
         Self { backend: StateKind::Rocksdb, dir: PathBuf::from("ferroflow-state") }
+    }
+}
+
+/// Threads that process the partitions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessingSection {
+    /// Worker threads that run the partitions' tasks (decode, contract, dedup, windows): each
+    /// partition runs on one of them. 0 (the default): the cores this process may use (CPU
+    /// affinity and a container's CPU quota count).
+    pub workers: usize,
+}
+
+impl ProcessingSection {
+    /// The worker threads to start.
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => ferroflow_core::runtime::available_cores(),
+            n => n,
+        }
     }
 }
 

@@ -231,6 +231,8 @@ pub struct Contract {
     version: String,
     validator: Validator,
     names: DeclaredNames,
+    /// The contract compiled to direct checks, when every keyword it uses compiles.
+    plan: Option<crate::contract_plan::ContractPlan>,
 }
 
 impl fmt::Debug for Contract {
@@ -259,13 +261,18 @@ impl Contract {
             Some(Value::String(v)) if !v.is_empty() => v.clone(),
             _ => return Err(ContractError::MissingVersion { path: origin }),
         };
-        let validator = jsonschema::options()
+        let options = jsonschema::options()
             .with_draft(Draft::Draft202012)
             .should_validate_formats(true)
-            .with_pattern_options(PatternOptions::regex())
+            .with_pattern_options(PatternOptions::regex());
+        let validator = options
             .build(schema)
             .map_err(|e| ContractError::Schema { path: origin.clone(), detail: describe(&e) })?;
-        Ok(Contract { origin, version, validator, names: DeclaredNames::of(schema) })
+        let plan = crate::contract_plan::ContractPlan::compile(schema, &options);
+        if plan.is_none() {
+            tracing::info!(contract = %origin.display(), "the contract uses keywords the direct checks do not cover; every event is validated as a JSON value");
+        }
+        Ok(Contract { origin, version, validator, names: DeclaredNames::of(schema), plan })
     }
 
     /// The contract's `version` (e.g. `events.v1`).
@@ -276,6 +283,19 @@ impl Contract {
     /// The file (or name) the contract came from.
     pub fn origin(&self) -> &Path {
         &self.origin
+    }
+
+    /// Parses `line` and checks it with the contract compiled to direct checks: the event's
+    /// fields when it certainly satisfies the contract, `None` when only [`check`](Self::check)
+    /// on a parsed value can tell (a violation among them) or the contract did not compile.
+    #[inline]
+    pub fn accept(&self, line: &[u8]) -> Option<crate::contract_plan::EventFields> {
+        self.plan.as_ref()?.accept(line)
+    }
+
+    /// True when the contract compiled to direct checks (see [`accept`](Self::accept)).
+    pub fn is_compiled(&self) -> bool {
+        self.plan.is_some()
     }
 
     /// Checks `value`; on failure reports the first broken rule (and how many more there are).

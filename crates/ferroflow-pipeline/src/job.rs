@@ -530,6 +530,7 @@ impl PreparedJob {
         let state =
             crate::file_job::open_state(&config.state.dir, config.state.backend == StateKind::Memory)?;
         let mut builder = Runner::builder()
+            .workers(config.processing.workers())
             .checkpoint_store(base)
             .config(cp)
             .every(config.checkpoint_interval())

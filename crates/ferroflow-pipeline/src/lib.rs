@@ -10,6 +10,7 @@ pub mod config;
 #[cfg(feature = "testcontainers")]
 pub mod containers;
 pub mod contract;
+pub mod contract_plan;
 pub mod demo;
 pub mod event;
 pub mod file_job;

@@ -185,6 +185,9 @@ struct RunArgs {
     /// Local state directory (state.dir).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Worker threads that process the partitions (processing.workers; 0: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
     /// Address of /metrics, /healthz, /readyz, /status (http.listen).
     #[arg(long)]
     http_listen: Option<String>,
@@ -236,6 +239,9 @@ impl RunArgs {
         }
         if let Some(x) = self.checkpoint_interval_ms {
             put(Some("checkpoints"), "interval_ms", x.into());
+        }
+        if let Some(x) = self.workers {
+            put(Some("processing"), "workers", x.into());
         }
         if let Some(x) = &self.state_dir {
             put(Some("state"), "dir", x.display().to_string().into());

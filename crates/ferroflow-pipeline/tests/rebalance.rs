@@ -35,6 +35,7 @@ fn config(dir: &Path, brokers: &str, instance: &str) -> PipelineConfig {
     c.state.dir = dir.join(instance);
     c.checkpoints.url = format!("file://{}", dir.join("checkpoints").display());
     c.checkpoints.interval_ms = 500;
+    c.processing.workers = 2; // hand-over with several workers per instance
     c
 }
 

@@ -152,6 +152,11 @@ retry_max_backoff_ms = 1000
 [state]
 dir = "{state}"
 
+# Two workers whatever the machine: the crash, kill -9 and chaos tests check consistency
+# across worker threads too.
+[processing]
+workers = 2
+
 [checkpoints]
 url = "file://{checkpoints}"
 interval_ms = 500

@@ -1,0 +1,142 @@
+//! The baseline for `throughput`: the same job as one hand-written loop, without ferroflow.
+//!
+//! ```text
+//! cargo run --release --example handloop -- --events 10000000 --keys 100000
+//! ```
+//!
+//! Reads the same generated file (same seed, same bytes) line by line, parses each event with
+//! serde_json (fields borrowed from the line), drops test traffic, keeps a watermark 10 s behind
+//! the highest event time, counts records whose window has closed as late, and aggregates count,
+//! sum, min and max of `amount` per user in 1-minute tumbling windows in a `HashMap`, emitting a
+//! window's rows when the watermark passes its end. No checkpoints, no dead-letter records, no
+//! metrics: what a straightforward single-threaded program does.
+//!
+//! The last line printed is `handloop_events_per_sec=<N> peak_rss_mb=<M>`.
+#![allow(clippy::print_stdout)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Deserialize;
+
+#[path = "support/events.rs"]
+mod events;
+use events::{generate, peak_rss_mb};
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    user_id: &'a str,
+    #[serde(borrow)]
+    event_type: &'a str,
+    ts: i64,
+    amount: f64,
+}
+
+#[derive(Default)]
+struct Acc {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+const WINDOW_MS: i64 = 60_000;
+const OUT_OF_ORDERNESS_MS: i64 = 10_000;
+
+fn arg(name: &str, default: u64) -> Result<u64, String> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => {
+            args.get(i + 1).and_then(|v| v.parse().ok()).ok_or_else(|| format!("{name} needs a number"))
+        }
+        None => Ok(default),
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let events = arg("--events", 1_000_000)?;
+    let keys = arg("--keys", 100_000)?.max(1);
+    let tmp = tempfile::tempdir()?;
+    let path: PathBuf = tmp.path().join("events.jsonl");
+    let (bytes, _) = generate(&path, events, keys)?;
+
+    let t0 = Instant::now();
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
+    let mut line = Vec::with_capacity(512);
+    let mut windows: BTreeMap<i64, HashMap<String, Acc>> = BTreeMap::new();
+    let (mut seen, mut bad, mut filtered, mut late, mut rows) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut max_ts, mut watermark) = (i64::MIN, i64::MIN);
+    let mut checksum = 0.0f64;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        seen += 1;
+        let Ok(e) = serde_json::from_slice::<RawEvent<'_>>(&line) else {
+            bad += 1;
+            continue;
+        };
+        if e.event_type == "test" {
+            filtered += 1;
+            continue;
+        }
+        let start = e.ts.div_euclid(WINDOW_MS) * WINDOW_MS;
+        if start + WINDOW_MS <= watermark {
+            late += 1;
+            continue;
+        }
+        let users = windows.entry(start).or_default();
+        let acc = match users.get_mut(e.user_id) {
+            Some(acc) => acc,
+            None => users.entry(e.user_id.to_owned()).or_insert(Acc {
+                count: 0,
+                sum: 0.0,
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+            }),
+        };
+        acc.count += 1;
+        acc.sum += e.amount;
+        acc.min = acc.min.min(e.amount);
+        acc.max = acc.max.max(e.amount);
+        if e.ts > max_ts {
+            max_ts = e.ts;
+            watermark = max_ts.saturating_sub(OUT_OF_ORDERNESS_MS + 1);
+            while let Some(entry) = windows.first_entry() {
+                if *entry.key() + WINDOW_MS > watermark {
+                    break;
+                }
+                for acc in entry.remove().into_values() {
+                    rows += 1;
+                    checksum += acc.sum / acc.count as f64 + acc.min + acc.max;
+                }
+            }
+        }
+    }
+    for users in std::mem::take(&mut windows).into_values() {
+        for acc in users.into_values() {
+            rows += 1;
+            checksum += acc.sum / acc.count as f64 + acc.min + acc.max;
+        }
+    }
+    let elapsed = t0.elapsed();
+    std::hint::black_box(checksum);
+    println!(
+        "records_in={seen} filtered={filtered} late={late} unparsable={bad} window_rows={rows} elapsed={:.3}s mb_per_sec={:.0}",
+        elapsed.as_secs_f64(),
+        bytes as f64 / 1e6 / elapsed.as_secs_f64()
+    );
+    if seen != events {
+        return Err(format!("read {seen} of {events} events").into());
+    }
+    println!(
+        "handloop_events_per_sec={:.0} peak_rss_mb={:.0}",
+        seen as f64 / elapsed.as_secs_f64(),
+        peak_rss_mb()
+    );
+    Ok(())
+}
