@@ -150,10 +150,12 @@ async fn main() -> anyhow::Result<()> {
         .with_validation(false);
     let sql = format!("SELECT count() FROM {table} FINAL WHERE is_final = 1");
     let mut consumed_at = None;
+    let mut last_report = Instant::now();
     let e2e = loop {
         tokio::time::sleep(Duration::from_millis(if mock { 5 } else { 50 })).await;
         // Counted as each partition's task takes them: every event has run through the job.
-        if started.elapsed().as_secs() % 10 == 0 && started.elapsed().subsec_millis() < 60 {
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
             eprintln!("… {} of {produced} events in", counters.snapshot().records_in);
         }
         if counters.snapshot().records_in < produced {

@@ -369,11 +369,12 @@ impl<'p, 'de> ObjectCheck<'p, 'de> {
     }
 
     /// The node a key's value must satisfy; "not sure" for anything the plan cannot accept.
+    #[allow(clippy::ptr_arg, reason = "a key borrowed from the input is kept without a copy")]
     fn key<E: de::Error>(&mut self, key: &Cow<'de, str>) -> Result<Option<&'p Node>, E> {
-        if let Some(names) = &self.node.property_names {
-            if !names.string_ok(key) || names.string_checks.is_some() {
-                return Err(unsure());
-            }
+        if let Some(names) = &self.node.property_names
+            && (!names.string_ok(key) || names.string_checks.is_some())
+        {
+            return Err(unsure());
         }
         if let Some((i, sub)) = self.node.property(key) {
             match self.seen.get_mut(i) {
