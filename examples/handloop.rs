@@ -19,21 +19,9 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use serde::Deserialize;
-
 #[path = "support/events.rs"]
 mod events;
-use events::{generate, peak_rss_mb};
-
-#[derive(Deserialize)]
-struct RawEvent<'a> {
-    #[serde(borrow)]
-    user_id: &'a str,
-    #[serde(borrow)]
-    event_type: &'a str,
-    ts: i64,
-    amount: f64,
-}
+use events::{RawEvent, generate, peak_rss_mb};
 
 #[derive(Default)]
 struct Acc {

@@ -19,22 +19,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ferroflow::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 #[path = "support/events.rs"]
 mod events;
-use events::{generate, peak_rss_mb};
-
-/// The fields the job needs, borrowed from the line (no per-event allocation).
-#[derive(Deserialize)]
-struct RawEvent<'a> {
-    #[serde(borrow)]
-    user_id: &'a str,
-    #[serde(borrow)]
-    event_type: &'a str,
-    ts: i64,
-    amount: f64,
-}
+use events::{RawEvent, generate, peak_rss_mb};
 
 /// What flows after parsing: fixed-size, no heap.
 #[derive(Debug, Clone, Serialize)]

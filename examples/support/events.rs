@@ -5,6 +5,19 @@
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
+use serde::Deserialize;
+
+/// The fields the job needs, borrowed from the line (no per-event allocation).
+#[derive(Deserialize)]
+pub struct RawEvent<'a> {
+    #[serde(borrow)]
+    pub user_id: &'a str,
+    #[serde(borrow)]
+    pub event_type: &'a str,
+    pub ts: i64,
+    pub amount: f64,
+}
+
 /// SplitMix64: a tiny deterministic generator, enough for benchmark data.
 struct SplitMix(u64);
 

@@ -438,24 +438,21 @@ impl<'de> DeserializeSeed<'de> for Check<'_> {
 }
 
 impl Check<'_> {
+    /// What `capture` keeps of a string that passed its checks.
+    fn keep(&self, s: Cow<'_, str>) -> Captured {
+        match self.capture {
+            Capture::Str => Captured::Str(s.into_owned()),
+            Capture::Value => Captured::Value(Value::String(s.into_owned())),
+            Capture::Nothing | Capture::Number => Captured::Nothing,
+        }
+    }
+
     fn string<E: de::Error>(self, s: Cow<'_, str>) -> Result<Captured, E> {
-        let Some(node) = self.node else {
-            return Ok(match self.capture {
-                Capture::Str => Captured::Str(s.into_owned()),
-                Capture::Value => Captured::Value(Value::String(s.into_owned())),
-                Capture::Nothing | Capture::Number => Captured::Nothing,
-            });
-        };
+        let Some(node) = self.node else { return Ok(self.keep(s)) };
         if !node.string_ok(&s) {
             return Err(unsure());
         }
-        let Some(checks) = &node.string_checks else {
-            return Ok(match self.capture {
-                Capture::Str => Captured::Str(s.into_owned()),
-                Capture::Value => Captured::Value(Value::String(s.into_owned())),
-                Capture::Nothing | Capture::Number => Captured::Nothing,
-            });
-        };
+        let Some(checks) = &node.string_checks else { return Ok(self.keep(s)) };
         let value = Value::String(s.into_owned());
         if !checks.is_valid(&value) {
             return Err(unsure());
