@@ -2,16 +2,19 @@
 //! (count, sum, min, max) → null sink.
 //!
 //! ```text
-//! cargo run --release --example throughput -- --events 10000000 --keys 100000
+//! cargo run --release --example throughput -- --events 10000000 --keys 100000 --workers 2
 //! ```
 //!
 //! The input file (~200-byte JSON events, deterministic seed, 5% of events out of order by up to
 //! 5 s) is generated first, outside the timed section, into a temporary directory (or `--file`).
 //! The timed section runs the whole job through the [`Runner`]: the source reads the file in 1 MiB
-//! chunks on the runtime's blocking pool; parsing, filtering, watermarks and windowing run in the
-//! one processing task. Use `--threads 1` (the default) for a single-worker runtime.
+//! chunks on the runtime's blocking pool; the processing task cuts every batch into one share per
+//! worker (`--workers`, default: the available cores), and each worker thread runs a copy of the
+//! chain (parsing, filtering, watermarks) on its share, trades records by key with the other
+//! copies, and windows the keys it owns ([`Runner::parallel_job`]). With `--workers 1` the chain
+//! runs in the processing task itself. `--threads` sizes the tokio runtime (default 1).
 //!
-//! The last line printed is `throughput_events_per_sec=<N> peak_rss_mb=<M>`.
+//! The last line printed is `throughput_events_per_sec=<N> peak_rss_mb=<M> workers=<W>`.
 #![allow(clippy::print_stdout)]
 
 use std::path::PathBuf;
@@ -38,6 +41,7 @@ struct Args {
     events: u64,
     keys: u64,
     threads: usize,
+    workers: usize,
     file: Option<PathBuf>,
     /// `none` (no checkpoints), `memory` or `rocksdb`: state checkpointed to a local `file://` store.
     state: String,
@@ -49,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
         events: 1_000_000,
         keys: 100_000,
         threads: 1,
+        workers: ferroflow::runtime::available_cores(),
         file: None,
         state: "none".into(),
         checkpoint_interval_ms: 2_000,
@@ -60,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
             "--events" => args.events = value()?.parse().map_err(|e| format!("--events: {e}"))?,
             "--keys" => args.keys = value()?.parse().map_err(|e| format!("--keys: {e}"))?,
             "--threads" => args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--workers" => args.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?,
             "--file" => args.file = Some(PathBuf::from(value()?)),
             "--state" => args.state = value()?,
             "--checkpoint-interval-ms" => {
@@ -69,10 +75,13 @@ fn parse_args() -> Result<Args, String> {
             "--bench" => {} // passed by `cargo bench`-style runners
             other => {
                 return Err(format!(
-                    "unknown flag {other}; use --events N --keys K [--threads T] [--file PATH]"
+                    "unknown flag {other}; use --events N --keys K [--workers W] [--threads T] [--file PATH]"
                 ));
             }
         }
+    }
+    if args.workers == 0 {
+        return Err("--workers must be at least 1".into());
     }
     if args.keys == 0 {
         return Err("--keys must be at least 1".into());
@@ -101,31 +110,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
 
-    let stream = Stream::<Bytes>::new()
-        .try_map(|line: &Bytes| {
-            let e: RawEvent<'_> =
-                serde_json::from_slice(line).map_err(|e| Rejection::decode(e.to_string()))?;
-            Ok::<_, Rejection>(Purchase {
-                user: Key::from(e.user_id),
-                ts: e.ts,
-                amount: e.amount,
-                test_traffic: e.event_type == "test",
+    let minute = WindowSpec::tumbling(Duration::from_secs(60))?;
+    let stream = || {
+        Stream::<Bytes>::new()
+            .try_map(|line: &Bytes| {
+                let e: RawEvent<'_> =
+                    serde_json::from_slice(line).map_err(|e| Rejection::decode(e.to_string()))?;
+                Ok::<_, Rejection>(Purchase {
+                    user: Key::from(e.user_id),
+                    ts: e.ts,
+                    amount: e.amount,
+                    test_traffic: e.event_type == "test",
+                })
             })
-        })
-        .filter(|p| !p.test_traffic)
-        .assign_timestamps(|p| p.ts, WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(10)))
-        .key_by(|p| p.user.clone())
-        .window(WindowSpec::tumbling(Duration::from_secs(60))?, Stats::of(|p: &Purchase| p.amount))
-        .id("purchases-per-minute");
+            .filter(|p| !p.test_traffic)
+            .assign_timestamps(|p| p.ts, WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(10)))
+            .key_by(|p| p.user.clone())
+            .window(minute, Stats::of(|p: &Purchase| p.amount))
+            .id("purchases-per-minute")
+    };
 
     let sink = NullSink::new();
     let rows = sink.counter();
     let dlq = CollectSink::new();
     let dead = dlq.handle();
     let mut runner = if args.state == "none" {
-        Runner::default()
+        Runner::builder().workers(args.workers).build()?
     } else {
         let checkpoints = Runner::builder()
+            .workers(args.workers)
             .checkpoints(format!("file://{}", tmp.path().join("checkpoints").display()))
             .job_id("throughput")
             .scratch_dir(tmp.path().join("scratch"))
@@ -141,7 +154,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let source = JsonLinesSource::raw([&path]);
     let t0 = Instant::now();
-    let report = runtime.block_on(runner.job(source, stream).sink(sink).dead_letters(dlq).run())?;
+    let report = runtime.block_on(runner.parallel_job(source, stream).sink(sink).dead_letters(dlq).run())?;
     let elapsed = t0.elapsed();
 
     let c = &report.counters;
@@ -168,6 +181,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if c.records_in != args.events || !c.identity_holds() {
         return Err(format!("accounting failed: {c:?}").into());
     }
-    println!("throughput_events_per_sec={:.0} peak_rss_mb={:.0}", eps, peak_rss_mb());
+    println!(
+        "throughput_events_per_sec={:.0} peak_rss_mb={:.0} workers={}",
+        eps,
+        peak_rss_mb(),
+        args.workers
+    );
     Ok(())
 }

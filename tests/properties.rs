@@ -945,6 +945,22 @@ struct Outcome {
     counts: [u64; 4],
 }
 
+impl Outcome {
+    /// Rows and dead letters sorted (workers interleave their output), and the counts.
+    fn of(mut rows: Vec<String>, dead: &[DeadLetter], report: &JobReport) -> Self {
+        rows.sort();
+        let mut dead: Vec<_> =
+            dead.iter().map(|d| (d.position.partition, d.position.offset, d.reason)).collect();
+        dead.sort();
+        let c = &report.counters;
+        Self {
+            rows,
+            dead,
+            counts: [c.records_in, c.records_windowed, c.records_dead_lettered, c.window_rows_emitted],
+        }
+    }
+}
+
 fn run_partitioned(kind: WindowKind, case: &Case, workers: usize) -> Outcome {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -963,23 +979,57 @@ fn run_partitioned(kind: WindowKind, case: &Case, workers: usize) -> Outcome {
         let mut runner = Runner::builder().workers(workers).build().unwrap();
         let report =
             runner.job_per_partition(source, factory).sink(sink).dead_letters(dlq).run().await.unwrap();
-        let c = &report.counters;
-        assert!(c.identity_holds(), "{workers} workers: {c:?}");
-        let mut rows = rows.take();
-        rows.sort();
-        let mut dead: Vec<_> =
-            dead.take().iter().map(|d| (d.position.partition, d.position.offset, d.reason)).collect();
-        dead.sort();
-        Outcome {
-            rows,
-            dead,
-            counts: [c.records_in, c.records_windowed, c.records_dead_lettered, c.window_rows_emitted],
-        }
+        assert!(report.counters.identity_holds(), "{workers} workers: {:?}", report.counters);
+        Outcome::of(rows.take(), &dead.take(), &report)
+    })
+}
+
+/// The plain job-scoped run (`Runner::job`), in the shape of [`Outcome`].
+fn plain_job(kind: WindowKind, case: &Case) -> Outcome {
+    let (rows, dead, report) = run_job(kind, case);
+    Outcome::of(rows.iter().map(|r| show(std::slice::from_ref(r))).collect(), &dead, &report)
+}
+
+/// Runs the job-scoped chain as `copies` copies (`Runner::parallel_job`): records traded by key
+/// between worker threads.
+fn run_copies(kind: WindowKind, case: &Case, copies: usize) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let source = MemorySource::from_events(source_events(case));
+        let (bound, lateness) = (case.bound, case.lateness);
+        let factory = move || {
+            Stream::<Ev>::new()
+                .assign_timestamps(|e: &Ev| e.1, strategy(bound))
+                .key_by(|e: &Ev| Key::from(key_name(e.0)))
+                .window(spec_of(kind, lateness), (Count, Sum::of(|e: &Ev| e.2 as f64)))
+                .map(|r: Row| show(std::slice::from_ref(&r)))
+        };
+        let (sink, dlq) = (CollectSink::new(), CollectSink::new());
+        let (rows, dead) = (sink.handle(), dlq.handle());
+        let mut runner = Runner::builder().workers(copies).build().unwrap();
+        let report = runner.parallel_job(source, factory).sink(sink).dead_letters(dlq).run().await.unwrap();
+        assert!(report.counters.identity_holds(), "{copies} copies: {:?}", report.counters);
+        Outcome::of(rows.take(), &dead.take(), &report)
     })
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A job-scoped keyed chain run as 2 or 3 copies trades records by key between workers; the
+    /// copies share their event-time notes, so every copy's watermark is one chain's. Rows
+    /// (revisions of late updates included), dead letters and counts equal one copy's, on inputs
+    /// in any order over several partitions, idle and finished ones included.
+    #[test]
+    fn copies_of_a_keyed_job_do_not_change_results(kind in any_kind(), case in any_case()) {
+        let one = run_copies(kind, &case, 1);
+        prop_assert_eq!(one.counts[0], case.inputs.len() as u64, "every record counted in");
+        prop_assert_eq!(&one, &plain_job(kind, &case), "one copy is the plain job");
+        for copies in [2, 3] {
+            let many = run_copies(kind, &case, copies);
+            prop_assert_eq!(&many, &one, "{} copies differ from 1", copies);
+        }
+    }
 
     /// Each partition's task follows its own watermark, so which worker runs it, and how the
     /// workers' output interleaves, must not change a row, a dead letter or a count; late records

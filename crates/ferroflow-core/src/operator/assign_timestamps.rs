@@ -91,6 +91,8 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for
         let mut too_far = false;
         // Consecutive records mostly share a partition: look the partition up once per run.
         let mut run: Option<(PartitionId, Timestamp)> = None;
+        // One of several copies: the runner gathers every copy's runs and hands them to all.
+        let observing = ctx.observing;
         for r in input.iter_mut() {
             r.event_time = (self.f)(&r.payload);
             if latest.is_some_and(|l| r.event_time > l) {
@@ -102,14 +104,20 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for
                 Some((p, max)) if *p == r.position.partition => *max = (*max).max(r.event_time),
                 _ => {
                     if let Some((p, max)) = run {
-                        self.tracker.observe(p, max, now);
+                        match observing {
+                            true => ctx.observations.push((p, max)),
+                            false => self.tracker.observe(p, max, now),
+                        }
                     }
                     run = Some((r.position.partition, r.event_time));
                 }
             }
         }
         if let Some((p, max)) = run {
-            self.tracker.observe(p, max, now);
+            match observing {
+                true => ctx.observations.push((p, max)),
+                false => self.tracker.observe(p, max, now),
+            }
         }
         if let (true, Some(latest)) = (too_far, latest) {
             refuse_ahead(input, latest, ctx);
@@ -118,6 +126,16 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for
             std::mem::swap(input, out);
         } else {
             out.append(input);
+        }
+        if !observing {
+            self.propose(ctx);
+        }
+    }
+
+    fn observe_event_times(&mut self, observations: &[(PartitionId, Timestamp)], ctx: &mut Context) {
+        let now = ctx.idle_time();
+        for &(p, max) in observations {
+            self.tracker.observe(p, max, now);
         }
         self.propose(ctx);
     }

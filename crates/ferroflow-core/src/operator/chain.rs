@@ -1,8 +1,8 @@
 //! Two operators fused into one: the output buffer of the first is the input of the second.
 
-use super::{Context, Operator, Signal};
+use super::{Context, ExchangePorts, Operator, Signal};
 use crate::error::StateError;
-use crate::record::Record;
+use crate::record::{Key, PartitionId, Record, Timestamp};
 use crate::state::StateBackend;
 use crate::time::Watermark;
 
@@ -44,7 +44,8 @@ impl<A: Operator, B: Operator<In = A::Out>> Chain<A, B> {
     }
 
     fn drain_mid(&mut self, ctx: &mut Context, out: &mut Vec<Record<B::Out>>) {
-        if !self.mid.is_empty() {
+        // A connected key step runs for every batch, empty or not: the other copies wait for it.
+        if !self.mid.is_empty() || self.b.runs_every_batch() {
             let (b, mid) = (&mut self.b, &mut self.mid);
             let (taken, before) = (mid.len() as u64, out.len());
             ctx.with_counting(!self.a_consumes, |ctx| b.process_batch(mid, ctx, out));
@@ -124,6 +125,29 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
     fn state_ids(&self, ids: &mut Vec<String>) {
         self.a.state_ids(ids);
         self.b.state_ids(ids);
+    }
+
+    fn splits_by_key(&self) -> bool {
+        self.a.splits_by_key() && self.b.splits_by_key()
+    }
+
+    fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
+        self.a.retain_keys(keep);
+        self.b.retain_keys(keep);
+    }
+
+    fn connect_exchanges(&mut self, ports: &mut ExchangePorts<'_>) {
+        self.a.connect_exchanges(ports);
+        self.b.connect_exchanges(ports);
+    }
+
+    fn runs_every_batch(&self) -> bool {
+        self.a.runs_every_batch() || self.b.runs_every_batch()
+    }
+
+    fn observe_event_times(&mut self, observations: &[(PartitionId, Timestamp)], ctx: &mut Context) {
+        self.a.observe_event_times(observations, ctx);
+        self.b.observe_event_times(observations, ctx);
     }
 }
 

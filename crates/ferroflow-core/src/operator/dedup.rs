@@ -285,6 +285,12 @@ where
         ids.push(self.id().to_owned());
     }
 
+    /// Its state is per dedup key, not per record key: copies split by record key would each
+    /// see only some of an id's records.
+    fn splits_by_key(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &'static str {
         "dedup"
     }

@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 
-use super::{Context, Operator};
+use super::{Context, ExchangePort, ExchangePorts, Operator};
 use crate::record::{Key, Record};
 
 /// Sets each record's key from its payload; windows and state are then per key.
@@ -18,13 +18,17 @@ use crate::record::{Key, Record};
 /// ```
 pub struct KeyBy<T, F> {
     f: F,
+    /// Set when the chain is one of several copies: records go on to the copy that owns their key.
+    exchange: Option<ExchangePort<T>>,
+    /// The records traded away, kept for their allocation.
+    keyed: Vec<Record<T>>,
     _t: PhantomData<fn(T)>,
 }
 
 impl<T, F: FnMut(&T) -> Key> KeyBy<T, F> {
     /// Keys records by `f(payload)`.
     pub fn new(f: F) -> Self {
-        Self { f, _t: PhantomData }
+        Self { f, exchange: None, keyed: Vec::new(), _t: PhantomData }
     }
 }
 
@@ -39,9 +43,19 @@ impl<T: Send + 'static, F: FnMut(&T) -> Key + Send + 'static> Operator for KeyBy
     type Out = T;
 
     #[inline]
-    fn process_batch(&mut self, input: &mut Vec<Record<T>>, _ctx: &mut Context, out: &mut Vec<Record<T>>) {
+    fn process_batch(&mut self, input: &mut Vec<Record<T>>, ctx: &mut Context, out: &mut Vec<Record<T>>) {
         for r in input.iter_mut() {
             r.key = (self.f)(&r.payload);
+        }
+        if let Some(port) = &mut self.exchange {
+            std::mem::swap(input, &mut self.keyed);
+            if port.trade(&mut self.keyed, out).is_err() {
+                // A worker stopped: the job fails and restarts from its last checkpoint, which
+                // none of these records are part of.
+                self.keyed.clear();
+                ctx.exchange_broken();
+            }
+            return;
         }
         if out.is_empty() {
             std::mem::swap(input, out);
@@ -52,5 +66,13 @@ impl<T: Send + 'static, F: FnMut(&T) -> Key + Send + 'static> Operator for KeyBy
 
     fn name(&self) -> &'static str {
         "key_by"
+    }
+
+    fn connect_exchanges(&mut self, ports: &mut ExchangePorts<'_>) {
+        self.exchange = ports.port();
+    }
+
+    fn runs_every_batch(&self) -> bool {
+        self.exchange.is_some()
     }
 }

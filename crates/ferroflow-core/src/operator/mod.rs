@@ -11,6 +11,7 @@
 mod assign_timestamps;
 mod chain;
 mod dedup;
+mod exchange;
 mod filter;
 mod flat_map;
 mod key_by;
@@ -23,6 +24,7 @@ mod try_map;
 pub use assign_timestamps::AssignTimestamps;
 pub use chain::Chain;
 pub use dedup::Dedup;
+pub use exchange::{ExchangeBroken, ExchangeHub, ExchangePort, ExchangePorts, key_owner};
 pub use filter::Filter;
 pub use flat_map::FlatMap;
 pub use key_by::KeyBy;
@@ -35,7 +37,7 @@ use crate::dead_letter::DeadLetter;
 use crate::dead_letter::Rejection;
 use crate::error::StateError;
 use crate::metrics::{LocalCounters, StepCount};
-use crate::record::{PartitionId, Record, SourcePosition, Timestamp};
+use crate::record::{Key, PartitionId, Record, SourcePosition, Timestamp};
 use crate::state::StateBackend;
 use crate::time::Watermark;
 
@@ -77,6 +79,14 @@ pub struct Context {
     counting: bool,
     /// The bytes the current batch's records were read from, for their dead letters.
     originals: originals::Originals,
+    /// The chain is one of several copies, each on a share of the batch: timestamp steps note
+    /// what they see in `observations` instead of moving their watermark (see
+    /// [`Operator::observe_event_times`]).
+    pub(crate) observing: bool,
+    /// `(partition, highest event time)` runs noted while `observing`, in input order.
+    pub(crate) observations: Vec<(PartitionId, Timestamp)>,
+    /// A key step's exchange stopped (another copy's worker did): the job must fail.
+    pub(crate) exchange_broken: bool,
 }
 
 impl Default for Context {
@@ -98,6 +108,9 @@ impl Context {
             steps: Vec::new(),
             counting: true,
             originals: originals::Originals::default(),
+            observing: false,
+            observations: Vec::new(),
+            exchange_broken: false,
         }
     }
 
@@ -274,6 +287,11 @@ impl Context {
         &mut self.counters
     }
 
+    /// Notes that a key step could not trade its records: a worker stopped.
+    pub(crate) fn exchange_broken(&mut self) {
+        self.exchange_broken = true;
+    }
+
     pub(crate) fn with_counting<R>(&mut self, counting: bool, f: impl FnOnce(&mut Self) -> R) -> R {
         let prev = self.counting;
         self.counting = prev && counting;
@@ -369,6 +387,39 @@ pub trait Operator: Send + 'static {
     /// records them, and a restore maps the state it holds to the job's operators by them.
     fn state_ids(&self, ids: &mut Vec<String>) {
         let _ = ids;
+    }
+
+    /// False for a step whose state is not split by the records' key (a dedup keeps its own
+    /// keys): a job with such a step cannot run as several copies, one per share of the keys
+    /// ([`Runner::parallel_job`](crate::Runner::parallel_job) then runs one copy).
+    fn splits_by_key(&self) -> bool {
+        true
+    }
+
+    /// Keeps only the state of the keys `keep` accepts. A job run as several copies restores
+    /// every copy from the whole checkpoint, then each keeps the keys it owns. A step that keeps
+    /// state per key implements it; the default keeps everything (stateless steps).
+    fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
+        let _ = keep;
+    }
+
+    /// Connects the step to the job's exchanges when the chain is one of several copies: a key
+    /// step takes its port (see [`ExchangeHub`]). A [`Chain`] connects its parts in order.
+    fn connect_exchanges(&mut self, ports: &mut ExchangePorts<'_>) {
+        let _ = ports;
+    }
+
+    /// True when the step must run for every batch, even an empty one (a connected key step:
+    /// every copy takes part in every round of its exchange).
+    fn runs_every_batch(&self) -> bool {
+        false
+    }
+
+    /// Applies the event times that every copy of the chain noted for the last batch (see
+    /// [`Context`]'s observing mode), in input order, and proposes the watermark that follows:
+    /// the copies' watermarks then move exactly as one chain's would over the whole batch.
+    fn observe_event_times(&mut self, observations: &[(PartitionId, Timestamp)], ctx: &mut Context) {
+        let _ = (observations, ctx);
     }
 }
 

@@ -8,10 +8,12 @@
 //! so its windows still close.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use crate::error::{JobError, StateError};
 use crate::metrics::PartitionStatus;
-use crate::operator::{Context, Operator, Signal};
+use crate::operator::{Context, ExchangeHub, Operator, Signal, key_owner};
 use crate::record::{PartitionId, Record};
 use crate::state::{PartitionState, StateBackend, delete_partition};
 use crate::time::Watermark;
@@ -70,6 +72,9 @@ impl<C: Operator> Task<C> {
 
 enum Mode<C: Operator> {
     Job(Task<C>),
+    /// Copies of one job-scoped chain, one per worker, keyed by copy index: each runs a share of
+    /// every batch and owns a share of the keys (see [`crate::operator::ExchangeHub`]).
+    Copies(Tasks<C>),
     PerPartition {
         factory: Factory<C>,
         tasks: BTreeMap<PartitionId, Task<C>>,
@@ -90,6 +95,10 @@ pub(crate) struct Chains<C: Operator> {
     names: Vec<&'static str>,
     state_ids: Vec<String>,
     consumes_records: bool,
+    /// Copies: stops their exchanges when a worker stops.
+    breaker: Option<Arc<AtomicBool>>,
+    /// Copies: the copies' chains differ (the factory built different chains).
+    mismatch: Option<String>,
 }
 
 impl<C: Operator> Chains<C> {
@@ -106,8 +115,49 @@ impl<C: Operator> Chains<C> {
         Self::with_mode(Mode::PerPartition { factory, tasks: BTreeMap::new(), announced: false }, shape)
     }
 
+    /// Copies of one job-scoped chain, to run on as many workers, connected by the exchanges of
+    /// their key steps. `copies` must not be empty.
+    pub(crate) fn copies(copies: Vec<C>) -> Option<Self> {
+        let shape = Shape::of(copies.first()?);
+        let mut hub = ExchangeHub::new(copies.len());
+        let mut tasks = Tasks::new();
+        for (i, mut chain) in copies.into_iter().enumerate() {
+            chain.connect_exchanges(&mut hub.ports(i));
+            tasks.insert(PartitionId::try_from(i).ok()?, Task::new(chain));
+        }
+        let mut chains = Self::with_mode(Mode::Copies(tasks), shape);
+        chains.breaker = Some(hub.breaker());
+        chains.mismatch = hub.mismatch().map(str::to_owned);
+        Some(chains)
+    }
+
+    /// True when the chain runs as copies on several workers.
+    pub(crate) fn copied(&self) -> bool {
+        matches!(self.mode, Mode::Copies(_))
+    }
+
+    /// How many copies of the chain run (copies only; 1 otherwise).
+    pub(crate) fn copy_count(&self) -> usize {
+        match &self.mode {
+            Mode::Copies(tasks) => tasks.len(),
+            _ => 1,
+        }
+    }
+
+    /// The copies' exchange breaker (copies only).
+    pub(crate) fn breaker(&self) -> Option<Arc<AtomicBool>> {
+        self.breaker.clone()
+    }
+
+    /// Why the copies cannot run, if they cannot.
+    pub(crate) fn mismatch(&self) -> Option<&str> {
+        self.mismatch.as_deref()
+    }
+
     fn with_mode(mode: Mode<C>, shape: Shape) -> Self {
         Self {
+            breaker: None,
+            mismatch: None,
             mode,
             status: BTreeMap::new(),
             status_changed: false,
@@ -142,7 +192,7 @@ impl<C: Operator> Chains<C> {
     #[cfg_attr(not(feature = "checkpoints"), allow(dead_code))]
     pub(crate) fn partitions(&self) -> Option<Vec<PartitionId>> {
         match &self.mode {
-            Mode::Job(_) => None,
+            Mode::Job(_) | Mode::Copies(_) => None,
             Mode::PerPartition { tasks, .. } => Some(tasks.keys().copied().collect()),
         }
     }
@@ -168,13 +218,13 @@ impl<C: Operator> Chains<C> {
     pub(crate) fn take_tasks(&mut self) -> Option<Tasks<C>> {
         match &mut self.mode {
             Mode::Job(_) => None,
-            Mode::PerPartition { tasks, .. } => Some(std::mem::take(tasks)),
+            Mode::Copies(tasks) | Mode::PerPartition { tasks, .. } => Some(std::mem::take(tasks)),
         }
     }
 
     /// Puts partition tasks back (from worker threads).
     pub(crate) fn put_tasks(&mut self, back: Tasks<C>) {
-        if let Mode::PerPartition { tasks, .. } = &mut self.mode {
+        if let Mode::Copies(tasks) | Mode::PerPartition { tasks, .. } = &mut self.mode {
             tasks.extend(back);
         }
     }
@@ -233,6 +283,12 @@ impl<C: Operator> Chains<C> {
                 task.chain.process_batch(records, ctx, out);
                 self.status_changed |= task.settle(ctx, out, &mut self.status);
             }
+            Mode::Copies(_) => {
+                return Err(JobError::Task {
+                    task: "workers",
+                    detail: "copies of a chain run on worker threads, each with its share".into(),
+                });
+            }
             Mode::PerPartition { factory, tasks, announced } => {
                 for r in records.drain(..) {
                     let p = r.position.partition;
@@ -267,6 +323,13 @@ impl<C: Operator> Chains<C> {
             Mode::Job(task) => {
                 task.chain.on_signal(signal, ctx);
                 self.status_changed |= task.settle(ctx, out, &mut self.status);
+            }
+            // The runner sends copies their signals on their workers; here only while they are home.
+            Mode::Copies(tasks) => {
+                for task in tasks.values_mut() {
+                    task.chain.on_signal(signal, ctx);
+                    self.status_changed |= task.settle(ctx, out, &mut self.status);
+                }
             }
             Mode::PerPartition { factory, tasks, announced } => match signal {
                 Signal::PartitionsAssigned(ps) => {
@@ -323,6 +386,13 @@ impl<C: Operator> Chains<C> {
                 let mut none = Vec::new();
                 self.status_changed |= task.settle(ctx, &mut none, &mut self.status);
             }
+            Mode::Copies(tasks) => {
+                for task in tasks.values_mut() {
+                    task.chain.on_signal(&Signal::PartitionsRevoked(partitions.to_vec()), ctx);
+                    let mut none = Vec::new();
+                    self.status_changed |= task.settle(ctx, &mut none, &mut self.status);
+                }
+            }
             Mode::PerPartition { tasks, announced, .. } => {
                 *announced = true;
                 for p in partitions {
@@ -345,6 +415,14 @@ impl<C: Operator> Chains<C> {
     pub(crate) fn snapshot(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
         match &mut self.mode {
             Mode::Job(task) => task.chain.snapshot_state(state),
+            // Each copy writes its own keys; what they share (the watermark tracker, a window's
+            // watermark) is the same in every copy.
+            Mode::Copies(tasks) => {
+                for task in tasks.values_mut() {
+                    task.chain.snapshot_state(state)?;
+                }
+                Ok(())
+            }
             Mode::PerPartition { tasks, .. } => {
                 for (&p, task) in tasks.iter_mut() {
                     task.chain.snapshot_state(&mut PartitionState::writer(state, p))?;
@@ -359,6 +437,16 @@ impl<C: Operator> Chains<C> {
     pub(crate) fn restore(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
         match &mut self.mode {
             Mode::Job(task) => task.chain.restore_state(state),
+            // Every copy reads the whole state, then keeps the keys it owns: the number of copies
+            // may differ from the run that wrote the checkpoint.
+            Mode::Copies(tasks) => {
+                let copies = tasks.len();
+                for (i, task) in tasks.values_mut().enumerate() {
+                    task.chain.restore_state(state)?;
+                    task.chain.retain_keys(&|k| key_owner(k, copies) == i);
+                }
+                Ok(())
+            }
             Mode::PerPartition { .. } => Ok(()),
         }
     }
@@ -368,6 +456,11 @@ impl<C: Operator> Chains<C> {
     fn combine(&mut self, ctx: &mut Context, out: &mut Vec<Record<C::Out>>) {
         match &mut self.mode {
             Mode::Job(task) => self.watermark = self.watermark.max(task.watermark),
+            Mode::Copies(tasks) => {
+                if let Some(w) = tasks.values().map(|t| t.watermark).min() {
+                    self.watermark = self.watermark.max(w);
+                }
+            }
             Mode::PerPartition { tasks, .. } => {
                 let Some(active) = tasks.values().filter(|t| !t.idle).map(|t| t.watermark).min() else {
                     return; // every task idle (or none): nothing moves, as with a single chain

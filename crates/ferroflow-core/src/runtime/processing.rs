@@ -248,6 +248,17 @@ impl<'r, C: Operator> Processing<'r, C> {
     }
 
     async fn signal(&mut self, signal: &Signal) -> Result<(), JobError> {
+        if let Some(workers) = self.workers.as_mut().filter(|_| self.chains.copied()) {
+            // Every copy sees every signal, on its worker: a copy's key step may trade records as
+            // the watermark moves, so the copies must not run one after another here.
+            let clocks = Clocks::of(&self.ctx, self.chains.watermark());
+            workers.broadcast(&mut self.chains, signal, clocks).await?;
+            if matches!(signal, Signal::EndOfInput) {
+                // The final watermark and results are in once the copies come back.
+                workers.collect(&mut self.chains).await?;
+            }
+            return Ok(());
+        }
         if let Some(workers) = self.workers.as_mut() {
             if workers.lent() && matches!(signal, Signal::Tick | Signal::PartitionsActive(_)) {
                 let clocks = Clocks::of(&self.ctx, self.chains.watermark());
@@ -313,8 +324,11 @@ impl<'r, C: Operator> Processing<'r, C> {
         }
         if let Some(workers) = self.workers.as_mut() {
             let clocks = Clocks::of(&self.ctx, self.chains.watermark());
-            let state = self.checkpointing.as_deref_mut().map(Checkpointing::state);
             let originals = Arc::new(batch.originals);
+            if self.chains.copied() {
+                return workers.share(&mut self.chains, batch.records, originals, clocks).await;
+            }
+            let state = self.checkpointing.as_deref_mut().map(Checkpointing::state);
             return workers.route(&mut self.chains, batch.records, originals, clocks, state).await;
         }
         self.input = batch.records;

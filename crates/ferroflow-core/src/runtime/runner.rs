@@ -209,6 +209,72 @@ impl Runner {
         JobBuilder::new(self, source, Chains::job(job.into_operator()))
     }
 
+    /// Runs a job-scoped chain as one copy per worker ([`RunnerBuilder::workers`](super::RunnerBuilder::workers)),
+    /// like a Flink job with parallelism N: `factory` builds each copy. Every batch is cut into
+    /// one contiguous share per copy; at each [`key_by`](crate::Stream::key_by) the copies hand
+    /// every record to the copy that owns its key (a hash of the key), so a key's windows live in
+    /// one copy and see its records in input order. Timestamp steps share their notes, so every
+    /// copy's watermark is the one a single chain would have: results, dead letters and counts do
+    /// not depend on the number of workers. A checkpoint holds every copy's keys; a restore gives
+    /// each copy the keys it owns, also with a different number of workers.
+    ///
+    /// The source need not be partitioned by key (it is for [`job_per_partition`](Self::job_per_partition)).
+    /// A chain with a step whose state is not split by the record key (a
+    /// [`dedup_by`](crate::Stream::dedup_by)) runs as one copy, with a warning. With one worker
+    /// this is [`job`](Self::job) with `factory()`.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use ferroflow_core::prelude::*;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let clicks: Vec<Record<(String, i64)>> = (0..1_000u64)
+    ///     .map(|i| Record::new((format!("user-{}", i % 7), i as i64 * 100), 0).with_position(SourcePosition::new(0, i)))
+    ///     .collect();
+    /// let per_minute = || {
+    ///     Stream::<(String, i64)>::new()
+    ///         .assign_timestamps(|c| c.1, WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5)))
+    ///         .key_by(|c| Key::from(c.0.as_str()))
+    ///         .window(WindowSpec::tumbling(Duration::from_secs(60)).unwrap(), Count)
+    ///         .id("clicks-per-minute")
+    /// };
+    /// let sink = CollectSink::new();
+    /// let rows = sink.handle();
+    /// let mut runner = Runner::builder().workers(2).build().unwrap();
+    /// runner.parallel_job(MemorySource::new(clicks), per_minute).sink(sink).discard_dead_letters().run().await.unwrap();
+    /// let rows = rows.take();
+    /// assert_eq!(rows.iter().map(|r| r.value).sum::<u64>(), 1_000);
+    /// assert_eq!(rows.len(), 7 * 2, "7 users, 2 minutes");
+    /// # });
+    /// ```
+    pub fn parallel_job<S, J, F>(&mut self, source: S, mut factory: F) -> JobBuilder<'_, S, J::Op>
+    where
+        F: FnMut() -> J,
+        J: crate::operator::IntoOperator,
+        S: Source<<J::Op as Operator>::In>,
+    {
+        let first = factory().into_operator();
+        let n = self.config.workers.max(1);
+        if n > 1 && !first.splits_by_key() {
+            tracing::warn!(
+                workers = n,
+                "the job has a step whose state is not split by the record key (a dedup): it runs as one copy"
+            );
+        }
+        if n == 1 || !first.splits_by_key() {
+            return JobBuilder::new(self, source, Chains::job(first));
+        }
+        let mut copies = Vec::with_capacity(n);
+        copies.push(first);
+        copies.extend((1..n).map(|_| factory().into_operator()));
+        match Chains::copies(copies) {
+            Some(chains) => JobBuilder::new(self, source, chains),
+            // Only for more copies than partition ids: run one.
+            None => JobBuilder::new(self, source, Chains::job(factory().into_operator())),
+        }
+    }
+
     /// A partition-scoped job: one chain per source partition, built by `factory` when the
     /// partition first shows up (Kafka Streams' task model); name its sinks next.
     ///
@@ -265,6 +331,9 @@ impl Runner {
         K: Sink<C::Out>,
         D: Sink<DeadLetter>,
     {
+        if let Some(m) = chains.mismatch() {
+            return Err(crate::error::ConfigError::Invalid(m.to_owned()).into());
+        }
         let ids = chains.state_ids();
         if let Some(dup) = ids.iter().enumerate().find_map(|(i, id)| ids[..i].contains(id).then_some(id)) {
             return Err(crate::error::ConfigError::Invalid(format!(
@@ -296,9 +365,12 @@ impl Runner {
             counters: self.counters.clone(),
             consumes_records: chains.consumes_records(),
         };
-        let workers = match chains.partitioned() {
-            true => Some(Workers::start(self.config.workers, cap, &outputs)?),
-            false => None,
+        let workers = if chains.partitioned() {
+            Some(Workers::start(self.config.workers, cap, &outputs, None)?)
+        } else if let Some(breaker) = chains.breaker() {
+            Some(Workers::start(chains.copy_count(), cap, &outputs, Some(breaker))?)
+        } else {
+            None
         };
         let mut processing = Processing::new(
             chains,

@@ -17,8 +17,16 @@
 //! Watermarks stay per task. Every worker reports the lowest watermark of its tasks that are not
 //! idle; the job's watermark is the minimum over workers, and each worker moves its idle tasks up
 //! to the job's watermark it was last told.
+//!
+//! A job-scoped chain run as copies (`Runner::parallel_job`) uses the same workers, one copy each.
+//! Every batch is cut into contiguous shares, one per copy; the copies trade records by key at
+//! their key steps (see [`crate::operator::ExchangeHub`]). Their timestamp steps only note the event
+//! times of their share; the coordinator gathers every copy's notes and hands them, in input
+//! order, to all copies before the next batch, so every copy's watermark moves exactly as one
+//! chain's would over the whole batch.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, oneshot};
@@ -30,11 +38,14 @@ use crate::error::JobError;
 use crate::metrics::{JobCounters, PartitionStatus};
 use crate::operator::originals::SharedOriginals;
 use crate::operator::{Context, Operator, Signal};
-use crate::record::{PartitionId, Record};
+use crate::record::{PartitionId, Record, Timestamp};
 use crate::time::Watermark;
 
 /// One partition's records of a batch, in order.
 type Part<T> = (PartitionId, Vec<Record<T>>);
+
+/// A partition's highest event time in a run of a share's records.
+type Observation = (PartitionId, Timestamp);
 
 /// Messages a worker queues for its thread. A part of a batch is a partition's records, in order.
 enum Work<C: Operator> {
@@ -47,6 +58,18 @@ enum Work<C: Operator> {
     },
     Signal {
         signal: Signal,
+        clocks: Clocks,
+    },
+    /// A copy's share of a batch; the event times it noted go back on `noted`.
+    Share {
+        records: Vec<Record<C::In>>,
+        originals: SharedOriginals,
+        clocks: Clocks,
+        noted: oneshot::Sender<Vec<Observation>>,
+    },
+    /// Every copy's notes on the last batch, in input order: the copy's watermark moves.
+    Observe {
+        observations: Arc<Vec<Observation>>,
         clocks: Clocks,
     },
     /// Returns every task once everything queued before has run and its output is sent.
@@ -109,6 +132,8 @@ pub(super) struct Workers<C: Operator> {
     owner: BTreeMap<PartitionId, usize>,
     /// The tasks are out on the workers.
     lent: bool,
+    /// The tasks are copies of one chain, one per worker.
+    copies: bool,
     shared: Arc<Shared>,
 }
 
@@ -139,16 +164,23 @@ impl<O> Clone for Outputs<O> {
 }
 
 impl<C: Operator> Workers<C> {
-    /// Starts `n` worker threads, each with a queue of `capacity` messages.
-    pub(super) fn start(n: usize, capacity: usize, outputs: &Outputs<C::Out>) -> Result<Self, JobError> {
+    /// Starts `n` worker threads, each with a queue of `capacity` messages. For copies of a chain
+    /// (`breaker` set), `n` is the number of copies, and a worker that stops sets the breaker.
+    pub(super) fn start(
+        n: usize,
+        capacity: usize,
+        outputs: &Outputs<C::Out>,
+        breaker: Option<Arc<AtomicBool>>,
+    ) -> Result<Self, JobError> {
         let n = n.max(1);
+        let copies = breaker.is_some();
         let shared = Arc::new(Shared::default());
         shared.reports().resize_with(n, Report::default);
         let mut senders = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for index in 0..n {
             let (tx, rx) = mpsc::channel(capacity.max(1));
-            let worker = Worker::<C>::new(index, outputs.clone(), Arc::clone(&shared));
+            let worker = Worker::<C>::new(index, outputs.clone(), Arc::clone(&shared), breaker.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("ferroflow-worker-{index}"))
                 .spawn(move || worker.run(rx))
@@ -159,7 +191,7 @@ impl<C: Operator> Workers<C> {
             senders.push(tx);
             threads.push(thread);
         }
-        Ok(Self { senders, threads, owner: BTreeMap::new(), lent: false, shared })
+        Ok(Self { senders, threads, owner: BTreeMap::new(), lent: false, copies, shared })
     }
 
     /// True while the tasks are out on the workers.
@@ -177,7 +209,12 @@ impl<C: Operator> Workers<C> {
         self.owner.retain(|p, _| tasks.contains_key(p));
         let mut shares: Vec<Tasks<C>> = (0..self.senders.len()).map(|_| Tasks::new()).collect();
         for (p, task) in tasks {
-            let w = self.owner_of(p);
+            // Copy i runs on worker i: each worker must hold exactly one, as its exchange rounds
+            // wait for every copy.
+            let w = match self.copies {
+                true => usize::try_from(p).unwrap_or(usize::MAX),
+                false => self.owner_of(p),
+            };
             if let Some(share) = shares.get_mut(w) {
                 share.insert(p, task);
             }
@@ -266,6 +303,58 @@ impl<C: Operator> Workers<C> {
             if !parts.is_empty() {
                 self.send(w, Work::Batch { parts, originals: Arc::clone(&originals), clocks }).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Runs a batch on the copies of a chain: a contiguous share each, then every copy's event
+    /// time notes to all of them, in input order.
+    pub(super) async fn share(
+        &mut self,
+        chains: &mut Chains<C>,
+        records: Vec<Record<C::In>>,
+        originals: SharedOriginals,
+        clocks: Clocks,
+    ) -> Result<(), JobError> {
+        self.lend(chains).await?;
+        let n = self.senders.len();
+        let mut shares = Vec::with_capacity(n);
+        let per = records.len().div_ceil(n);
+        let mut rest = records;
+        for i in (1..n).rev() {
+            let at = i.saturating_mul(per).min(rest.len());
+            shares.push(rest.split_off(at));
+        }
+        shares.push(rest);
+        shares.reverse();
+        let mut replies = Vec::with_capacity(n);
+        for (w, records) in shares.into_iter().enumerate() {
+            let (noted, reply) = oneshot::channel();
+            let originals = Arc::clone(&originals);
+            self.send(w, Work::Share { records, originals, clocks, noted }).await?;
+            replies.push(reply);
+        }
+        let mut observations = Vec::new();
+        for reply in replies {
+            observations.extend(reply.await.map_err(|_| self.gone())?);
+        }
+        let observations = Arc::new(observations);
+        for w in 0..n {
+            self.send(w, Work::Observe { observations: Arc::clone(&observations), clocks }).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a signal to every copy of a chain (they all see the same signals, in the same order).
+    pub(super) async fn broadcast(
+        &mut self,
+        chains: &mut Chains<C>,
+        signal: &Signal,
+        clocks: Clocks,
+    ) -> Result<(), JobError> {
+        self.lend(chains).await?;
+        for w in 0..self.senders.len() {
+            self.send(w, Work::Signal { signal: signal.clone(), clocks }).await?;
         }
         Ok(())
     }
@@ -370,10 +459,26 @@ struct Worker<C: Operator> {
     status: BTreeMap<PartitionId, PartitionStatus>,
     outputs: Outputs<C::Out>,
     shared: Arc<Shared>,
+    /// Copies: set when this worker stops, so that the others' exchange rounds do not wait for it.
+    breaker: Option<Arc<AtomicBool>>,
+}
+
+impl<C: Operator> Drop for Worker<C> {
+    fn drop(&mut self) {
+        // Also on a panic: the thread unwinds through here.
+        if let Some(b) = &self.breaker {
+            b.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl<C: Operator> Worker<C> {
-    fn new(index: usize, outputs: Outputs<C::Out>, shared: Arc<Shared>) -> Self {
+    fn new(
+        index: usize,
+        outputs: Outputs<C::Out>,
+        shared: Arc<Shared>,
+        breaker: Option<Arc<AtomicBool>>,
+    ) -> Self {
         Self {
             index,
             tasks: Tasks::new(),
@@ -382,6 +487,7 @@ impl<C: Operator> Worker<C> {
             status: BTreeMap::new(),
             outputs,
             shared,
+            breaker,
         }
     }
 
@@ -411,6 +517,23 @@ impl<C: Operator> Worker<C> {
                     self.signal(&signal);
                     clocks
                 }
+                Work::Share { records, originals, clocks, noted } => {
+                    clocks.apply(&mut self.ctx);
+                    self.ctx.set_shared_originals(originals);
+                    let observations = self.run_share(records);
+                    self.ctx.clear_originals();
+                    // The coordinator waits for every copy's notes before the next batch.
+                    let _ = noted.send(observations);
+                    clocks
+                }
+                Work::Observe { observations, clocks } => {
+                    clocks.apply(&mut self.ctx);
+                    for task in self.tasks.values_mut() {
+                        task.chain.observe_event_times(&observations, &mut self.ctx);
+                        task.settle(&mut self.ctx, &mut self.out, &mut self.status);
+                    }
+                    clocks
+                }
             };
             self.follow(clocks.job_watermark);
             if !self.emit() {
@@ -436,9 +559,28 @@ impl<C: Operator> Worker<C> {
         task.settle(&mut self.ctx, &mut self.out, &mut self.status);
     }
 
+    /// Runs a copy's share of a batch; returns the event times its timestamp steps noted.
+    fn run_share(&mut self, mut records: Vec<Record<C::In>>) -> Vec<Observation> {
+        let Some(task) = self.tasks.values_mut().next() else {
+            // Cannot happen: copies are lent before their first share.
+            self.shared
+                .fail(format!("worker {} got a share of a batch without a copy of the chain", self.index));
+            return Vec::new();
+        };
+        self.ctx.counters.records_in += records.len() as u64;
+        self.ctx.observing = true;
+        task.chain.process_batch(&mut records, &mut self.ctx, &mut self.out);
+        self.ctx.observing = false;
+        if std::mem::take(&mut self.ctx.exchange_broken) {
+            self.shared.fail("a worker thread stopped while the others traded records by key".into());
+        }
+        std::mem::take(&mut self.ctx.observations)
+    }
+
     fn signal(&mut self, signal: &Signal) {
         match signal {
-            Signal::PartitionsActive(ps) => {
+            // Partition tasks each take their own partition; a copy of a chain takes them all.
+            Signal::PartitionsActive(ps) if self.breaker.is_none() => {
                 for p in ps {
                     if let Some(task) = self.tasks.get_mut(p) {
                         task.chain.on_signal(&Signal::PartitionsActive(vec![*p]), &mut self.ctx);

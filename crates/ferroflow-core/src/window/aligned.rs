@@ -262,6 +262,16 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
         }
         Ok(())
     }
+
+    fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
+        // Emptied windows go without a trace in `dropped`: their rows belong to other copies.
+        self.windows.retain(|_, bucket| {
+            bucket.slots.retain(|k, _| keep(k));
+            bucket.unsaved.retain(|k| keep(k));
+            !bucket.slots.is_empty()
+        });
+        self.dirty.retain(|(_, k)| keep(k));
+    }
 }
 
 fn window_prefix(buf: &mut Vec<u8>, w: Window) {

@@ -38,6 +38,9 @@ pub(super) trait WindowState<Acc> {
 
     /// Replaces everything with what namespace `ns` of `state` holds.
     fn restore(&mut self, ns: &str, state: &dyn StateBackend) -> Result<(), StateError>;
+
+    /// Drops the state of every key `keep` refuses (a copy of a parallel job keeps its own keys).
+    fn retain_keys(&mut self, keep: &dyn Fn(&crate::record::Key) -> bool);
 }
 
 /// Pushes window rows as records (event time = the window's last millisecond).

@@ -64,6 +64,10 @@ impl<Acc: Clone + serde::Serialize + serde::de::DeserializeOwned> WindowState<Ac
     fn restore(&mut self, ns: &str, state: &dyn StateBackend) -> Result<(), StateError> {
         each_kind!(self, w => w.restore(ns, state))
     }
+
+    fn retain_keys(&mut self, keep: &dyn Fn(&crate::record::Key) -> bool) {
+        each_kind!(self, w => w.retain_keys(keep))
+    }
 }
 
 /// Keyed event-time windows with an incremental aggregator and allowed lateness.
@@ -203,6 +207,10 @@ where
 
     fn restore_state(&mut self, state: &dyn StateBackend) -> Result<(), StateError> {
         self.windows.restore(&self.uid, state)
+    }
+
+    fn retain_keys(&mut self, keep: &dyn Fn(&crate::record::Key) -> bool) {
+        self.windows.retain_keys(keep);
     }
 
     fn consumes_records(&self) -> bool {

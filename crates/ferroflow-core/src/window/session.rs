@@ -329,6 +329,14 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
         }
         Ok(())
     }
+
+    fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
+        self.sessions.retain(|k, _| keep(k));
+        self.fire_timers.retain(|(_, k)| keep(k));
+        self.cleanup_timers.retain(|(_, k)| keep(k));
+        self.dirty.retain(|k| keep(k));
+        self.unsaved.retain(|k| keep(k));
+    }
 }
 
 /// `ENTRY_TAG`, the key's length (u16, big-endian) and the key: every session of one key.

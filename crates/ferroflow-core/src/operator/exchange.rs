@@ -1,0 +1,317 @@
+//! The keyed exchange between the copies of a job's chain that run on several workers.
+//!
+//! A job run with [`Runner::parallel_job`](crate::Runner::parallel_job) runs one copy of its chain
+//! per worker, each on a contiguous share of every batch. At a [`KeyBy`](super::KeyBy) the copies
+//! trade records: each record goes to the copy that owns its key (a hash of the key, modulo the
+//! number of copies), as Flink's `keyBy` does across slots. Every copy takes part in every round —
+//! once per batch, and once per watermark that reaches the step — so a round is complete when all
+//! copies have put in their records. Each copy then takes what it was sent in share order, which
+//! keeps every key's records in input order: what a keyed step computes for a key does not depend
+//! on the number of copies.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::record::{Key, Record};
+
+/// Fixed seeds: the owner of a key must be the same in every copy, and again after a restore in
+/// the same binary (the copies of a restored job re-select their keys with it).
+const SEEDS: [u64; 4] =
+    [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344, 0xa409_3822_299f_31d0, 0x082e_fa98_ec4e_6c89];
+
+/// The copy (of `copies`) that owns `key`.
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::Key;
+/// use ferroflow_core::operator::key_owner;
+/// let k = Key::from("user-7");
+/// assert_eq!(key_owner(&k, 1), 0);
+/// assert_eq!(key_owner(&k, 4), key_owner(&k, 4), "the same in every copy");
+/// assert!(key_owner(&k, 4) < 4);
+/// ```
+pub fn key_owner(key: &Key, copies: usize) -> usize {
+    if copies <= 1 {
+        return 0;
+    }
+    let h = ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]).hash_one(key.as_bytes());
+    // `copies` fits in u64 and the remainder is below it, so both conversions are exact.
+    (h % copies as u64) as usize
+}
+
+/// The exchanges of one job, handed to every copy of its chain in turn (see
+/// [`Operator::connect_exchanges`](super::Operator::connect_exchanges)).
+#[derive(Debug)]
+pub struct ExchangeHub {
+    copies: usize,
+    exchanges: Vec<Arc<dyn Any + Send + Sync>>,
+    /// Set when a worker stops: copies waiting for it give up instead of waiting for ever.
+    broken: Arc<AtomicBool>,
+    /// Set when two copies of the chain differ at an exchange (the factory built different chains).
+    mismatch: Option<String>,
+}
+
+impl ExchangeHub {
+    /// Exchanges between `copies` copies of a chain.
+    pub(crate) fn new(copies: usize) -> Self {
+        Self { copies, exchanges: Vec::new(), broken: Arc::new(AtomicBool::new(false)), mismatch: None }
+    }
+
+    /// The ports of copy `copy`: its chain takes one per key step, in order.
+    pub(crate) fn ports(&mut self, copy: usize) -> ExchangePorts<'_> {
+        ExchangePorts { hub: self, copy, next: 0 }
+    }
+
+    /// Set once to stop every round in progress (a worker stopped).
+    pub(crate) fn breaker(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.broken)
+    }
+
+    /// The copies' chains differed, if they did.
+    pub(crate) fn mismatch(&self) -> Option<&str> {
+        self.mismatch.as_deref()
+    }
+}
+
+/// The exchange ports of one copy of a chain, taken in step order.
+#[derive(Debug)]
+pub struct ExchangePorts<'h> {
+    hub: &'h mut ExchangeHub,
+    copy: usize,
+    next: usize,
+}
+
+impl ExchangePorts<'_> {
+    /// This copy's port on the next exchange of the chain (a key step calls it once).
+    pub fn port<T: Send + 'static>(&mut self) -> Option<ExchangePort<T>> {
+        let index = self.next;
+        self.next += 1;
+        let hub = &mut *self.hub;
+        if hub.exchanges.len() <= index {
+            let exchange: Arc<Exchange<T>> = Arc::new(Exchange::new(hub.copies, Arc::clone(&hub.broken)));
+            hub.exchanges.push(exchange);
+        }
+        let any = Arc::clone(hub.exchanges.get(index)?);
+        match any.downcast::<Exchange<T>>() {
+            Ok(exchange) => Some(ExchangePort {
+                outboxes: (0..hub.copies).map(|_| Vec::new()).collect(),
+                exchange,
+                copy: self.copy,
+                round: 0,
+            }),
+            Err(_) => {
+                hub.mismatch.get_or_insert(format!(
+                    "copy {} of the job's chain has a different record type at key step {index} than copy 0: \
+                     the factory must build the same chain every time",
+                    self.copy
+                ));
+                None
+            }
+        }
+    }
+}
+
+/// One copy's end of an exchange.
+pub struct ExchangePort<T> {
+    exchange: Arc<Exchange<T>>,
+    copy: usize,
+    round: u64,
+    outboxes: Vec<Vec<Record<T>>>,
+}
+
+impl<T> std::fmt::Debug for ExchangePort<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangePort").field("copy", &self.copy).field("round", &self.round).finish()
+    }
+}
+
+/// The exchange stopped because a worker did: the job is failing and restarts from its checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeBroken;
+
+impl<T: Send> ExchangePort<T> {
+    /// Sends every record of `input` to the copy that owns its key, and appends to `out` what every
+    /// copy sent this one, in share order.
+    pub fn trade(
+        &mut self,
+        input: &mut Vec<Record<T>>,
+        out: &mut Vec<Record<T>>,
+    ) -> Result<(), ExchangeBroken> {
+        let copies = self.outboxes.len();
+        for r in input.drain(..) {
+            let to = key_owner(&r.key, copies);
+            if let Some(outbox) = self.outboxes.get_mut(to) {
+                outbox.push(r);
+            }
+        }
+        let round = self.round;
+        self.round = self.round.wrapping_add(1);
+        self.exchange.trade(self.copy, round, &mut self.outboxes, out)
+    }
+}
+
+/// Cells of one round: `cells[to][from]`.
+type Cells<T> = Vec<Vec<Vec<Record<T>>>>;
+
+struct Rounds<T> {
+    /// Two sets of cells, for even and odd rounds: a copy can start round `r + 1` while others
+    /// still take from round `r`, never round `r + 2`.
+    cells: [Cells<T>; 2],
+    put: [usize; 2],
+    taken: [usize; 2],
+}
+
+struct Exchange<T> {
+    copies: usize,
+    rounds: Mutex<Rounds<T>>,
+    ready: Condvar,
+    broken: Arc<AtomicBool>,
+}
+
+impl<T> Exchange<T> {
+    fn new(copies: usize, broken: Arc<AtomicBool>) -> Self {
+        let cells = || (0..copies).map(|_| (0..copies).map(|_| Vec::new()).collect()).collect();
+        Self {
+            copies,
+            rounds: Mutex::new(Rounds { cells: [cells(), cells()], put: [0; 2], taken: [0; 2] }),
+            ready: Condvar::new(),
+            broken,
+        }
+    }
+
+    fn trade(
+        &self,
+        from: usize,
+        round: u64,
+        outboxes: &mut [Vec<Record<T>>],
+        out: &mut Vec<Record<T>>,
+    ) -> Result<(), ExchangeBroken> {
+        let b = (round % 2) as usize;
+        // Cells hold plain records: ones left by a thread that panicked are still whole.
+        let mut rounds = self.rounds.lock().unwrap_or_else(PoisonError::into_inner);
+        for (to, outbox) in outboxes.iter_mut().enumerate() {
+            if let Some(cell) = rounds.cells[b].get_mut(to).and_then(|c| c.get_mut(from)) {
+                // The emptied cell's allocation comes back as the next round's outbox.
+                std::mem::swap(cell, outbox);
+            }
+        }
+        rounds.put[b] += 1;
+        if rounds.put[b] == self.copies {
+            self.ready.notify_all();
+        }
+        while rounds.put[b] < self.copies {
+            if self.broken.load(Ordering::Acquire) {
+                return Err(ExchangeBroken);
+            }
+            // A timeout, not only a notification: a worker that stopped never puts in its share.
+            rounds = self
+                .ready
+                .wait_timeout(rounds, Duration::from_millis(50))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        if let Some(inbound) = rounds.cells[b].get_mut(from) {
+            for cell in inbound.iter_mut() {
+                out.append(cell);
+            }
+        }
+        rounds.taken[b] += 1;
+        if rounds.taken[b] == self.copies {
+            rounds.put[b] = 0;
+            rounds.taken[b] = 0;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyed(key: &str, n: u64) -> Record<u64> {
+        let mut r = Record::new(n, 0);
+        r.key = Key::from(key);
+        r
+    }
+
+    #[test]
+    fn every_record_reaches_its_key_owner_in_share_order() {
+        let copies = 3;
+        let mut hub = ExchangeHub::new(copies);
+        let ports: Vec<ExchangePort<u64>> = (0..copies).filter_map(|c| hub.ports(c).port()).collect();
+        assert_eq!(ports.len(), copies);
+        let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+        let threads: Vec<_> = ports
+            .into_iter()
+            .enumerate()
+            .map(|(c, mut port)| {
+                let keys = keys.clone();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    for round in 0..50u64 {
+                        // Copy c's share of round `round`: records numbered so that share order is
+                        // visible (copy 0's before copy 1's), some rounds empty.
+                        let mut input: Vec<Record<u64>> = if (round + c as u64).is_multiple_of(4) {
+                            Vec::new()
+                        } else {
+                            keys.iter()
+                                .enumerate()
+                                .map(|(i, k)| keyed(k, round * 10_000 + c as u64 * 1_000 + i as u64))
+                                .collect()
+                        };
+                        let mut out = Vec::new();
+                        assert_eq!(port.trade(&mut input, &mut out), Ok(()));
+                        assert!(input.is_empty());
+                        got.push(out);
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut seen = 0;
+        for (c, t) in threads.into_iter().enumerate() {
+            let rounds = t.join().unwrap_or_default();
+            assert_eq!(rounds.len(), 50);
+            for out in rounds {
+                for r in &out {
+                    assert_eq!(
+                        key_owner(&r.key, copies),
+                        c,
+                        "a record went to a copy that does not own its key"
+                    );
+                }
+                let order: Vec<u64> = out.iter().map(|r| r.payload).collect();
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(order, sorted, "share order (copy 0's records first) is kept");
+                seen += out.len();
+            }
+        }
+        let expected: usize = (0..50u64)
+            .map(|round| (0..copies as u64).filter(|c| !(round + c).is_multiple_of(4)).count() * 40)
+            .sum();
+        assert_eq!(seen, expected, "nothing lost, nothing doubled");
+    }
+
+    #[test]
+    fn a_stopped_copy_breaks_the_round_instead_of_hanging() -> Result<(), String> {
+        let mut hub = ExchangeHub::new(2);
+        let breaker = hub.breaker();
+        let mut port: ExchangePort<u64> = hub.ports(0).port().ok_or("no port")?;
+        let waiter = std::thread::spawn(move || port.trade(&mut vec![keyed("a", 1)], &mut Vec::new()));
+        std::thread::sleep(Duration::from_millis(20));
+        breaker.store(true, Ordering::Release);
+        assert_eq!(waiter.join().ok(), Some(Err(ExchangeBroken)));
+        Ok(())
+    }
+
+    #[test]
+    fn copies_built_differently_are_refused() {
+        let mut hub = ExchangeHub::new(2);
+        assert!(hub.ports(0).port::<u64>().is_some());
+        assert!(hub.ports(1).port::<String>().is_none());
+        assert!(hub.mismatch().is_some_and(|m| m.contains("copy 1")));
+    }
+}
