@@ -373,24 +373,27 @@ impl<C: Operator> Chains<C> {
     }
 
     /// Gives up partitions that moved to another instance: their tasks end and their state is
-    /// deleted from `state` (the checkpoint taken just before holds it for the next owner).
+    /// deleted from `state` (the checkpoint taken just before holds it for the next owner). A
+    /// job-scoped chain's watermark may move as they leave: what fires goes to `out`.
     pub(crate) fn release(
         &mut self,
         partitions: &[PartitionId],
         state: Option<&mut Backend>,
         ctx: &mut Context,
+        out: &mut Vec<Record<C::Out>>,
     ) -> Result<(), StateError> {
         match &mut self.mode {
+            // The revoked partitions leave the watermark's minimum: it may move, and windows fire
+            // into `out` (their rows are not emitted again).
             Mode::Job(task) => {
                 task.chain.on_signal(&Signal::PartitionsRevoked(partitions.to_vec()), ctx);
-                let mut none = Vec::new();
-                self.status_changed |= task.settle(ctx, &mut none, &mut self.status);
+                self.status_changed |= task.settle(ctx, out, &mut self.status);
             }
+            // The runner sends copies the revocation on their workers; here only while they are home.
             Mode::Copies(tasks) => {
                 for task in tasks.values_mut() {
                     task.chain.on_signal(&Signal::PartitionsRevoked(partitions.to_vec()), ctx);
-                    let mut none = Vec::new();
-                    self.status_changed |= task.settle(ctx, &mut none, &mut self.status);
+                    self.status_changed |= task.settle(ctx, out, &mut self.status);
                 }
             }
             Mode::PerPartition { tasks, announced, .. } => {

@@ -404,14 +404,31 @@ impl<'r, C: Operator> Processing<'r, C> {
         if self.chains.partitioned() && self.checkpointing.is_some() {
             self.checkpoint(None).await?;
         }
+        if let Some(workers) = self.workers.as_mut().filter(|_| self.chains.copied()) {
+            // Copies leave the revoked partitions on their workers; what fires goes out from there.
+            let clocks = Clocks::of(&self.ctx, self.chains.watermark());
+            let signal = Signal::PartitionsRevoked(partitions.to_vec());
+            workers.broadcast(&mut self.chains, &signal, clocks).await?;
+            tracing::info!(?partitions, "partitions released");
+            return Ok(());
+        }
+        let out = &mut self.output;
         match self.checkpointing.as_deref_mut() {
-            Some(cp) => cp.release(&mut self.chains, partitions, &mut self.job, &mut self.ctx)?,
+            Some(cp) => cp.release(&mut self.chains, partitions, &mut self.job, &mut self.ctx, out)?,
             None => {
-                self.chains.release(partitions, None, &mut self.ctx)?;
+                self.chains.release(partitions, None, &mut self.ctx, out)?;
                 self.job.forget_partitions(&self.chains, partitions);
             }
         }
         tracing::info!(?partitions, "partitions released");
+        // Windows the revocation fired go out now: a stop or checkpoint may follow before the
+        // next event.
+        if !self.emit().await {
+            return Err(JobError::Task {
+                task: "sink",
+                detail: "a sink stopped while partitions were released".into(),
+            });
+        }
         Ok(())
     }
 

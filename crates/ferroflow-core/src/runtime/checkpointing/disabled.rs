@@ -7,7 +7,7 @@ use super::Resumed;
 use crate::error::JobError;
 use crate::metrics::JobCounters;
 use crate::operator::{Context, Operator};
-use crate::record::PartitionId;
+use crate::record::{PartitionId, Record};
 use crate::runtime::chains::{Backend, Chains};
 use crate::runtime::processing::JobState;
 use crate::source::Source;
@@ -50,6 +50,7 @@ impl Checkpointing {
         _partitions: &[PartitionId],
         _job: &mut JobState,
         _ctx: &mut Context,
+        _out: &mut Vec<Record<C::Out>>,
     ) -> Result<(), JobError> {
         match *self {}
     }

@@ -13,7 +13,7 @@ use crate::checkpoint::{
 use crate::error::JobError;
 use crate::metrics::JobCounters;
 use crate::operator::{Context, Operator};
-use crate::record::PartitionId;
+use crate::record::{PartitionId, Record};
 use crate::runtime::chains::{Backend, Chains};
 use crate::runtime::processing::JobState;
 use crate::source::{PartitionLifecycle, Source};
@@ -209,15 +209,16 @@ impl Checkpointing {
         partitions: &[PartitionId],
         job: &mut JobState,
         ctx: &mut Context,
+        out: &mut Vec<Record<C::Out>>,
     ) -> Result<(), JobError> {
         match &self.hooks {
             Some(h) => {
-                chains.release(partitions, None, ctx)?;
+                chains.release(partitions, None, ctx, out)?;
                 h.set_live(partitions.iter().filter_map(|p| job.offsets.get(p).map(|o| (*p, *o))));
                 h.note_released(partitions);
             }
             None => {
-                chains.release(partitions, Some(self.settings.state.as_mut()), ctx)?;
+                chains.release(partitions, Some(self.settings.state.as_mut()), ctx, out)?;
                 job.forget_partitions(chains, partitions);
             }
         }
