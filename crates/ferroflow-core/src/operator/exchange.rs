@@ -155,30 +155,76 @@ impl<T: Send> ExchangePort<T> {
 /// Cells of one round: `cells[to][from]`.
 type Cells<T> = Vec<Vec<Vec<Record<T>>>>;
 
-struct Rounds<T> {
-    /// Two sets of cells, for even and odd rounds: a copy can start round `r + 1` while others
-    /// still take from round `r`, never round `r + 2`.
-    cells: [Cells<T>; 2],
+/// A reusable meeting point for a fixed number of copies: in each round every copy puts in its
+/// part, waits until all have, then takes what it needs. Two sets of cells, for even and odd
+/// rounds, let a copy start round `r + 1` while others still take from round `r`; no copy can
+/// reach round `r + 2` before every copy has taken from round `r`.
+struct Rounds<S> {
+    copies: usize,
+    state: Mutex<RoundState<S>>,
+    ready: Condvar,
+    broken: Arc<AtomicBool>,
+}
+
+struct RoundState<S> {
+    cells: [S; 2],
     put: [usize; 2],
     taken: [usize; 2],
 }
 
+impl<S> Rounds<S> {
+    fn new(copies: usize, broken: Arc<AtomicBool>, cells: impl Fn() -> S) -> Self {
+        Self {
+            copies,
+            state: Mutex::new(RoundState { cells: [cells(), cells()], put: [0; 2], taken: [0; 2] }),
+            ready: Condvar::new(),
+            broken,
+        }
+    }
+
+    fn meet<R>(
+        &self,
+        round: u64,
+        put: impl FnOnce(&mut S),
+        take: impl FnOnce(&mut S) -> R,
+    ) -> Result<R, ExchangeBroken> {
+        let b = (round % 2) as usize;
+        // Cells hold plain values: ones left by a thread that panicked are still whole.
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        put(&mut state.cells[b]);
+        state.put[b] += 1;
+        if state.put[b] == self.copies {
+            self.ready.notify_all();
+        }
+        while state.put[b] < self.copies {
+            if self.broken.load(Ordering::Acquire) {
+                return Err(ExchangeBroken);
+            }
+            // A timeout, not only a notification: a worker that stopped never puts in its part.
+            state = self
+                .ready
+                .wait_timeout(state, Duration::from_millis(50))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let taken = take(&mut state.cells[b]);
+        state.taken[b] += 1;
+        if state.taken[b] == self.copies {
+            state.put[b] = 0;
+            state.taken[b] = 0;
+        }
+        Ok(taken)
+    }
+}
+
 struct Exchange<T> {
-    copies: usize,
-    rounds: Mutex<Rounds<T>>,
-    ready: Condvar,
-    broken: Arc<AtomicBool>,
+    rounds: Rounds<Cells<T>>,
 }
 
 impl<T> Exchange<T> {
     fn new(copies: usize, broken: Arc<AtomicBool>) -> Self {
         let cells = || (0..copies).map(|_| (0..copies).map(|_| Vec::new()).collect()).collect();
-        Self {
-            copies,
-            rounds: Mutex::new(Rounds { cells: [cells(), cells()], put: [0; 2], taken: [0; 2] }),
-            ready: Condvar::new(),
-            broken,
-        }
+        Self { rounds: Rounds::new(copies, broken, cells) }
     }
 
     fn trade(
@@ -188,41 +234,64 @@ impl<T> Exchange<T> {
         outboxes: &mut [Vec<Record<T>>],
         out: &mut Vec<Record<T>>,
     ) -> Result<(), ExchangeBroken> {
-        let b = (round % 2) as usize;
-        // Cells hold plain records: ones left by a thread that panicked are still whole.
-        let mut rounds = self.rounds.lock().unwrap_or_else(PoisonError::into_inner);
-        for (to, outbox) in outboxes.iter_mut().enumerate() {
-            if let Some(cell) = rounds.cells[b].get_mut(to).and_then(|c| c.get_mut(from)) {
-                // The emptied cell's allocation comes back as the next round's outbox.
-                std::mem::swap(cell, outbox);
+        let put = |cells: &mut Cells<T>| {
+            for (to, outbox) in outboxes.iter_mut().enumerate() {
+                if let Some(cell) = cells.get_mut(to).and_then(|c| c.get_mut(from)) {
+                    // The emptied cell's allocation comes back as the next round's outbox.
+                    std::mem::swap(cell, outbox);
+                }
             }
-        }
-        rounds.put[b] += 1;
-        if rounds.put[b] == self.copies {
-            self.ready.notify_all();
-        }
-        while rounds.put[b] < self.copies {
-            if self.broken.load(Ordering::Acquire) {
-                return Err(ExchangeBroken);
+        };
+        let take = |cells: &mut Cells<T>| {
+            if let Some(inbound) = cells.get_mut(from) {
+                for cell in inbound.iter_mut() {
+                    out.append(cell);
+                }
             }
-            // A timeout, not only a notification: a worker that stopped never puts in its share.
-            rounds = self
-                .ready
-                .wait_timeout(rounds, Duration::from_millis(50))
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        if let Some(inbound) = rounds.cells[b].get_mut(from) {
-            for cell in inbound.iter_mut() {
-                out.append(cell);
+        };
+        self.rounds.meet(round, put, take)
+    }
+}
+
+/// Every copy's notes of a round, gathered for all of them: each copy puts in its own and gets
+/// everyone's, in copy order (the copies' event-time notes on their shares of a batch).
+pub(crate) struct Gather<T> {
+    rounds: Rounds<Vec<Vec<T>>>,
+}
+
+impl<T> std::fmt::Debug for Gather<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gather").field("copies", &self.rounds.copies).finish()
+    }
+}
+
+impl<T: Clone> Gather<T> {
+    /// A gathering point for `copies` copies, given up when `broken` is set.
+    pub(crate) fn new(copies: usize, broken: Arc<AtomicBool>) -> Arc<Self> {
+        Arc::new(Self { rounds: Rounds::new(copies, broken, || (0..copies).map(|_| Vec::new()).collect()) })
+    }
+
+    /// Puts in copy `from`'s `notes` for round `round`; fills `all` with every copy's, in copy order.
+    pub(crate) fn gather(
+        &self,
+        from: usize,
+        round: u64,
+        notes: &mut Vec<T>,
+        all: &mut Vec<T>,
+    ) -> Result<(), ExchangeBroken> {
+        all.clear();
+        let put = |cells: &mut Vec<Vec<T>>| {
+            if let Some(cell) = cells.get_mut(from) {
+                cell.clear();
+                cell.append(notes);
             }
-        }
-        rounds.taken[b] += 1;
-        if rounds.taken[b] == self.copies {
-            rounds.put[b] = 0;
-            rounds.taken[b] = 0;
-        }
-        Ok(())
+        };
+        let take = |cells: &mut Vec<Vec<T>>| {
+            for cell in cells.iter() {
+                all.extend_from_slice(cell);
+            }
+        };
+        self.rounds.meet(round, put, take)
     }
 }
 

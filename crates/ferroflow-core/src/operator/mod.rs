@@ -24,6 +24,7 @@ mod try_map;
 pub use assign_timestamps::AssignTimestamps;
 pub use chain::Chain;
 pub use dedup::Dedup;
+pub(crate) use exchange::Gather;
 pub use exchange::{ExchangeBroken, ExchangeHub, ExchangePort, ExchangePorts, key_owner};
 pub use filter::Filter;
 pub use flat_map::FlatMap;

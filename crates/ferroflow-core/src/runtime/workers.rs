@@ -21,9 +21,9 @@
 //! A job-scoped chain run as copies (`Runner::parallel_job`) uses the same workers, one copy each.
 //! Every batch is cut into contiguous shares, one per copy; the copies trade records by key at
 //! their key steps (see [`crate::operator::ExchangeHub`]). Their timestamp steps only note the event
-//! times of their share; the coordinator gathers every copy's notes and hands them, in input
-//! order, to all copies before the next batch, so every copy's watermark moves exactly as one
-//! chain's would over the whole batch.
+//! times of their share; after its share every copy gathers all copies' notes, in input order,
+//! and applies them before anything else, so every copy's watermark moves exactly as one chain's
+//! would over the whole batch. The coordinator never waits for the copies between batches.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +37,7 @@ use crate::dead_letter::DeadLetter;
 use crate::error::JobError;
 use crate::metrics::{JobCounters, PartitionStatus};
 use crate::operator::originals::SharedOriginals;
-use crate::operator::{Context, Operator, Signal};
+use crate::operator::{Context, Gather, Operator, Signal};
 use crate::record::{PartitionId, Record, Timestamp};
 use crate::time::Watermark;
 
@@ -60,16 +60,11 @@ enum Work<C: Operator> {
         signal: Signal,
         clocks: Clocks,
     },
-    /// A copy's share of a batch; the event times it noted go back on `noted`.
+    /// A copy's share of a batch. The copies then gather every copy's event-time notes on the
+    /// batch, in input order, and their watermarks move.
     Share {
         records: Vec<Record<C::In>>,
         originals: SharedOriginals,
-        clocks: Clocks,
-        noted: oneshot::Sender<Vec<Observation>>,
-    },
-    /// Every copy's notes on the last batch, in input order: the copy's watermark moves.
-    Observe {
-        observations: Arc<Vec<Observation>>,
         clocks: Clocks,
     },
     /// Returns every task once everything queued before has run and its output is sent.
@@ -174,13 +169,20 @@ impl<C: Operator> Workers<C> {
     ) -> Result<Self, JobError> {
         let n = n.max(1);
         let copies = breaker.is_some();
+        let gather = breaker.as_ref().map(|b| Gather::new(n, Arc::clone(b)));
         let shared = Arc::new(Shared::default());
         shared.reports().resize_with(n, Report::default);
         let mut senders = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for index in 0..n {
             let (tx, rx) = mpsc::channel(capacity.max(1));
-            let worker = Worker::<C>::new(index, outputs.clone(), Arc::clone(&shared), breaker.clone());
+            let worker = Worker::<C>::new(
+                index,
+                outputs.clone(),
+                Arc::clone(&shared),
+                breaker.clone(),
+                gather.clone(),
+            );
             let thread = std::thread::Builder::new()
                 .name(format!("ferroflow-worker-{index}"))
                 .spawn(move || worker.run(rx))
@@ -307,8 +309,7 @@ impl<C: Operator> Workers<C> {
         Ok(())
     }
 
-    /// Runs a batch on the copies of a chain: a contiguous share each, then every copy's event
-    /// time notes to all of them, in input order.
+    /// Runs a batch on the copies of a chain: a contiguous share each, in one message per worker.
     pub(super) async fn share(
         &mut self,
         chains: &mut Chains<C>,
@@ -327,20 +328,9 @@ impl<C: Operator> Workers<C> {
         }
         shares.push(rest);
         shares.reverse();
-        let mut replies = Vec::with_capacity(n);
         for (w, records) in shares.into_iter().enumerate() {
-            let (noted, reply) = oneshot::channel();
             let originals = Arc::clone(&originals);
-            self.send(w, Work::Share { records, originals, clocks, noted }).await?;
-            replies.push(reply);
-        }
-        let mut observations = Vec::new();
-        for reply in replies {
-            observations.extend(reply.await.map_err(|_| self.gone())?);
-        }
-        let observations = Arc::new(observations);
-        for w in 0..n {
-            self.send(w, Work::Observe { observations: Arc::clone(&observations), clocks }).await?;
+            self.send(w, Work::Share { records, originals, clocks }).await?;
         }
         Ok(())
     }
@@ -461,6 +451,11 @@ struct Worker<C: Operator> {
     shared: Arc<Shared>,
     /// Copies: set when this worker stops, so that the others' exchange rounds do not wait for it.
     breaker: Option<Arc<AtomicBool>>,
+    /// Copies: where they gather their event-time notes after each share, and the round.
+    gather: Option<Arc<Gather<Observation>>>,
+    gather_round: u64,
+    /// Every copy's notes on the last share, in input order.
+    notes: Vec<Observation>,
 }
 
 impl<C: Operator> Drop for Worker<C> {
@@ -478,6 +473,7 @@ impl<C: Operator> Worker<C> {
         outputs: Outputs<C::Out>,
         shared: Arc<Shared>,
         breaker: Option<Arc<AtomicBool>>,
+        gather: Option<Arc<Gather<Observation>>>,
     ) -> Self {
         Self {
             index,
@@ -488,6 +484,9 @@ impl<C: Operator> Worker<C> {
             outputs,
             shared,
             breaker,
+            gather,
+            gather_round: 0,
+            notes: Vec::new(),
         }
     }
 
@@ -517,21 +516,11 @@ impl<C: Operator> Worker<C> {
                     self.signal(&signal);
                     clocks
                 }
-                Work::Share { records, originals, clocks, noted } => {
+                Work::Share { records, originals, clocks } => {
                     clocks.apply(&mut self.ctx);
                     self.ctx.set_shared_originals(originals);
-                    let observations = self.run_share(records);
+                    self.run_share(records);
                     self.ctx.clear_originals();
-                    // The coordinator waits for every copy's notes before the next batch.
-                    let _ = noted.send(observations);
-                    clocks
-                }
-                Work::Observe { observations, clocks } => {
-                    clocks.apply(&mut self.ctx);
-                    for task in self.tasks.values_mut() {
-                        task.chain.observe_event_times(&observations, &mut self.ctx);
-                        task.settle(&mut self.ctx, &mut self.out, &mut self.status);
-                    }
                     clocks
                 }
             };
@@ -559,22 +548,28 @@ impl<C: Operator> Worker<C> {
         task.settle(&mut self.ctx, &mut self.out, &mut self.status);
     }
 
-    /// Runs a copy's share of a batch; returns the event times its timestamp steps noted.
-    fn run_share(&mut self, mut records: Vec<Record<C::In>>) -> Vec<Observation> {
-        let Some(task) = self.tasks.values_mut().next() else {
+    /// Runs a copy's share of a batch, then gathers every copy's event-time notes on the batch and
+    /// moves the copy's watermark with them.
+    fn run_share(&mut self, mut records: Vec<Record<C::In>>) {
+        let (Some(task), Some(gather)) = (self.tasks.values_mut().next(), self.gather.as_ref()) else {
             // Cannot happen: copies are lent before their first share.
             self.shared
                 .fail(format!("worker {} got a share of a batch without a copy of the chain", self.index));
-            return Vec::new();
+            return;
         };
         self.ctx.counters.records_in += records.len() as u64;
         self.ctx.observing = true;
         task.chain.process_batch(&mut records, &mut self.ctx, &mut self.out);
         self.ctx.observing = false;
-        if std::mem::take(&mut self.ctx.exchange_broken) {
-            self.shared.fail("a worker thread stopped while the others traded records by key".into());
+        let round = self.gather_round;
+        self.gather_round = round.wrapping_add(1);
+        let gathered = gather.gather(self.index, round, &mut self.ctx.observations, &mut self.notes);
+        if std::mem::take(&mut self.ctx.exchange_broken) || gathered.is_err() {
+            self.shared.fail("a worker thread stopped while the copies traded records by key".into());
+            return;
         }
-        std::mem::take(&mut self.ctx.observations)
+        task.chain.observe_event_times(&self.notes, &mut self.ctx);
+        task.settle(&mut self.ctx, &mut self.out, &mut self.status);
     }
 
     fn signal(&mut self, signal: &Signal) {
