@@ -42,6 +42,9 @@ use ferroflow_pipeline::traffic::{Oracle, TrafficConfig};
 
 const ROUND_EVENTS: u64 = 500_000;
 
+/// Records of one partition in a row in `--memory` mode.
+const RUN: usize = 500;
+
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -243,13 +246,23 @@ async fn memory_bench() -> anyhow::Result<()> {
             seed: r,
             ..Default::default()
         };
+        // The generator lists each partition's events in turn; a consumer hands out runs of every
+        // partition interleaved (as a broker's fetches do), so that every partition's task has work.
+        let mut by_partition: Vec<std::collections::VecDeque<Record<Bytes>>> =
+            (0..partitions).map(|_| Default::default()).collect();
         for g in t.generate() {
             let offset = &mut next_offset[g.partition as usize];
-            records.push(
+            by_partition[g.partition as usize].push_back(
                 Record::new(Bytes::from(g.payload), 0)
                     .with_position(SourcePosition::new(g.partition, *offset)),
             );
             *offset += 1;
+        }
+        while by_partition.iter().any(|q| !q.is_empty()) {
+            for q in &mut by_partition {
+                let run = q.len().min(RUN);
+                records.extend(q.drain(..run));
+            }
         }
     }
     let produced = records.len() as u64;
