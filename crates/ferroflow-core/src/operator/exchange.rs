@@ -84,6 +84,11 @@ pub struct ExchangePorts<'h> {
 }
 
 impl ExchangePorts<'_> {
+    /// How many ports this copy's chain took (its key steps).
+    pub fn taken(&self) -> usize {
+        self.next
+    }
+
     /// This copy's port on the next exchange of the chain (a key step calls it once).
     pub fn port<T: Send + 'static>(&mut self) -> Option<ExchangePort<T>> {
         let index = self.next;

@@ -121,13 +121,25 @@ impl<C: Operator> Chains<C> {
         let shape = Shape::of(copies.first()?);
         let mut hub = ExchangeHub::new(copies.len());
         let mut tasks = Tasks::new();
+        let mut steps = None;
+        let mut differ = None;
         for (i, mut chain) in copies.into_iter().enumerate() {
-            chain.connect_exchanges(&mut hub.ports(i));
+            let mut ports = hub.ports(i);
+            chain.connect_exchanges(&mut ports);
+            let taken = ports.taken();
+            // Every copy must take part in the same rounds: a copy with another number of key
+            // steps would leave the others waiting.
+            if *steps.get_or_insert(taken) != taken {
+                differ.get_or_insert(format!(
+                    "copy {i} of the job's chain has {taken} key steps, copy 0 has {}: the factory must build the same chain every time",
+                    steps.unwrap_or_default()
+                ));
+            }
             tasks.insert(PartitionId::try_from(i).ok()?, Task::new(chain));
         }
         let mut chains = Self::with_mode(Mode::Copies(tasks), shape);
         chains.breaker = Some(hub.breaker());
-        chains.mismatch = hub.mismatch().map(str::to_owned);
+        chains.mismatch = hub.mismatch().map(str::to_owned).or(differ);
         Some(chains)
     }
 
@@ -324,13 +336,9 @@ impl<C: Operator> Chains<C> {
                 task.chain.on_signal(signal, ctx);
                 self.status_changed |= task.settle(ctx, out, &mut self.status);
             }
-            // The runner sends copies their signals on their workers; here only while they are home.
-            Mode::Copies(tasks) => {
-                for task in tasks.values_mut() {
-                    task.chain.on_signal(signal, ctx);
-                    self.status_changed |= task.settle(ctx, out, &mut self.status);
-                }
-            }
+            // Copies take their signals on their workers, all at once: run one after another here,
+            // a copy whose watermark moved would wait in a key step's round for the others.
+            Mode::Copies(_) => return Err(copies_run_on_workers()),
             Mode::PerPartition { factory, tasks, announced } => match signal {
                 Signal::PartitionsAssigned(ps) => {
                     *announced = true;
@@ -389,13 +397,8 @@ impl<C: Operator> Chains<C> {
                 task.chain.on_signal(&Signal::PartitionsRevoked(partitions.to_vec()), ctx);
                 self.status_changed |= task.settle(ctx, out, &mut self.status);
             }
-            // The runner sends copies the revocation on their workers; here only while they are home.
-            Mode::Copies(tasks) => {
-                for task in tasks.values_mut() {
-                    task.chain.on_signal(&Signal::PartitionsRevoked(partitions.to_vec()), ctx);
-                    self.status_changed |= task.settle(ctx, out, &mut self.status);
-                }
-            }
+            // As for signals: the runner sends copies the revocation on their workers.
+            Mode::Copies(_) => return Err(copies_run_on_workers()),
             Mode::PerPartition { tasks, announced, .. } => {
                 *announced = true;
                 for p in partitions {
@@ -493,6 +496,14 @@ impl Shape {
         chain.state_ids(&mut state_ids);
         Self { names, state_ids, consumes_records: chain.consumes_records() }
     }
+}
+
+/// Copies of a chain run only on their workers, all at once (see [`Chains::copies`]).
+#[cold]
+fn copies_run_on_workers() -> StateError {
+    StateError::Backend(
+        "copies of a chain take signals on their worker threads, not one after another".into(),
+    )
 }
 
 /// Builds partition `p`'s task, restored from its prefix of `state` when there is one.

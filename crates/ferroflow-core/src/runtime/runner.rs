@@ -223,6 +223,14 @@ impl Runner {
     /// [`dedup_by`](crate::Stream::dedup_by)) runs as one copy, with a warning. With one worker
     /// this is [`job`](Self::job) with `factory()`.
     ///
+    /// As with Flink's keyed streams, the copies rely on the chain's shape:
+    /// - steps between a `key_by` and the stateful step after it keep each record's key (a
+    ///   [`process`](crate::Stream::process) that sets another key needs a `key_by` after it);
+    /// - closures that keep state of their own (a counter in a `map`) get one instance per copy;
+    /// - a user operator with per-key state implements
+    ///   [`Operator::retain_keys`](crate::Operator::retain_keys) and snapshots only the keys it holds;
+    /// - one [`assign_timestamps`](crate::Stream::assign_timestamps), before any window.
+    ///
     /// # Examples
     /// ```
     /// use std::time::Duration;
