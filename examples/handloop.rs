@@ -11,7 +11,11 @@
 //! window's rows when the watermark passes its end. No checkpoints, no dead-letter records, no
 //! metrics: what a straightforward single-threaded program does.
 //!
-//! The last line printed is `handloop_events_per_sec=<N> peak_rss_mb=<M>`.
+//! `--copies N` runs N such loops at once on N threads, each over the whole file and sharing
+//! nothing, and prints their combined rate: what this machine gives the same work on N cores, the
+//! ceiling for `throughput --workers N`.
+//!
+//! The last line printed is `handloop_events_per_sec=<N> peak_rss_mb=<M> copies=<C>`.
 #![allow(clippy::print_stdout)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,15 +48,24 @@ fn arg(name: &str, default: u64) -> Result<u64, String> {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let events = arg("--events", 1_000_000)?;
-    let keys = arg("--keys", 100_000)?.max(1);
-    let tmp = tempfile::tempdir()?;
-    let path: PathBuf = tmp.path().join("events.jsonl");
-    let (bytes, _) = generate(&path, events, keys)?;
+/// The pipeline binary's allocator (the same for ferroflow and the hand loop).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-    let t0 = Instant::now();
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
+/// What one pass of the loop over the file counted.
+#[derive(Default)]
+struct Counts {
+    seen: u64,
+    bad: u64,
+    filtered: u64,
+    late: u64,
+    rows: u64,
+    checksum: f64,
+}
+
+/// The whole job, once over the file.
+fn run(path: &std::path::Path) -> std::io::Result<Counts> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
     let mut line = Vec::with_capacity(512);
     let mut windows: BTreeMap<i64, HashMap<String, Acc>> = BTreeMap::new();
     let (mut seen, mut bad, mut filtered, mut late, mut rows) = (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -111,19 +124,50 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             checksum += acc.sum / acc.count as f64 + acc.min + acc.max;
         }
     }
+    Ok(Counts { seen, bad, filtered, late, rows, checksum })
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let events = arg("--events", 1_000_000)?;
+    let keys = arg("--keys", 100_000)?.max(1);
+    let copies = arg("--copies", 1)?.max(1);
+    let tmp = tempfile::tempdir()?;
+    let path: PathBuf = tmp.path().join("events.jsonl");
+    let (bytes, _) = generate(&path, events, keys)?;
+
+    let t0 = Instant::now();
+    // `--copies N` runs N independent loops at once, each over the whole file and sharing nothing:
+    // how far this machine scales the same work on N cores, the ceiling for `throughput --workers N`.
+    let runs: Vec<std::io::Result<Counts>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..copies).map(|_| s.spawn(|| run(&path))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a loop panicked"))))
+            .collect()
+    });
     let elapsed = t0.elapsed();
-    std::hint::black_box(checksum);
-    println!(
-        "records_in={seen} filtered={filtered} late={late} unparsable={bad} window_rows={rows} elapsed={:.3}s mb_per_sec={:.0}",
-        elapsed.as_secs_f64(),
-        bytes as f64 / 1e6 / elapsed.as_secs_f64()
-    );
-    if seen != events {
-        return Err(format!("read {seen} of {events} events").into());
+    let runs = runs.into_iter().collect::<std::io::Result<Vec<Counts>>>()?;
+    let mut total = 0u64;
+    for c in &runs {
+        std::hint::black_box(c.checksum);
+        println!(
+            "records_in={} filtered={} late={} unparsable={} window_rows={} elapsed={:.3}s mb_per_sec={:.0}",
+            c.seen,
+            c.filtered,
+            c.late,
+            c.bad,
+            c.rows,
+            elapsed.as_secs_f64(),
+            bytes as f64 / 1e6 / elapsed.as_secs_f64()
+        );
+        if c.seen != events {
+            return Err(format!("read {} of {events} events", c.seen).into());
+        }
+        total += c.seen;
     }
     println!(
-        "handloop_events_per_sec={:.0} peak_rss_mb={:.0}",
-        seen as f64 / elapsed.as_secs_f64(),
+        "handloop_events_per_sec={:.0} peak_rss_mb={:.0} copies={copies}",
+        total as f64 / elapsed.as_secs_f64(),
         peak_rss_mb()
     );
     Ok(())

@@ -89,6 +89,10 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// The pipeline binary's allocator (the same for ferroflow and the hand loop).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
     let tmp = tempfile::tempdir()?;

@@ -11,8 +11,12 @@
 //!
 //! Compiled keywords: `type`, `properties`, `required`, `additionalProperties` (boolean or a
 //! schema), `maxProperties`, `propertyNames`, `minLength`, `maxLength`, `minimum`, `maximum`, and
-//! `pattern` and `format` on strings, which are checked by a `jsonschema` validator of just those
-//! two keywords (the same regex translation and format checks as the full validation).
+//! `pattern` and `format` on strings. Those two are checked directly when they can be (a `pattern`
+//! written with letters, digits, `_`, `-`, classes and quantifiers only, anchored by a leading `^`
+//! and a trailing `$`, means the same to ECMA 262 and to the `regex` crate; `format: date-time` in
+//! its strict `YYYY-MM-DDTHH:MM:SS[.f]Z|±HH:MM` form); whenever the direct check does not say yes,
+//! a `jsonschema` validator of just those two keywords decides (the same regex translation and
+//! format checks as the full validation).
 //! Annotations (`title`, `description`, `$id`, `$schema`, `version`) are ignored. A schema with any
 //! other keyword is not compiled: every event then takes the full validation.
 
@@ -68,6 +72,8 @@ struct Node {
     max_length: Option<usize>,
     /// `pattern` and `format`, checked by `jsonschema` on the string alone.
     string_checks: Option<jsonschema::Validator>,
+    /// The same keywords as direct checks, when all of them compile to one.
+    direct_strings: Option<DirectStrings>,
     minimum: Option<f64>,
     maximum: Option<f64>,
     properties: Vec<(String, Node)>,
@@ -88,6 +94,7 @@ impl Node {
             min_length: None,
             max_length: None,
             string_checks: None,
+            direct_strings: None,
             minimum: None,
             maximum: None,
             properties: Vec::new(),
@@ -143,9 +150,11 @@ impl Node {
             }
         }
         if !string_checks.is_empty() {
+            node.direct_strings = DirectStrings::compile(&string_checks);
             node.string_checks = Some(options.build(&Value::Object(string_checks)).ok()?);
         }
-        Some(node)
+        // Which properties an object named is kept as bits of one word.
+        (node.properties.len() <= 64).then_some(node)
     }
 
     fn property(&self, name: &str) -> Option<(usize, &Node)> {
@@ -177,6 +186,128 @@ impl Node {
             && self.minimum.is_none_or(|m| n.compare(m).is_some_and(std::cmp::Ordering::is_ge))
             && self.maximum.is_none_or(|m| n.compare(m).is_some_and(std::cmp::Ordering::is_le))
     }
+}
+
+/// `pattern` and `format` checked without `jsonschema`: `true` only when the string certainly
+/// satisfies both (anything else is left to the `jsonschema` validator).
+struct DirectStrings {
+    pattern: Option<regex::Regex>,
+    date_time: bool,
+}
+
+impl DirectStrings {
+    /// `None` when a keyword has no direct check.
+    fn compile(keywords: &serde_json::Map<String, Value>) -> Option<DirectStrings> {
+        let mut direct = DirectStrings { pattern: None, date_time: false };
+        for (key, value) in keywords {
+            match (key.as_str(), value) {
+                ("pattern", Value::String(p)) if same_in_ecma_and_rust(p) => {
+                    direct.pattern = Some(regex::Regex::new(p).ok()?);
+                }
+                ("format", Value::String(f)) if f == "date-time" => direct.date_time = true,
+                _ => return None,
+            }
+        }
+        Some(direct)
+    }
+
+    fn ok(&self, s: &str) -> bool {
+        self.pattern.as_ref().is_none_or(|p| p.is_match(s))
+            && (!self.date_time || strict_date_time_ms(s).is_some())
+    }
+}
+
+/// A pattern that ECMA 262 (what JSON Schema means) and the `regex` crate read the same way: ASCII
+/// letters, digits, `_` and `-`, classes, and the quantifiers `*+?{n,m}`, with `^` only first and
+/// `$` only last (so no negated class, escape, dot, group or alternative).
+fn same_in_ecma_and_rust(pattern: &str) -> bool {
+    let last = pattern.len().saturating_sub(1);
+    pattern.bytes().enumerate().all(|(i, b)| match b {
+        b'^' => i == 0,
+        b'$' => i == last,
+        b'[' | b']' | b'-' | b'_' | b'*' | b'+' | b'?' | b'{' | b'}' | b',' => true,
+        _ => b.is_ascii_alphanumeric(),
+    })
+}
+
+/// Milliseconds since the epoch of an RFC 3339 date-time in its strict form
+/// (`YYYY-MM-DDTHH:MM:SS`, an optional fraction of 1 to 9 digits, `Z` or `±HH:MM`; seconds up to
+/// 59, days that exist in their month), or `None` for anything else, which is then left to the
+/// slower checks. Every string it reads is a valid `date-time` to `jsonschema`, and its value is
+/// the one `chrono` gives (fractions below a millisecond truncated).
+///
+/// # Examples
+/// ```
+/// use ferroflow_pipeline::contract_plan::strict_date_time_ms;
+/// assert_eq!(strict_date_time_ms("1970-01-01T00:00:01.250Z"), Some(1_250));
+/// assert_eq!(strict_date_time_ms("1970-01-01T01:00:00+01:00"), Some(0));
+/// assert_eq!(strict_date_time_ms("2023-02-29T00:00:00Z"), None);
+/// ```
+pub fn strict_date_time_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let digits = |from: usize, n: usize| -> Option<i64> {
+        let part = b.get(from..from.checked_add(n)?)?;
+        part.iter().try_fold(0i64, |acc, d| d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0')))
+    };
+    let sep = |at: usize, c: u8| b.get(at) == Some(&c);
+    if !(sep(4, b'-') && sep(7, b'-') && sep(10, b'T') && sep(13, b':') && sep(16, b':')) {
+        return None;
+    }
+    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
+    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0;
+    if sep(i, b'.') {
+        let start = i + 1;
+        let n = b.get(start..).map_or(0, |rest| rest.iter().take_while(|d| d.is_ascii_digit()).count());
+        if !(1..=9).contains(&n) {
+            return None;
+        }
+        let first3 = digits(start, n.min(3))?;
+        millis = first3 * 10i64.pow(3 - n.min(3) as u32);
+        i = start + n;
+    }
+    let offset_minutes = match b.get(i..)? {
+        b"Z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (digits(i + 1, 2)?, digits(i + 4, 2)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            if *sign == b'+' { h * 60 + m } else { -(h * 60 + m) }
+        }
+        _ => return None,
+    };
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second
+        - offset_minutes * 60;
+    Some(seconds * 1_000 + millis)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (H. Hinnant's algorithm);
+/// the year has four digits, so nothing here can overflow.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// A JSON number as the parser gave it.
@@ -239,8 +370,10 @@ pub struct EventFields {
     pub user_id: Option<String>,
     /// `event_type`.
     pub event_type: Option<String>,
-    /// `ts`, as the full validation would see it (a number or a string).
+    /// `ts`, as the full validation would see it (a number or a string), unless `ts_ms` holds it.
     pub ts: Option<Value>,
+    /// `ts` as milliseconds, when it was a strict RFC 3339 date-time (see [`strict_date_time_ms`]).
+    pub ts_ms: Option<i64>,
     /// `amount`.
     pub amount: Option<f64>,
 }
@@ -256,7 +389,8 @@ impl ContractPlan {
     /// Parses `line` and checks it: `Some` with its fields when the event certainly satisfies the
     /// contract, `None` when only the full validation can tell.
     pub fn accept(&self, line: &[u8]) -> Option<EventFields> {
-        let mut de = serde_json::Deserializer::from_slice(line);
+        // One UTF-8 check of the whole line (fast on ASCII) instead of one per string.
+        let mut de = serde_json::Deserializer::from_str(std::str::from_utf8(line).ok()?);
         let fields = de::Deserializer::deserialize_any(&mut de, Top { node: &self.root }).ok()?;
         de.end().ok()?;
         Some(fields)
@@ -316,6 +450,7 @@ impl<'de> Visitor<'de> for Top<'_> {
                 ("user_id", Captured::Str(s)) => fields.user_id = Some(s),
                 ("event_type", Captured::Str(s)) => fields.event_type = Some(s),
                 ("ts", Captured::Value(v)) => fields.ts = Some(v),
+                ("ts", Captured::Millis(ms)) => fields.ts_ms = Some(ms),
                 ("amount", Captured::Number(n)) => fields.amount = Some(n),
                 _ => {}
             }
@@ -350,22 +485,24 @@ enum Captured {
     Nothing,
     Str(String),
     Value(Value),
+    /// A date-time string as milliseconds.
+    Millis(i64),
     Number(f64),
 }
 
 /// The key-level rules of one object being read.
 struct ObjectCheck<'p, 'de> {
     node: &'p Node,
-    /// Which named properties were seen (a duplicate key is left to the full validation, which
-    /// sees the last value only).
-    seen: Vec<bool>,
+    /// Which named properties were seen, as bits (a duplicate key is left to the full validation,
+    /// which sees the last value only). A node names at most 64 properties.
+    seen: u64,
     /// Keys not named by the node, to count them and to spot duplicates.
     others: Vec<Cow<'de, str>>,
 }
 
 impl<'p, 'de> ObjectCheck<'p, 'de> {
     fn new(node: &'p Node) -> Self {
-        Self { node, seen: vec![false; node.properties.len()], others: Vec::new() }
+        Self { node, seen: 0, others: Vec::new() }
     }
 
     /// The node a key's value must satisfy; "not sure" for anything the plan cannot accept.
@@ -377,10 +514,11 @@ impl<'p, 'de> ObjectCheck<'p, 'de> {
             return Err(unsure());
         }
         if let Some((i, sub)) = self.node.property(key) {
-            match self.seen.get_mut(i) {
-                Some(seen) if !*seen => *seen = true,
-                _ => return Err(unsure()),
+            let bit = 1u64.checked_shl(u32::try_from(i).map_err(|_| unsure())?).ok_or_else(unsure)?;
+            if self.seen & bit != 0 {
+                return Err(unsure());
             }
+            self.seen |= bit;
             return Ok(Some(sub));
         }
         let sub = match &self.node.additional {
@@ -392,24 +530,22 @@ impl<'p, 'de> ObjectCheck<'p, 'de> {
             return Err(unsure());
         }
         self.others.push(key.clone());
-        if self
-            .node
-            .max_properties
-            .is_some_and(|m| self.seen.iter().filter(|s| **s).count() + self.others.len() > m)
-        {
+        if self.node.max_properties.is_some_and(|m| self.seen.count_ones() as usize + self.others.len() > m) {
             return Err(unsure());
         }
         Ok(sub)
     }
 
     fn finish<E: de::Error>(self) -> Result<(), E> {
-        let seen = self.seen.iter().filter(|s| **s).count() + self.others.len();
+        let seen = self.seen.count_ones() as usize + self.others.len();
         if self.node.max_properties.is_some_and(|m| seen > m) {
             return Err(unsure());
         }
         for name in &self.node.required {
             let present = match self.node.property(name) {
-                Some((i, _)) => self.seen.get(i).copied().unwrap_or(false),
+                Some((i, _)) => {
+                    u32::try_from(i).is_ok_and(|i| self.seen.checked_shr(i).is_some_and(|s| s & 1 == 1))
+                }
                 None => self.others.iter().any(|k| k == name),
             };
             if !present {
@@ -442,7 +578,10 @@ impl Check<'_> {
     fn keep(&self, s: Cow<'_, str>) -> Captured {
         match self.capture {
             Capture::Str => Captured::Str(s.into_owned()),
-            Capture::Value => Captured::Value(Value::String(s.into_owned())),
+            Capture::Value => match strict_date_time_ms(&s) {
+                Some(ms) => Captured::Millis(ms),
+                None => Captured::Value(Value::String(s.into_owned())),
+            },
             Capture::Nothing | Capture::Number => Captured::Nothing,
         }
     }
@@ -453,12 +592,16 @@ impl Check<'_> {
             return Err(unsure());
         }
         let Some(checks) = &node.string_checks else { return Ok(self.keep(s)) };
+        if node.direct_strings.as_ref().is_some_and(|d| d.ok(&s)) {
+            return Ok(self.keep(s));
+        }
         let value = Value::String(s.into_owned());
         if !checks.is_valid(&value) {
             return Err(unsure());
         }
         Ok(match (self.capture, value) {
             (Capture::Str, Value::String(s)) => Captured::Str(s),
+            (Capture::Value, Value::String(s)) => self.keep(Cow::Owned(s)),
             (Capture::Value, v) => Captured::Value(v),
             _ => Captured::Nothing,
         })

@@ -84,7 +84,10 @@ impl Event {
     /// The event made of fields the compiled contract accepted; `None` when they do not make one
     /// (the full validation then decides, and names why).
     fn from_fields(f: crate::contract_plan::EventFields) -> Option<Event> {
-        let ts = ts_from_value(f.ts.as_ref()?).ok()?;
+        let ts = match f.ts_ms {
+            Some(ms) => Some(ms).filter(|ms| *ms >= 0)?,
+            None => ts_from_value(f.ts.as_ref()?).ok()?,
+        };
         let amount = f.amount.filter(|a| a.is_finite())?;
         Some(Event { event_id: f.event_id?, user_id: f.user_id?, event_type: f.event_type?, ts, amount })
     }

@@ -23,7 +23,7 @@ use ferroflow_clickhouse::{ClickHouseSink, TableRow};
 use ferroflow_core::checkpoint::{CheckpointConfig, CheckpointStore};
 use ferroflow_core::sink::{JsonLinesSink, Sink};
 use ferroflow_core::time::WatermarkStrategy;
-use ferroflow_core::window::{Aggregator, Stats, StatsValue, WindowResult, WindowSpec};
+use ferroflow_core::window::{Stats, StatsValue, WindowResult, WindowSpec};
 use ferroflow_core::{
     DeadLetter, DeadLetterReason, JobReport, Key, PartitionId, Runner, SinkError, SourcePosition, Stream,
 };
@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{KeyField, OutputKind, PipelineConfig, StateKind};
 use crate::contract::{Contract, ContractStats};
+pub use crate::distinct::DistinctUsers;
 use crate::event::Event;
 
 /// One row of the result table: one key's aggregates for one window, over one Kafka partition.
@@ -197,30 +198,6 @@ impl WindowTotal {
             t.is_final = t.is_final.min(r.is_final);
         }
         out
-    }
-}
-
-/// Exact count of distinct `user_id`s: the window keeps the set (bounded by the users active in
-/// one key's minute; an HLL sketch would trade exactness for constant memory).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DistinctUsers;
-
-impl Aggregator<Event> for DistinctUsers {
-    type Acc = BTreeSet<String>;
-    type Output = u64;
-    fn create(&self) -> Self::Acc {
-        BTreeSet::new()
-    }
-    fn add(&self, acc: &mut Self::Acc, e: &Event) {
-        if !acc.contains(&e.user_id) {
-            acc.insert(e.user_id.clone());
-        }
-    }
-    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) {
-        acc.extend(other.iter().cloned());
-    }
-    fn result(&self, acc: &Self::Acc) -> u64 {
-        acc.len() as u64
     }
 }
 

@@ -12,6 +12,7 @@ pub mod containers;
 pub mod contract;
 pub mod contract_plan;
 pub mod demo;
+pub mod distinct;
 pub mod event;
 pub mod file_job;
 pub mod http;

@@ -330,6 +330,11 @@ async fn coordinator(store: &StoreArgs, scratch: &std::path::Path) -> anyhow::Re
     Ok(CheckpointCoordinator::open(s, CheckpointConfig::new("cli", scratch)).await?)
 }
 
+/// The binary's allocator: glibc's malloc cost a third of a worker's time when one thread frees what
+/// another allocated (message payloads), see docs/adr/0003-task-and-thread-model.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

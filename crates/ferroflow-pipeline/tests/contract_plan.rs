@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use ferroflow_pipeline::contract::{Contract, ContractStats};
+use ferroflow_pipeline::contract_plan::strict_date_time_ms;
 use ferroflow_pipeline::event::Event;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -83,6 +84,25 @@ fn date() -> impl Strategy<Value = String> {
         (1970i32..=2100, 1u32..=12, 1u32..=28, 0u32..24, 0u32..60, 0u32..=60, 0u32..1000).prop_map(
             |(y, mo, d, h, mi, s, ms)| format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
         ),
+        // Any offset, fraction length, separator case and day (also ones a month does not have).
+        (
+            (0i32..=9999, 1u32..=12, 1u32..=31),
+            (0u32..=24, 0u32..60, 0u32..=60),
+            (0usize..=10, any::<u64>()),
+            (prop::sample::select(vec!["Z", "z", "+", "-"]), 0u32..=24, 0u32..=60),
+            prop::sample::select(vec!["T", "t"]),
+        )
+            .prop_map(|((y, mo, d), (h, mi, s), (digits, frac), (zone, oh, om), t)| {
+                let fraction = match digits {
+                    0 => String::new(),
+                    n => format!(".{}", &format!("{frac:020}")[..n]),
+                };
+                let zone = match zone {
+                    "Z" | "z" => zone.to_owned(),
+                    sign => format!("{sign}{oh:02}:{om:02}"),
+                };
+                format!("{y:04}-{mo:02}-{d:02}{t}{h:02}:{mi:02}:{s:02}{fraction}{zone}")
+            }),
         Just("2024-05-01T12:00:00+02:00".to_owned()),
         Just("1970-01-01T00:00:00+01:00".to_owned()),
         Just("2024-02-30T00:00:00Z".to_owned()),
@@ -239,6 +259,37 @@ proptest! {
             prop_assert!(accepted, "a valid event fell back to the full validation");
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The direct `date-time` reading: only date-times `jsonschema` accepts, at `chrono`'s value.
+    #[test]
+    fn strict_date_times_are_read_as_chrono_and_jsonschema_read_them(d in date()) {
+        if let Some(ms) = strict_date_time_ms(&d) {
+            let chrono_ms = chrono::DateTime::parse_from_rfc3339(&d).map(|t| t.timestamp_millis()).ok();
+            prop_assert_eq!(chrono_ms, Some(ms));
+            let format = jsonschema::options()
+                .should_validate_formats(true)
+                .build(&serde_json::json!({"format": "date-time"}))
+                .unwrap();
+            prop_assert!(format.is_valid(&Value::String(d.clone())));
+        }
+    }
+}
+
+#[test]
+fn the_corpus_has_strict_and_other_date_times() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut strict, mut other) = (0, 0);
+    for _ in 0..500 {
+        match strict_date_time_ms(&date().new_tree(&mut runner).unwrap().current()) {
+            Some(_) => strict += 1,
+            None => other += 1,
+        }
+    }
+    assert!(strict > 50 && other > 50, "strict {strict}, other {other}");
 }
 
 #[test]

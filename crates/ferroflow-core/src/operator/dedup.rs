@@ -1,6 +1,7 @@
 //! Drops records whose key was already seen within a time-to-live of event time.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::hash_map::Entry;
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -77,9 +78,12 @@ pub struct Dedup<T, F, K: ?Sized> {
     key_fn: F,
     watermark: Timestamp,
     seen: AHashMap<IdHash, Seen>,
-    /// Every remembered id by the time it was last seen: eviction pops from the front. Invariant:
-    /// `(t, h)` is in here exactly when `seen[h].at == t`.
-    by_time: BTreeSet<(Timestamp, IdHash)>,
+    /// Every sighting that extended an id's memory, earliest first: eviction pops from the top.
+    /// `(t, h)` with `seen[h].at == t` is the id's live entry; any other is stale (the id was seen
+    /// again later, or already evicted) and is skipped when popped. A heap rather than an ordered
+    /// set: event times mostly grow, so a push rarely moves, and a re-sighting leaves the old entry
+    /// where it is instead of looking it up.
+    by_time: BinaryHeap<Reverse<(Timestamp, IdHash)>>,
     /// Ids added or updated since the last snapshot.
     unsaved: Vec<IdHash>,
     /// Persisted ids evicted since the last snapshot (their rows must be deleted).
@@ -102,7 +106,7 @@ where
             key_fn,
             watermark: i64::MIN,
             seen: AHashMap::new(),
-            by_time: BTreeSet::new(),
+            by_time: BinaryHeap::new(),
             unsaved: Vec::new(),
             evicted: Vec::new(),
             _t: PhantomData,
@@ -194,8 +198,7 @@ where
                     let s = e.get_mut();
                     if t > s.at {
                         // Seen again later: remembered for `ttl` from this sighting.
-                        self.by_time.remove(&(s.at, h));
-                        self.by_time.insert((t, h));
+                        self.by_time.push(Reverse((t, h)));
                         s.at = t;
                         Self::mark_unsaved(&mut self.unsaved, h, s);
                     }
@@ -205,7 +208,7 @@ where
                     // watermark, and would make the outcome depend on when that comes.
                     if t.saturating_add(self.ttl_ms) > self.watermark {
                         e.insert(Seen { at: t, unsaved: true, persisted: false });
-                        self.by_time.insert((t, h));
+                        self.by_time.push(Reverse((t, h)));
                         self.unsaved.push(h);
                     }
                     out.push(r);
@@ -213,6 +216,12 @@ where
             }
         }
         ctx.count_deduplicated(dropped);
+        // An id seen again and again before the watermark moves leaves one stale entry per
+        // sighting: rebuild from the live entries once stale ones outnumber them, so the heap stays
+        // within twice the remembered ids (amortised: a rebuild follows at least as many pushes).
+        if self.by_time.len() > 2 * self.seen.len() + STALE_SLACK {
+            self.by_time = self.seen.iter().map(|(h, s)| Reverse((s.at, *h))).collect();
+        }
     }
 
     fn on_watermark(&mut self, watermark: Watermark, _ctx: &mut Context, _out: &mut Vec<Record<T>>) {
@@ -220,12 +229,15 @@ where
             return;
         }
         self.watermark = watermark.0;
-        while let Some(&(t, h)) = self.by_time.first() {
+        while let Some(&Reverse((t, h))) = self.by_time.peek() {
             if t.saturating_add(self.ttl_ms) > watermark.0 {
                 break;
             }
-            self.by_time.pop_first();
-            if self.seen.remove(&h).is_some_and(|s| s.persisted) {
+            self.by_time.pop();
+            if let Entry::Occupied(e) = self.seen.entry(h)
+                && e.get().at == t
+                && e.remove().persisted
+            {
                 self.evicted.push(h);
             }
         }
@@ -265,6 +277,7 @@ where
             ),
             None => i64::MIN,
         };
+        let mut restored = Vec::new();
         for kv in state.scan_prefix(&self.ns, &[ENTRY_TAG])? {
             let (k, v) = kv?;
             let h = k
@@ -276,8 +289,9 @@ where
                 .map(i64::from_be_bytes)
                 .map_err(|_| corrupt("dedup entry value is not 8 bytes"))?;
             self.seen.insert(h, Seen { at, unsaved: false, persisted: true });
-            self.by_time.insert((at, h));
+            restored.push(Reverse((at, h)));
         }
+        self.by_time = BinaryHeap::from(restored);
         Ok(())
     }
 
@@ -301,6 +315,9 @@ const META_KEY: &[u8] = b"\x00meta";
 /// Entries: the tag, then the id hash (16 bytes, big-endian); the value is the event time at which
 /// the id was last seen (8 bytes, big-endian).
 const ENTRY_TAG: u8 = 1;
+/// Stale eviction entries tolerated beyond twice the remembered ids before the heap is rebuilt
+/// (keeps small operators from rebuilding on every batch).
+const STALE_SLACK: usize = 1024;
 
 fn corrupt(what: &str) -> StateError {
     StateError::Corrupt { what: what.to_owned() }
@@ -379,6 +396,26 @@ mod tests {
         assert_eq!(d.remembered(), 1);
         wm(&mut d, &mut ctx, 10_100);
         assert_eq!(d.remembered(), 0, "the older copy did not change when it is forgotten");
+    }
+
+    #[test]
+    fn repeated_sightings_keep_the_eviction_heap_bounded() {
+        let mut d = op(1_000_000);
+        let mut ctx = Context::default();
+        for t in 1..=20_000 {
+            run(&mut d, &mut ctx, &[("a", t), ("b", t)]);
+        }
+        assert_eq!(d.remembered(), 2);
+        assert!(
+            d.by_time.len() <= 2 * 2 + STALE_SLACK + 2,
+            "heap holds {} entries for 2 ids",
+            d.by_time.len()
+        );
+        wm(&mut d, &mut ctx, 1_019_999);
+        assert_eq!(d.remembered(), 2, "last seen at 20000: remembered until 1020000");
+        wm(&mut d, &mut ctx, 1_020_000);
+        assert_eq!(d.remembered(), 0);
+        assert!(d.by_time.is_empty());
     }
 
     #[test]
