@@ -48,8 +48,17 @@ impl fmt::Display for SourcePosition {
 /// assert_eq!(k.as_bytes(), b"user-42");
 /// assert_eq!(k.to_string(), "user-42");
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Key(SmallVec<[u8; 24]>);
+
+impl Clone for Key {
+    /// A copy of the bytes (`SmallVec`'s own `clone` goes through an iterator, byte by byte; keys
+    /// are cloned for every record a window or exchange keeps).
+    #[inline]
+    fn clone(&self) -> Self {
+        Self::from_bytes(&self.0)
+    }
+}
 
 impl Key {
     /// The empty key, carried by records that have not been keyed yet.

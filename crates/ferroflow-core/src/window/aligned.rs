@@ -7,7 +7,9 @@ use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::Aggregator;
-use super::common::{Emitter, WindowState, corrupt, late, next_revision, ordered, out_of_range, unordered};
+use super::common::{
+    Emitter, WindowState, corrupt, late, next_revision, order_prefix, ordered, out_of_range, unordered,
+};
 use super::spec::Window;
 use crate::dead_letter::Rejection;
 use crate::error::StateError;
@@ -168,7 +170,10 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
         }
         self.watermark = watermark;
         let mut done = Vec::new();
-        let mut rows: Vec<(&Key, &mut Slot<Acc>)> = Vec::new();
+        // The rows of one window, read in the table's order (one pass over its memory), then
+        // emitted in key order through `order`: (leading key bytes, index into `rows`).
+        let mut rows: Vec<Option<(Key, A::Output, u32)>> = Vec::new();
+        let mut order: Vec<(u128, usize)> = Vec::new();
         for (w, bucket) in self.windows.iter_mut() {
             if w.max_timestamp() > watermark {
                 break; // windows are ordered by start and share one size: later ones end later
@@ -176,12 +181,20 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
             let expire = w.max_timestamp().saturating_add(self.lateness) <= watermark;
             if !bucket.fired || expire {
                 rows.clear();
-                rows.extend(bucket.slots.iter_mut());
-                // Deterministic output order: replays after a restore produce the same rows.
-                rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                for (key, slot) in rows.drain(..) {
+                order.clear();
+                for (key, slot) in bucket.slots.iter_mut() {
+                    order.push((order_prefix(key), rows.len()));
                     let revision = next_revision(&mut slot.emitted);
-                    out.emit(key.clone(), *w, agg.result(&slot.acc), revision, expire);
+                    rows.push(Some((key.clone(), agg.result(&slot.acc), revision)));
+                }
+                // Deterministic output order: replays after a restore produce the same rows. Most
+                // comparisons end on the keys' leading bytes; equal ones compare the whole keys.
+                let key_at = |i: usize| rows.get(i).and_then(|r| r.as_ref()).map(|r| &r.0);
+                order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key_at(a.1).cmp(&key_at(b.1))));
+                for &(_, i) in &order {
+                    if let Some((key, value, revision)) = rows.get_mut(i).and_then(Option::take) {
+                        out.emit(key, *w, value, revision, expire);
+                    }
                 }
                 bucket.fired = true;
                 bucket.all_unsaved = true;
