@@ -24,6 +24,8 @@ use bytes::Bytes;
 use ferroflow::prelude::*;
 use serde::Serialize;
 
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "support/events.rs"]
 mod events;
 use events::{RawEvent, generate, peak_rss_mb};
@@ -157,9 +159,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let source = JsonLinesSource::raw([&path]);
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), cpu::process_cpu_seconds());
     let report = runtime.block_on(runner.parallel_job(source, stream).sink(sink).dead_letters(dlq).run())?;
     let elapsed = t0.elapsed();
+    let cpu_seconds = cpu::process_cpu_seconds() - cpu0;
 
     let c = &report.counters;
     let eps = c.records_in as f64 / elapsed.as_secs_f64();
@@ -181,6 +184,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bytes as f64 / 1e6 / elapsed.as_secs_f64(),
         args.state,
         report.checkpoints_taken
+    );
+    // How much of the machine the run kept busy, and what one event cost in CPU over all threads.
+    println!(
+        "cpu_seconds={cpu_seconds:.2} cores_busy={:.2} cpu_ns_per_event={:.0}",
+        cpu_seconds / elapsed.as_secs_f64(),
+        cpu_seconds * 1e9 / c.records_in.max(1) as f64
     );
     if c.records_in != args.events || !c.identity_holds() {
         return Err(format!("accounting failed: {c:?}").into());
