@@ -191,6 +191,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
                 // comparisons end on the keys' leading bytes; equal ones compare the whole keys.
                 let key_at = |i: usize| rows.get(i).and_then(|r| r.as_ref()).map(|r| &r.0);
                 order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key_at(a.1).cmp(&key_at(b.1))));
+                out.out.reserve(order.len());
                 for &(_, i) in &order {
                     if let Some((key, value, revision)) = rows.get_mut(i).and_then(Option::take) {
                         out.emit(key, *w, value, revision, expire);
