@@ -13,7 +13,8 @@
 //! schema), `maxProperties`, `propertyNames`, `minLength`, `maxLength`, `minimum`, `maximum`, and
 //! `pattern` and `format` on strings. Those two are checked directly when they can be (a `pattern`
 //! written with letters, digits, `_`, `-`, classes and quantifiers only, anchored by a leading `^`
-//! and a trailing `$`, means the same to ECMA 262 and to the `regex` crate; `format: date-time` in
+//! and a trailing `$`, translated as `jsonschema` translates it, means the same to ECMA 262 and to
+//! the `regex` crate; `format: date-time` in
 //! its strict `YYYY-MM-DDTHH:MM:SS[.f]Z|±HH:MM` form); whenever the direct check does not say yes,
 //! a `jsonschema` validator of just those two keywords decides (the same regex translation and
 //! format checks as the full validation).
@@ -202,7 +203,10 @@ impl DirectStrings {
         for (key, value) in keywords {
             match (key.as_str(), value) {
                 ("pattern", Value::String(p)) if same_in_ecma_and_rust(p) => {
-                    direct.pattern = Some(regex::Regex::new(p).ok()?);
+                    // Translated as `jsonschema` translates it (brackets inside a class are
+                    // literal to ECMA 262, a nested class to the `regex` crate).
+                    let translated = jsonschema_regex::to_rust_regex(p).ok()?;
+                    direct.pattern = Some(regex::Regex::new(&translated).ok()?);
                 }
                 ("format", Value::String(f)) if f == "date-time" => direct.date_time = true,
                 _ => return None,

@@ -307,3 +307,77 @@ fn the_corpus_has_valid_and_invalid_events() {
     }
     assert!(ok > 50 && bad > 50, "valid {ok}, invalid {bad}");
 }
+
+/// Anchored patterns of letters, classes (with ranges, and brackets inside them), stray `]`s and
+/// quantifiers: what the direct check might take, with the spots where ECMA 262 and the `regex`
+/// crate read brackets differently.
+fn pattern() -> impl Strategy<Value = String> {
+    let member = prop_oneof![Just("a"), Just("b"), Just("["), Just("-"), Just("a-b")];
+    // A class, often followed by a `]` (which closes a nested class to the `regex` crate).
+    let class = (proptest::collection::vec(member, 1..4), any::<bool>())
+        .prop_map(|(m, extra)| format!("[{}]{}", m.concat(), if extra { "]" } else { "" }));
+    let piece = prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("]".to_owned()), class];
+    let quantifier = prop_oneof![Just(""), Just(""), Just("*"), Just("?"), Just("+")];
+    proptest::collection::vec((piece, quantifier), 0..4)
+        .prop_map(|parts| format!("^{}$", parts.into_iter().map(|(p, q)| p + q).collect::<String>()))
+}
+
+/// The shipped contract with `event_type`'s pattern replaced, compiled and by value; `None` when
+/// `jsonschema` refuses the pattern.
+fn with_pattern(pattern: &str) -> Option<(Contract, Contract)> {
+    let mut s = schema();
+    s["properties"]["event_type"]["pattern"] = Value::from(pattern);
+    let fast = Contract::from_value("events.v1.json", &s).ok()?;
+    s["minProperties"] = Value::from(0);
+    let slow = Contract::from_value("events.v1.json", &s).ok()?;
+    Some((fast, slow))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Patterns the direct check might take (letters, classes, ranges, quantifiers, brackets in
+    /// odd places) decide as `jsonschema` does, whatever ECMA 262 and the `regex` crate make of
+    /// them.
+    #[test]
+    fn direct_patterns_decide_as_jsonschema_does(pattern in pattern()) {
+        let Some((fast, slow)) = with_pattern(&pattern) else { return Ok(()) };
+        let stats = ContractStats::new();
+        // Every event type of up to three of the characters the patterns use.
+        let alphabet = ['a', 'b', '[', ']', '-'];
+        let mut types: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
+        for _ in 0..2 {
+            let longer: Vec<String> =
+                types.iter().flat_map(|t| alphabet.iter().map(move |c| format!("{t}{c}"))).collect();
+            types.extend(longer);
+        }
+        types.sort();
+        types.dedup();
+        for event_type in types {
+            let line = Bytes::from(format!(
+                r#"{{"event_id":"e","user_id":"u","event_type":{},"ts":1000,"amount":1}}"#,
+                serde_json::to_string(&event_type).unwrap()
+            ));
+            let (a, b) = (Event::decode_checked(&line, &fast, &stats), Event::decode_checked(&line, &slow, &stats));
+            prop_assert_eq!(a.is_ok(), b.is_ok(), "pattern {:?} on {:?}", pattern, event_type);
+        }
+    }
+}
+
+#[test]
+fn a_nested_class_is_read_as_jsonschema_reads_it() {
+    // `[a[bc]]` is the class {a, [, b, c} then `]` to ECMA 262 (and jsonschema), {a, b, c} to the
+    // `regex` crate.
+    let (fast, slow) = with_pattern("^[a[bc]]$").unwrap();
+    let stats = ContractStats::new();
+    for t in ["a", "a]", "[]"] {
+        let line = Bytes::from(format!(
+            r#"{{"event_id":"e","user_id":"u","event_type":"{t}","ts":1000,"amount":1}}"#
+        ));
+        assert_eq!(
+            Event::decode_checked(&line, &fast, &stats).is_ok(),
+            Event::decode_checked(&line, &slow, &stats).is_ok(),
+            "{t}"
+        );
+    }
+}
