@@ -85,7 +85,7 @@ impl Event {
     /// (the full validation then decides, and names why).
     fn from_fields(f: crate::contract_plan::EventFields) -> Option<Event> {
         let ts = match f.ts_ms {
-            Some(ms) => Some(ms).filter(|ms| *ms >= 0)?,
+            Some(ms) => Some(ms).filter(|ms| (0..=MAX_TS_MS).contains(ms))?,
             None => ts_from_value(f.ts.as_ref()?).ok()?,
         };
         let amount = f.amount.filter(|a| a.is_finite())?;
@@ -151,6 +151,10 @@ fn ts_from_value(v: &Value) -> Result<i64, Violation> {
             },
         },
         Value::String(s) => match parse_rfc3339_ms(s) {
+            Some(ms) if ms > MAX_TS_MS => {
+                // A negative offset on the last day of 9999 reaches past the contract's maximum.
+                Err(violation("maximum:/ts", format!("\"{s}\" is after 9999-12-31T23:59:59.999Z")))
+            }
             Some(ms) if ms >= 0 => Ok(ms),
             Some(_) => Err(violation("minimum:/ts", format!("\"{s}\" is before 1970-01-01T00:00:00Z"))),
             None => Err(violation("format:/ts", format!("\"{s}\" is not a \"date-time\""))),
@@ -275,6 +279,21 @@ mod tests {
         assert_eq!(snap.get("minimum:/amount"), Some(&2), "counted per rule: {snap:?}");
         assert_eq!(snap.len(), cases.len() - 1);
         assert_eq!(stats.total(), cases.len() as u64);
+    }
+
+    #[test]
+    fn a_date_time_past_the_maximum_by_its_offset_is_a_violation() {
+        // 9999-12-31T23:59:59-23:59 is 10000-01-01T23:58:59Z: a valid date-time, past `maximum`.
+        let (c, stats) = (contract(), ContractStats::new());
+        let line = br#"{"event_id":"e","user_id":"u","event_type":"view","ts":"9999-12-31T23:59:59-23:59","amount":1}"#;
+        let r = Event::decode_checked(&Bytes::from_static(line), &c, &stats).unwrap_err();
+        assert_eq!(r.reason, DeadLetterReason::ContractViolation);
+        assert!(r.detail.starts_with("maximum:/ts: "), "{}", r.detail);
+        let last = br#"{"event_id":"e","user_id":"u","event_type":"view","ts":"9999-12-31T23:59:59.999Z","amount":1}"#;
+        assert_eq!(
+            Event::decode_checked(&Bytes::from_static(last), &c, &stats).unwrap().ts,
+            253_402_300_799_999
+        );
     }
 
     #[test]
