@@ -129,7 +129,9 @@ fn value() -> impl Strategy<Value = (String, bool)> {
                 let float = vs.iter().any(|(_, f)| *f);
                 (format!("[{}]", vs.into_iter().map(|(v, _)| v).collect::<Vec<_>>().join(",")), float)
             }),
-            prop::collection::vec(("[a-c]{0,2}", inner), 0..3).prop_map(|kvs| {
+            // Names unique within an object, as in `attributes()`: duplicates are generated at the
+            // top level only, where `Generated::duplicate` records them.
+            prop::collection::btree_map("[a-c]{0,2}", inner, 0..3).prop_map(|kvs| {
                 let float = kvs.iter().any(|(_, (_, f))| *f);
                 let body: Vec<String> =
                     kvs.into_iter().map(|(k, (v, _))| format!("{}:{v}", lit(&k, false))).collect();
