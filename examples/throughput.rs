@@ -12,7 +12,8 @@
 //! worker (`--workers`, default: the available cores), and each worker thread runs a copy of the
 //! chain (parsing, filtering, watermarks) on its share, trades records by key with the other
 //! copies, and windows the keys it owns ([`Runner::parallel_job`]). With `--workers 1` the chain
-//! runs in the processing task itself. `--threads` sizes the tokio runtime (default 1).
+//! runs in the processing task itself. `--threads` sizes the tokio runtime (default 1);
+//! `--chunk-kb` how much of the file one read takes, which is one batch (default 1024).
 //!
 //! The last line printed is `throughput_events_per_sec=<N> peak_rss_mb=<M> workers=<W>`.
 #![allow(clippy::print_stdout)]
@@ -48,6 +49,8 @@ struct Args {
     /// `none` (no checkpoints), `memory` or `rocksdb`: state checkpointed to a local `file://` store.
     state: String,
     checkpoint_interval_ms: u64,
+    /// How much of the file one read takes (one batch): `--chunk-kb`, default 1024.
+    chunk_kb: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -59,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         file: None,
         state: "none".into(),
         checkpoint_interval_ms: 2_000,
+        chunk_kb: 1024,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
             "--events" => args.events = value()?.parse().map_err(|e| format!("--events: {e}"))?,
             "--keys" => args.keys = value()?.parse().map_err(|e| format!("--keys: {e}"))?,
             "--threads" => args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--chunk-kb" => args.chunk_kb = value()?.parse().map_err(|e| format!("--chunk-kb: {e}"))?,
             "--workers" => args.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?,
             "--file" => args.file = Some(PathBuf::from(value()?)),
             "--state" => args.state = value()?,
@@ -158,7 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("--state must be none, memory or rocksdb, got {other}").into()),
         }
     };
-    let source = JsonLinesSource::raw([&path]);
+    let source = JsonLinesSource::raw([&path]).with_chunk_size(args.chunk_kb.saturating_mul(1024));
     let (t0, cpu0) = (Instant::now(), cpu::process_cpu_seconds());
     let report = runtime.block_on(runner.parallel_job(source, stream).sink(sink).dead_letters(dlq).run())?;
     let elapsed = t0.elapsed();
