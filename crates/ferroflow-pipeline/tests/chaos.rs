@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Pipeline, Services, clickhouse_final, diff, positions, produce, read_dlq, unique};
+use common::{
+    Pipeline, Services, clickhouse_final, clickhouse_rows_of, diff, positions, produce, read_dlq, unique,
+};
 use ferroflow_pipeline::traffic::{Fate, Oracle, Rng, TrafficConfig};
 
 const WINDOW_MS: i64 = 60_000;
@@ -273,6 +275,21 @@ fn the_pipeline_stays_exact_through_kills_replacements_and_rebalances() {
         std::thread::sleep(Duration::from_millis(500));
     };
     group.note(t0, format!("converged: {} differences", problems.len()));
+    if !problems.is_empty() {
+        // Each differing window's rows, partition by partition, and the events the oracle put in
+        // it: whether a partition's row is missing, stale or doubled.
+        let got = clickhouse_final(&real, &table);
+        let differing = expected.iter().filter(|(k, w)| {
+            let one = BTreeMap::from([((*k).clone(), (*w).clone())]);
+            !diff(&one, &got, i64::MIN, WINDOW_MS).is_empty()
+        });
+        for ((key, start), _) in differing.take(3) {
+            group.note(
+                t0,
+                format!("window ({key}, {start}): {:?}", clickhouse_rows_of(&real, &table, key, *start)),
+            );
+        }
+    }
     assert!(
         problems.is_empty(),
         "CHAOS_SEED={seed}: {} differences, first: {:?}\n{}",

@@ -333,6 +333,37 @@ pub fn clickhouse_final(services: &Services, table: &str) -> BTreeMap<(String, i
     })
 }
 
+/// Every row of one window in the result table, every version, by partition: what a failed
+/// comparison shows to tell a missing partition from a stale or doubled one.
+pub fn clickhouse_rows_of(services: &Services, table: &str, key: &str, window_start_ms: i64) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = clickhouse::Client::default()
+            .with_url(&services.clickhouse_url)
+            .with_compression(clickhouse::Compression::None)
+            .with_validation(false);
+        let query = format!(
+            "SELECT partition, events, amount_min, revision, is_final, version FROM {table} \
+             WHERE key = ? AND toUInt32(window_start) = ? ORDER BY partition, version"
+        );
+        match client
+            .query(&query)
+            .bind(key)
+            .bind(window_start_ms.div_euclid(1000))
+            .fetch_all::<(u32, u64, f64, u32, u8, u64)>()
+            .await
+        {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|(p, events, min, revision, is_final, version)| {
+                    format!("partition {p}: events={events} min={min} revision={revision} final={is_final} version={version}")
+                })
+                .collect(),
+            Err(e) => vec![format!("cannot read the rows: {e}")],
+        }
+    })
+}
+
 /// Differences between ClickHouse and the oracle (empty when they agree exactly).
 pub fn diff(
     expected: &BTreeMap<(String, i64), ExpectedWindow>,
