@@ -316,14 +316,19 @@ pub fn produce(services: &Services, topic: &str, partitions: u32, events: &[Gene
     });
 }
 
+/// A client of the test ClickHouse, for the result table's reads.
+fn clickhouse_client(services: &Services) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(&services.clickhouse_url)
+        .with_compression(clickhouse::Compression::None)
+        .with_validation(false)
+}
+
 /// The result table's totals over partitions (`FINAL`), keyed by (key, window start ms).
 pub fn clickhouse_final(services: &Services, table: &str) -> BTreeMap<(String, i64), WindowTotal> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let client = clickhouse::Client::default()
-            .with_url(&services.clickhouse_url)
-            .with_compression(clickhouse::Compression::None)
-            .with_validation(false);
+        let client = clickhouse_client(services);
         match client.query(&WindowTotal::query(table)).fetch_all::<WindowTotal>().await {
             Ok(rows) => {
                 rows.into_iter().map(|r| ((r.key.clone(), i64::from(r.window_start) * 1000), r)).collect()
@@ -338,10 +343,7 @@ pub fn clickhouse_final(services: &Services, table: &str) -> BTreeMap<(String, i
 pub fn clickhouse_rows_of(services: &Services, table: &str, key: &str, window_start_ms: i64) -> Vec<String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let client = clickhouse::Client::default()
-            .with_url(&services.clickhouse_url)
-            .with_compression(clickhouse::Compression::None)
-            .with_validation(false);
+        let client = clickhouse_client(services);
         let query = format!(
             "SELECT partition, events, amount_min, revision, is_final, version FROM {table} \
              WHERE key = ? AND toUInt32(window_start) = ? ORDER BY partition, version"
