@@ -53,7 +53,6 @@ fn arg(name: &str, default: u64) -> Result<u64, String> {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// What one pass of the loop over the file counted.
-#[derive(Default)]
 struct Counts {
     seen: u64,
     bad: u64,

@@ -190,12 +190,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.state,
         report.checkpoints_taken
     );
-    // How much of the machine the run kept busy, and what one event cost in CPU over all threads.
-    println!(
-        "cpu_seconds={cpu_seconds:.2} cores_busy={:.2} cpu_ns_per_event={:.0}",
-        cpu_seconds / elapsed.as_secs_f64(),
-        cpu_seconds * 1e9 / c.records_in.max(1) as f64
-    );
+    println!("{}", cpu::usage_line(cpu_seconds, elapsed.as_secs_f64(), c.records_in));
     if c.records_in != args.events || !c.identity_holds() {
         return Err(format!("accounting failed: {c:?}").into());
     }

@@ -320,12 +320,7 @@ async fn memory_bench() -> anyhow::Result<()> {
         c.window_rows_emitted,
         report.checkpoints_taken
     );
-    // How much of the machine the run kept busy, and what one event cost in CPU over all threads.
-    println!(
-        "cpu_seconds={cpu_seconds:.2} cores_busy={:.2} cpu_ns_per_event={:.0}",
-        cpu_seconds / elapsed,
-        cpu_seconds * 1e9 / produced.max(1) as f64
-    );
+    println!("{}", cpu::usage_line(cpu_seconds, elapsed, produced));
     println!(
         "e2e_memory_events_per_sec={:.0} workers={workers} partitions={partitions}",
         produced as f64 / elapsed

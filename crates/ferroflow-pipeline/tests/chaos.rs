@@ -276,8 +276,8 @@ fn the_pipeline_stays_exact_through_kills_replacements_and_rebalances() {
     };
     group.note(t0, format!("converged: {} differences", problems.len()));
     if !problems.is_empty() {
-        // Each differing window's rows, partition by partition, and the events the oracle put in
-        // it: whether a partition's row is missing, stale or doubled.
+        // Each differing window's rows, partition by partition and every version: whether a
+        // partition's row is missing, stale or doubled.
         let got = clickhouse_final(&real, &table);
         let differing = expected.iter().filter(|(k, w)| {
             let one = BTreeMap::from([((*k).clone(), (*w).clone())]);
