@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferroflow::checkpoint::{CheckpointStore, S3Options};
@@ -19,7 +20,7 @@ use ferroflow::window::{Count, WindowResult, WindowSpec};
 use ferroflow::{Key, Operator, PartitionId, Runner, RunnerConfig, Stream};
 use tokio::sync::Notify;
 
-use common::within;
+use common::{wait_until, within};
 
 /// (partition, window start, events) of a row.
 type Row = (PartitionId, i64, u64);
@@ -73,9 +74,11 @@ async fn each_partition_follows_its_own_watermark_and_an_idle_one_follows_the_jo
     })
     .await;
     assert_eq!(rows.take(), vec![(0, 0, 9)]);
+    // The job's watermark is the minimum over tasks: partition 1's, once its worker has reported.
+    wait_until(10, "the job's watermark at partition 1's", || counters.snapshot().watermark == 1_999).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(rows.is_empty(), "partition 1 is not idle yet: its window stays open");
-    assert_eq!(counters.snapshot().watermark, 1_999, "the job's watermark is the minimum over tasks");
+    assert_eq!(counters.snapshot().watermark, 1_999, "the job's watermark stays the minimum over tasks");
 
     // Partition 0 delivers again at 600 ms; at 1 100 ms partition 1 has been silent for 1.1 s
     // (idle), partition 0 for 0.5 s. Idle, partition 1 follows the job's watermark (partition
@@ -103,6 +106,65 @@ async fn each_partition_follows_its_own_watermark_and_an_idle_one_follows_the_jo
     end.notify_one();
     let report = within(10, "the job", job).await.unwrap().unwrap();
     assert_eq!(rows.take(), vec![(0, 10_000, 2)], "end of input closes the rest");
+    assert!(report.counters.identity_holds());
+}
+
+/// A partition whose first records are still on their way through another worker holds the job's
+/// watermark: its task starts below any watermark, whether or not its worker has reported yet.
+/// Partition 1's worker is held inside its first record while partition 0 runs ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_its_worker_has_not_reported_on_holds_the_job_watermark() {
+    let open = Arc::new(AtomicBool::new(false));
+    let data = BTreeMap::from([(0, (1..=9).map(|i| i * 1_000).chain([15_000]).collect()), (1, vec![2_000])]);
+    let end = Arc::new(Notify::new());
+    let source = ScriptedSource::over(data).assign(vec![0, 1]).read(1, 1).read(0, 10).wait(&end);
+    let mut runner = Runner::new(RunnerConfig {
+        workers: 2,
+        tick_interval: Duration::from_millis(5),
+        ..RunnerConfig::default()
+    });
+    let counters = runner.counters();
+    let (sink, rows) = CollectSink::with_handle();
+    let job_gate = Arc::clone(&open);
+    let job = tokio::spawn(async move {
+        runner
+            .job_per_partition(source, move |p| {
+                let gate = Arc::clone(&job_gate);
+                Stream::<i64>::new()
+                    .map(move |t: i64| {
+                        while p == 1 && !gate.load(Ordering::Acquire) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        t
+                    })
+                    .assign_timestamps(
+                        |t: &i64| *t,
+                        WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO),
+                    )
+                    .key_by(|_: &i64| Key::from("k"))
+                    .window(WindowSpec::tumbling(Duration::from_secs(10)).unwrap(), Count)
+                    .map(move |r: WindowResult<u64>| (p, r.window_start, r.value))
+            })
+            .sink(sink)
+            .discard_dead_letters()
+            .run()
+            .await
+    });
+
+    wait_until(10, "partition 0's window", || !rows.is_empty()).await;
+    assert_eq!(rows.take(), vec![(0, 0, 9)]);
+    // Ticks pass: the coordinator takes the workers' reports many times over.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held_back = counters.snapshot().watermark;
+    assert!(
+        held_back < 1_999,
+        "partition 1 holds the job's watermark before its worker reports: {held_back}"
+    );
+    open.store(true, Ordering::Release);
+    wait_until(10, "partition 1's record", || counters.snapshot().watermark == 1_999).await;
+
+    end.notify_one();
+    let report = within(10, "the job", job).await.unwrap().unwrap();
     assert!(report.counters.identity_holds());
 }
 

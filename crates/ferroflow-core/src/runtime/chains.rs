@@ -214,6 +214,11 @@ impl<C: Operator> Chains<C> {
         self.watermark
     }
 
+    /// Some partition was last reported idle: it follows the combined watermark.
+    pub(crate) fn any_idle(&self) -> bool {
+        self.status.values().any(|s| s.idle)
+    }
+
     /// Starts from `w` (a restored checkpoint's watermark); it never goes back.
     #[cfg_attr(not(feature = "checkpoints"), allow(dead_code))]
     pub(crate) fn resume_at(&mut self, w: Watermark) {

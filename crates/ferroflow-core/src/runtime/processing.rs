@@ -107,6 +107,8 @@ enum Wake<T> {
     Source(SourceEvent<T>),
     End,
     Tick,
+    /// A worker's report changed.
+    Reports,
 }
 
 /// The processing loop of one run.
@@ -194,6 +196,7 @@ impl<'r, C: Operator> Processing<'r, C> {
                     Some(None) => Wake::End,
                     None => Wake::SourceFailed,
                 },
+                () = reported(self.workers.as_ref()) => Wake::Reports,
                 _ = ticker.tick() => Wake::Tick,
             };
             if let Some(exit) = self.handle(wake).await {
@@ -216,6 +219,7 @@ impl<'r, C: Operator> Processing<'r, C> {
             Wake::SourceFailed => return Some(Exit::SourceFailed),
             Wake::End => self.signal(&Signal::EndOfInput).await,
             Wake::Tick => self.tick().await,
+            Wake::Reports => Ok(()),
             Wake::Source(SourceEvent::Progress(p)) => self.on_progress(p).await,
             Wake::Source(SourceEvent::Batch(batch)) => self.on_batch(batch).await,
             Wake::Source(SourceEvent::PartitionsAssigned(ps)) => self.on_assigned(ps).await,
@@ -235,6 +239,10 @@ impl<'r, C: Operator> Processing<'r, C> {
             Err(e) => Err(e),
         };
         let handled = handled.and_then(|()| self.take_worker_reports());
+        let handled = match handled {
+            Ok(()) => self.follow().await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = handled {
             return Some(Exit::Failed(e));
         }
@@ -291,6 +299,17 @@ impl<'r, C: Operator> Processing<'r, C> {
             workers.absorb_reports(&mut self.chains);
         }
         Ok(())
+    }
+
+    /// Tells the workers' idle tasks the job's watermark once it moved.
+    async fn follow(&mut self) -> Result<(), JobError> {
+        match self.workers.as_mut() {
+            Some(workers) => {
+                let clocks = Clocks::of(&self.ctx, self.chains.watermark());
+                workers.follow(self.chains.any_idle(), clocks).await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Takes the tasks back from the worker threads, at a cut after everything handed to them.
@@ -464,5 +483,13 @@ impl<'r, C: Operator> Processing<'r, C> {
             self.checkpoint(name).await?;
         }
         Ok(())
+    }
+}
+
+/// Resolves when a worker's report changed; never without workers.
+async fn reported<C: Operator>(workers: Option<&Workers<C>>) {
+    match workers {
+        Some(w) => w.reported().await,
+        None => std::future::pending().await,
     }
 }

@@ -15,8 +15,11 @@
 //! that one cut.
 //!
 //! Watermarks stay per task. Every worker reports the lowest watermark of its tasks that are not
-//! idle; the job's watermark is the minimum over workers, and each worker moves its idle tasks up
-//! to the job's watermark it was last told.
+//! idle, and wakes the coordinator when that changed; the job's watermark is the minimum over
+//! workers. A worker that has not reported since it was lent a task holds the job's watermark
+//! where it is: the task's own watermark is not known yet. Each worker moves its idle tasks up to
+//! the job's watermark it was last told, and the coordinator tells every worker when it moves
+//! while some partition is idle, so idle partitions follow also when no more input comes.
 //!
 //! A job-scoped chain run as copies (`Runner::parallel_job`) uses the same workers, one copy each.
 //! Every batch is cut into contiguous shares, one per copy; the copies trade records by key at
@@ -69,6 +72,20 @@ enum Work<C: Operator> {
     },
     /// Returns every task once everything queued before has run and its output is sent.
     Collect(oneshot::Sender<Tasks<C>>),
+    /// The job's watermark moved: idle tasks follow it.
+    Follow(Clocks),
+}
+
+impl<C: Operator> Work<C> {
+    fn clocks(&self) -> Option<Clocks> {
+        match self {
+            Self::Batch { clocks, .. } | Self::Signal { clocks, .. } | Self::Share { clocks, .. } => {
+                Some(*clocks)
+            }
+            Self::Follow(clocks) => Some(*clocks),
+            Self::Lend(_) | Self::Collect(_) => None,
+        }
+    }
 }
 
 /// The coordinator's clocks and watermark at the time it queued a message.
@@ -96,6 +113,9 @@ impl Clocks {
 struct Report {
     /// The lowest watermark of its tasks that are not idle (`None`: no such task).
     active: Option<Watermark>,
+    /// How many lends of tasks the worker had taken when it reported. A report older than the
+    /// last lend does not cover the lent tasks yet: they hold the job's watermark until it does.
+    lends: u64,
     /// Partition reports since the coordinator last took them.
     status: Vec<PartitionStatus>,
 }
@@ -103,6 +123,9 @@ struct Report {
 #[derive(Debug, Default)]
 struct Shared {
     reports: Mutex<Vec<Report>>,
+    /// Woken when a worker's report changed what the job's watermark is made of: the coordinator
+    /// then combines the reports, also while the source is quiet, and tells idle tasks.
+    reported: tokio::sync::Notify,
     /// Set by a worker that could not do what it was asked; the job stops with it.
     failure: Mutex<Option<String>>,
 }
@@ -129,6 +152,10 @@ pub(super) struct Workers<C: Operator> {
     lent: bool,
     /// The tasks are copies of one chain, one per worker.
     copies: bool,
+    /// Lends sent to each worker (see [`Report::lends`]).
+    lends: Vec<u64>,
+    /// The highest job watermark the workers were told.
+    told: Watermark,
     shared: Arc<Shared>,
 }
 
@@ -193,7 +220,16 @@ impl<C: Operator> Workers<C> {
             senders.push(tx);
             threads.push(thread);
         }
-        Ok(Self { senders, threads, owner: BTreeMap::new(), lent: false, copies, shared })
+        Ok(Self {
+            senders,
+            threads,
+            owner: BTreeMap::new(),
+            lent: false,
+            copies,
+            lends: vec![0; n],
+            told: Watermark::MIN,
+            shared,
+        })
     }
 
     /// True while the tasks are out on the workers.
@@ -377,10 +413,34 @@ impl<C: Operator> Workers<C> {
     /// fails when a worker did.
     pub(super) fn absorb_reports(&self, chains: &mut Chains<C>) {
         let mut reports = self.shared.reports();
-        let active: Vec<Option<Watermark>> = reports.iter().map(|r| r.active).collect();
+        // A worker that has not reported since its last lend runs tasks whose watermark it has not
+        // told yet: a new partition's task starts below any, so it holds the minimum (as a Flink
+        // split holds its reader's watermark until it emits one or goes idle).
+        let active: Vec<Option<Watermark>> = reports
+            .iter()
+            .zip(&self.lends)
+            .map(|(r, &sent)| if r.lends == sent { r.active } else { Some(Watermark::MIN) })
+            .collect();
         let status: Vec<PartitionStatus> = reports.iter_mut().flat_map(|r| r.status.drain(..)).collect();
         drop(reports);
         chains.absorb_reports(active.into_iter(), status.into_iter());
+    }
+
+    /// Waits until a worker's report changed what the job's watermark is made of.
+    pub(super) async fn reported(&self) {
+        self.shared.reported.notified().await;
+    }
+
+    /// Tells every worker the job's watermark when it moved past what they were told and some
+    /// partition is idle: idle tasks follow it, also when no more input comes.
+    pub(super) async fn follow(&mut self, any_idle: bool, clocks: Clocks) -> Result<(), JobError> {
+        if !self.lent || self.copies || clocks.job_watermark <= self.told || !any_idle {
+            return Ok(());
+        }
+        for w in 0..self.senders.len() {
+            self.send(w, Work::Follow(clocks)).await?;
+        }
+        Ok(())
     }
 
     /// The failure a worker reported, if any.
@@ -426,9 +486,17 @@ impl<C: Operator> Workers<C> {
         w
     }
 
-    async fn send(&self, w: usize, work: Work<C>) -> Result<(), JobError> {
+    async fn send(&mut self, w: usize, work: Work<C>) -> Result<(), JobError> {
+        let lend = matches!(work, Work::Lend(_));
+        if let Some(c) = work.clocks() {
+            self.told = self.told.max(c.job_watermark);
+        }
         let tx = self.senders.get(w).ok_or_else(|| self.gone())?;
-        tx.send(work).await.map_err(|_| self.gone())
+        tx.send(work).await.map_err(|_| self.gone())?;
+        if lend && let Some(n) = self.lends.get_mut(w) {
+            *n = n.wrapping_add(1);
+        }
+        Ok(())
     }
 
     fn gone(&self) -> JobError {
@@ -456,6 +524,8 @@ struct Worker<C: Operator> {
     gather_round: u64,
     /// Every copy's notes on the last share, in input order.
     notes: Vec<Observation>,
+    /// Lends taken so far (see [`Report::lends`]).
+    lends: u64,
 }
 
 impl<C: Operator> Drop for Worker<C> {
@@ -487,6 +557,7 @@ impl<C: Operator> Worker<C> {
             gather,
             gather_round: 0,
             notes: Vec::new(),
+            lends: 0,
         }
     }
 
@@ -495,6 +566,7 @@ impl<C: Operator> Worker<C> {
             let clocks = match work {
                 Work::Lend(tasks) => {
                     self.tasks.extend(tasks);
+                    self.lends = self.lends.wrapping_add(1);
                     continue;
                 }
                 Work::Collect(reply) => {
@@ -521,6 +593,10 @@ impl<C: Operator> Worker<C> {
                     self.ctx.set_shared_originals(originals);
                     self.run_share(records);
                     self.ctx.clear_originals();
+                    clocks
+                }
+                Work::Follow(clocks) => {
+                    clocks.apply(&mut self.ctx);
                     clocks
                 }
             };
@@ -622,9 +698,17 @@ impl<C: Operator> Worker<C> {
     fn report(&mut self) {
         let active = self.tasks.values().filter(|t| !t.idle).map(|t| t.watermark).min();
         let mut reports = self.shared.reports();
+        let mut changed = false;
         if let Some(r) = reports.get_mut(self.index) {
+            changed = r.active != active || r.lends != self.lends || !self.status.is_empty();
             r.active = active;
+            r.lends = self.lends;
             r.status.extend(std::mem::take(&mut self.status).into_values());
+        }
+        drop(reports);
+        // Copies move their watermarks together, with every batch: nothing waits on their reports.
+        if changed && self.breaker.is_none() {
+            self.shared.reported.notify_one();
         }
     }
 }
