@@ -230,11 +230,28 @@ impl Shared {
     /// Where each of `partitions` starts: the job's hand-over decides first (it fetches the
     /// partitions' state and blocks meanwhile, with the clock stopped), then this instance's own
     /// resume position, then `start_offset`. Records the partitions as assigned.
+    ///
+    /// With a hand-over, a partition it leaves out has no state anywhere: it starts from
+    /// `start_offset`, never from where this instance last delivered it, as that position
+    /// belongs to state that is gone (dropped here once another instance had it).
     pub(crate) fn start_offsets(&self, partitions: &[PartitionId]) -> Vec<(PartitionId, Offset)> {
         let lifecycle = lock(&self.lifecycle).clone();
-        let decided = lifecycle.map(|l| self.paused(|| l.assigning(partitions))).unwrap_or_default();
+        let decided = lifecycle.map(|l| self.paused(|| l.assigning(partitions)));
         let mut resume = lock(&self.resume);
-        resume.extend(decided);
+        if let Some(decided) = decided {
+            for p in partitions.iter().filter(|p| !decided.contains_key(p)) {
+                if let Some(stale) = resume.remove(p) {
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partition = p,
+                        stale,
+                        start = ?self.start,
+                        "no checkpoint holds the partition's state any more: it starts over from the start offset"
+                    );
+                }
+            }
+            resume.extend(decided);
+        }
         let mut reading = lock(&self.reading);
         partitions
             .iter()
@@ -484,4 +501,49 @@ fn cut(q: &mut Queue, progress: SourceProgress, stats: &SourceStats) {
     let (batch, next, bytes) = q.builder.finish();
     stats.consumed(batch.records.len() as u64, bytes);
     q.events.push_back(Outgoing { event: SourceEvent::Batch(batch.with_progress(progress)), next });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A hand-over that knows only `known`.
+    struct Knows(BTreeMap<PartitionId, u64>);
+
+    impl PartitionLifecycle for Knows {
+        fn assigning(&self, partitions: &[PartitionId]) -> BTreeMap<PartitionId, u64> {
+            partitions.iter().filter_map(|p| self.0.get(p).map(|o| (*p, *o))).collect()
+        }
+    }
+
+    fn shared(lifecycle: Option<Knows>) -> Shared {
+        let s = Shared::new(
+            "t".into(),
+            StartOffset::Earliest,
+            DataLossPolicy::Fail,
+            HeaderStash::default(),
+            Arc::new(AtomicBool::new(false)),
+        );
+        *lock(&s.lifecycle) = lifecycle.map(|l| Arc::new(l) as Arc<dyn PartitionLifecycle>);
+        s
+    }
+
+    #[test]
+    fn a_partition_the_hand_over_leaves_out_starts_over_not_where_it_was_last_delivered() {
+        let s = shared(Some(Knows(BTreeMap::from([(1, 70)]))));
+        // Both were delivered here before; partition 0's state has since gone from every checkpoint.
+        s.delivered(&BTreeMap::from([(0, 40), (1, 50)]));
+        let starts = s.start_offsets(&[0, 1]);
+        assert_eq!(starts, vec![(0, Offset::Beginning), (1, Offset::Offset(70))]);
+        assert_eq!(lock(&s.reading)[&0].check_first, None, "no resume check for a fresh start");
+    }
+
+    #[test]
+    fn without_a_hand_over_a_partition_resumes_where_it_was_last_delivered() {
+        let s = shared(None);
+        s.delivered(&BTreeMap::from([(0, 40)]));
+        assert_eq!(s.start_offsets(&[0, 2]), vec![(0, Offset::Offset(40)), (2, Offset::Beginning)]);
+    }
 }

@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::CheckpointError;
-use super::coordinator::download_files;
+use super::coordinator::{EPOCH_SPAN, download_files};
 use super::manifest::Manifest;
 use super::store::CheckpointStore;
+use super::writer::newest_epoch;
 use crate::record::PartitionId;
 
 const CHECKPOINTS: &str = "checkpoints/";
@@ -110,16 +111,31 @@ impl PartitionHandOver {
     /// Which of the partitions this instance carries without running them (`carried`: partition →
     /// offset) another instance now runs from at least that offset: their state is safe there,
     /// and this instance can drop it.
+    ///
+    /// Only manifests of a folder's current writer count. A fenced writer can still commit the
+    /// one manifest whose fence check raced the new claim; the new writer restored an older
+    /// checkpoint, does not carry what only that manifest holds, and its retention deletes it.
     pub async fn superseded(
         &self,
         carried: &BTreeMap<PartitionId, u64>,
     ) -> Result<Vec<PartitionId>, CheckpointError> {
         let mut out = Vec::new();
-        for (instance, manifest) in self.manifests().await? {
-            if instance == self.instance {
+        // Manifests first, claims after: a raced manifest lands after the claim that fences its
+        // writer, so a listing that shows the manifest is followed by one that shows the claim.
+        let manifests = self.manifests().await?;
+        let mut current: BTreeMap<&str, u64> = BTreeMap::new();
+        for (instance, _) in &manifests {
+            if instance != &self.instance && !current.contains_key(instance.as_str()) {
+                let epoch = newest_epoch(&self.base.child(instance)).await?;
+                current.insert(instance, epoch);
+            }
+        }
+        for (instance, manifest) in &manifests {
+            let Some(&epoch) = current.get(instance.as_str()) else { continue };
+            if manifest.id / EPOCH_SPAN < epoch {
                 continue;
             }
-            for p in owned(&manifest) {
+            for p in owned(manifest) {
                 let newer = manifest
                     .source_offsets
                     .get(&p)

@@ -66,6 +66,11 @@ fn epoch_of(key: &str) -> Option<u64> {
     key.strip_prefix(WRITERS)?.split_once('-')?.0.parse().ok()
 }
 
+/// The epoch of the newest claim of `store` (0: never claimed).
+pub(super) async fn newest_epoch(store: &CheckpointStore) -> Result<u64, CheckpointError> {
+    Ok(store.list(WRITERS).await?.iter().filter_map(|(k, _)| epoch_of(k)).max().unwrap_or(0))
+}
+
 /// This process's claim of a folder.
 #[derive(Debug, Clone)]
 pub(super) struct Writer {
@@ -84,8 +89,7 @@ impl Writer {
         job_id: &str,
         at_least: u64,
     ) -> Result<Self, CheckpointError> {
-        let newest = store.list(WRITERS).await?.iter().filter_map(|(k, _)| epoch_of(k)).max().unwrap_or(0);
-        let epoch = newest.max(at_least).saturating_add(1);
+        let epoch = newest_epoch(store).await?.max(at_least).saturating_add(1);
         let claim = WriterClaim {
             epoch,
             nonce: format!("{:016x}", nonce()),

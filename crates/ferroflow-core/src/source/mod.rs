@@ -146,8 +146,10 @@ pub trait Source<T>: Send + 'static {
 /// consumer-group rebalance), so that their state can follow them from the previous owner.
 pub trait PartitionLifecycle: Send + Sync + 'static {
     /// Fetches the newest state of `partitions` for the job and returns where each one must
-    /// resume (partitions left out start where the source would by itself). Blocks while it
-    /// downloads; call it from the source's own thread, never from an async task.
+    /// resume. A partition left out has no state in any checkpoint: the source starts it from its
+    /// configured start, not from where it last delivered it (that position belongs to state that
+    /// is gone). Blocks while it downloads; call it from the source's own thread, never from an
+    /// async task.
     fn assigning(&self, partitions: &[PartitionId]) -> BTreeMap<PartitionId, u64>;
 
     /// Waits up to `timeout` until the job has released `partitions`: it processed every event
