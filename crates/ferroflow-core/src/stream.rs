@@ -16,7 +16,7 @@ pub type DecodeFn<T, U> = fn(&T) -> Result<U, Rejection>;
 pub type DecodeJson<T, U> = TryMap<T, U, Rejection, DecodeFn<T, U>>;
 
 fn decode_json_payload<T: AsRef<[u8]>, U: serde::de::DeserializeOwned>(b: &T) -> Result<U, Rejection> {
-    serde_json::from_slice::<U>(b.as_ref()).map_err(|e| Rejection::decode(e.to_string()))
+    crate::json::parse::<U>(b.as_ref())
 }
 
 /// The stream after appending step `B` to chain `Op`, keyed or not as before (`S`).
@@ -138,7 +138,8 @@ impl<Op: Operator, S> Stream<Op::In, Op, S> {
         self.then(TryMap::new(f))
     }
 
-    /// Decodes JSON payloads into `U`; undecodable ones become `decode_error` dead letters.
+    /// Decodes JSON payloads into `U` (on [`json::parse`](crate::json::parse)); undecodable ones
+    /// become `decode_error` dead letters.
     pub fn decode_json<U>(self) -> Then<Op, DecodeJson<Op::Out, U>, S>
     where
         Op::Out: AsRef<[u8]>,

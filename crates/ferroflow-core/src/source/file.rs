@@ -67,7 +67,7 @@ impl<T> std::fmt::Debug for JsonLinesSource<T> {
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(line: &Bytes) -> Result<T, String> {
-    serde_json::from_slice(line).map_err(|e| e.to_string())
+    crate::json::parse(line).map_err(|r| r.detail)
 }
 
 impl<T: serde::de::DeserializeOwned + Send + 'static> JsonLinesSource<T> {
