@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use ferroflow::operator::IntoOperator;
 use ferroflow::sink::CollectSink;
 use ferroflow::source::{MemorySource, SourceBatch, SourceEvent};
 use ferroflow::state::{MemoryStateBackend, StateBackend};
@@ -991,19 +992,39 @@ fn plain_job(kind: WindowKind, case: &Case) -> Outcome {
 }
 
 /// Runs the job-scoped chain as `copies` copies (`Runner::parallel_job`): records traded by key
-/// between worker threads.
-fn run_copies(kind: WindowKind, case: &Case, copies: usize) -> Outcome {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let source = MemorySource::from_events(source_events(case));
-        let (bound, lateness) = (case.bound, case.lateness);
-        let factory = move || {
+/// between worker threads. With `key_first`, the key step comes before the timestamp step: the
+/// copies then gather their event-time notes in a round of their own instead of in the key
+/// step's.
+fn run_copies(kind: WindowKind, case: &Case, copies: usize, key_first: bool) -> Outcome {
+    let (bound, lateness) = (case.bound, case.lateness);
+    let spec = move || spec_of(kind, lateness);
+    let aggregate = || (Count, Sum::of(|e: &Ev| e.2 as f64));
+    match key_first {
+        false => run_copies_of(case, copies, move || {
             Stream::<Ev>::new()
                 .assign_timestamps(|e: &Ev| e.1, strategy(bound))
                 .key_by(|e: &Ev| Key::from(key_name(e.0)))
-                .window(spec_of(kind, lateness), (Count, Sum::of(|e: &Ev| e.2 as f64)))
+                .window(spec(), aggregate())
                 .map(|r: Row| show(std::slice::from_ref(&r)))
-        };
+        }),
+        true => run_copies_of(case, copies, move || {
+            Stream::<Ev>::new()
+                .key_by(|e: &Ev| Key::from(key_name(e.0)))
+                .assign_timestamps(|e: &Ev| e.1, strategy(bound))
+                .window(spec(), aggregate())
+                .map(|r: Row| show(std::slice::from_ref(&r)))
+        }),
+    }
+}
+
+fn run_copies_of<J, F>(case: &Case, copies: usize, factory: F) -> Outcome
+where
+    F: FnMut() -> J,
+    J: IntoOperator<Op: Operator<In = Ev, Out = String>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let source = MemorySource::from_events(source_events(case));
         let (sink, dlq) = (CollectSink::new(), CollectSink::new());
         let (rows, dead) = (sink.handle(), dlq.handle());
         let mut runner = Runner::builder().workers(copies).build().unwrap();
@@ -1022,12 +1043,15 @@ proptest! {
     /// in any order over several partitions, idle and finished ones included.
     #[test]
     fn copies_of_a_keyed_job_do_not_change_results(kind in any_kind(), case in any_case()) {
-        let one = run_copies(kind, &case, 1);
+        let one = run_copies(kind, &case, 1, false);
         prop_assert_eq!(one.counts[0], case.inputs.len() as u64, "every record counted in");
         prop_assert_eq!(&one, &plain_job(kind, &case), "one copy is the plain job");
-        for copies in [2, 3] {
-            let many = run_copies(kind, &case, copies);
-            prop_assert_eq!(&many, &one, "{} copies differ from 1", copies);
+        for key_first in [false, true] {
+            let one = run_copies(kind, &case, 1, key_first);
+            for copies in [2, 3] {
+                let many = run_copies(kind, &case, copies, key_first);
+                prop_assert_eq!(&many, &one, "{} copies differ from 1 (key step first: {})", copies, key_first);
+            }
         }
     }
 

@@ -132,6 +132,10 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for
         }
     }
 
+    fn notes_after_exchange(&self, exchanged: &mut bool) -> bool {
+        *exchanged
+    }
+
     fn observe_event_times(&mut self, observations: &[(PartitionId, Timestamp)], ctx: &mut Context) {
         let now = ctx.idle_time();
         for &(p, max) in observations {

@@ -145,6 +145,13 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
         self.a.runs_every_batch() || self.b.runs_every_batch()
     }
 
+    fn notes_after_exchange(&self, exchanged: &mut bool) -> bool {
+        // Both halves walk, in order: the second sees whether the first passed an exchange.
+        let a = self.a.notes_after_exchange(exchanged);
+        let b = self.b.notes_after_exchange(exchanged);
+        a || b
+    }
+
     fn observe_event_times(&mut self, observations: &[(PartitionId, Timestamp)], ctx: &mut Context) {
         self.a.observe_event_times(observations, ctx);
         self.b.observe_event_times(observations, ctx);

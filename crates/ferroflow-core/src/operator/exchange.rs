@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::record::{Key, Record};
+use crate::record::{Key, PartitionId, Record, Timestamp};
 
 /// Fixed seeds: the owner of a key must be the same in every copy, and again after a restore in
 /// the same binary (the copies of a restored job re-select their keys with it).
@@ -138,11 +138,15 @@ pub struct ExchangeBroken;
 
 impl<T: Send> ExchangePort<T> {
     /// Sends every record of `input` to the copy that owns its key, and appends to `out` what every
-    /// copy sent this one, in share order.
+    /// copy sent this one, in share order. With `notes`, the copies also trade their event-time
+    /// notes in the same round: `all_notes` gets every copy's, in copy order (every copy must pass
+    /// notes in a round, or none).
     pub fn trade(
         &mut self,
         input: &mut Vec<Record<T>>,
         out: &mut Vec<Record<T>>,
+        notes: Option<&mut Vec<Note>>,
+        all_notes: &mut Vec<Note>,
     ) -> Result<(), ExchangeBroken> {
         let copies = self.outboxes.len();
         for r in input.drain(..) {
@@ -153,12 +157,18 @@ impl<T: Send> ExchangePort<T> {
         }
         let round = self.round;
         self.round = self.round.wrapping_add(1);
-        self.exchange.trade(self.copy, round, &mut self.outboxes, out)
+        self.exchange.trade(self.copy, round, &mut self.outboxes, out, notes, all_notes)
     }
 }
 
-/// Cells of one round: `cells[to][from]`.
-type Cells<T> = Vec<Vec<Vec<Record<T>>>>;
+/// A partition's highest event time in a run of a copy's share (see [`Gather`]).
+pub type Note = (PartitionId, Timestamp);
+
+/// Cells of one round: `records[to][from]`, and each copy's notes.
+struct Cells<T> {
+    records: Vec<Vec<Vec<Record<T>>>>,
+    notes: Vec<Vec<Note>>,
+}
 
 /// A reusable meeting point for a fixed number of copies: in each round every copy puts in its
 /// part, waits until all have, then takes what it needs. Two sets of cells, for even and odd
@@ -228,7 +238,10 @@ struct Exchange<T> {
 
 impl<T> Exchange<T> {
     fn new(copies: usize, broken: Arc<AtomicBool>) -> Self {
-        let cells = || (0..copies).map(|_| (0..copies).map(|_| Vec::new()).collect()).collect();
+        let cells = || Cells {
+            records: (0..copies).map(|_| (0..copies).map(|_| Vec::new()).collect()).collect(),
+            notes: (0..copies).map(|_| Vec::new()).collect(),
+        };
         Self { rounds: Rounds::new(copies, broken, cells) }
     }
 
@@ -238,19 +251,32 @@ impl<T> Exchange<T> {
         round: u64,
         outboxes: &mut [Vec<Record<T>>],
         out: &mut Vec<Record<T>>,
+        notes: Option<&mut Vec<Note>>,
+        all_notes: &mut Vec<Note>,
     ) -> Result<(), ExchangeBroken> {
+        let with_notes = notes.is_some();
         let put = |cells: &mut Cells<T>| {
             for (to, outbox) in outboxes.iter_mut().enumerate() {
-                if let Some(cell) = cells.get_mut(to).and_then(|c| c.get_mut(from)) {
+                if let Some(cell) = cells.records.get_mut(to).and_then(|c| c.get_mut(from)) {
                     // The emptied cell's allocation comes back as the next round's outbox.
                     std::mem::swap(cell, outbox);
                 }
             }
+            if let (Some(notes), Some(cell)) = (notes, cells.notes.get_mut(from)) {
+                cell.clear();
+                cell.append(notes);
+            }
         };
         let take = |cells: &mut Cells<T>| {
-            if let Some(inbound) = cells.get_mut(from) {
+            if let Some(inbound) = cells.records.get_mut(from) {
                 for cell in inbound.iter_mut() {
                     out.append(cell);
+                }
+            }
+            if with_notes {
+                all_notes.clear();
+                for cell in &cells.notes {
+                    all_notes.extend_from_slice(cell);
                 }
             }
         };
@@ -336,7 +362,7 @@ mod tests {
                                 .collect()
                         };
                         let mut out = Vec::new();
-                        assert_eq!(port.trade(&mut input, &mut out), Ok(()));
+                        assert_eq!(port.trade(&mut input, &mut out, None, &mut Vec::new()), Ok(()));
                         assert!(input.is_empty());
                         got.push(out);
                     }
@@ -374,7 +400,9 @@ mod tests {
         let mut hub = ExchangeHub::new(2);
         let breaker = hub.breaker();
         let mut port: ExchangePort<u64> = hub.ports(0).port().ok_or("no port")?;
-        let waiter = std::thread::spawn(move || port.trade(&mut vec![keyed("a", 1)], &mut Vec::new()));
+        let waiter = std::thread::spawn(move || {
+            port.trade(&mut vec![keyed("a", 1)], &mut Vec::new(), None, &mut Vec::new())
+        });
         std::thread::sleep(Duration::from_millis(20));
         breaker.store(true, Ordering::Release);
         assert_eq!(waiter.join().ok(), Some(Err(ExchangeBroken)));

@@ -49,7 +49,12 @@ impl<T: Send + 'static, F: FnMut(&T) -> Key + Send + 'static> Operator for KeyBy
         }
         if let Some(port) = &mut self.exchange {
             std::mem::swap(input, &mut self.keyed);
-            if port.trade(&mut self.keyed, out).is_err() {
+            // The first key step of a copy on a share also trades the copies' event-time notes.
+            let notes = (ctx.observing && !ctx.notes_traded).then_some(&mut ctx.observations);
+            let with_notes = notes.is_some();
+            let traded = port.trade(&mut self.keyed, out, notes, &mut ctx.traded_notes);
+            ctx.notes_traded |= with_notes;
+            if traded.is_err() {
                 // A worker stopped: the job fails and restarts from its last checkpoint, which
                 // none of these records are part of.
                 self.keyed.clear();
@@ -74,5 +79,10 @@ impl<T: Send + 'static, F: FnMut(&T) -> Key + Send + 'static> Operator for KeyBy
 
     fn runs_every_batch(&self) -> bool {
         self.exchange.is_some()
+    }
+
+    fn notes_after_exchange(&self, exchanged: &mut bool) -> bool {
+        *exchanged |= self.exchange.is_some();
+        false
     }
 }

@@ -25,7 +25,7 @@ pub use assign_timestamps::AssignTimestamps;
 pub use chain::Chain;
 pub use dedup::Dedup;
 pub(crate) use exchange::Gather;
-pub use exchange::{ExchangeBroken, ExchangeHub, ExchangePort, ExchangePorts, key_owner};
+pub use exchange::{ExchangeBroken, ExchangeHub, ExchangePort, ExchangePorts, Note, key_owner};
 pub use filter::Filter;
 pub use flat_map::FlatMap;
 pub use key_by::KeyBy;
@@ -86,6 +86,11 @@ pub struct Context {
     pub(crate) observing: bool,
     /// `(partition, highest event time)` runs noted while `observing`, in input order.
     pub(crate) observations: Vec<(PartitionId, Timestamp)>,
+    /// Every copy's notes on the batch, gathered by the first key step's exchange round (set
+    /// with `notes_traded`).
+    pub(crate) traded_notes: Vec<(PartitionId, Timestamp)>,
+    /// The first key step traded the notes this batch.
+    pub(crate) notes_traded: bool,
     /// A key step's exchange stopped (another copy's worker did): the job must fail.
     pub(crate) exchange_broken: bool,
 }
@@ -111,6 +116,8 @@ impl Context {
             originals: originals::Originals::default(),
             observing: false,
             observations: Vec::new(),
+            traded_notes: Vec::new(),
+            notes_traded: false,
             exchange_broken: false,
         }
     }
@@ -413,6 +420,15 @@ pub trait Operator: Send + 'static {
     /// True when the step must run for every batch, even an empty one (a connected key step:
     /// every copy takes part in every round of its exchange).
     fn runs_every_batch(&self) -> bool {
+        false
+    }
+
+    /// True when a timestamp step notes event times after a connected key step; sets
+    /// `exchanged` once a connected key step was passed. Walked in step order by a [`Chain`]:
+    /// when every note is taken before the first exchange, the copies trade their notes in that
+    /// exchange's round instead of meeting a second time per batch.
+    fn notes_after_exchange(&self, exchanged: &mut bool) -> bool {
+        let _ = exchanged;
         false
     }
 

@@ -24,9 +24,11 @@
 //! A job-scoped chain run as copies (`Runner::parallel_job`) uses the same workers, one copy each.
 //! Every batch is cut into contiguous shares, one per copy; the copies trade records by key at
 //! their key steps (see [`crate::operator::ExchangeHub`]). Their timestamp steps only note the event
-//! times of their share; after its share every copy gathers all copies' notes, in input order,
-//! and applies them before anything else, so every copy's watermark moves exactly as one chain's
-//! would over the whole batch. The coordinator never waits for the copies between batches.
+//! times of their share; after its share every copy has all copies' notes, in input order, and
+//! applies them before anything else, so every copy's watermark moves exactly as one chain's
+//! would over the whole batch. When every note is taken before the first key step (timestamps,
+//! then `key_by`: the usual shape), the notes travel in that step's round; otherwise the copies
+//! meet once more to gather them. The coordinator never waits for the copies between batches.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -524,6 +526,9 @@ struct Worker<C: Operator> {
     gather_round: u64,
     /// Every copy's notes on the last share, in input order.
     notes: Vec<Observation>,
+    /// Copies: the chain takes every note before its first key step, whose round trades them
+    /// (decided from the chain's shape at the first share).
+    notes_at_exchange: Option<bool>,
     /// Lends taken so far (see [`Report::lends`]).
     lends: u64,
 }
@@ -557,6 +562,7 @@ impl<C: Operator> Worker<C> {
             gather,
             gather_round: 0,
             notes: Vec::new(),
+            notes_at_exchange: None,
             lends: 0,
         }
     }
@@ -635,11 +641,29 @@ impl<C: Operator> Worker<C> {
         };
         self.ctx.counters.records_in += records.len() as u64;
         self.ctx.observing = true;
+        self.ctx.notes_traded = false;
         task.chain.process_batch(&mut records, &mut self.ctx, &mut self.out);
         self.ctx.observing = false;
-        let round = self.gather_round;
-        self.gather_round = round.wrapping_add(1);
-        let gathered = gather.gather(self.index, round, &mut self.ctx.observations, &mut self.notes);
+        // Every note taken before the first key step: its round traded them (the same for every
+        // copy: it depends on the chain's shape only). Otherwise the copies meet once more.
+        let gathered = match self.notes_at_exchange.get_or_insert_with(|| notes_at_exchange(&task.chain)) {
+            true if self.ctx.notes_traded && self.ctx.observations.is_empty() => {
+                std::mem::swap(&mut self.notes, &mut self.ctx.traded_notes);
+                Ok(())
+            }
+            true => {
+                self.shared.fail(format!(
+                    "worker {}: the chain's event-time notes were not all traded at its key step",
+                    self.index
+                ));
+                return;
+            }
+            false => {
+                let round = self.gather_round;
+                self.gather_round = round.wrapping_add(1);
+                gather.gather(self.index, round, &mut self.ctx.observations, &mut self.notes)
+            }
+        };
         if std::mem::take(&mut self.ctx.exchange_broken) || gathered.is_err() {
             self.shared.fail("a worker thread stopped while the copies traded records by key".into());
             return;
@@ -711,4 +735,12 @@ impl<C: Operator> Worker<C> {
             self.shared.reported.notify_one();
         }
     }
+}
+
+/// True when every event-time note of `chain` is taken before its first connected key step, so
+/// that step's round trades the copies' notes.
+fn notes_at_exchange<C: Operator>(chain: &C) -> bool {
+    let mut exchanged = false;
+    let after = chain.notes_after_exchange(&mut exchanged);
+    exchanged && !after
 }
