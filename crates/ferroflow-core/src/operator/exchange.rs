@@ -161,7 +161,8 @@ impl<T: Send> ExchangePort<T> {
     }
 }
 
-/// A partition's highest event time in a run of a copy's share (see [`Gather`]).
+/// A partition's highest event time in a run of a copy's share: what copies trade so that their
+/// watermarks move together.
 pub type Note = (PartitionId, Timestamp);
 
 /// Cells of one round: `records[to][from]`, and each copy's notes.

@@ -77,7 +77,7 @@ impl RunnerBuilder {
         self
     }
 
-    /// Where operator state is snapshotted for checkpoints: [`MemoryState`](crate::state::MemoryState)
+    /// Where operator state is snapshotted for checkpoints: [`MemoryStateBackend`](crate::state::MemoryStateBackend)
     /// (the default) or [`RocksDb::at(dir)`](crate::state::RocksDb::at) (feature `rocksdb`), or
     /// any opened [`StateBackend`]. Needs [`checkpoints`](Self::checkpoints): without them state
     /// is never snapshotted, and `build` refuses it.
