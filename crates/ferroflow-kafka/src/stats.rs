@@ -53,6 +53,9 @@ struct Inner {
     lost: Mutex<BTreeMap<PartitionId, u64>>,
     /// Messages of partitions not assigned any more, dropped unread (another owner reads them).
     stray: AtomicU64,
+    /// Offsets a resumed partition skipped while the broker still had the log there: transaction
+    /// markers or compaction (no records), or records gone some other way.
+    gaps: AtomicU64,
     /// The source's header stash, for its eviction count.
     headers: Mutex<Option<crate::headers::HeaderStash>>,
 }
@@ -86,6 +89,9 @@ impl SourceStats {
     }
     pub(crate) fn stray(&self) {
         self.inner.stray.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn gap(&self, offsets: u64) {
+        self.inner.gaps.fetch_add(offsets, Ordering::Relaxed);
     }
     pub(crate) fn set_lag(&self, lags: BTreeMap<PartitionId, PartitionLag>) {
         if let Ok(mut l) = self.inner.lag.lock() {
@@ -148,6 +154,12 @@ impl SourceStats {
     /// Messages of partitions no longer assigned that were dropped unread.
     pub fn stray_messages(&self) -> u64 {
         self.inner.stray.load(Ordering::Relaxed)
+    }
+    /// Offsets skipped where a partition resumed although the log still held them: transaction
+    /// markers and compaction make such gaps without records; on a topic with neither, any gap
+    /// is worth a look.
+    pub fn offset_gaps(&self) -> u64 {
+        self.inner.gaps.load(Ordering::Relaxed)
     }
     /// Consumer lag per partition, from librdkafka's latest statistics.
     pub fn lag(&self) -> BTreeMap<PartitionId, PartitionLag> {

@@ -72,6 +72,7 @@ struct Metrics {
     kafka_commits: IntCounterVec,
     records_lost: IntCounterVec,
     kafka_stray: IntCounter,
+    kafka_offset_gaps: IntCounter,
     headers_evicted: IntCounter,
     contract_violations: IntCounterVec,
     sink_rows: IntCounter,
@@ -320,6 +321,12 @@ impl PipelineMetrics {
                 "ferroflow_kafka_stray_messages_total",
                 "Messages of partitions no longer assigned here, dropped unread (their new owner reads them).",
             )?,
+            kafka_offset_gaps: counter(
+                &r,
+                "ferroflow_kafka_offset_gaps_total",
+                "Offsets skipped where a partition resumed while the log still held them (transaction \
+                 markers or compaction; on a topic with neither, worth a look).",
+            )?,
             headers_evicted: counter(
                 &r,
                 "ferroflow_dead_letter_headers_evicted_total",
@@ -461,6 +468,7 @@ impl PipelineMetrics {
                 set(&m.records_lost.with_label_values(&[&p.to_string()]), n);
             }
             set(&m.kafka_stray, k.stray_messages());
+            set(&m.kafka_offset_gaps, k.offset_gaps());
             set(&m.headers_evicted, k.headers_evicted());
         }
         if let Some(c) = &self.sources.contract {
