@@ -50,7 +50,8 @@ impl<T: Send + 'static, F: FnMut(&T) -> Key + Send + 'static> Operator for KeyBy
         if let Some(port) = &mut self.exchange {
             std::mem::swap(input, &mut self.keyed);
             // The first key step of a copy on a share also trades the copies' event-time notes.
-            let notes = (ctx.observing && !ctx.notes_traded).then_some(&mut ctx.observations);
+            let notes = (ctx.observing && ctx.notes_at_exchange && !ctx.notes_traded)
+                .then_some(&mut ctx.observations);
             let with_notes = notes.is_some();
             let traded = port.trade(&mut self.keyed, out, notes, &mut ctx.traded_notes);
             ctx.notes_traded |= with_notes;

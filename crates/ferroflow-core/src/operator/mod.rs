@@ -91,6 +91,9 @@ pub struct Context {
     pub(crate) traded_notes: Vec<(PartitionId, Timestamp)>,
     /// The first key step traded the notes this batch.
     pub(crate) notes_traded: bool,
+    /// Set for a copy whose chain takes every note before its first key step: that step trades
+    /// them in its round (the same for every copy: it depends on the chain's shape only).
+    pub(crate) notes_at_exchange: bool,
     /// A key step's exchange stopped (another copy's worker did): the job must fail.
     pub(crate) exchange_broken: bool,
 }
@@ -118,6 +121,7 @@ impl Context {
             observations: Vec::new(),
             traded_notes: Vec::new(),
             notes_traded: false,
+            notes_at_exchange: false,
             exchange_broken: false,
         }
     }

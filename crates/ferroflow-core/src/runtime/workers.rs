@@ -573,6 +573,9 @@ impl<C: Operator> Worker<C> {
                 Work::Lend(tasks) => {
                     self.tasks.extend(tasks);
                     self.lends = self.lends.wrapping_add(1);
+                    // The lent tasks' watermarks are known now: a worker that gets no records
+                    // for a while must not hold the job's watermark until then.
+                    self.report();
                     continue;
                 }
                 Work::Collect(reply) => {
@@ -640,13 +643,15 @@ impl<C: Operator> Worker<C> {
             return;
         };
         self.ctx.counters.records_in += records.len() as u64;
+        // Every note taken before the first key step: its round trades them (the same for every
+        // copy: it depends on the chain's shape only). Otherwise the copies meet once more.
+        let at_exchange = *self.notes_at_exchange.get_or_insert_with(|| notes_at_exchange(&task.chain));
         self.ctx.observing = true;
+        self.ctx.notes_at_exchange = at_exchange;
         self.ctx.notes_traded = false;
         task.chain.process_batch(&mut records, &mut self.ctx, &mut self.out);
         self.ctx.observing = false;
-        // Every note taken before the first key step: its round traded them (the same for every
-        // copy: it depends on the chain's shape only). Otherwise the copies meet once more.
-        let gathered = match self.notes_at_exchange.get_or_insert_with(|| notes_at_exchange(&task.chain)) {
+        let gathered = match at_exchange {
             true if self.ctx.notes_traded && self.ctx.observations.is_empty() => {
                 std::mem::swap(&mut self.notes, &mut self.ctx.traded_notes);
                 Ok(())
