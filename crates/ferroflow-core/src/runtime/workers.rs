@@ -156,8 +156,8 @@ pub(super) struct Workers<C: Operator> {
     copies: bool,
     /// Lends sent to each worker (see [`Report::lends`]).
     lends: Vec<u64>,
-    /// The highest job watermark the workers were told.
-    told: Watermark,
+    /// The highest job watermark each worker was told.
+    told: Vec<Watermark>,
     shared: Arc<Shared>,
 }
 
@@ -229,7 +229,7 @@ impl<C: Operator> Workers<C> {
             lent: false,
             copies,
             lends: vec![0; n],
-            told: Watermark::MIN,
+            told: vec![Watermark::MIN; n],
             shared,
         })
     }
@@ -436,11 +436,13 @@ impl<C: Operator> Workers<C> {
     /// Tells every worker the job's watermark when it moved past what they were told and some
     /// partition is idle: idle tasks follow it, also when no more input comes.
     pub(super) async fn follow(&mut self, any_idle: bool, clocks: Clocks) -> Result<(), JobError> {
-        if !self.lent || self.copies || clocks.job_watermark <= self.told || !any_idle {
+        if !self.lent || self.copies || !any_idle {
             return Ok(());
         }
         for w in 0..self.senders.len() {
-            self.send(w, Work::Follow(clocks)).await?;
+            if self.told.get(w).is_some_and(|&t| t < clocks.job_watermark) {
+                self.send(w, Work::Follow(clocks)).await?;
+            }
         }
         Ok(())
     }
@@ -490,8 +492,8 @@ impl<C: Operator> Workers<C> {
 
     async fn send(&mut self, w: usize, work: Work<C>) -> Result<(), JobError> {
         let lend = matches!(work, Work::Lend(_));
-        if let Some(c) = work.clocks() {
-            self.told = self.told.max(c.job_watermark);
+        if let (Some(c), Some(t)) = (work.clocks(), self.told.get_mut(w)) {
+            *t = (*t).max(c.job_watermark);
         }
         let tx = self.senders.get(w).ok_or_else(|| self.gone())?;
         tx.send(work).await.map_err(|_| self.gone())?;
