@@ -140,6 +140,8 @@ pub(crate) struct Shared {
     pub(crate) topic: String,
     pub(crate) start: StartOffset,
     pub(crate) on_data_loss: DataLossPolicy,
+    /// librdkafka sends statistics (`statistics_interval_ms` > 0): partitions' log ranges come.
+    pub(crate) statistics: bool,
     /// Next offset to deliver, per partition: from the checkpoint at first, then advanced as
     /// batches are handed over, so a partition assigned again resumes where the job is.
     pub(crate) resume: Mutex<BTreeMap<PartitionId, u64>>,
@@ -172,6 +174,7 @@ impl Shared {
             topic,
             start,
             on_data_loss,
+            statistics: true,
             resume: Mutex::new(BTreeMap::new()),
             stats: SourceStats::default(),
             headers,
@@ -393,14 +396,19 @@ impl Shared {
     /// The source's clock and the partitions it has not caught up with: their log end, as
     /// librdkafka's statistics last reported it (every `statistics_interval_ms`), is past the next
     /// offset to read (or, for a partition read from its start that delivered nothing yet, past
-    /// its log start).
-    fn progress(&self) -> SourceProgress {
+    /// its log start). A partition that delivered nothing and that the statistics do not cover
+    /// yet counts as behind: nothing says it is caught up, and a slow first fetch must not make
+    /// it idle (its first records would then be late behind the others).
+    pub(crate) fn progress(&self) -> SourceProgress {
         let time_ms = lock(&self.clock).now_ms();
         let range = self.stats.log_range();
         let behind = lock(&self.reading)
             .iter()
             .filter_map(|(p, r)| {
-                let log = range.get(p)?;
+                let Some(log) = range.get(p) else {
+                    let nothing_yet = r.next.is_none() || r.check_first.is_some();
+                    return (self.statistics && nothing_yet).then_some(*p);
+                };
                 let next = match r.next {
                     Some(n) => i64::try_from(n).ok()?.max(log.app),
                     None if r.from_start => log.start,
@@ -541,6 +549,20 @@ mod tests {
         let starts = s.start_offsets(&[0, 1]);
         assert_eq!(starts, vec![(0, Offset::Beginning), (1, Offset::Offset(70))]);
         assert_eq!(lock(&s.reading)[&0].check_first, None, "no resume check for a fresh start");
+    }
+
+    #[test]
+    fn a_partition_without_statistics_that_delivered_nothing_is_behind() {
+        let s = shared(None);
+        s.start_offsets(&[0, 1]);
+        assert_eq!(s.progress().behind, vec![0, 1], "no statistics yet: nothing says they are caught up");
+        s.delivered(&BTreeMap::from([(1, 5)]));
+        lock(&s.reading).get_mut(&1).unwrap().next = Some(5);
+        assert_eq!(s.progress().behind, vec![0], "partition 1 delivered");
+        let mut off = shared(None);
+        off.statistics = false;
+        off.start_offsets(&[0]);
+        assert!(off.progress().behind.is_empty(), "without statistics nothing is ever known behind");
     }
 
     #[test]

@@ -65,13 +65,15 @@ impl KafkaSource {
     pub fn new(config: &KafkaSourceConfig) -> Result<Self, KafkaError> {
         config.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             config.topic.clone(),
             config.start_offset,
             config.on_data_loss,
             HeaderStash::with_budget(config.header_stash_max_bytes),
             Arc::clone(&stop),
-        ));
+        );
+        shared.statistics = config.statistics_interval_ms > 0;
+        let shared = Arc::new(shared);
         shared.stats.watch_headers(shared.headers.clone());
         let consumer: Consumer_ = config
             .client_config()
