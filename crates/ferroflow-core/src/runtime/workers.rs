@@ -436,12 +436,18 @@ impl<C: Operator> Workers<C> {
     /// Tells every worker the job's watermark when it moved past what they were told and some
     /// partition is idle: idle tasks follow it, also when no more input comes.
     pub(super) async fn follow(&mut self, any_idle: bool, clocks: Clocks) -> Result<(), JobError> {
+        // Advisory: never fails the job (see below).
         if !self.lent || self.copies || !any_idle {
             return Ok(());
         }
         for w in 0..self.senders.len() {
-            if self.told.get(w).is_some_and(|&t| t < clocks.job_watermark) {
-                self.send(w, Work::Follow(clocks)).await?;
+            if self.told.get(w).is_some_and(|&t| t < clocks.job_watermark)
+                && self.send(w, Work::Follow(clocks)).await.is_err()
+            {
+                // A worker that stopped (a sink is gone, or it failed) ends the job through the
+                // loop's own checks, with its cause; an advisory message must not replace that
+                // cause with "a worker thread stopped".
+                break;
             }
         }
         Ok(())

@@ -248,12 +248,20 @@ listen = "127.0.0.1:{port}"
         serde_json::from_str(&body).ok()
     }
 
-    /// The last lines of every run's log, for failure messages.
+    /// Every run's warnings and errors (at most 20), then its last 30 lines, backtrace frames left
+    /// out (they would fill the 30 lines and hide the error above them), for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for i in 1..=self.starts {
             let text = std::fs::read_to_string(self.dir.join(format!("run-{i}.log"))).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
+            let lines: Vec<&str> = text.lines().filter(|l| !is_backtrace_frame(l)).collect();
+            let alarms: Vec<&&str> =
+                lines.iter().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+            out.push_str(&format!("--- run {i}: warnings and errors (first 20 of {}) ---\n", alarms.len()));
+            for l in alarms.iter().take(20) {
+                out.push_str(l);
+                out.push('\n');
+            }
             out.push_str(&format!("--- run {i} (last 30 lines) ---\n"));
             for l in &lines[lines.len().saturating_sub(30)..] {
                 out.push_str(l);
@@ -467,4 +475,11 @@ pub fn positions(events: &[Generated], partitions: u32) -> Vec<(u32, u64)> {
             (g.partition, o)
         })
         .collect()
+}
+
+/// A frame of a printed backtrace (`  12: symbol` or `        at file:line`).
+fn is_backtrace_frame(line: &str) -> bool {
+    let t = line.trim_start();
+    t.starts_with("at ")
+        || t.split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }

@@ -159,6 +159,23 @@ impl HandOverHooks {
         self.book().failure.clone()
     }
 
+    /// Runs [`fetch`](Self::fetch) to completion from a blocking caller. The source's callbacks
+    /// usually run on its own thread, but librdkafka may also run one inside a call made from a
+    /// runtime thread (closing the consumer at shutdown delivers a pending assignment there), where
+    /// blocking on the runtime panics: the fetch then runs on a helper thread of its own.
+    fn fetch_blocking(&self, wanted: &[PartitionId]) -> Result<BTreeMap<PartitionId, Start>, String> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.handle.block_on(self.fetch(wanted));
+        }
+        std::thread::scope(|s| {
+            let helper = std::thread::Builder::new()
+                .name("ferroflow-hand-over".into())
+                .spawn_scoped(s, || self.handle.block_on(self.fetch(wanted)))
+                .map_err(|e| format!("cannot start the hand-over thread: {e}"))?;
+            helper.join().unwrap_or_else(|_| Err("the hand-over thread panicked".into()))
+        })
+    }
+
     async fn fetch(&self, wanted: &[PartitionId]) -> Result<BTreeMap<PartitionId, Start>, String> {
         let located = self.hand_over.locate(wanted).await.map_err(|e| e.to_string())?;
         let mut starts = BTreeMap::new();
@@ -238,7 +255,7 @@ impl PartitionLifecycle for HandOverHooks {
         let mut attempt = 0;
         let starts = loop {
             attempt += 1;
-            match self.handle.block_on(self.fetch(partitions)) {
+            match self.fetch_blocking(partitions) {
                 Ok(s) => break s,
                 Err(e) if attempt < ATTEMPTS => {
                     tracing::warn!(attempt, error = %e, "partition hand-over failed; retrying");
@@ -262,5 +279,30 @@ impl PartitionLifecycle for HandOverHooks {
             .collect();
         self.book().starts.extend(starts);
         offsets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::checkpoint::{CheckpointStore, S3Options};
+
+    /// librdkafka may run an assignment callback inside a call made on a runtime thread (closing
+    /// the consumer at shutdown): deciding the start there must not block on the runtime, which
+    /// panics.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_assignment_decided_on_a_runtime_thread_does_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = CheckpointStore::from_url("memory://", &S3Options::default()).unwrap();
+        let hooks = HandOverHooks::new(
+            tokio::runtime::Handle::current(),
+            PartitionHandOver::new(base, "a", 1),
+            dir.path(),
+        );
+        hooks.set_live([(3, 40)]);
+        assert_eq!(hooks.assigning(&[3, 4]), BTreeMap::from([(3, 40)]));
+        assert!(hooks.failure().is_none());
     }
 }
