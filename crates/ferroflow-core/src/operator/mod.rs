@@ -85,10 +85,10 @@ pub struct Context {
     /// [`Operator::observe_event_times`]).
     pub(crate) observing: bool,
     /// `(partition, highest event time)` runs noted while `observing`, in input order.
-    pub(crate) observations: Vec<(PartitionId, Timestamp)>,
+    pub(crate) observations: Vec<Note>,
     /// Every copy's notes on the batch, gathered by the first key step's exchange round (set
     /// with `notes_traded`).
-    pub(crate) traded_notes: Vec<(PartitionId, Timestamp)>,
+    pub(crate) traded_notes: Vec<Note>,
     /// The first key step traded the notes this batch.
     pub(crate) notes_traded: bool,
     /// Set for a copy whose chain takes every note before its first key step: that step trades

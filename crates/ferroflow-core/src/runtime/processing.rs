@@ -239,10 +239,9 @@ impl<'r, C: Operator> Processing<'r, C> {
             Err(e) => Err(e),
         };
         let handled = handled.and_then(|()| self.take_worker_reports());
-        let handled = match handled {
-            Ok(()) => self.follow().await,
-            Err(e) => Err(e),
-        };
+        if handled.is_ok() {
+            self.follow().await;
+        }
         if let Err(e) = handled {
             return Some(Exit::Failed(e));
         }
@@ -301,14 +300,11 @@ impl<'r, C: Operator> Processing<'r, C> {
         Ok(())
     }
 
-    /// Tells the workers' idle tasks the job's watermark once it moved.
-    async fn follow(&mut self) -> Result<(), JobError> {
-        match self.workers.as_mut() {
-            Some(workers) => {
-                let clocks = Clocks::of(&self.ctx, self.chains.watermark());
-                workers.follow(self.chains.any_idle(), clocks).await
-            }
-            None => Ok(()),
+    /// Tells the workers' idle tasks the job's watermark once it moved (advisory: never fails).
+    async fn follow(&mut self) {
+        if let Some(workers) = self.workers.as_mut() {
+            let clocks = Clocks::of(&self.ctx, self.chains.watermark());
+            workers.follow(self.chains.any_idle(), clocks).await;
         }
     }
 

@@ -42,15 +42,12 @@ use crate::dead_letter::DeadLetter;
 use crate::error::JobError;
 use crate::metrics::{JobCounters, PartitionStatus};
 use crate::operator::originals::SharedOriginals;
-use crate::operator::{Context, Gather, Operator, Signal};
-use crate::record::{PartitionId, Record, Timestamp};
+use crate::operator::{Context, Gather, Note, Operator, Signal};
+use crate::record::{PartitionId, Record};
 use crate::time::Watermark;
 
 /// One partition's records of a batch, in order.
 type Part<T> = (PartitionId, Vec<Record<T>>);
-
-/// A partition's highest event time in a run of a share's records.
-type Observation = (PartitionId, Timestamp);
 
 /// Messages a worker queues for its thread. A part of a batch is a partition's records, in order.
 enum Work<C: Operator> {
@@ -435,10 +432,9 @@ impl<C: Operator> Workers<C> {
 
     /// Tells every worker the job's watermark when it moved past what they were told and some
     /// partition is idle: idle tasks follow it, also when no more input comes.
-    pub(super) async fn follow(&mut self, any_idle: bool, clocks: Clocks) -> Result<(), JobError> {
-        // Advisory: never fails the job (see below).
+    pub(super) async fn follow(&mut self, any_idle: bool, clocks: Clocks) {
         if !self.lent || self.copies || !any_idle {
-            return Ok(());
+            return;
         }
         for w in 0..self.senders.len() {
             if self.told.get(w).is_some_and(|&t| t < clocks.job_watermark)
@@ -450,7 +446,6 @@ impl<C: Operator> Workers<C> {
                 break;
             }
         }
-        Ok(())
     }
 
     /// The failure a worker reported, if any.
@@ -530,10 +525,10 @@ struct Worker<C: Operator> {
     /// Copies: set when this worker stops, so that the others' exchange rounds do not wait for it.
     breaker: Option<Arc<AtomicBool>>,
     /// Copies: where they gather their event-time notes after each share, and the round.
-    gather: Option<Arc<Gather<Observation>>>,
+    gather: Option<Arc<Gather<Note>>>,
     gather_round: u64,
     /// Every copy's notes on the last share, in input order.
-    notes: Vec<Observation>,
+    notes: Vec<Note>,
     /// Copies: the chain takes every note before its first key step, whose round trades them
     /// (decided from the chain's shape at the first share).
     notes_at_exchange: Option<bool>,
@@ -556,7 +551,7 @@ impl<C: Operator> Worker<C> {
         outputs: Outputs<C::Out>,
         shared: Arc<Shared>,
         breaker: Option<Arc<AtomicBool>>,
-        gather: Option<Arc<Gather<Observation>>>,
+        gather: Option<Arc<Gather<Note>>>,
     ) -> Self {
         Self {
             index,
