@@ -183,3 +183,139 @@ async fn a_keyed_job_on_two_copies_resumes_on_three() {
     got.extend(rows);
     assert_eq!(got, reference);
 }
+
+#[derive(serde::Deserialize)]
+struct Line {
+    k: String,
+    t: i64,
+}
+
+/// Copies keep rounds of their key exchange in flight while they run their next shares: a
+/// round's records reach the window one batch or more after they were read. A record the window
+/// refuses as late must still carry the bytes it was read from in its dead letter (the bytes of
+/// its own batch, not of the batch its copy runs when the round is taken).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_records_traded_between_copies_keep_their_source_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    // Time moves 100 ms per line; every fifth line is 5 s behind, late once its window closed.
+    let lines: Vec<String> = (0..2_000i64)
+        .map(|i| {
+            let t = if i % 5 == 4 && i > 100 { i * 100 - 5_000 } else { i * 100 };
+            format!(r#"{{"k":"k{}","t":{t},"pad":"{}"}}"#, i % 13, "x".repeat((i % 7) as usize))
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+
+    let job = || {
+        Stream::<Line>::new()
+            .assign_timestamps(|l: &Line| l.t, WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO))
+            .key_by(|l: &Line| Key::from(l.k.as_str()))
+            .window(WindowSpec::tumbling(Duration::from_secs(1)).unwrap(), Count)
+            .id("counts")
+            .map(|r: WindowResult<u64>| r.value)
+    };
+    let mut late_by_copies = Vec::new();
+    for workers in [1, 2] {
+        // Small reads: many batches, so that rounds are in flight while later shares run.
+        let source = JsonLinesSource::<Line>::open([&path]).with_chunk_size(512);
+        let (sink, dlq) = (CollectSink::new(), CollectSink::new());
+        let (rows, dead) = (sink.handle(), dlq.handle());
+        let mut runner = Runner::builder().workers(workers).build().unwrap();
+        let report =
+            within(30, "the job", runner.parallel_job(source, job).sink(sink).dead_letters(dlq).run())
+                .await
+                .unwrap();
+        assert!(report.counters.identity_holds(), "{workers} workers: {:?}", report.counters);
+        assert!(!rows.take().is_empty());
+        let dead = dead.take();
+        assert!(dead.len() > 50, "{workers} workers: {} late records", dead.len());
+        for d in &dead {
+            assert_eq!(d.reason, ferroflow::DeadLetterReason::LateEvent, "{d:?}");
+            let line = usize::try_from(d.position.offset).unwrap();
+            assert_eq!(
+                std::str::from_utf8(&d.original).unwrap(),
+                lines[line],
+                "{workers} workers: the dead letter of line {line} carries other bytes"
+            );
+        }
+        let mut offsets: Vec<u64> = dead.iter().map(|d| d.position.offset).collect();
+        offsets.sort_unstable();
+        late_by_copies.push(offsets);
+    }
+    assert_eq!(late_by_copies[0], late_by_copies[1], "two copies refuse the records one refuses");
+}
+
+/// (event time, key, slow): a slow record holds its copy for a while before its key step.
+type Ev = (i64, &'static str, bool);
+
+fn ev_at(source_time_ms: i64, records: Vec<(PartitionId, u64, Ev)>) -> ferroflow::source::SourceEvent<Ev> {
+    let records = records
+        .into_iter()
+        .map(|(p, offset, e)| {
+            ferroflow::Record::new(e, 0).with_position(ferroflow::SourcePosition::new(p, offset))
+        })
+        .collect();
+    ferroflow::source::SourceEvent::Batch(
+        ferroflow::source::SourceBatch::of(records)
+            .with_progress(ferroflow::source::SourceProgress { time_ms: source_time_ms, behind: vec![] }),
+    )
+}
+
+/// A copy that runs ahead of a slow one (rounds in flight) must judge idleness as every copy does:
+/// with each round's notes, under the clock of that round's batch. Partition 1 is quiet for 6 s of
+/// the source's clock (idle after 5 s) and comes back in the batch at 6 s with a record 9.5 s behind
+/// partition 0: seen with its batch, it keeps partition 1 active, holds the watermark and is on
+/// time. The copy that owns its key runs its own share of that batch while the other copy is held
+/// inside the record; judging idleness then, without the batch's notes, made partition 1 idle,
+/// closed the window and refused the record as late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_running_ahead_judges_idleness_with_each_rounds_notes_and_clock() {
+    let owned_by = |copy: usize| {
+        ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .into_iter()
+            .find(|k| ferroflow::operator::key_owner(&Key::from(*k), 2) == copy)
+            .unwrap()
+    };
+    let (k0, k1) = (owned_by(0), owned_by(1));
+    let script = ScriptedSource::new()
+        .assign(vec![0, 1])
+        .emit(ev_at(0, vec![(0, 0, (1_000, k0, false)), (1, 0, (1_000, k1, false))]))
+        .emit(ev_at(1_000, vec![(0, 1, (2_000, k0, false))]))
+        .emit(ev_at(2_000, vec![(0, 2, (3_000, k1, false))]))
+        .emit(ev_at(3_000, vec![(0, 3, (11_000, k0, false))]))
+        // Copy 0 gets the slow record (the first half of the batch), copy 1 the other.
+        .emit(ev_at(6_000, vec![(1, 1, (1_500, k1, true)), (0, 4, (11_500, k0, false))]));
+    let job = || {
+        let strategy =
+            WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO).with_idleness(Duration::from_secs(5));
+        Stream::<Ev>::new()
+            .map(|e: Ev| {
+                if e.2 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                e
+            })
+            .assign_timestamps(|e: &Ev| e.0, strategy)
+            .key_by(|e: &Ev| Key::from(e.1))
+            .window(WindowSpec::tumbling(Duration::from_secs(10)).unwrap(), Count)
+            .id("counts")
+            .map(|r: WindowResult<u64>| {
+                (r.key.as_str().unwrap_or_default().to_owned(), r.window_start, r.value)
+            })
+    };
+    let (sink, rows) = CollectSink::with_handle();
+    let (dlq, dead) = CollectSink::with_handle();
+    let mut runner = Runner::builder().workers(2).build().unwrap();
+    let report = within(30, "the job", runner.parallel_job(script, job).sink(sink).dead_letters(dlq).run())
+        .await
+        .unwrap();
+    assert!(report.counters.identity_holds(), "{:?}", report.counters);
+    assert_eq!(dead.take(), vec![], "partition 1's record is on time");
+    let last: BTreeMap<(String, i64), u64> = rows.take().into_iter().map(|(k, s, n)| ((k, s), n)).collect();
+    assert_eq!(
+        last.get(&(k1.to_owned(), 0)),
+        Some(&3),
+        "{k1}'s first window counts partition 1's record: {last:?}"
+    );
+}

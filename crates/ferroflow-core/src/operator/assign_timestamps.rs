@@ -194,6 +194,10 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> Operator for
     fn name(&self) -> &'static str {
         "assign_timestamps"
     }
+
+    fn emits_before_exchange(&self, _exchanged: &mut bool) -> bool {
+        false // emits only from the records of a batch
+    }
 }
 
 /// Dead-letters the records of `batch` stamped after `latest` (processing time plus the strategy's

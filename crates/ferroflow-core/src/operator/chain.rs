@@ -152,6 +152,12 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
         a || b
     }
 
+    fn emits_before_exchange(&self, exchanged: &mut bool) -> bool {
+        let a = self.a.emits_before_exchange(exchanged);
+        let b = self.b.emits_before_exchange(exchanged);
+        a || b
+    }
+
     fn observe_event_times(&mut self, observations: &[(PartitionId, Timestamp)], ctx: &mut Context) {
         self.a.observe_event_times(observations, ctx);
         self.b.observe_event_times(observations, ctx);

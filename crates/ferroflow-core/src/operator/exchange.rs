@@ -7,7 +7,8 @@
 //! once per batch, and once per watermark that reaches the step — so a round is complete when all
 //! copies have put in their records. Each copy then takes what it was sent in share order, which
 //! keeps every key's records in input order: what a keyed step computes for a key does not depend
-//! on the number of copies.
+//! on the number of copies. A copy may put in its next rounds before it takes this one (rounds in
+//! flight, see [`KeyBy`](super::KeyBy)); it takes them in order.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,6 +149,21 @@ impl<T: Send> ExchangePort<T> {
         notes: Option<&mut Vec<Note>>,
         all_notes: &mut Vec<Note>,
     ) -> Result<(), ExchangeBroken> {
+        let with_notes = notes.is_some();
+        let round = self.put(input, notes)?;
+        self.take(round, out, with_notes.then_some(all_notes))
+    }
+
+    /// Sends every record of `input` (and `notes`) to the copies in a new round and returns the
+    /// round, without waiting for the other copies: [`take`](Self::take) it later, rounds in order.
+    /// Copies take their rounds in order, and may put in up to [`IN_FLIGHT`] more rounds before
+    /// they take one (a put waits while the round's cells still hold an older round not every copy
+    /// took).
+    pub fn put(
+        &mut self,
+        input: &mut Vec<Record<T>>,
+        notes: Option<&mut Vec<Note>>,
+    ) -> Result<u64, ExchangeBroken> {
         let copies = self.outboxes.len();
         for r in input.drain(..) {
             let to = key_owner(&r.key, copies);
@@ -157,7 +173,30 @@ impl<T: Send> ExchangePort<T> {
         }
         let round = self.round;
         self.round = self.round.wrapping_add(1);
-        self.exchange.trade(self.copy, round, &mut self.outboxes, out, notes, all_notes)
+        self.exchange.put(self.copy, round, &mut self.outboxes, notes)?;
+        Ok(round)
+    }
+
+    /// Waits until every copy has put in its part of `round`, then appends to `out` what they sent
+    /// this one, in share order, and, with `all_notes`, every copy's notes in copy order.
+    pub fn take(
+        &mut self,
+        round: u64,
+        out: &mut Vec<Record<T>>,
+        all_notes: Option<&mut Vec<Note>>,
+    ) -> Result<(), ExchangeBroken> {
+        self.exchange.take(self.copy, round, out, all_notes)
+    }
+
+    /// [`take`](Self::take) without waiting: false, and nothing taken, while a copy's part of
+    /// `round` is missing.
+    pub fn try_take(
+        &mut self,
+        round: u64,
+        out: &mut Vec<Record<T>>,
+        all_notes: Option<&mut Vec<Note>>,
+    ) -> bool {
+        self.exchange.try_take(self.copy, round, out, all_notes)
     }
 }
 
@@ -171,10 +210,18 @@ struct Cells<T> {
     notes: Vec<Vec<Note>>,
 }
 
+/// Rounds a copy may have put in and not taken from yet, beyond the one it just put in: a copy
+/// that runs ahead of the others by this many shares waits for them.
+pub(crate) const IN_FLIGHT: usize = 4;
+
+/// Sets of cells, used by rounds in turn. More than a copy can have in flight (`IN_FLIGHT + 1`):
+/// two copies each waiting for the other to free a set is then impossible.
+const SLOTS: usize = IN_FLIGHT + 2;
+
 /// A reusable meeting point for a fixed number of copies: in each round every copy puts in its
-/// part, waits until all have, then takes what it needs. Two sets of cells, for even and odd
-/// rounds, let a copy start round `r + 1` while others still take from round `r`; no copy can
-/// reach round `r + 2` before every copy has taken from round `r`.
+/// part, and once all have, each takes what it needs. Rounds use [`SLOTS`] sets of cells in turn;
+/// a copy that puts in a round whose cells still hold an older round (not yet taken by every copy)
+/// waits until they are free.
 struct Rounds<S> {
     copies: usize,
     state: Mutex<RoundState<S>>,
@@ -183,19 +230,94 @@ struct Rounds<S> {
 }
 
 struct RoundState<S> {
-    cells: [S; 2],
-    put: [usize; 2],
-    taken: [usize; 2],
+    cells: [S; SLOTS],
+    put: [usize; SLOTS],
+    taken: [usize; SLOTS],
 }
 
 impl<S> Rounds<S> {
     fn new(copies: usize, broken: Arc<AtomicBool>, cells: impl Fn() -> S) -> Self {
         Self {
             copies,
-            state: Mutex::new(RoundState { cells: [cells(), cells()], put: [0; 2], taken: [0; 2] }),
+            state: Mutex::new(RoundState {
+                cells: std::array::from_fn(|_| cells()),
+                put: [0; SLOTS],
+                taken: [0; SLOTS],
+            }),
             ready: Condvar::new(),
             broken,
         }
+    }
+
+    fn slot(round: u64) -> usize {
+        // The remainder is below SLOTS, so it fits in usize.
+        (round % SLOTS as u64) as usize
+    }
+
+    /// Waits on the copies' condition (with a timeout: a worker that stopped never puts in its
+    /// part), or gives up when the exchange is broken.
+    fn wait<'a>(
+        &self,
+        state: std::sync::MutexGuard<'a, RoundState<S>>,
+    ) -> Result<std::sync::MutexGuard<'a, RoundState<S>>, ExchangeBroken> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(ExchangeBroken);
+        }
+        Ok(self
+            .ready
+            .wait_timeout(state, Duration::from_millis(50))
+            .unwrap_or_else(PoisonError::into_inner)
+            .0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RoundState<S>> {
+        // Cells hold plain values: ones left by a thread that panicked are still whole.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts in this copy's part of `round`, without waiting for the others.
+    fn put(&self, round: u64, put: impl FnOnce(&mut S)) -> Result<(), ExchangeBroken> {
+        let b = Self::slot(round);
+        let mut state = self.lock();
+        // Every copy put in the slot's older round, and not all have taken from it yet.
+        while state.put[b] == self.copies {
+            state = self.wait(state)?;
+        }
+        put(&mut state.cells[b]);
+        state.put[b] += 1;
+        if state.put[b] == self.copies {
+            self.ready.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Waits until every copy has put in its part of `round`, then takes this copy's.
+    fn take<R>(&self, round: u64, take: impl FnOnce(&mut S) -> R) -> Result<R, ExchangeBroken> {
+        let b = Self::slot(round);
+        let mut state = self.lock();
+        while state.put[b] < self.copies {
+            state = self.wait(state)?;
+        }
+        Ok(self.take_complete(&mut state, b, take))
+    }
+
+    /// Takes this copy's part of `round` when every copy has put in theirs; `None` otherwise.
+    fn try_take<R>(&self, round: u64, take: impl FnOnce(&mut S) -> R) -> Option<R> {
+        let b = Self::slot(round);
+        let mut state = self.lock();
+        (state.put[b] == self.copies).then(|| self.take_complete(&mut state, b, take))
+    }
+
+    fn take_complete<R>(&self, state: &mut RoundState<S>, b: usize, take: impl FnOnce(&mut S) -> R) -> R {
+        let taken = take(&mut state.cells[b]);
+        state.taken[b] += 1;
+        if state.taken[b] == self.copies {
+            state.put[b] = 0;
+            state.taken[b] = 0;
+            // A copy may be waiting to put in a later round that uses these cells.
+            self.ready.notify_all();
+        }
+        taken
     }
 
     fn meet<R>(
@@ -204,32 +326,8 @@ impl<S> Rounds<S> {
         put: impl FnOnce(&mut S),
         take: impl FnOnce(&mut S) -> R,
     ) -> Result<R, ExchangeBroken> {
-        let b = (round % 2) as usize;
-        // Cells hold plain values: ones left by a thread that panicked are still whole.
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        put(&mut state.cells[b]);
-        state.put[b] += 1;
-        if state.put[b] == self.copies {
-            self.ready.notify_all();
-        }
-        while state.put[b] < self.copies {
-            if self.broken.load(Ordering::Acquire) {
-                return Err(ExchangeBroken);
-            }
-            // A timeout, not only a notification: a worker that stopped never puts in its part.
-            state = self
-                .ready
-                .wait_timeout(state, Duration::from_millis(50))
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        let taken = take(&mut state.cells[b]);
-        state.taken[b] += 1;
-        if state.taken[b] == self.copies {
-            state.put[b] = 0;
-            state.taken[b] = 0;
-        }
-        Ok(taken)
+        self.put(round, put)?;
+        self.take(round, take)
     }
 }
 
@@ -246,17 +344,15 @@ impl<T> Exchange<T> {
         Self { rounds: Rounds::new(copies, broken, cells) }
     }
 
-    fn trade(
+    /// Puts copy `from`'s outboxes (and notes) in `round`, without waiting for the others.
+    fn put(
         &self,
         from: usize,
         round: u64,
         outboxes: &mut [Vec<Record<T>>],
-        out: &mut Vec<Record<T>>,
         notes: Option<&mut Vec<Note>>,
-        all_notes: &mut Vec<Note>,
     ) -> Result<(), ExchangeBroken> {
-        let with_notes = notes.is_some();
-        let put = |cells: &mut Cells<T>| {
+        self.rounds.put(round, |cells: &mut Cells<T>| {
             for (to, outbox) in outboxes.iter_mut().enumerate() {
                 if let Some(cell) = cells.records.get_mut(to).and_then(|c| c.get_mut(from)) {
                     // The emptied cell's allocation comes back as the next round's outbox.
@@ -267,21 +363,51 @@ impl<T> Exchange<T> {
                 cell.clear();
                 cell.append(notes);
             }
-        };
-        let take = |cells: &mut Cells<T>| {
-            if let Some(inbound) = cells.records.get_mut(from) {
-                for cell in inbound.iter_mut() {
-                    out.append(cell);
-                }
+        })
+    }
+
+    /// Waits for every copy's part of `round` and appends what was sent to copy `from` to `out`,
+    /// in share order (and every copy's notes to `all_notes`, in copy order).
+    fn take(
+        &self,
+        from: usize,
+        round: u64,
+        out: &mut Vec<Record<T>>,
+        all_notes: Option<&mut Vec<Note>>,
+    ) -> Result<(), ExchangeBroken> {
+        self.rounds.take(round, |cells: &mut Cells<T>| Self::take_from(cells, from, out, all_notes))
+    }
+
+    /// [`take`](Self::take) if every copy's part of `round` is in; false otherwise.
+    fn try_take(
+        &self,
+        from: usize,
+        round: u64,
+        out: &mut Vec<Record<T>>,
+        all_notes: Option<&mut Vec<Note>>,
+    ) -> bool {
+        self.rounds
+            .try_take(round, |cells: &mut Cells<T>| Self::take_from(cells, from, out, all_notes))
+            .is_some()
+    }
+
+    fn take_from(
+        cells: &mut Cells<T>,
+        from: usize,
+        out: &mut Vec<Record<T>>,
+        all_notes: Option<&mut Vec<Note>>,
+    ) {
+        if let Some(inbound) = cells.records.get_mut(from) {
+            for cell in inbound.iter_mut() {
+                out.append(cell);
             }
-            if with_notes {
-                all_notes.clear();
-                for cell in &cells.notes {
-                    all_notes.extend_from_slice(cell);
-                }
+        }
+        if let Some(all_notes) = all_notes {
+            all_notes.clear();
+            for cell in &cells.notes {
+                all_notes.extend_from_slice(cell);
             }
-        };
-        self.rounds.meet(round, put, take)
+        }
     }
 }
 
@@ -394,6 +520,72 @@ mod tests {
             .map(|round| (0..copies as u64).filter(|c| !(round + c).is_multiple_of(4)).count() * 40)
             .sum();
         assert_eq!(seen, expected, "nothing lost, nothing doubled");
+    }
+
+    #[test]
+    fn copies_running_ahead_with_rounds_in_flight_take_every_round_in_order() {
+        let copies = 3;
+        let rounds = 300u64;
+        let mut hub = ExchangeHub::new(copies);
+        let ports: Vec<ExchangePort<u64>> = (0..copies).filter_map(|c| hub.ports(c).port()).collect();
+        let threads: Vec<_> = ports
+            .into_iter()
+            .enumerate()
+            .map(|(c, mut port)| {
+                std::thread::spawn(move || {
+                    let mut in_flight = std::collections::VecDeque::new();
+                    let mut taken: Vec<(u64, Vec<u64>, Vec<Note>)> = Vec::new();
+                    let mut take = |port: &mut ExchangePort<u64>, round: u64, wait: bool| {
+                        let (mut out, mut notes) = (Vec::new(), Vec::new());
+                        let got = if wait {
+                            port.take(round, &mut out, Some(&mut notes)) == Ok(())
+                        } else {
+                            port.try_take(round, &mut out, Some(&mut notes))
+                        };
+                        if got {
+                            taken.push((round, out.iter().map(|r| r.payload).collect(), notes));
+                        }
+                        got
+                    };
+                    for round in 0..rounds {
+                        // Copy 0 is slow now and then: the others run ahead by up to IN_FLIGHT.
+                        if c == 0 && round % 37 == 0 {
+                            std::thread::sleep(Duration::from_millis(3));
+                        }
+                        let mut input: Vec<Record<u64>> = (0..12u64)
+                            .map(|i| keyed(&format!("k{i}"), round * 1_000 + c as u64 * 100 + i))
+                            .collect();
+                        let mut notes = vec![(c as PartitionId, round as Timestamp)];
+                        let put = port.put(&mut input, Some(&mut notes));
+                        assert_eq!(put, Ok(round));
+                        in_flight.push_back(round);
+                        let oldest = in_flight.front().copied().unwrap_or_default();
+                        if take(&mut port, oldest, in_flight.len() > IN_FLIGHT) {
+                            in_flight.pop_front();
+                        }
+                        assert!(in_flight.len() <= IN_FLIGHT);
+                    }
+                    while let Some(round) = in_flight.pop_front() {
+                        assert!(take(&mut port, round, true));
+                    }
+                    taken
+                })
+            })
+            .collect();
+        for (c, t) in threads.into_iter().enumerate() {
+            let taken = t.join().unwrap_or_default();
+            assert_eq!(taken.iter().map(|(r, _, _)| *r).collect::<Vec<_>>(), (0..rounds).collect::<Vec<_>>());
+            for (round, out, notes) in taken {
+                let expected: Vec<u64> = (0..copies as u64)
+                    .flat_map(|from| (0..12u64).map(move |i| round * 1_000 + from * 100 + i))
+                    .filter(|n| key_owner(&Key::from(format!("k{}", n % 100).as_str()), copies) == c)
+                    .collect();
+                assert_eq!(out, expected, "copy {c}, round {round}: its keys' records, in share order");
+                let all: Vec<Note> =
+                    (0..copies).map(|from| (from as PartitionId, round as Timestamp)).collect();
+                assert_eq!(notes, all, "every copy's notes of the round, in copy order");
+            }
+        }
     }
 
     #[test]

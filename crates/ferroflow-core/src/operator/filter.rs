@@ -53,4 +53,8 @@ impl<T: Send + 'static, F: FnMut(&T) -> bool + Send + 'static> Operator for Filt
     fn name(&self) -> &'static str {
         "filter"
     }
+
+    fn emits_before_exchange(&self, _exchanged: &mut bool) -> bool {
+        false // emits only from the records of a batch
+    }
 }

@@ -73,6 +73,10 @@ where
     fn name(&self) -> &'static str {
         "flat_map"
     }
+
+    fn emits_before_exchange(&self, _exchanged: &mut bool) -> bool {
+        false // emits only from the records of a batch
+    }
 }
 
 #[cfg(test)]

@@ -52,4 +52,8 @@ where
     fn name(&self) -> &'static str {
         "map"
     }
+
+    fn emits_before_exchange(&self, _exchanged: &mut bool) -> bool {
+        false // emits only from the records of a batch
+    }
 }

@@ -96,6 +96,16 @@ pub struct Context {
     pub(crate) notes_at_exchange: bool,
     /// A key step's exchange stopped (another copy's worker did): the job must fail.
     pub(crate) exchange_broken: bool,
+    /// Set with `notes_at_exchange` for a copy whose chain has one key step: that step puts the
+    /// share in a round and passes on the round before, so a copy works on its next share instead
+    /// of waiting for the others (see [`KeyBy`]).
+    pub(crate) pipelined: bool,
+    /// No share this time: a pipelined key step only passes on its round in flight.
+    pub(crate) draining: bool,
+    /// A pipelined key step has a round in flight (set after each batch).
+    pub(crate) round_in_flight: bool,
+    /// A pipelined key step passed on a round this batch, and set the clocks of its share.
+    pub(crate) round_taken: bool,
 }
 
 impl Default for Context {
@@ -123,6 +133,10 @@ impl Context {
             notes_traded: false,
             notes_at_exchange: false,
             exchange_broken: false,
+            pipelined: false,
+            draining: false,
+            round_in_flight: false,
+            round_taken: false,
         }
     }
 
@@ -197,6 +211,11 @@ impl Context {
     /// on other worker threads.
     pub(crate) fn set_shared_originals(&mut self, originals: originals::SharedOriginals) {
         self.originals.set_shared(originals);
+    }
+
+    /// The current batch's bytes, to keep for its records while they wait in an exchange.
+    pub(crate) fn shared_originals(&self) -> originals::SharedOriginals {
+        self.originals.shared()
     }
 
     /// Forgets the current batch's bytes (the runner does this after each batch).
@@ -434,6 +453,15 @@ pub trait Operator: Send + 'static {
     fn notes_after_exchange(&self, exchanged: &mut bool) -> bool {
         let _ = exchanged;
         false
+    }
+
+    /// True when a step before the first connected key step may emit records from
+    /// [`on_watermark`](Self::on_watermark); sets `exchanged` once a connected key step was passed.
+    /// Walked in step order by a [`Chain`]: copies keep their key step's round in flight across
+    /// shares only when nothing upstream of it emits between shares. Steps that never emit on a
+    /// watermark say so; any other step before an exchange is taken to emit.
+    fn emits_before_exchange(&self, exchanged: &mut bool) -> bool {
+        !*exchanged
     }
 
     /// Applies the event times that every copy of the chain noted for the last batch (see

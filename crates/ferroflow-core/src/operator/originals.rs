@@ -33,6 +33,11 @@ impl Originals {
         self.index = None;
     }
 
+    /// The batch's bytes, shared.
+    pub(crate) fn shared(&self) -> SharedOriginals {
+        std::sync::Arc::clone(&self.entries)
+    }
+
     /// Drops the batch's bytes.
     pub(crate) fn clear(&mut self) {
         if !self.entries.is_empty() {

@@ -103,6 +103,10 @@ where
     fn name(&self) -> &'static str {
         "process"
     }
+
+    fn emits_before_exchange(&self, _exchanged: &mut bool) -> bool {
+        false // emits only from the records of a batch
+    }
 }
 
 #[cfg(test)]

@@ -48,4 +48,8 @@ impl<T: Send + 'static> Operator for SourceInput<T> {
     fn name(&self) -> &'static str {
         "source"
     }
+
+    fn emits_before_exchange(&self, _exchanged: &mut bool) -> bool {
+        false // emits only from the records of a batch
+    }
 }

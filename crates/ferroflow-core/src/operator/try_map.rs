@@ -82,6 +82,10 @@ where
     fn name(&self) -> &'static str {
         "try_map"
     }
+
+    fn emits_before_exchange(&self, _exchanged: &mut bool) -> bool {
+        false // emits only from the records of a batch
+    }
 }
 
 #[cfg(test)]

@@ -97,6 +97,8 @@ pub(crate) struct Chains<C: Operator> {
     consumes_records: bool,
     /// Copies: stops their exchanges when a worker stops.
     breaker: Option<Arc<AtomicBool>>,
+    /// Copies: the key steps of each copy's chain (each has an exchange).
+    key_steps: usize,
     /// Copies: the copies' chains differ (the factory built different chains).
     mismatch: Option<String>,
 }
@@ -139,6 +141,7 @@ impl<C: Operator> Chains<C> {
         }
         let mut chains = Self::with_mode(Mode::Copies(tasks), shape);
         chains.breaker = Some(hub.breaker());
+        chains.key_steps = steps.unwrap_or_default();
         chains.mismatch = hub.mismatch().map(str::to_owned).or(differ);
         Some(chains)
     }
@@ -156,6 +159,11 @@ impl<C: Operator> Chains<C> {
         }
     }
 
+    /// How many connected key steps each copy's chain has (copies only).
+    pub(crate) fn key_steps(&self) -> usize {
+        self.key_steps
+    }
+
     /// The copies' exchange breaker (copies only).
     pub(crate) fn breaker(&self) -> Option<Arc<AtomicBool>> {
         self.breaker.clone()
@@ -169,6 +177,7 @@ impl<C: Operator> Chains<C> {
     fn with_mode(mode: Mode<C>, shape: Shape) -> Self {
         Self {
             breaker: None,
+            key_steps: 0,
             mismatch: None,
             mode,
             status: BTreeMap::new(),

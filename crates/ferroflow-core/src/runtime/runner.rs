@@ -18,7 +18,7 @@ use super::chains::Chains;
 use super::checkpointing::Checkpointing;
 use super::io::{join, run_sink, run_source};
 use super::processing::{Exit, JobState, Processing};
-use super::workers::{Outputs, Workers};
+use super::workers::{Copies, Outputs, Workers};
 use crate::dead_letter::DeadLetter;
 use crate::error::{JobError, SourceError};
 use crate::metrics::{CountersSnapshot, JobCounters};
@@ -376,7 +376,12 @@ impl Runner {
         let workers = if chains.partitioned() {
             Some(Workers::start(self.config.workers, cap, &outputs, None)?)
         } else if let Some(breaker) = chains.breaker() {
-            Some(Workers::start(chains.copy_count(), cap, &outputs, Some(breaker))?)
+            Some(Workers::start(
+                chains.copy_count(),
+                cap,
+                &outputs,
+                Some(Copies { breaker, key_steps: chains.key_steps() }),
+            )?)
         } else {
             None
         };

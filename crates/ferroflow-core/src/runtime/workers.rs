@@ -28,7 +28,10 @@
 //! applies them before anything else, so every copy's watermark moves exactly as one chain's
 //! would over the whole batch. When every note is taken before the first key step (timestamps,
 //! then `key_by`: the usual shape), the notes travel in that step's round; otherwise the copies
-//! meet once more to gather them. The coordinator never waits for the copies between batches.
+//! meet once more to gather them. In the usual shape a copy keeps rounds in flight: it goes on
+//! with its next queued share instead of waiting for the slowest copy, and takes every round in
+//! flight before it handles anything else (see [`crate::operator::KeyBy`]). The coordinator never
+//! waits for the copies between batches.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +51,14 @@ use crate::time::Watermark;
 
 /// One partition's records of a batch, in order.
 type Part<T> = (PartitionId, Vec<Record<T>>);
+
+/// What the workers running copies of one chain share.
+pub(super) struct Copies {
+    /// Set when a worker stops, so that the others' exchange rounds do not wait for it.
+    pub(super) breaker: Arc<AtomicBool>,
+    /// The connected key steps of each copy's chain.
+    pub(super) key_steps: usize,
+}
 
 /// Messages a worker queues for its thread. A part of a batch is a partition's records, in order.
 enum Work<C: Operator> {
@@ -185,15 +196,17 @@ impl<O> Clone for Outputs<O> {
 }
 
 impl<C: Operator> Workers<C> {
-    /// Starts `n` worker threads, each with a queue of `capacity` messages. For copies of a chain
-    /// (`breaker` set), `n` is the number of copies, and a worker that stops sets the breaker.
+    /// Starts `n` worker threads, each with a queue of `capacity` messages. For copies of a chain,
+    /// `n` is the number of copies, and a worker that stops sets their breaker.
     pub(super) fn start(
         n: usize,
         capacity: usize,
         outputs: &Outputs<C::Out>,
-        breaker: Option<Arc<AtomicBool>>,
+        copies: Option<Copies>,
     ) -> Result<Self, JobError> {
         let n = n.max(1);
+        let key_steps = copies.as_ref().map_or(0, |c| c.key_steps);
+        let breaker = copies.map(|c| c.breaker);
         let copies = breaker.is_some();
         let gather = breaker.as_ref().map(|b| Gather::new(n, Arc::clone(b)));
         let shared = Arc::new(Shared::default());
@@ -208,6 +221,7 @@ impl<C: Operator> Workers<C> {
                 Arc::clone(&shared),
                 breaker.clone(),
                 gather.clone(),
+                key_steps,
             );
             let thread = std::thread::Builder::new()
                 .name(format!("ferroflow-worker-{index}"))
@@ -532,8 +546,18 @@ struct Worker<C: Operator> {
     /// Copies: the chain takes every note before its first key step, whose round trades them
     /// (decided from the chain's shape at the first share).
     notes_at_exchange: Option<bool>,
+    /// Copies: the connected key steps of the chain. With exactly one, taking every note, that
+    /// step is pipelined (see [`Context::pipelined`]).
+    key_steps: usize,
+    /// Copies: the key step keeps a round in flight (decided from the chain's shape).
+    pipelined: Option<bool>,
+    /// Copies: the key step holds rounds in flight, which must be taken before anything but the
+    /// next share runs.
+    in_flight: bool,
     /// Lends taken so far (see [`Report::lends`]).
     lends: u64,
+    /// Whether each partition was idle in this worker's last report of it.
+    idle_told: BTreeMap<PartitionId, bool>,
 }
 
 impl<C: Operator> Drop for Worker<C> {
@@ -552,6 +576,7 @@ impl<C: Operator> Worker<C> {
         shared: Arc<Shared>,
         breaker: Option<Arc<AtomicBool>>,
         gather: Option<Arc<Gather<Note>>>,
+        key_steps: usize,
     ) -> Self {
         Self {
             index,
@@ -566,12 +591,16 @@ impl<C: Operator> Worker<C> {
             gather_round: 0,
             notes: Vec::new(),
             notes_at_exchange: None,
+            key_steps,
+            pipelined: None,
+            in_flight: false,
             lends: 0,
+            idle_told: BTreeMap::new(),
         }
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Work<C>>) {
-        while let Some(work) = rx.blocking_recv() {
+        while let Some(work) = self.next(&mut rx) {
             let clocks = match work {
                 Work::Lend(tasks) => {
                     self.tasks.extend(tasks);
@@ -583,6 +612,8 @@ impl<C: Operator> Worker<C> {
                 }
                 Work::Collect(reply) => {
                     self.report();
+                    // The coordinator's view of the tasks' partitions changes while it holds them.
+                    self.idle_told.clear();
                     let _ = reply.send(std::mem::take(&mut self.tasks));
                     continue;
                 }
@@ -620,6 +651,38 @@ impl<C: Operator> Worker<C> {
         }
     }
 
+    /// The next message. With rounds in flight, only a share that is already queued runs before
+    /// they are taken: anything else (a signal, a checkpoint's collect, the end) and an empty
+    /// queue take them first, so they see the worker as if every share had run to its end.
+    fn next(&mut self, rx: &mut mpsc::Receiver<Work<C>>) -> Option<Work<C>> {
+        if !self.in_flight {
+            return rx.blocking_recv();
+        }
+        let queued = match rx.try_recv() {
+            Ok(work @ Work::Share { .. }) => return Some(work),
+            Ok(work) => Some(work),
+            Err(_) => None,
+        };
+        self.take_in_flight();
+        if !self.emit() {
+            return None; // a sink is gone: its task reports why
+        }
+        self.report();
+        queued.or_else(|| rx.blocking_recv())
+    }
+
+    /// Takes the rounds in flight through the rest of the chain, one at a time and in order (see
+    /// [`Context::draining`]).
+    fn take_in_flight(&mut self) {
+        self.ctx.draining = true;
+        while std::mem::take(&mut self.in_flight) {
+            // Sets `in_flight` again while rounds remain; a failed share leaves it unset.
+            self.run_share(Vec::new());
+        }
+        self.ctx.draining = false;
+        self.ctx.clear_originals();
+    }
+
     fn process(&mut self, p: PartitionId, mut records: Vec<Record<C::In>>) {
         let Some(task) = self.tasks.get_mut(&p) else {
             // Cannot happen: the coordinator lends a partition's task before its first records.
@@ -652,8 +715,22 @@ impl<C: Operator> Worker<C> {
         self.ctx.observing = true;
         self.ctx.notes_at_exchange = at_exchange;
         self.ctx.notes_traded = false;
+        // One key step, trading every note, with nothing upstream that emits on a watermark: it can
+        // keep a round in flight across shares. With more key steps, each later one would trade
+        // in rounds of its own, which every copy must run in step; a step upstream that emits
+        // on a watermark would send records into the exchange between shares.
+        let key_steps = self.key_steps;
+        self.ctx.pipelined = *self.pipelined.get_or_insert_with(|| {
+            at_exchange && key_steps == 1 && !task.chain.emits_before_exchange(&mut false)
+        });
         task.chain.process_batch(&mut records, &mut self.ctx, &mut self.out);
         self.ctx.observing = false;
+        let pipelined = std::mem::take(&mut self.ctx.pipelined);
+        self.in_flight = pipelined && std::mem::take(&mut self.ctx.round_in_flight);
+        // Pipelined, a batch moves the watermark only with the round it took: that round's notes,
+        // under the clocks of its own share (the key step set them), as every copy applies them.
+        // Judging idleness without them, or under a later clock, would differ between copies.
+        let moves_watermark = !pipelined || std::mem::take(&mut self.ctx.round_taken);
         let gathered = match at_exchange {
             true if self.ctx.notes_traded && self.ctx.observations.is_empty() => {
                 std::mem::swap(&mut self.notes, &mut self.ctx.traded_notes);
@@ -676,8 +753,10 @@ impl<C: Operator> Worker<C> {
             self.shared.fail("a worker thread stopped while the copies traded records by key".into());
             return;
         }
-        task.chain.observe_event_times(&self.notes, &mut self.ctx);
-        task.settle(&mut self.ctx, &mut self.out, &mut self.status);
+        if moves_watermark {
+            task.chain.observe_event_times(&self.notes, &mut self.ctx);
+            task.settle(&mut self.ctx, &mut self.out, &mut self.status);
+        }
     }
 
     fn signal(&mut self, signal: &Signal) {
@@ -701,7 +780,12 @@ impl<C: Operator> Worker<C> {
     }
 
     /// Idle tasks follow the job's watermark, so their windows close with the rest of the job.
+    /// Copies do not: their watermarks move together from the same notes, and a copy with rounds
+    /// in flight must not follow one that is rounds ahead of it.
     fn follow(&mut self, job: Watermark) {
+        if self.breaker.is_some() {
+            return;
+        }
         for task in self.tasks.values_mut().filter(|t| t.idle) {
             task.advance(job, &mut self.ctx, &mut self.out);
         }
@@ -730,9 +814,15 @@ impl<C: Operator> Worker<C> {
     fn report(&mut self) {
         let active = self.tasks.values().filter(|t| !t.idle).map(|t| t.watermark).min();
         let mut reports = self.shared.reports();
+        // Partition reports come with every watermark proposal, mostly unchanged: only a partition
+        // turning idle or active again is worth waking the coordinator for. Waking it for every
+        // report kept it ticking (and a reading clock moving) while nothing changed.
         let mut changed = false;
+        for s in self.status.values() {
+            changed |= self.idle_told.insert(s.partition, s.idle) != Some(s.idle);
+        }
         if let Some(r) = reports.get_mut(self.index) {
-            changed = r.active != active || r.lends != self.lends || !self.status.is_empty();
+            changed |= r.active != active || r.lends != self.lends;
             r.active = active;
             r.lends = self.lends;
             r.status.extend(std::mem::take(&mut self.status).into_values());

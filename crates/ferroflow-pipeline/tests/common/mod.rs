@@ -77,8 +77,26 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
 }
 
-/// A free loopback port.
+/// A free loopback port for a server a test starts, below the kernel's ephemeral range. A port
+/// from that range (what binding port 0 gives) can be taken, between this call and the server's
+/// start or restart, as the local end of any outgoing connection: the Kafka and ClickHouse clients
+/// of every process a test runs. Chaos saw a restarted pipeline fail with "address in use" so.
 pub fn free_port() -> u16 {
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (from, to) = (10_000u16, ephemeral_from.max(10_001));
+    // Different tests (and test processes) start at different places in the range.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let start = u64::from(nanos) ^ u64::from(std::process::id()).wrapping_mul(0x9e37_79b9);
+    let span = u64::from(to - from);
+    for i in 0..500u64 {
+        let port = from + u16::try_from((start + i * 7_919) % span).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
