@@ -42,6 +42,19 @@ impl Drop for ScratchDir {
     }
 }
 
+/// Removes `dir` and everything in it, if it is there.
+fn remove_leftovers(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "removed hand-over downloads an earlier run left behind")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove earlier hand-over downloads")
+        }
+    }
+}
+
 /// How a newly assigned partition's task starts.
 #[derive(Debug)]
 pub(crate) enum Start {
@@ -91,13 +104,12 @@ impl HandOverHooks {
         hand_over: PartitionHandOver,
         local_dir: &Path,
     ) -> Self {
-        Self {
-            handle,
-            hand_over,
-            scratch: local_dir.join("handover"),
-            book: Mutex::new(Book::default()),
-            released: Condvar::new(),
-        }
+        let scratch = local_dir.join("handover");
+        // Downloads of an earlier run of this process that was killed before it removed them: the
+        // numbering starts again at 0, and opening a scratch backend over another run's files
+        // fails ("corruption: no such file").
+        remove_leftovers(&scratch);
+        Self { handle, hand_over, scratch, book: Mutex::new(Book::default()), released: Condvar::new() }
     }
 
     /// The job released `partitions` (their state is checkpointed and carried): a source waiting
@@ -198,7 +210,9 @@ impl HandOverHooks {
                         let key = (l.instance.clone(), l.manifest.id);
                         let next = book.next_dir;
                         let entry = downloads.entry(key).or_insert_with(|| {
-                            (Arc::new(ScratchDir(self.scratch.join(format!("{next:06}")))), Vec::new())
+                            let dir = self.scratch.join(format!("{next:06}"));
+                            remove_leftovers(&dir);
+                            (Arc::new(ScratchDir(dir)), Vec::new())
                         });
                         if entry.1.is_empty() {
                             book.next_dir += 1;
@@ -304,5 +318,24 @@ mod tests {
         hooks.set_live([(3, 40)]);
         assert_eq!(hooks.assigning(&[3, 4]), BTreeMap::from([(3, 40)]));
         assert!(hooks.failure().is_none());
+    }
+
+    /// A process killed with SIGKILL leaves its hand-over downloads behind; the next run numbers
+    /// its downloads from 0 again, and opening a scratch backend over the old run's RocksDB files
+    /// failed ("corruption: no such file"), which stopped the job. Chaos saw it (seed
+    /// 1796313240831379169).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn downloads_an_earlier_run_left_behind_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("handover").join("000001").join("backend");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("MANIFEST-000056"), b"an earlier run's files").unwrap();
+        let base = CheckpointStore::from_url("memory://", &S3Options::default()).unwrap();
+        let _hooks = HandOverHooks::new(
+            tokio::runtime::Handle::current(),
+            PartitionHandOver::new(base, "a", 1),
+            dir.path(),
+        );
+        assert!(!dir.path().join("handover").exists(), "the earlier run's downloads are gone");
     }
 }
