@@ -1,6 +1,6 @@
 //! Record accounting: the counters behind the identity
-//! `records_in + records_expanded = records_windowed + records_out + records_filtered
-//!  + records_deduplicated + records_dead_lettered`.
+//! `records_in + records_expanded = records_windowed + records_processed + records_out
+//!  + records_filtered + records_deduplicated + records_dead_lettered`.
 //!
 //! Operators count into a plain [`LocalCounters`] (no atomics on the hot path); the runner adds
 //! them to the shared [`JobCounters`] once per batch, where metrics exporters and reports read them.
@@ -23,6 +23,8 @@ pub struct LocalCounters {
     pub records_expanded: u64,
     /// Records accepted by a window operator.
     pub records_windowed: u64,
+    /// Records consumed by a keyed process function (what it emits are results, as a window's).
+    pub records_processed: u64,
     /// Records that reached the sink of a job without a window.
     pub records_out: u64,
     /// Records dropped on purpose by a filter (or a `flat_map` that returned nothing).
@@ -72,6 +74,7 @@ struct Shared {
     records_in: AtomicU64,
     records_expanded: AtomicU64,
     records_windowed: AtomicU64,
+    records_processed: AtomicU64,
     records_out: AtomicU64,
     records_filtered: AtomicU64,
     records_deduplicated: AtomicU64,
@@ -146,6 +149,7 @@ impl JobCounters {
         add(&s.records_in, l.records_in);
         add(&s.records_expanded, l.records_expanded);
         add(&s.records_windowed, l.records_windowed);
+        add(&s.records_processed, l.records_processed);
         add(&s.records_out, l.records_out);
         add(&s.records_filtered, l.records_filtered);
         add(&s.records_deduplicated, l.records_deduplicated);
@@ -262,6 +266,7 @@ impl JobCounters {
             records_in: get(&s.records_in),
             records_expanded: get(&s.records_expanded),
             records_windowed: get(&s.records_windowed),
+            records_processed: get(&s.records_processed),
             records_out: get(&s.records_out),
             records_filtered: get(&s.records_filtered),
             records_deduplicated: get(&s.records_deduplicated),
@@ -298,6 +303,8 @@ pub struct CountersSnapshot {
     pub records_expanded: u64,
     /// Records accepted into windows.
     pub records_windowed: u64,
+    /// Records consumed by keyed process functions.
+    pub records_processed: u64,
     /// Records that reached the sink of a job without a window.
     pub records_out: u64,
     /// Records filtered out on purpose.
@@ -346,10 +353,11 @@ impl CountersSnapshot {
     }
 
     /// True when every record that came in is accounted for:
-    /// `in + expanded == windowed + out + filtered + deduplicated + dead_lettered`.
+    /// `in + expanded == windowed + processed + out + filtered + deduplicated + dead_lettered`.
     pub fn identity_holds(&self) -> bool {
         self.records_in + self.records_expanded
             == self.records_windowed
+                + self.records_processed
                 + self.records_out
                 + self.records_filtered
                 + self.records_deduplicated

@@ -15,7 +15,10 @@ pub use std::time::Duration;
 
 pub use crate::dead_letter::{DeadLetter, DeadLetterReason, Rejection};
 pub use crate::error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, SourceError};
-pub use crate::operator::{Context, IntoOperator, Operator, ProcessOutput};
+pub use crate::operator::{
+    Context, IntoOperator, KeyedContext, KeyedFunction, Operator, ProcessOutput, StateDeclarations,
+    ValueState,
+};
 pub use crate::record::{Key, PartitionId, Record, SourcePosition, Timestamp};
 #[cfg(feature = "checkpoints")]
 pub use crate::runtime::CheckpointsBuilder;

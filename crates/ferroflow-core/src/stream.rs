@@ -2,8 +2,8 @@
 
 use crate::dead_letter::Rejection;
 use crate::operator::{
-    AssignTimestamps, Chain, Dedup, Filter, FlatMap, KeyBy, Map, Operator, Process, ProcessOutput,
-    SourceInput, StatefulOperator, TryMap,
+    AssignTimestamps, Chain, Dedup, Filter, FlatMap, KeyBy, KeyedFunction, KeyedProcess, Map, Operator,
+    Process, ProcessOutput, SourceInput, StatefulOperator, TryMap,
 };
 use crate::record::{Key, Record, Timestamp};
 use crate::time::WatermarkStrategy;
@@ -214,6 +214,17 @@ impl<Op: Operator> Stream<Op::In, Op, Keyed> {
     {
         let id = self.position_id("window");
         self.then(WindowOperator::new(id, spec, agg))
+    }
+
+    /// Runs a [`KeyedFunction`] on every record with its key's state and event-time timers. See
+    /// [`KeyedProcess`]. Give it a stable id with [`.id("…")`](Stream::id) so that savepoints
+    /// survive changes to the job.
+    pub fn keyed_process<F>(self, f: F) -> Then<Op, KeyedProcess<F>, Keyed>
+    where
+        F: KeyedFunction<In = Op::Out>,
+    {
+        let id = self.position_id("keyed_process");
+        self.then(KeyedProcess::new(id, f))
     }
 }
 

@@ -15,6 +15,8 @@ mod exchange;
 mod filter;
 mod flat_map;
 mod key_by;
+mod keyed_process;
+mod keyed_state;
 mod map;
 pub(crate) mod originals;
 mod process;
@@ -29,6 +31,8 @@ pub use exchange::{ExchangeBroken, ExchangeHub, ExchangePort, ExchangePorts, Not
 pub use filter::Filter;
 pub use flat_map::FlatMap;
 pub use key_by::KeyBy;
+pub use keyed_process::{KeyedContext, KeyedFunction, KeyedProcess};
+pub use keyed_state::{StateDeclarations, ValueState};
 pub use map::Map;
 pub use process::{Process, ProcessOutput};
 pub use source_input::SourceInput;
@@ -260,6 +264,14 @@ impl Context {
     pub fn count_windowed(&mut self, n: u64) {
         if self.counting {
             self.counters.records_windowed += n;
+        }
+    }
+
+    /// Counts `n` records consumed by a keyed process function.
+    #[inline]
+    pub fn count_processed(&mut self, n: u64) {
+        if self.counting {
+            self.counters.records_processed += n;
         }
     }
 
