@@ -218,3 +218,38 @@ async fn copies_report_the_silences_one_chain_reports() {
     assert_eq!(results[1], results[0], "2 copies");
     assert_eq!(results[2], results[0], "3 copies");
 }
+
+/// Refuses odd values; counts the others.
+struct Picky;
+const KEPT: ValueState<u64> = ValueState::new("kept");
+
+impl KeyedFunction for Picky {
+    type In = i64;
+    type Out = u64;
+    fn declare(&self, states: &mut StateDeclarations) {
+        states.value(KEPT);
+    }
+    fn process(&mut self, v: i64, ctx: &mut KeyedContext<'_, u64>) -> Result<(), Rejection> {
+        if v % 2 != 0 {
+            return Err(Rejection::new(DeadLetterReason::ProcessingError, format!("{v} is odd")));
+        }
+        let n = ctx.value(KEPT)?.copied().unwrap_or(0) + 1;
+        ctx.set_value(KEPT, n)?;
+        ctx.emit(n);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_rejected_record_is_a_dead_letter_and_not_also_processed() {
+    let job = Stream::<i64>::new()
+        .assign_timestamps(|v: &i64| *v, WatermarkStrategy::monotonous())
+        .key_by(|_: &i64| Key::from("k"))
+        .keyed_process(Picky);
+    let mut h = OperatorHarness::new(job);
+    h.process((0..10).map(|v| Record::new(v, 0)).collect());
+    let c = h.counters();
+    assert_eq!((c.records_processed, c.records_dead_lettered()), (5, 5), "each of the 10 counted once");
+    assert_eq!(h.payloads(), vec![1, 2, 3, 4, 5]);
+    assert!(h.dead_letters().iter().all(|d| d.detail.contains("is odd")));
+}

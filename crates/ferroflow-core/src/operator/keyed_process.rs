@@ -48,11 +48,13 @@ pub trait KeyedFunction: Send + 'static {
         let _ = states;
     }
 
-    /// Handles one record of the context's key. An `Err` sends the record to the dead letters.
+    /// Handles one record of the context's key. An `Err` sends the record to the dead letters
+    /// (counted there instead of as processed).
     fn process(&mut self, input: Self::In, ctx: &mut KeyedContext<'_, Self::Out>) -> Result<(), Rejection>;
 
     /// Handles a timer of the context's key that the watermark reached ([`KeyedContext::timestamp`]
-    /// is its time). An `Err` becomes a dead letter with the key and the timer's time.
+    /// is its time). An `Err` becomes a dead letter with the key and the timer's time in its
+    /// detail; it is not a source record, so it stays out of the record accounting.
     fn on_timer(&mut self, ctx: &mut KeyedContext<'_, Self::Out>) -> Result<(), Rejection> {
         let _ = ctx;
         Ok(())
@@ -267,8 +269,9 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
         ctx: &mut Context,
         out: &mut Vec<Record<F::Out>>,
     ) {
-        ctx.count_processed(input.len() as u64);
         let processing_time = ctx.processing_time();
+        // A rejected record is counted as a dead letter, the others as processed.
+        let mut processed = 0u64;
         for r in input.drain(..) {
             let Record { key, event_time, position, payload } = r;
             let mut kctx = KeyedContext {
@@ -281,10 +284,12 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
                 out,
                 position,
             };
-            if let Err(rejection) = self.f.process(payload, &mut kctx) {
-                ctx.reject(position, Some(event_time), rejection);
+            match self.f.process(payload, &mut kctx) {
+                Ok(()) => processed += 1,
+                Err(rejection) => ctx.reject(position, Some(event_time), rejection),
             }
         }
+        ctx.count_processed(processed);
     }
 
     fn on_watermark(&mut self, watermark: Watermark, ctx: &mut Context, out: &mut Vec<Record<F::Out>>) {
@@ -310,7 +315,8 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
                 let mut dl =
                     DeadLetter::new(rejection.reason, detail, SourcePosition::default(), bytes::Bytes::new());
                 dl.event_time = Some(at);
-                ctx.dead_letter(dl);
+                // Not a source record: outside the record accounting, as a window's results are.
+                ctx.with_counting(false, |ctx| ctx.dead_letter(dl));
             }
         }
     }
