@@ -28,6 +28,14 @@ fn absence() -> impl IntoOperator<Op: Operator<In = Beat, Out = (String, i64)>> 
         .id("absence")
 }
 
+/// `f` on integers that are their own event times, all under one key.
+fn one_key<F: KeyedFunction<In = i64>>(f: F) -> impl IntoOperator<Op: Operator<In = i64, Out = F::Out>> {
+    Stream::<i64>::new()
+        .assign_timestamps(|v: &i64| *v, WatermarkStrategy::monotonous())
+        .key_by(|_: &i64| Key::from("k"))
+        .keyed_process(f)
+}
+
 fn beats(list: &[Beat]) -> Vec<Record<Beat>> {
     list.iter().map(|b| Record::new(*b, 0)).collect()
 }
@@ -79,10 +87,7 @@ impl KeyedFunction for Twice {
 
 #[test]
 fn a_timer_registered_twice_for_one_key_and_time_fires_once() {
-    let job = Stream::<i64>::new()
-        .assign_timestamps(|t: &i64| *t, WatermarkStrategy::monotonous())
-        .key_by(|_: &i64| Key::from("k"))
-        .keyed_process(Twice);
+    let job = one_key(Twice);
     let mut h = OperatorHarness::new(job);
     h.process((0..10).map(|i| Record::new(i * 100, 0)).collect());
     h.process(vec![Record::new(5_000, 0)]);
@@ -115,19 +120,25 @@ fn a_checkpoint_with_a_state_the_function_does_not_declare_is_refused_by_name() 
     assert!(err.to_string().contains("'last-heartbeat'"), "{err}");
 }
 
-/// Sorted outputs of the absence job over `input` (in batches of `batch`), snapshotting and
-/// restoring into a new harness after batch `cut` when given.
-fn run_absence(input: &[Beat], batch: usize, cut: Option<usize>) -> Vec<(String, i64)> {
+/// Outputs of the absence job over `input` (in batches of `batch`). With `cuts`, it snapshots
+/// into one backend after batch `cuts.0` and keeps going, then snapshots again after batch
+/// `cuts.1` (writing only what changed: fired timers and cleared values are deleted) and goes on
+/// in a new harness restored from that backend.
+fn run_absence(input: &[Beat], batch: usize, cuts: Option<(usize, usize)>) -> Vec<(String, i64)> {
     let mut h = OperatorHarness::new(absence());
+    let mut state = MemoryStateBackend::new();
     let mut out = Vec::new();
     for (i, chunk) in input.chunks(batch.max(1)).enumerate() {
         h.process(beats(chunk));
-        if cut == Some(i) {
-            let mut state = MemoryStateBackend::new();
-            h.snapshot(&mut state).unwrap();
-            out.extend(h.payloads());
-            h = OperatorHarness::new(absence());
-            h.restore(&state).unwrap();
+        match cuts {
+            Some((first, _)) if first == i => h.snapshot(&mut state).unwrap(),
+            Some((_, second)) if second == i => {
+                h.snapshot(&mut state).unwrap();
+                out.extend(h.payloads());
+                h = OperatorHarness::new(absence());
+                h.restore(&state).unwrap();
+            }
+            _ => {}
         }
     }
     h.process(beats(&[("zz-end", i64::MAX / 2)]));
@@ -147,12 +158,13 @@ proptest! {
     fn restoring_between_batches_equals_an_uninterrupted_run(
         gaps in proptest::collection::vec((0usize..4, 0i64..4 * 60_000), 1..60),
         batch in 1usize..8,
-        cut in 0usize..10,
+        first in 0usize..10,
+        later in 0usize..10,
     ) {
         let mut t = 0i64;
         let input: Vec<Beat> = gaps.iter().map(|&(d, gap)| { t += gap; (DEVICES[d], t) }).collect();
         let whole = run_absence(&input, batch, None);
-        prop_assert_eq!(&run_absence(&input, batch, Some(cut)), &whole);
+        prop_assert_eq!(&run_absence(&input, batch, Some((first, first + later))), &whole);
         // An oracle: a device is reported for a beat iff the next beat of the same device comes
         // 5 s or more later (or never).
         let mut expected: Vec<(String, i64)> = Vec::new();
@@ -242,14 +254,69 @@ impl KeyedFunction for Picky {
 
 #[test]
 fn a_rejected_record_is_a_dead_letter_and_not_also_processed() {
-    let job = Stream::<i64>::new()
-        .assign_timestamps(|v: &i64| *v, WatermarkStrategy::monotonous())
-        .key_by(|_: &i64| Key::from("k"))
-        .keyed_process(Picky);
+    let job = one_key(Picky);
     let mut h = OperatorHarness::new(job);
     h.process((0..10).map(|v| Record::new(v, 0)).collect());
     let c = h.counters();
     assert_eq!((c.records_processed, c.records_dead_lettered()), (5, 5), "each of the 10 counted once");
     assert_eq!(h.payloads(), vec![1, 2, 3, 4, 5]);
     assert!(h.dead_letters().iter().all(|d| d.detail.contains("is odd")));
+}
+
+/// Counts records in a state it forgot to declare.
+struct Undeclared;
+const NOT_DECLARED: ValueState<u64> = ValueState::new("not-declared");
+
+impl KeyedFunction for Undeclared {
+    type In = i64;
+    type Out = u64;
+    fn process(&mut self, _v: i64, ctx: &mut KeyedContext<'_, u64>) -> Result<(), Rejection> {
+        ctx.set_value(NOT_DECLARED, 1)?;
+        ctx.emit(1);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_state_used_without_being_declared_fails_at_the_first_record_not_at_the_first_restore() {
+    let job = one_key(Undeclared);
+    let mut h = OperatorHarness::new(job);
+    h.process(vec![Record::new(1, 0)]);
+    assert!(h.payloads().is_empty(), "what a refused record emitted is dropped");
+    let dead = h.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].detail.contains("'not-declared' is not declared"), "{}", dead[0].detail);
+}
+
+/// On each timer, registers a timer at its own time again (a time the watermark reached).
+struct Again;
+const FIRED: ValueState<u32> = ValueState::new("fired");
+
+impl KeyedFunction for Again {
+    type In = i64;
+    type Out = (i64, u32);
+    fn declare(&self, states: &mut StateDeclarations) {
+        states.value(FIRED);
+    }
+    fn process(&mut self, t: i64, ctx: &mut KeyedContext<'_, (i64, u32)>) -> Result<(), Rejection> {
+        ctx.register_event_time_timer(t);
+        Ok(())
+    }
+    fn on_timer(&mut self, ctx: &mut KeyedContext<'_, (i64, u32)>) -> Result<(), Rejection> {
+        let n = ctx.value(FIRED)?.copied().unwrap_or(0) + 1;
+        ctx.set_value(FIRED, n)?;
+        ctx.emit((ctx.timestamp(), n));
+        ctx.register_event_time_timer(ctx.timestamp());
+        Ok(())
+    }
+}
+
+#[test]
+fn a_timer_that_registers_its_own_time_again_fires_once_per_watermark() {
+    let job = one_key(Again);
+    let mut h = OperatorHarness::new(job);
+    h.process(vec![Record::new(1_000, 0)]);
+    h.process(vec![Record::new(2_000, 0)]);
+    h.process(vec![Record::new(3_000, 0)]);
+    assert_eq!(h.payloads(), vec![(1_000, 1), (1_000, 2), (2_000, 3)], "once per watermark, not for ever");
 }

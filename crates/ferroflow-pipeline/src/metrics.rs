@@ -413,6 +413,7 @@ impl PipelineMetrics {
             m.watermark_lag.set((now_ms() - s.watermark) as f64 / 1000.0);
         }
         let accounted = s.records_windowed
+            + s.records_processed
             + s.records_out
             + s.records_filtered
             + s.records_deduplicated

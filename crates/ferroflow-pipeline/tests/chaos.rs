@@ -331,6 +331,7 @@ fn the_pipeline_stays_exact_through_kills_replacements_and_rebalances() {
         for c in p.final_counters() {
             let n = |k: &str| c[k].as_u64().unwrap_or(0);
             let accounted = n("records_windowed")
+                + n("records_processed")
                 + n("records_out")
                 + n("records_filtered")
                 + n("records_deduplicated")

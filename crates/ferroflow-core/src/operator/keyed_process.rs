@@ -41,15 +41,17 @@ pub trait KeyedFunction: Send + 'static {
     /// What it emits.
     type Out: Send + 'static;
 
-    /// Declares every state the function uses, so that a restore reads them back before the
-    /// first record. A restore refuses a checkpoint that holds a state the function does not
-    /// declare.
+    /// Declares every state the function uses: reading or writing one that is not declared is
+    /// an error (the record goes to the dead letters, saying so), and a restore reads the declared
+    /// ones back before the first record. A restore refuses a checkpoint that holds a state the
+    /// function does not declare.
     fn declare(&self, states: &mut StateDeclarations) {
         let _ = states;
     }
 
     /// Handles one record of the context's key. An `Err` sends the record to the dead letters
-    /// (counted there instead of as processed).
+    /// (counted there instead of as processed) and drops what it emitted; what it changed in
+    /// state or timers stays changed.
     fn process(&mut self, input: Self::In, ctx: &mut KeyedContext<'_, Self::Out>) -> Result<(), Rejection>;
 
     /// Handles a timer of the context's key that the watermark reached ([`KeyedContext::timestamp`]
@@ -135,7 +137,7 @@ impl<O> KeyedContext<'_, O> {
 
     /// Calls [`on_timer`](KeyedFunction::on_timer) for this key once the watermark reaches `at`.
     /// A key has at most one timer per time: registering it again changes nothing. A time the
-    /// watermark already reached fires with the next watermark.
+    /// watermark already reached fires with the next watermark (also from `on_timer`).
     pub fn register_event_time_timer(&mut self, at: Timestamp) {
         self.timers.register(at, self.key);
     }
@@ -284,9 +286,14 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
                 out,
                 position,
             };
+            let emitted = kctx.out.len();
             match self.f.process(payload, &mut kctx) {
                 Ok(()) => processed += 1,
-                Err(rejection) => ctx.reject(position, Some(event_time), rejection),
+                Err(rejection) => {
+                    // A refused record emits nothing (what it changed in state stays changed).
+                    out.truncate(emitted);
+                    ctx.reject(position, Some(event_time), rejection);
+                }
             }
         }
         ctx.count_processed(processed);
@@ -298,8 +305,9 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
         }
         self.watermark = watermark.0;
         let processing_time = ctx.processing_time();
-        // Timers a timer registers at or below the watermark fire in this same pass.
-        while let Some((at, key)) = self.timers.pop_due(watermark.0) {
+        // Timers registered while these fire, at or below the watermark, fire with the next one.
+        self.timers.start_firing(watermark.0);
+        while let Some((at, key)) = self.timers.pop_due() {
             let mut kctx = KeyedContext {
                 key: &key,
                 timestamp: at,

@@ -69,8 +69,7 @@ impl std::fmt::Debug for StateDeclarations {
 impl StateDeclarations {
     /// Declares a value state.
     pub fn value<T: Serialize + DeserializeOwned + Send + 'static>(&mut self, state: ValueState<T>) {
-        // A second declaration of the name with another type surfaces at the first access.
-        let _ = self.tables.value_table(state);
+        self.tables.declare(state);
     }
 
     pub(super) fn into_tables(self) -> Tables {
@@ -82,13 +81,17 @@ impl StateDeclarations {
 trait Table: Send {
     fn name(&self) -> &'static str;
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// Writes the keys changed since the last snapshot (deleted ones are deleted).
+    /// Writes the keys changed since the last snapshot (deleted ones are deleted), or, with
+    /// `all`, every key (the caller cleared the rows first).
     fn snapshot(
         &mut self,
         ns: &str,
         state: &mut dyn StateBackend,
         buf: &mut Vec<u8>,
+        all: bool,
     ) -> Result<(), StateError>;
+    /// Starts noting changed keys (only a checkpointed step needs them).
+    fn track(&mut self);
     fn restore_entry(&mut self, key: Key, bytes: &[u8]) -> Result<(), StateError>;
     fn clear(&mut self);
     fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool);
@@ -99,8 +102,10 @@ trait Table: Send {
 pub(super) struct ValueTable<T> {
     name: &'static str,
     values: AHashMap<Key, T>,
-    /// Keys set or cleared since the last snapshot.
+    /// Keys set or cleared since the last snapshot, noted only once the step is checkpointed:
+    /// without checkpoints the set would only grow.
     touched: AHashSet<Key>,
+    tracking: bool,
 }
 
 impl<T> ValueTable<T> {
@@ -110,11 +115,13 @@ impl<T> ValueTable<T> {
 
     pub(super) fn set(&mut self, key: &Key, value: T) {
         self.values.insert(key.clone(), value);
-        self.touched.insert(key.clone());
+        if self.tracking {
+            self.touched.insert(key.clone());
+        }
     }
 
     pub(super) fn clear_key(&mut self, key: &Key) {
-        if self.values.remove(key).is_some() {
+        if self.values.remove(key).is_some() && self.tracking {
             self.touched.insert(key.clone());
         }
     }
@@ -134,26 +141,45 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Table for ValueTable<T> {
         ns: &str,
         state: &mut dyn StateBackend,
         buf: &mut Vec<u8>,
+        all: bool,
     ) -> Result<(), StateError> {
+        let name = self.name;
+        let encode = |v: &T| {
+            postcard::to_stdvec(v)
+                .map_err(|e| StateError::Backend(format!("cannot encode value state '{name}': {e}")))
+        };
+        if all {
+            self.touched.clear();
+            for (key, v) in &self.values {
+                value_key(buf, name, key);
+                state.put(ns, buf, &encode(v)?)?;
+            }
+            return Ok(());
+        }
         for key in self.touched.drain() {
-            value_key(buf, self.name, &key);
+            value_key(buf, name, &key);
             match self.values.get(&key) {
-                Some(v) => {
-                    let bytes = postcard::to_stdvec(v).map_err(|e| {
-                        StateError::Backend(format!("cannot encode value state '{}': {e}", self.name))
-                    })?;
-                    state.put(ns, buf, &bytes)?;
-                }
+                Some(v) => state.put(ns, buf, &encode(v)?)?,
                 None => state.delete(ns, buf)?,
             }
         }
         Ok(())
     }
 
+    fn track(&mut self) {
+        self.tracking = true;
+        self.touched.clear();
+    }
+
     fn restore_entry(&mut self, key: Key, bytes: &[u8]) -> Result<(), StateError> {
-        let value = postcard::from_bytes(bytes).map_err(|e| StateError::Corrupt {
-            what: format!("value state '{}' does not read as its declared type: {e}", self.name),
-        })?;
+        let corrupt = |detail: String| StateError::Corrupt {
+            what: format!("value state '{}' does not read as its declared type: {detail}", self.name),
+        };
+        // Left-over bytes mean another type was written under this name.
+        let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(corrupt(format!("{} bytes left over", rest.len())));
+        }
         self.values.insert(key, value);
         Ok(())
     }
@@ -178,47 +204,67 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Table for ValueTable<T> {
 #[derive(Default)]
 pub(super) struct Tables {
     list: Vec<Box<dyn Table>>,
+    /// Tables note changed keys (from the first snapshot or restore on).
+    tracking: bool,
 }
 
 impl Tables {
-    /// The table of `state`, created on first use; an error when the name is taken by a state of
-    /// another type.
+    /// Declares `state`; a second declaration of its name is ignored.
+    fn declare<T: Serialize + DeserializeOwned + Send + 'static>(&mut self, state: ValueState<T>) {
+        if state.name.len() > usize::from(u8::MAX) || self.list.iter().any(|t| t.name() == state.name) {
+            return; // refused at the first access, with the reason
+        }
+        self.list.push(Box::new(ValueTable::<T> {
+            name: state.name,
+            values: AHashMap::new(),
+            touched: AHashSet::new(),
+            tracking: self.tracking,
+        }));
+    }
+
+    /// The table of `state`; an error when it was not declared, or declared with another type.
     pub(super) fn value_table<T: Serialize + DeserializeOwned + Send + 'static>(
         &mut self,
         state: ValueState<T>,
     ) -> Result<&mut ValueTable<T>, StateError> {
-        let i = match self.list.iter().position(|t| t.name() == state.name) {
-            Some(i) => i,
-            None if state.name.len() > usize::from(u8::MAX) => {
-                return Err(StateError::Backend(format!(
-                    "state name '{}…' is longer than 255 bytes",
-                    state.name.get(..32).unwrap_or_default()
-                )));
-            }
-            None => {
-                self.list.push(Box::new(ValueTable::<T> {
-                    name: state.name,
-                    values: AHashMap::new(),
-                    touched: AHashSet::new(),
-                }));
-                self.list.len() - 1
-            }
+        let Some(table) = self.list.iter_mut().find(|t| t.name() == state.name) else {
+            return Err(StateError::Backend(if state.name.len() > usize::from(u8::MAX) {
+                format!("state name '{}…' is longer than 255 bytes", state.name.get(..32).unwrap_or_default())
+            } else {
+                format!("state '{}' is not declared (declare it in KeyedFunction::declare)", state.name)
+            }));
         };
-        self.list.get_mut(i).and_then(|t| t.as_any_mut().downcast_mut::<ValueTable<T>>()).ok_or_else(|| {
+        table.as_any_mut().downcast_mut::<ValueTable<T>>().ok_or_else(|| {
             StateError::Backend(format!(
-                "state '{}' is used as a ValueState<{}> but was created with another type",
+                "state '{}' is used as a ValueState<{}> but was declared with another type",
                 state.name,
                 std::any::type_name::<T>()
             ))
         })
     }
 
+    /// Writes what changed since the last snapshot; the first one writes every value, over
+    /// whatever value rows the namespace held.
     pub(super) fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
+        let all = !self.tracking;
+        if all {
+            state.delete_prefix(ns, &[VALUE_TAG])?;
+        }
         let mut buf = Vec::new();
         for t in &mut self.list {
-            t.snapshot(ns, state, &mut buf)?;
+            t.snapshot(ns, state, &mut buf, all)?;
         }
+        self.track();
         Ok(())
+    }
+
+    fn track(&mut self) {
+        if !self.tracking {
+            self.tracking = true;
+            for t in &mut self.list {
+                t.track();
+            }
+        }
     }
 
     /// Reads every value row of `ns` back into the declared tables.
@@ -226,6 +272,7 @@ impl Tables {
         for t in &mut self.list {
             t.clear();
         }
+        self.track();
         for kv in state.scan_prefix(ns, &[VALUE_TAG])? {
             let (k, v) = kv?;
             let (name, key) = split_value_key(&k)?;
@@ -256,43 +303,77 @@ impl Tables {
 #[derive(Debug, Default)]
 pub(super) struct Timers {
     due: BTreeSet<(Timestamp, Key)>,
-    /// Timers set or removed since the last snapshot.
+    /// Timers set or removed since the last snapshot (noted once the step is checkpointed).
     touched: AHashSet<(Timestamp, Key)>,
+    tracking: bool,
+    /// While timers fire up to this watermark: timers registered at or below it wait in
+    /// `deferred` for the next watermark (a timer that registers its own time again would
+    /// otherwise fire for ever).
+    firing: Option<Timestamp>,
+    deferred: BTreeSet<(Timestamp, Key)>,
 }
 
 impl Timers {
     pub(super) fn register(&mut self, at: Timestamp, key: &Key) {
-        if self.due.insert((at, key.clone())) {
-            self.touched.insert((at, key.clone()));
+        let timer = (at, key.clone());
+        let added = match self.firing {
+            Some(w) if at <= w => !self.due.contains(&timer) && self.deferred.insert(timer.clone()),
+            _ => self.due.insert(timer.clone()),
+        };
+        if added && self.tracking {
+            self.touched.insert(timer);
         }
     }
 
     pub(super) fn delete(&mut self, at: Timestamp, key: &Key) {
         let timer = (at, key.clone());
-        if self.due.remove(&timer) {
+        if (self.due.remove(&timer) || self.deferred.remove(&timer)) && self.tracking {
             self.touched.insert(timer);
         }
     }
 
-    /// Removes and returns the earliest timer due at `watermark`.
-    pub(super) fn pop_due(&mut self, watermark: Timestamp) -> Option<(Timestamp, Key)> {
-        if self.due.first().is_none_or(|(at, _)| *at > watermark) {
+    /// Starts firing the timers due at `watermark` (see [`pop_due`](Self::pop_due)).
+    pub(super) fn start_firing(&mut self, watermark: Timestamp) {
+        self.firing = Some(watermark);
+    }
+
+    /// Removes and returns the earliest timer due at the watermark being fired; `None` once none
+    /// is left, which ends the firing (timers deferred meanwhile wait for the next watermark).
+    pub(super) fn pop_due(&mut self) -> Option<(Timestamp, Key)> {
+        let w = self.firing?;
+        if self.due.first().is_none_or(|(at, _)| *at > w) {
+            self.firing = None;
+            self.due.append(&mut self.deferred);
             return None;
         }
         let timer = self.due.pop_first()?;
-        self.touched.insert(timer.clone());
+        if self.tracking {
+            self.touched.insert(timer.clone());
+        }
         Some(timer)
     }
 
     pub(super) fn len(&self) -> usize {
-        self.due.len()
+        self.due.len() + self.deferred.len()
     }
 
+    /// Writes what changed since the last snapshot; the first one writes every timer, over
+    /// whatever timer rows the namespace held.
     pub(super) fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
         let mut buf = Vec::new();
+        if !self.tracking {
+            state.delete_prefix(ns, &[TIMER_TAG])?;
+            for (at, key) in self.due.iter().chain(&self.deferred) {
+                timer_key(&mut buf, *at, key);
+                state.put(ns, &buf, &[])?;
+            }
+            self.tracking = true;
+            self.touched.clear();
+            return Ok(());
+        }
         for timer in self.touched.drain() {
             timer_key(&mut buf, timer.0, &timer.1);
-            if self.due.contains(&timer) {
+            if self.due.contains(&timer) || self.deferred.contains(&timer) {
                 state.put(ns, &buf, &[])?;
             } else {
                 state.delete(ns, &buf)?;
@@ -303,7 +384,9 @@ impl Timers {
 
     pub(super) fn restore(&mut self, ns: &str, state: &dyn StateBackend) -> Result<(), StateError> {
         self.due.clear();
+        self.deferred.clear();
         self.touched.clear();
+        self.tracking = true;
         for kv in state.scan_prefix(ns, &[TIMER_TAG])? {
             let (k, _) = kv?;
             let at = k
@@ -320,6 +403,7 @@ impl Timers {
 
     pub(super) fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
         self.due.retain(|(_, k)| keep(k));
+        self.deferred.retain(|(_, k)| keep(k));
         self.touched.retain(|(_, k)| keep(k));
     }
 }
@@ -351,4 +435,35 @@ fn timer_key(buf: &mut Vec<u8>, at: Timestamp, key: &Key) {
     buf.push(TIMER_TAG);
     buf.extend_from_slice(&(at ^ i64::MIN).to_be_bytes());
     buf.extend_from_slice(key.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without checkpoints nothing reads the changes: noting them would grow without end (every
+    /// heartbeat of an absence detector moves a timer).
+    #[test]
+    fn changes_are_noted_only_once_the_step_is_checkpointed() -> Result<(), StateError> {
+        let (mut timers, mut tables) = (Timers::default(), Tables::default());
+        let state: ValueState<u64> = ValueState::new("n");
+        tables.declare(state);
+        let key = Key::from("k");
+        for t in 0..1_000 {
+            timers.register(t, &key);
+            timers.delete(t, &key);
+            tables.value_table(state)?.set(&key, 1);
+        }
+        assert_eq!(timers.touched.len(), 0);
+        assert_eq!(tables.value_table(state)?.touched.len(), 0);
+
+        let mut backend = crate::state::MemoryStateBackend::new();
+        timers.register(5, &key);
+        timers.snapshot("ns", &mut backend)?;
+        tables.snapshot("ns", &mut backend)?;
+        timers.delete(5, &key);
+        tables.value_table(state)?.set(&key, 2);
+        assert_eq!((timers.touched.len(), tables.value_table(state)?.touched.len()), (1, 1));
+        Ok(())
+    }
 }
