@@ -84,8 +84,10 @@ pub struct Dedup<T, F, K: ?Sized> {
     /// set: event times mostly grow, so a push rarely moves, and a re-sighting leaves the old entry
     /// where it is instead of looking it up.
     by_time: BinaryHeap<Reverse<(Timestamp, IdHash)>>,
-    /// Ids added or updated since the last snapshot.
+    /// Ids added or updated since the last snapshot, noted once the operator is checkpointed
+    /// (without checkpoints the list would only grow, an entry per new id).
     unsaved: Vec<IdHash>,
+    tracking: bool,
     /// Persisted ids evicted since the last snapshot (their rows must be deleted).
     evicted: Vec<IdHash>,
     _t: PhantomData<fn(&T, &K)>,
@@ -108,6 +110,7 @@ where
             seen: AHashMap::new(),
             by_time: BinaryHeap::new(),
             unsaved: Vec::new(),
+            tracking: false,
             evicted: Vec::new(),
             _t: PhantomData,
         }
@@ -140,8 +143,8 @@ impl<T, F, K: ?Sized> Dedup<T, F, K> {
         self.watermark
     }
 
-    fn mark_unsaved(unsaved: &mut Vec<IdHash>, h: IdHash, s: &mut Seen) {
-        if !s.unsaved {
+    fn mark_unsaved(unsaved: &mut Vec<IdHash>, tracking: bool, h: IdHash, s: &mut Seen) {
+        if tracking && !s.unsaved {
             s.unsaved = true;
             unsaved.push(h);
         }
@@ -200,16 +203,18 @@ where
                         // Seen again later: remembered for `ttl` from this sighting.
                         self.by_time.push(Reverse((t, h)));
                         s.at = t;
-                        Self::mark_unsaved(&mut self.unsaved, h, s);
+                        Self::mark_unsaved(&mut self.unsaved, self.tracking, h, s);
                     }
                 }
                 Entry::Vacant(e) => {
                     // Already past its memory: remembering it would only last until the next
                     // watermark, and would make the outcome depend on when that comes.
                     if t.saturating_add(self.ttl_ms) > self.watermark {
-                        e.insert(Seen { at: t, unsaved: true, persisted: false });
+                        e.insert(Seen { at: t, unsaved: self.tracking, persisted: false });
                         self.by_time.push(Reverse((t, h)));
-                        self.unsaved.push(h);
+                        if self.tracking {
+                            self.unsaved.push(h);
+                        }
                     }
                     out.push(r);
                 }
@@ -249,6 +254,13 @@ where
         state.put(&self.ns, META_KEY, &self.watermark.to_be_bytes())?;
         let mut key = [0u8; 17];
         key[0] = ENTRY_TAG;
+        if !self.tracking {
+            // The first snapshot writes every id, over whatever the namespace held.
+            state.delete_prefix(&self.ns, &[ENTRY_TAG])?;
+            self.evicted.clear();
+            self.unsaved = self.seen.keys().copied().collect();
+            self.tracking = true;
+        }
         // Deletes first: an id evicted and seen again since the last snapshot is written below.
         for h in self.evicted.drain(..) {
             key[1..].copy_from_slice(&h.to_be_bytes());
@@ -271,6 +283,7 @@ where
         self.by_time.clear();
         self.unsaved.clear();
         self.evicted.clear();
+        self.tracking = true;
         self.watermark = match state.get(&self.ns, META_KEY)? {
             Some(b) => i64::from_be_bytes(
                 b.as_slice().try_into().map_err(|_| corrupt("dedup watermark has the wrong length"))?,
@@ -448,6 +461,22 @@ mod tests {
         let mut again = Probe::default();
         d.snapshot_state(&mut again).unwrap();
         assert_eq!((again.puts, again.deletes), (1, 0), "nothing changed: only the watermark");
+    }
+
+    #[test]
+    fn without_checkpoints_no_change_list_grows() {
+        let mut d = op(100);
+        let mut ctx = Context::default();
+        let ids: Vec<(&'static str, i64)> =
+            (0..1_000).map(|i| (&*Box::leak(format!("id-{i}").into_boxed_str()), 10)).collect();
+        run(&mut d, &mut ctx, &ids);
+        assert_eq!(d.unsaved.len(), 0, "nothing would ever read it");
+        // The first snapshot writes every id all the same.
+        let mut state = MemoryStateBackend::new();
+        d.snapshot_state(&mut state).unwrap();
+        assert_eq!(state.scan_prefix("dedup/t", &[ENTRY_TAG]).unwrap().count(), 1_000);
+        run(&mut d, &mut ctx, &[("new", 20)]);
+        assert_eq!(d.unsaved.len(), 1, "noted once checkpointed");
     }
 
     #[test]

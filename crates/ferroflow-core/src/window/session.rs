@@ -47,8 +47,10 @@ pub(super) struct SessionWindows<Acc> {
     /// `(end, key)` of fired sessions waiting for cleanup at `end + lateness`.
     cleanup_timers: BTreeSet<(Timestamp, Key)>,
     dirty: Vec<Key>,
-    /// Keys whose sessions changed since the last state snapshot.
+    /// Keys whose sessions changed since the last state snapshot, noted once the operator is
+    /// checkpointed (without checkpoints the set would only grow, a key per distinct key seen).
     unsaved: ahash::AHashSet<Key>,
+    tracking: bool,
 }
 
 impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
@@ -62,6 +64,14 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
             cleanup_timers: BTreeSet::new(),
             dirty: Vec::new(),
             unsaved: ahash::AHashSet::new(),
+            tracking: false,
+        }
+    }
+
+    /// Notes that `key`'s sessions changed, for the next snapshot.
+    fn note(&mut self, key: &Key) {
+        if self.tracking && !self.unsaved.contains(key) {
+            self.unsaved.insert(key.clone());
         }
     }
 
@@ -73,7 +83,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         (end, key): (Timestamp, Key),
         out: &mut Emitter<'_, A::Output>,
     ) {
-        self.unsaved.insert(key.clone());
+        self.note(&key);
         let Some(list) = self.sessions.get_mut(&key) else { return };
         let Some(s) = list.iter_mut().find(|s| s.end == end) else { return };
         let expire = end.saturating_add(self.lateness) <= self.watermark;
@@ -114,7 +124,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> SessionWindows<Acc> {
         (end, key): (Timestamp, Key),
         out: &mut Emitter<'_, A::Output>,
     ) {
-        self.unsaved.insert(key.clone());
+        self.note(&key);
         let Some(s) = self.remove_session(&key, end) else { return };
         if let Some(r) = s.emitted {
             out.emit(key, Window { start: s.start, end: s.end }, agg.result(&s.acc), r + 1, true);
@@ -133,9 +143,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
             return Err(out_of_range(ts, self.gap));
         };
         let proto = Window { start: ts, end };
-        if !self.unsaved.contains(&record.key) {
-            self.unsaved.insert(record.key.clone());
-        }
+        self.note(&record.key);
         // A record whose own session would be past its allowed lateness is late, even when it
         // touches a session still held: merging it would revive a result already marked final.
         if proto.end.saturating_add(self.lateness) <= self.watermark {
@@ -207,7 +215,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
         dirty.sort_unstable();
         dirty.dedup();
         for key in dirty.drain(..) {
-            self.unsaved.insert(key.clone());
+            self.note(&key);
             if let Some(list) = self.sessions.get_mut(&key) {
                 let watermark = self.watermark;
                 for s in list.iter_mut().filter(|s| s.changed && s.end <= watermark) {
@@ -275,6 +283,12 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
     fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
         state.put(ns, META_KEY, &self.watermark.to_be_bytes())?;
         let mut key_buf = Vec::with_capacity(64);
+        if !self.tracking {
+            // The first snapshot writes every key, over whatever the namespace held.
+            state.delete_prefix(ns, &[ENTRY_TAG])?;
+            self.unsaved = self.sessions.keys().cloned().collect();
+            self.tracking = true;
+        }
         for key in self.unsaved.drain() {
             key_prefix(&mut key_buf, &key)?;
             state.delete_prefix(ns, &key_buf)?;
@@ -296,6 +310,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
         self.cleanup_timers.clear();
         self.dirty.clear();
         self.unsaved.clear();
+        self.tracking = true;
         self.watermark = match state.get(ns, META_KEY)? {
             Some(b) => i64::from_be_bytes(
                 b.as_slice().try_into().map_err(|_| corrupt("session watermark has the wrong length"))?,
