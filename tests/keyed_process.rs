@@ -320,3 +320,22 @@ fn a_timer_that_registers_its_own_time_again_fires_once_per_watermark() {
     h.process(vec![Record::new(3_000, 0)]);
     assert_eq!(h.payloads(), vec![(1_000, 1), (1_000, 2), (2_000, 3)], "once per watermark, not for ever");
 }
+
+/// Copies of a job snapshot their own keys into one backend, one after the other: the first
+/// snapshot of one copy must not remove the rows another copy has just written.
+#[test]
+fn copies_snapshotting_into_one_backend_keep_each_others_state() {
+    let m = 60_000;
+    let mut state = MemoryStateBackend::new();
+    for device in ["a", "b"] {
+        let mut copy = OperatorHarness::new(absence());
+        copy.process(beats(&[(device, m)]));
+        copy.snapshot(&mut state).unwrap();
+    }
+    let mut restored = OperatorHarness::new(absence());
+    restored.restore(&state).unwrap();
+    restored.process(beats(&[("c", 20 * m)]));
+    let mut got = restored.payloads();
+    got.sort();
+    assert_eq!(got, vec![("a".to_owned(), m), ("b".to_owned(), m)], "both copies' timers and values survive");
+}

@@ -255,8 +255,8 @@ where
         let mut key = [0u8; 17];
         key[0] = ENTRY_TAG;
         if !self.tracking {
-            // The first snapshot writes every id, over whatever the namespace held.
-            state.delete_prefix(&self.ns, &[ENTRY_TAG])?;
+            // The first snapshot writes every id. It removes no rows: the backend starts empty or
+            // restored (which starts the noting).
             self.evicted.clear();
             self.unsaved = self.seen.keys().copied().collect();
             self.tracking = true;

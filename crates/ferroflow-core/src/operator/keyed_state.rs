@@ -82,7 +82,7 @@ trait Table: Send {
     fn name(&self) -> &'static str;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     /// Writes the keys changed since the last snapshot (deleted ones are deleted), or, with
-    /// `all`, every key (the caller cleared the rows first).
+    /// `all`, every key.
     fn snapshot(
         &mut self,
         ns: &str,
@@ -243,13 +243,11 @@ impl Tables {
         })
     }
 
-    /// Writes what changed since the last snapshot; the first one writes every value, over
-    /// whatever value rows the namespace held.
+    /// Writes what changed since the last snapshot; the first one writes every value. It removes
+    /// no rows: a job's backend starts empty or restored (which starts the noting), and copies of
+    /// a job write their own keys into one backend, one after the other.
     pub(super) fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
         let all = !self.tracking;
-        if all {
-            state.delete_prefix(ns, &[VALUE_TAG])?;
-        }
         let mut buf = Vec::new();
         for t in &mut self.list {
             t.snapshot(ns, state, &mut buf, all)?;
@@ -357,12 +355,11 @@ impl Timers {
         self.due.len() + self.deferred.len()
     }
 
-    /// Writes what changed since the last snapshot; the first one writes every timer, over
-    /// whatever timer rows the namespace held.
+    /// Writes what changed since the last snapshot; the first one writes every timer (and
+    /// removes no rows, as [`Tables::snapshot`]).
     pub(super) fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
         let mut buf = Vec::new();
         if !self.tracking {
-            state.delete_prefix(ns, &[TIMER_TAG])?;
             for (at, key) in self.due.iter().chain(&self.deferred) {
                 timer_key(&mut buf, *at, key);
                 state.put(ns, &buf, &[])?;

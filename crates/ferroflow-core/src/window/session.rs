@@ -284,8 +284,8 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
         state.put(ns, META_KEY, &self.watermark.to_be_bytes())?;
         let mut key_buf = Vec::with_capacity(64);
         if !self.tracking {
-            // The first snapshot writes every key, over whatever the namespace held.
-            state.delete_prefix(ns, &[ENTRY_TAG])?;
+            // The first snapshot writes every key. It removes no rows beyond each key's own: copies
+            // of a job write their own keys into one backend, one after the other.
             self.unsaved = self.sessions.keys().cloned().collect();
             self.tracking = true;
         }
