@@ -16,8 +16,8 @@ pub use std::time::Duration;
 pub use crate::dead_letter::{DeadLetter, DeadLetterReason, Rejection};
 pub use crate::error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, SourceError};
 pub use crate::operator::{
-    Context, IntoOperator, KeyedContext, KeyedFunction, Operator, ProcessOutput, StateDeclarations,
-    ValueState,
+    Context, IntoOperator, KeyedContext, KeyedFunction, ListState, MapState, Operator, ProcessOutput,
+    StateDeclarations, StateTtl, TimeDomain, ValueState,
 };
 pub use crate::record::{Key, PartitionId, Record, SourcePosition, Timestamp};
 #[cfg(feature = "checkpoints")]

@@ -95,6 +95,26 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
         ctx.count_step(self.b_index, 0, (out.len() - before) as u64);
     }
 
+    fn on_processing_time(&mut self, now: Timestamp, ctx: &mut Context, out: &mut Vec<Record<B::Out>>) {
+        // Every copy of a chain has the same steps: all of them, or none, run a key step here.
+        if self.a.fires_on_processing_time() {
+            let before = self.mid.len();
+            self.a.on_processing_time(now, ctx, &mut self.mid);
+            self.count_a(ctx, 0, before);
+            self.drain_mid(ctx, out);
+        }
+        if !self.b.fires_on_processing_time() {
+            return;
+        }
+        let (b, before) = (&mut self.b, out.len());
+        ctx.with_counting(!self.a_consumes, |ctx| b.on_processing_time(now, ctx, out));
+        ctx.count_step(self.b_index, 0, (out.len() - before) as u64);
+    }
+
+    fn fires_on_processing_time(&self) -> bool {
+        self.a.fires_on_processing_time() || self.b.fires_on_processing_time()
+    }
+
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
         self.a.snapshot_state(state)?;
         self.b.snapshot_state(state)

@@ -1,7 +1,10 @@
 //! User-defined stateful logic on a keyed stream: a function with per-key state and event-time
-//! timers (Flink's `KeyedProcessFunction`).
+//! and processing-time timers (Flink's `KeyedProcessFunction`).
 
-use super::keyed_state::{StateDeclarations, Tables, Timers, ValueState};
+use super::keyed_state::{
+    ListAccess, ListState, MapAccess, MapState, Now, StateDeclarations, StateValue, Tables, Timers,
+    ValueCell, ValueState,
+};
 use super::{Context, Operator, StatefulOperator};
 use crate::dead_letter::{DeadLetter, Rejection};
 use crate::error::StateError;
@@ -54,8 +57,9 @@ pub trait KeyedFunction: Send + 'static {
     /// state or timers stays changed.
     fn process(&mut self, input: Self::In, ctx: &mut KeyedContext<'_, Self::Out>) -> Result<(), Rejection>;
 
-    /// Handles a timer of the context's key that the watermark reached ([`KeyedContext::timestamp`]
-    /// is its time). An `Err` becomes a dead letter with the key and the timer's time in its
+    /// Handles a timer of the context's key that came due: an event-time timer the watermark
+    /// reached, or a processing-time timer the clock reached ([`KeyedContext::timestamp`] is its
+    /// time, [`KeyedContext::timer_domain`] says which). An `Err` becomes a dead letter with the key and the timer's time in its
     /// detail; it is not a source record, so it stays out of the record accounting.
     fn on_timer(&mut self, ctx: &mut KeyedContext<'_, Self::Out>) -> Result<(), Rejection> {
         let _ = ctx;
@@ -68,12 +72,37 @@ pub trait KeyedFunction: Send + 'static {
 pub struct KeyedContext<'a, O> {
     key: &'a Key,
     timestamp: Timestamp,
-    watermark: Timestamp,
-    processing_time: Timestamp,
+    now: Now,
+    domain: Option<TimeDomain>,
     tables: &'a mut Tables,
-    timers: &'a mut Timers,
+    timers: &'a mut StepTimers,
     out: &'a mut Vec<Record<O>>,
     position: SourcePosition,
+}
+
+/// Which clock a timer follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeDomain {
+    /// Fires when the step's watermark reaches it.
+    EventTime,
+    /// Fires when the runner's processing-time clock reaches it (at its next tick).
+    ProcessingTime,
+}
+
+/// A step's timers, by domain.
+#[derive(Debug)]
+struct StepTimers {
+    event: Timers,
+    processing: Timers,
+}
+
+impl StepTimers {
+    fn of(&mut self, domain: TimeDomain) -> &mut Timers {
+        match domain {
+            TimeDomain::EventTime => &mut self.event,
+            TimeDomain::ProcessingTime => &mut self.processing,
+        }
+    }
 }
 
 impl<O> std::fmt::Debug for KeyedContext<'_, O> {
@@ -81,7 +110,8 @@ impl<O> std::fmt::Debug for KeyedContext<'_, O> {
         f.debug_struct("KeyedContext")
             .field("key", self.key)
             .field("timestamp", &self.timestamp)
-            .field("watermark", &self.watermark)
+            .field("watermark", &self.now.watermark)
+            .field("timer_domain", &self.domain)
             .finish_non_exhaustive()
     }
 }
@@ -97,59 +127,91 @@ impl<O> KeyedContext<'_, O> {
         self.timestamp
     }
 
+    /// While a timer fires, its domain; `None` while a record is handled.
+    pub fn timer_domain(&self) -> Option<TimeDomain> {
+        self.domain
+    }
+
     /// The step's event-time watermark (`i64::MIN` before the first one).
     pub fn watermark(&self) -> Timestamp {
-        self.watermark
+        self.now.watermark
     }
 
     /// Processing time, ms.
     pub fn processing_time(&self) -> Timestamp {
-        self.processing_time
+        self.now.processing
     }
 
-    /// The key's value of `state`, if it has one. An error when the state's name is used with
-    /// another type.
-    pub fn value<T>(&mut self, state: ValueState<T>) -> Result<Option<&T>, StateError>
-    where
-        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-    {
-        let key = self.key;
-        Ok(self.tables.value_table(state)?.get(key))
+    /// The key's value of `state`, if it has one (an expired one reads as absent, unless its TTL
+    /// returns it). An error when the state is not declared, or declared as another kind or type.
+    pub fn value<T: StateValue>(&mut self, state: ValueState<T>) -> Result<Option<&T>, StateError> {
+        let (key, now) = (self.key, self.now);
+        Ok(self.tables.table::<ValueCell<T>>(state.name(), state.ttl())?.read(key, &now))
     }
 
     /// Sets the key's value of `state`.
-    pub fn set_value<T>(&mut self, state: ValueState<T>, value: T) -> Result<(), StateError>
-    where
-        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-    {
-        self.tables.value_table(state)?.set(self.key, value);
+    pub fn set_value<T: StateValue>(&mut self, state: ValueState<T>, value: T) -> Result<(), StateError> {
+        let (key, now) = (self.key, self.now);
+        self.tables.table::<ValueCell<T>>(state.name(), state.ttl())?.write(key, value, &now);
         Ok(())
     }
 
     /// Removes the key's value of `state`.
-    pub fn clear_value<T>(&mut self, state: ValueState<T>) -> Result<(), StateError>
-    where
-        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-    {
-        self.tables.value_table(state)?.clear_key(self.key);
+    pub fn clear_value<T: StateValue>(&mut self, state: ValueState<T>) -> Result<(), StateError> {
+        self.tables.table::<ValueCell<T>>(state.name(), state.ttl())?.remove(self.key);
         Ok(())
     }
 
+    /// The key's list of `state`, to read or change.
+    pub fn list<T: StateValue>(&mut self, state: ListState<T>) -> Result<ListAccess<'_, T>, StateError> {
+        let now = self.now;
+        Ok(ListAccess::new(self.tables.table(state.name(), state.ttl())?, self.key, now))
+    }
+
+    /// The key's map of `state`, to read or change.
+    pub fn map<K: StateValue + Ord, V: StateValue>(
+        &mut self,
+        state: MapState<K, V>,
+    ) -> Result<MapAccess<'_, K, V>, StateError> {
+        let now = self.now;
+        Ok(MapAccess::new(self.tables.table(state.name(), state.ttl())?, self.key, now))
+    }
+
     /// Calls [`on_timer`](KeyedFunction::on_timer) for this key once the watermark reaches `at`.
-    /// A key has at most one timer per time: registering it again changes nothing. A time the
-    /// watermark already reached fires with the next watermark (also from `on_timer`).
+    /// A key has at most one timer per time and domain: registering it again changes nothing. A
+    /// time the watermark already reached fires with the next watermark (also from `on_timer`).
     pub fn register_event_time_timer(&mut self, at: Timestamp) {
-        self.timers.register(at, self.key);
+        self.timers.event.register(at, self.key);
     }
 
-    /// Removes this key's timer at `at`, if there is one.
+    /// Removes this key's event-time timer at `at`, if there is one.
     pub fn delete_event_time_timer(&mut self, at: Timestamp) {
-        self.timers.delete(at, self.key);
+        self.timers.event.delete(at, self.key);
     }
 
-    /// Emits `value` on the main output, keyed by this key, at [`timestamp`](Self::timestamp).
+    /// Calls [`on_timer`](KeyedFunction::on_timer) for this key once processing time reaches
+    /// `at`, at the runner's next tick after it (a time already reached fires at the next tick).
+    /// Timers that came due while the job was down fire at the first tick after the restore; the
+    /// end of input does not fire pending ones (as in Flink).
+    pub fn register_processing_time_timer(&mut self, at: Timestamp) {
+        self.timers.processing.register(at, self.key);
+    }
+
+    /// Removes this key's processing-time timer at `at`, if there is one.
+    pub fn delete_processing_time_timer(&mut self, at: Timestamp) {
+        self.timers.processing.delete(at, self.key);
+    }
+
+    /// Emits `value` on the main output, keyed by this key, at [`timestamp`](Self::timestamp);
+    /// from a processing-time timer, at the watermark (a processing time is no event time:
+    /// Flink emits such records without one).
     pub fn emit(&mut self, value: O) {
-        let mut r = Record::new(value, self.timestamp).with_position(self.position);
+        self.emit_at(value, self.now.event);
+    }
+
+    /// Emits `value` on the main output, keyed by this key, with event time `at`.
+    pub fn emit_at(&mut self, value: O, at: Timestamp) {
+        let mut r = Record::new(value, at).with_position(self.position);
         r.key = self.key.clone();
         self.out.push(r);
     }
@@ -216,7 +278,7 @@ pub struct KeyedProcess<F: KeyedFunction> {
     ns: String,
     f: F,
     tables: Tables,
-    timers: Timers,
+    timers: StepTimers,
     watermark: Timestamp,
 }
 
@@ -229,7 +291,7 @@ impl<F: KeyedFunction> KeyedProcess<F> {
             ns: format!("keyed/{}", id.as_ref()),
             f,
             tables: states.into_tables(),
-            timers: Timers::default(),
+            timers: StepTimers { event: Timers::event_time(), processing: Timers::processing_time() },
             watermark: i64::MIN,
         }
     }
@@ -239,9 +301,46 @@ impl<F: KeyedFunction> KeyedProcess<F> {
         self.ns.strip_prefix("keyed/").unwrap_or(&self.ns)
     }
 
-    /// Values held over every state, and timers pending.
+    /// Keys holding a value, over every state, and timers pending (both domains).
     pub fn held(&self) -> (usize, usize) {
-        (self.tables.len(), self.timers.len())
+        (self.tables.len(), self.timers.event.len() + self.timers.processing.len())
+    }
+
+    /// Fires `domain`'s timers due at `up_to` (the watermark, or processing time), in time order,
+    /// then key order, then cleans up expired state.
+    fn fire(
+        &mut self,
+        domain: TimeDomain,
+        up_to: Timestamp,
+        ctx: &mut Context,
+        out: &mut Vec<Record<F::Out>>,
+    ) {
+        let processing = ctx.processing_time();
+        // Timers registered while these fire, at or below `up_to`, fire with the next move.
+        self.timers.of(domain).start_firing(up_to);
+        while let Some((at, key)) = self.timers.of(domain).pop_due() {
+            // Event-time TTL stamps what a processing-time timer writes with the watermark.
+            let event = if domain == TimeDomain::EventTime { at } else { self.watermark };
+            let mut kctx = KeyedContext {
+                key: &key,
+                timestamp: at,
+                now: Now { event, watermark: self.watermark, processing },
+                domain: Some(domain),
+                tables: &mut self.tables,
+                timers: &mut self.timers,
+                out,
+                position: SourcePosition::default(),
+            };
+            if let Err(rejection) = self.f.on_timer(&mut kctx) {
+                let detail = format!("{domain:?} timer at {at} of key {key:?}: {}", rejection.detail);
+                let mut dl =
+                    DeadLetter::new(rejection.reason, detail, SourcePosition::default(), bytes::Bytes::new());
+                dl.event_time = (domain == TimeDomain::EventTime).then_some(at);
+                // Not a source record: outside the record accounting, as a window's results are.
+                ctx.with_counting(false, |ctx| ctx.dead_letter(dl));
+            }
+        }
+        self.tables.sweep(&Now { event: self.watermark, watermark: self.watermark, processing });
     }
 }
 
@@ -250,7 +349,7 @@ impl<F: KeyedFunction> std::fmt::Debug for KeyedProcess<F> {
         f.debug_struct("KeyedProcess")
             .field("ns", &self.ns)
             .field("watermark", &self.watermark)
-            .field("timers", &self.timers.len())
+            .field("timers", &self.held().1)
             .finish_non_exhaustive()
     }
 }
@@ -271,7 +370,7 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
         ctx: &mut Context,
         out: &mut Vec<Record<F::Out>>,
     ) {
-        let processing_time = ctx.processing_time();
+        let processing = ctx.processing_time();
         // A rejected record is counted as a dead letter, the others as processed.
         let mut processed = 0u64;
         for r in input.drain(..) {
@@ -279,8 +378,8 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
             let mut kctx = KeyedContext {
                 key: &key,
                 timestamp: event_time,
-                watermark: self.watermark,
-                processing_time,
+                now: Now { event: event_time, watermark: self.watermark, processing },
+                domain: None,
                 tables: &mut self.tables,
                 timers: &mut self.timers,
                 out,
@@ -304,35 +403,22 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
             return;
         }
         self.watermark = watermark.0;
-        let processing_time = ctx.processing_time();
-        // Timers registered while these fire, at or below the watermark, fire with the next one.
-        self.timers.start_firing(watermark.0);
-        while let Some((at, key)) = self.timers.pop_due() {
-            let mut kctx = KeyedContext {
-                key: &key,
-                timestamp: at,
-                watermark: self.watermark,
-                processing_time,
-                tables: &mut self.tables,
-                timers: &mut self.timers,
-                out,
-                position: SourcePosition::default(),
-            };
-            if let Err(rejection) = self.f.on_timer(&mut kctx) {
-                let detail = format!("timer at {at} of key {key:?}: {}", rejection.detail);
-                let mut dl =
-                    DeadLetter::new(rejection.reason, detail, SourcePosition::default(), bytes::Bytes::new());
-                dl.event_time = Some(at);
-                // Not a source record: outside the record accounting, as a window's results are.
-                ctx.with_counting(false, |ctx| ctx.dead_letter(dl));
-            }
-        }
+        self.fire(TimeDomain::EventTime, watermark.0, ctx, out);
+    }
+
+    fn on_processing_time(&mut self, now: Timestamp, ctx: &mut Context, out: &mut Vec<Record<F::Out>>) {
+        self.fire(TimeDomain::ProcessingTime, now, ctx, out);
+    }
+
+    fn fires_on_processing_time(&self) -> bool {
+        true
     }
 
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
         state.put(&self.ns, META_KEY, &self.watermark.to_be_bytes())?;
         self.tables.snapshot(&self.ns, state)?;
-        self.timers.snapshot(&self.ns, state)
+        self.timers.event.snapshot(&self.ns, state)?;
+        self.timers.processing.snapshot(&self.ns, state)
     }
 
     fn restore_state(&mut self, state: &dyn StateBackend) -> Result<(), StateError> {
@@ -342,8 +428,9 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
             })?),
             None => i64::MIN,
         };
-        self.tables.restore(&self.ns, state)?;
-        self.timers.restore(&self.ns, state)
+        self.tables.restore(&self.ns, state, self.watermark)?;
+        self.timers.event.restore(&self.ns, state)?;
+        self.timers.processing.restore(&self.ns, state)
     }
 
     fn consumes_records(&self) -> bool {
@@ -356,7 +443,8 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
 
     fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
         self.tables.retain_keys(keep);
-        self.timers.retain_keys(keep);
+        self.timers.event.retain_keys(keep);
+        self.timers.processing.retain_keys(keep);
     }
 
     fn name(&self) -> &'static str {

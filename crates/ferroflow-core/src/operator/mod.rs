@@ -31,8 +31,11 @@ pub use exchange::{ExchangeBroken, ExchangeHub, ExchangePort, ExchangePorts, Not
 pub use filter::Filter;
 pub use flat_map::FlatMap;
 pub use key_by::KeyBy;
-pub use keyed_process::{KeyedContext, KeyedFunction, KeyedProcess};
-pub use keyed_state::{StateDeclarations, ValueState};
+pub use keyed_process::{KeyedContext, KeyedFunction, KeyedProcess, TimeDomain};
+pub use keyed_state::{
+    ListAccess, ListState, MapAccess, MapState, StateDeclarations, StateTtl, StateValue, TtlTime, TtlUpdate,
+    TtlVisibility, ValueState,
+};
 pub use map::Map;
 pub use process::{Process, ProcessOutput};
 pub use source_input::SourceInput;
@@ -395,6 +398,17 @@ pub trait Operator: Send + 'static {
     fn on_watermark(&mut self, _watermark: Watermark, _ctx: &mut Context, _out: &mut Vec<Record<Self::Out>>) {
     }
 
+    /// Processing time moved to `now` (the runner calls it at each tick, after the tick's
+    /// signal): processing-time timers fire here.
+    fn on_processing_time(&mut self, _now: Timestamp, _ctx: &mut Context, _out: &mut Vec<Record<Self::Out>>) {
+    }
+
+    /// True for operators that may emit or change state in
+    /// [`on_processing_time`](Self::on_processing_time) (the runner skips the others).
+    fn fires_on_processing_time(&self) -> bool {
+        false
+    }
+
     /// Writes the operator's state into `state` (called at a batch boundary, for checkpoints).
     fn snapshot_state(&mut self, _state: &mut dyn StateBackend) -> Result<(), StateError> {
         Ok(())
@@ -468,10 +482,10 @@ pub trait Operator: Send + 'static {
     }
 
     /// True when a step before the first connected key step may emit records from
-    /// [`on_watermark`](Self::on_watermark); sets `exchanged` once a connected key step was passed.
+    /// [`on_watermark`](Self::on_watermark) or [`on_processing_time`](Self::on_processing_time); sets `exchanged` once a connected key step was passed.
     /// Walked in step order by a [`Chain`]: copies keep their key step's round in flight across
     /// shares only when nothing upstream of it emits between shares. Steps that never emit on a
-    /// watermark say so; any other step before an exchange is taken to emit.
+    /// watermark or a tick say so; any other step before an exchange is taken to emit.
     fn emits_before_exchange(&self, exchanged: &mut bool) -> bool {
         !*exchanged
     }

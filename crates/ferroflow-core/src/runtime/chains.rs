@@ -62,6 +62,14 @@ impl<C: Operator> Task<C> {
         }
     }
 
+    /// Delivers a source signal; a tick also moves processing time (processing-time timers).
+    pub(crate) fn signal(&mut self, signal: &Signal, ctx: &mut Context, out: &mut Vec<Record<C::Out>>) {
+        self.chain.on_signal(signal, ctx);
+        if matches!(signal, Signal::Tick) && self.chain.fires_on_processing_time() {
+            self.chain.on_processing_time(ctx.processing_time(), ctx, out);
+        }
+    }
+
     pub(crate) fn advance(&mut self, w: Watermark, ctx: &mut Context, out: &mut Vec<Record<C::Out>>) {
         if w > self.watermark {
             self.watermark = w;
@@ -347,7 +355,7 @@ impl<C: Operator> Chains<C> {
     ) -> Result<(), StateError> {
         match &mut self.mode {
             Mode::Job(task) => {
-                task.chain.on_signal(signal, ctx);
+                task.signal(signal, ctx, out);
                 self.status_changed |= task.settle(ctx, out, &mut self.status);
             }
             // Copies take their signals on their workers, all at once: run one after another here,
@@ -384,7 +392,7 @@ impl<C: Operator> Chains<C> {
                 }
                 Signal::EndOfInput | Signal::Tick => {
                     for task in tasks.values_mut() {
-                        task.chain.on_signal(signal, ctx);
+                        task.signal(signal, ctx, out);
                         self.status_changed |= task.settle(ctx, out, &mut self.status);
                     }
                 }

@@ -772,7 +772,7 @@ impl<C: Operator> Worker<C> {
             }
             other => {
                 for task in self.tasks.values_mut() {
-                    task.chain.on_signal(other, &mut self.ctx);
+                    task.signal(other, &mut self.ctx, &mut self.out);
                     task.settle(&mut self.ctx, &mut self.out, &mut self.status);
                 }
             }

@@ -86,9 +86,15 @@ impl<O: Operator> OperatorHarness<O> {
         self
     }
 
-    /// Delivers a source signal, then the watermark it made the chain propose, if it moved.
+    /// Delivers a source signal (a [`Signal::Tick`] also fires processing-time timers, as the
+    /// runner's tick does), then the watermark it made the chain propose, if it moved.
     pub fn signal(&mut self, signal: &Signal) -> &mut Self {
         self.op.on_signal(signal, &mut self.ctx);
+        if matches!(signal, Signal::Tick) {
+            // As the runner's tick: processing-time timers fire.
+            let now = self.ctx.processing_time();
+            self.op.on_processing_time(now, &mut self.ctx, &mut self.buf);
+        }
         self.settle();
         self
     }
@@ -108,9 +114,12 @@ impl<O: Operator> OperatorHarness<O> {
         self
     }
 
-    /// Sets processing time (what operators read from their context).
+    /// Sets processing time (what operators read from their context) and fires what it makes
+    /// due, as the runner's tick does: processing-time timers.
     pub fn set_processing_time(&mut self, now_ms: Timestamp) -> &mut Self {
         self.ctx.set_processing_time(now_ms);
+        self.op.on_processing_time(now_ms, &mut self.ctx, &mut self.buf);
+        self.settle();
         self
     }
 

@@ -1,0 +1,290 @@
+//! Reading and writing one key's state, with its time to live applied.
+
+use std::borrow::Borrow;
+
+use super::StateValue;
+use super::table::{KeyedTable, ListCell, MapCell, Stamped, ValueCell};
+use super::ttl::{Now, StateTtl};
+use crate::record::{Key, Timestamp};
+
+/// The stamp a write at `now` gives a value.
+fn stamp(ttl: Option<StateTtl>, now: &Now) -> Timestamp {
+    ttl.map_or(now.event, |t| t.stamp(now))
+}
+
+/// A stamp never moves back: a record older than the one that last wrote or read a value (out of
+/// order, or late) must not shorten its life.
+fn restamp(at: &mut Timestamp, stamp: Timestamp) {
+    *at = (*at).max(stamp);
+}
+
+impl<T: StateValue> KeyedTable<ValueCell<T>> {
+    pub(in crate::operator) fn read(&mut self, key: &Key, now: &Now) -> Option<&T> {
+        self.drop_expired(key, now);
+        if let Some(ttl) = self.ttl.filter(StateTtl::refresh_on_read)
+            && self.get(key).is_some_and(|c| !ttl.expired(c.at, now))
+            && let Some(c) = self.get_mut(key)
+        {
+            restamp(&mut c.at, ttl.stamp(now));
+        }
+        self.get(key).map(|c| &c.v)
+    }
+
+    pub(in crate::operator) fn write(&mut self, key: &Key, v: T, now: &Now) {
+        let at = stamp(self.ttl, now);
+        match self.get_mut(key) {
+            Some(c) => {
+                c.v = v;
+                restamp(&mut c.at, at);
+            }
+            None => self.insert(key, Stamped { at, v }),
+        }
+    }
+}
+
+/// One key's list state (see [`ListState`](super::ListState)), from
+/// [`KeyedContext::list`](crate::operator::KeyedContext::list).
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::operator::{KeyedContext, KeyedFunction, ListState, StateDeclarations};
+/// use ferroflow_core::Rejection;
+///
+/// /// Emits the last three values of each key, oldest first.
+/// struct LastThree;
+/// const RECENT: ListState<i64> = ListState::new("recent");
+///
+/// impl KeyedFunction for LastThree {
+///     type In = i64;
+///     type Out = Vec<i64>;
+///     fn declare(&self, states: &mut StateDeclarations) {
+///         states.list(RECENT);
+///     }
+///     fn process(&mut self, v: i64, ctx: &mut KeyedContext<'_, Vec<i64>>) -> Result<(), Rejection> {
+///         let mut recent = ctx.list(RECENT)?;
+///         recent.add(v);
+///         let all: Vec<i64> = recent.iter().copied().collect();
+///         let last = all[all.len().saturating_sub(3)..].to_vec();
+///         recent.update(last.clone());
+///         ctx.emit(last);
+///         Ok(())
+///     }
+/// }
+/// ```
+pub struct ListAccess<'a, T> {
+    table: &'a mut KeyedTable<ListCell<T>>,
+    key: &'a Key,
+    now: Now,
+}
+
+impl<T> std::fmt::Debug for ListAccess<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListAccess").field("key", self.key).finish_non_exhaustive()
+    }
+}
+
+impl<'a, T: StateValue> ListAccess<'a, T> {
+    pub(in crate::operator) fn new(table: &'a mut KeyedTable<ListCell<T>>, key: &'a Key, now: Now) -> Self {
+        Self { table, key, now }
+    }
+
+    /// The key's values, in the order they were added (expired ones left out, unless the TTL
+    /// returns them).
+    pub fn iter(&mut self) -> impl Iterator<Item = &T> {
+        self.table.drop_expired(self.key, &self.now);
+        if let Some(ttl) = self.table.ttl.filter(StateTtl::refresh_on_read)
+            && let Some(cell) = self.table.get_mut(self.key)
+        {
+            for e in cell.iter_mut().filter(|e| !ttl.expired(e.at, &self.now)) {
+                restamp(&mut e.at, ttl.stamp(&self.now));
+            }
+        }
+        self.table.get(self.key).into_iter().flatten().map(|e| &e.v)
+    }
+
+    /// How many values [`iter`](Self::iter) gives.
+    pub fn len(&mut self) -> usize {
+        self.table.drop_expired(self.key, &self.now);
+        self.table.get(self.key).map_or(0, Vec::len)
+    }
+
+    /// The key has no values.
+    pub fn is_empty(&mut self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends `value`.
+    pub fn add(&mut self, value: T) {
+        self.add_all(std::iter::once(value));
+    }
+
+    /// Appends `values`, in order.
+    pub fn add_all(&mut self, values: impl IntoIterator<Item = T>) {
+        let at = stamp(self.table.ttl, &self.now);
+        let mut values = values.into_iter().map(|v| Stamped { at, v }).peekable();
+        if values.peek().is_none() {
+            return;
+        }
+        match self.table.get_mut(self.key) {
+            Some(cell) => cell.extend(values),
+            None => self.table.insert(self.key, values.collect()),
+        }
+    }
+
+    /// Replaces the key's values with `values` (none clears the list).
+    pub fn update(&mut self, values: Vec<T>) {
+        let at = stamp(self.table.ttl, &self.now);
+        if values.is_empty() {
+            self.table.remove(self.key);
+        } else {
+            self.table.insert(self.key, values.into_iter().map(|v| Stamped { at, v }).collect());
+        }
+    }
+
+    /// Removes every value of the key.
+    pub fn clear(&mut self) {
+        self.table.remove(self.key);
+    }
+}
+
+/// One key's map state (see [`MapState`](super::MapState)), from
+/// [`KeyedContext::map`](crate::operator::KeyedContext::map).
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::operator::{KeyedContext, KeyedFunction, MapState, StateDeclarations};
+/// use ferroflow_core::Rejection;
+///
+/// /// Counts each user's events per country and emits the running count.
+/// struct PerCountry;
+/// const COUNTS: MapState<String, u64> = MapState::new("counts");
+///
+/// impl KeyedFunction for PerCountry {
+///     type In = String;
+///     type Out = (String, u64);
+///     fn declare(&self, states: &mut StateDeclarations) {
+///         states.map(COUNTS);
+///     }
+///     fn process(&mut self, country: String, ctx: &mut KeyedContext<'_, (String, u64)>) -> Result<(), Rejection> {
+///         let mut counts = ctx.map(COUNTS)?;
+///         let n = counts.get(&country).copied().unwrap_or(0) + 1;
+///         counts.put(country.clone(), n);
+///         ctx.emit((country, n));
+///         Ok(())
+///     }
+/// }
+/// ```
+pub struct MapAccess<'a, K, V> {
+    table: &'a mut KeyedTable<MapCell<K, V>>,
+    key: &'a Key,
+    now: Now,
+}
+
+impl<K, V> std::fmt::Debug for MapAccess<'_, K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapAccess").field("key", self.key).finish_non_exhaustive()
+    }
+}
+
+impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
+    pub(in crate::operator) fn new(table: &'a mut KeyedTable<MapCell<K, V>>, key: &'a Key, now: Now) -> Self {
+        Self { table, key, now }
+    }
+
+    /// The value under `k` (an expired one is absent, unless the TTL returns it).
+    pub fn get<Q>(&mut self, k: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        let (ttl, now) = (self.table.ttl, self.now);
+        if let Some(ttl) = ttl {
+            let at = self.table.get(self.key).and_then(|m| m.get(k)).map(|e| e.at)?;
+            if ttl.expired(at, &now) {
+                if ttl.hides_expired() {
+                    self.remove(k);
+                    return None;
+                }
+            } else if ttl.refresh_on_read()
+                && let Some(e) = self.table.get_mut(self.key).and_then(|m| m.get_mut(k))
+            {
+                restamp(&mut e.at, ttl.stamp(&now));
+            }
+        }
+        self.table.get(self.key).and_then(|m| m.get(k)).map(|e| &e.v)
+    }
+
+    /// `k` has a value [`get`](Self::get) returns.
+    pub fn contains<Q>(&mut self, k: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.get(k).is_some()
+    }
+
+    /// Sets the value under `k`.
+    pub fn put(&mut self, k: K, value: V) {
+        let at = stamp(self.table.ttl, &self.now);
+        match self.table.get_mut(self.key) {
+            Some(m) => match m.get_mut(&k) {
+                Some(e) => {
+                    e.v = value;
+                    restamp(&mut e.at, at);
+                }
+                None => {
+                    m.insert(k, Stamped { at, v: value });
+                }
+            },
+            None => self.table.insert(self.key, MapCell::from([(k, Stamped { at, v: value })])),
+        }
+    }
+
+    /// Removes the value under `k`; true if there was one (expired or not).
+    pub fn remove<Q>(&mut self, k: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        if !self.table.get(self.key).is_some_and(|m| m.contains_key(k)) {
+            return false;
+        }
+        let emptied = self.table.get_mut(self.key).is_some_and(|m| {
+            m.remove(k);
+            m.is_empty()
+        });
+        if emptied {
+            self.table.remove(self.key);
+        }
+        true
+    }
+
+    /// Every entry, in key order (expired ones left out, unless the TTL returns them).
+    pub fn iter(&mut self) -> impl Iterator<Item = (&K, &V)> {
+        self.table.drop_expired(self.key, &self.now);
+        if let Some(ttl) = self.table.ttl.filter(StateTtl::refresh_on_read)
+            && let Some(cell) = self.table.get_mut(self.key)
+        {
+            for e in cell.values_mut().filter(|e| !ttl.expired(e.at, &self.now)) {
+                restamp(&mut e.at, ttl.stamp(&self.now));
+            }
+        }
+        self.table.get(self.key).into_iter().flatten().map(|(k, e)| (k, &e.v))
+    }
+
+    /// How many entries [`iter`](Self::iter) gives.
+    pub fn len(&mut self) -> usize {
+        self.table.drop_expired(self.key, &self.now);
+        self.table.get(self.key).map_or(0, MapCell::len)
+    }
+
+    /// The key's map is empty.
+    pub fn is_empty(&mut self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes every entry of the key.
+    pub fn clear(&mut self) {
+        self.table.remove(self.key);
+    }
+}
