@@ -440,39 +440,59 @@ fn a_restore_refuses_a_state_declared_as_another_kind() {
     assert!(err.contains("written as a value state") && err.contains("declares a list state"), "{err}");
 }
 
-#[tokio::test]
-async fn processing_time_timers_fire_from_the_runners_clock() {
+/// Runs timers at 2.000–2.005 s and 9 s of processing time, one key each, on `workers` copies
+/// of the probe: the clock is moved to 6 s while the source waits, then the input ends.
+async fn run_processing_timers(workers: usize) {
     let clock = ManualClock::new(1_000);
     let go = Arc::new(tokio::sync::Notify::new());
+    let timers: Vec<i64> = (2_000..2_006).chain([9_000]).collect();
     let source = ScriptedSource::new()
         .assign(vec![0])
-        .records(vec![
-            Record::new(Cmd::ProcessingTimer(5_000), 0),
-            Record::new(Cmd::ProcessingTimer(9_000), 0),
-        ])
+        .records(timers.iter().map(|t| Record::new(Cmd::ProcessingTimer(*t), 0)).collect())
         .wait(&go)
         .finish(0);
     let (sink, rows) = CollectSink::with_handle();
     let mut runner = Runner::builder()
         .clock(Arc::new(clock.clone()))
         .tick_interval(std::time::Duration::from_millis(5))
-        .workers(1)
+        .workers(workers)
         .build()
         .unwrap();
-    let run = runner.job(source, probe(None)).sink(sink).discard_dead_letters().run();
+    let job = || {
+        Stream::<Cmd>::new()
+            .key_by(|c: &Cmd| Key::from(format!("{c:?}")))
+            .keyed_process(Probe::new(None))
+            .id("probe")
+    };
+    let run = runner.parallel_job(source, job).sink(sink).discard_dead_letters().run();
+    let expected: Vec<String> =
+        (2_000..2_006).map(|t| format!("Some(ProcessingTime) timer at {t}")).collect();
     let steps = async {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(rows.snapshot().is_empty(), "nothing due at 1 s");
+        assert!(rows.snapshot().is_empty(), "{workers} workers: nothing due at 1 s");
         clock.set(6_000);
-        wait_until(10, "the timer at 5 s", || rows.len() == 1).await;
+        wait_until(10, "the timers before 6 s", || rows.len() == expected.len()).await;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert_eq!(rows.snapshot(), ["Some(ProcessingTime) timer at 5000"], "the one at 9 s is not due");
+        let mut fired = rows.snapshot();
+        fired.sort();
+        assert_eq!(fired, expected, "{workers} workers: each due timer once; the one at 9 s is not due");
         go.notify_one();
     };
     let (report, ()) = within(10, "the job", async { tokio::join!(run, steps) }).await;
     let report = report.unwrap();
-    assert_eq!(rows.take().len(), 1, "the end of input does not fire processing-time timers");
-    assert!(report.counters.identity_holds(), "{:?}", report.counters);
+    assert_eq!(rows.take().len(), expected.len(), "the end of input does not fire processing-time timers");
+    assert!(report.counters.identity_holds(), "{workers} workers: {:?}", report.counters);
+}
+
+#[tokio::test]
+async fn processing_time_timers_fire_from_the_runners_clock() {
+    run_processing_timers(1).await;
+}
+
+/// Copies of the chain each fire the timers of the keys they own, at the ticks every copy sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_fire_the_processing_time_timers_of_their_keys() {
+    run_processing_timers(2).await;
 }
 
 /// Sums each key's values per second of event time and, at each second's end, emits the sum of
