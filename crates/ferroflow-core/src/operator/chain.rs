@@ -115,6 +115,11 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
         self.a.fires_on_processing_time() || self.b.fires_on_processing_time()
     }
 
+    fn attach_budget(&mut self, budget: &crate::state::StateBudget) {
+        self.a.attach_budget(budget);
+        self.b.attach_budget(budget);
+    }
+
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
         self.a.snapshot_state(state)?;
         self.b.snapshot_state(state)

@@ -9,7 +9,7 @@ use super::{Context, Operator, StatefulOperator};
 use crate::dead_letter::{DeadLetter, Rejection};
 use crate::error::StateError;
 use crate::record::{Key, Record, SourcePosition, Timestamp};
-use crate::state::StateBackend;
+use crate::state::{StateBackend, StateBudget};
 use crate::time::Watermark;
 
 /// A function run on every record of a keyed stream, with the record's key's state, event-time
@@ -146,26 +146,34 @@ impl<O> KeyedContext<'_, O> {
     /// returns it). An error when the state is not declared, or declared as another kind or type.
     pub fn value<T: StateValue>(&mut self, state: ValueState<T>) -> Result<Option<&T>, StateError> {
         let (key, now) = (self.key, self.now);
-        Ok(self.tables.table::<ValueCell<T>>(state.name(), state.ttl())?.read(key, &now))
+        let table = self.tables.table::<ValueCell<T>>(state.name(), state.ttl())?;
+        table.load(key)?;
+        Ok(table.read(key, &now))
     }
 
     /// Sets the key's value of `state`.
     pub fn set_value<T: StateValue>(&mut self, state: ValueState<T>, value: T) -> Result<(), StateError> {
         let (key, now) = (self.key, self.now);
-        self.tables.table::<ValueCell<T>>(state.name(), state.ttl())?.write(key, value, &now);
+        let table = self.tables.table::<ValueCell<T>>(state.name(), state.ttl())?;
+        table.load(key)?;
+        table.write(key, value, &now);
         Ok(())
     }
 
     /// Removes the key's value of `state`.
     pub fn clear_value<T: StateValue>(&mut self, state: ValueState<T>) -> Result<(), StateError> {
-        self.tables.table::<ValueCell<T>>(state.name(), state.ttl())?.remove(self.key);
+        let table = self.tables.table::<ValueCell<T>>(state.name(), state.ttl())?;
+        table.load(self.key)?;
+        table.remove(self.key);
         Ok(())
     }
 
     /// The key's list of `state`, to read or change.
     pub fn list<T: StateValue>(&mut self, state: ListState<T>) -> Result<ListAccess<'_, T>, StateError> {
         let now = self.now;
-        Ok(ListAccess::new(self.tables.table(state.name(), state.ttl())?, self.key, now))
+        let table = self.tables.table(state.name(), state.ttl())?;
+        table.load(self.key)?;
+        Ok(ListAccess::new(table, self.key, now))
     }
 
     /// The key's map of `state`, to read or change.
@@ -174,7 +182,9 @@ impl<O> KeyedContext<'_, O> {
         state: MapState<K, V>,
     ) -> Result<MapAccess<'_, K, V>, StateError> {
         let now = self.now;
-        Ok(MapAccess::new(self.tables.table(state.name(), state.ttl())?, self.key, now))
+        let table = self.tables.table(state.name(), state.ttl())?;
+        table.load(self.key)?;
+        Ok(MapAccess::new(table, self.key, now))
     }
 
     /// Calls [`on_timer`](KeyedFunction::on_timer) for this key once the watermark reaches `at`.
@@ -341,6 +351,7 @@ impl<F: KeyedFunction> KeyedProcess<F> {
             }
         }
         self.tables.sweep(&Now { event: self.watermark, watermark: self.watermark, processing });
+        self.tables.spill();
     }
 }
 
@@ -396,6 +407,7 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
             }
         }
         ctx.count_processed(processed);
+        self.tables.spill();
     }
 
     fn on_watermark(&mut self, watermark: Watermark, ctx: &mut Context, out: &mut Vec<Record<F::Out>>) {
@@ -412,6 +424,10 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
 
     fn fires_on_processing_time(&self) -> bool {
         true
+    }
+
+    fn attach_budget(&mut self, budget: &StateBudget) {
+        self.tables.attach(budget);
     }
 
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {

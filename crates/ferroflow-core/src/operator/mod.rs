@@ -409,6 +409,10 @@ pub trait Operator: Send + 'static {
         false
     }
 
+    /// Counts the operator's keyed state against `budget`, spilling what does not fit (the
+    /// runner calls it before the first batch or restore when it has a budget).
+    fn attach_budget(&mut self, _budget: &crate::state::StateBudget) {}
+
     /// Writes the operator's state into `state` (called at a batch boundary, for checkpoints).
     fn snapshot_state(&mut self, _state: &mut dyn StateBackend) -> Result<(), StateError> {
         Ok(())

@@ -54,6 +54,14 @@ impl RunnerBuilder {
         self
     }
 
+    /// Bounds the memory of keyed state (`keyed_process` states) in this runner's jobs: what does
+    /// not fit spills to the budget's local store (see [`StateBudget`](crate::state::StateBudget)).
+    /// Default: unbounded.
+    pub fn state_budget(mut self, budget: crate::state::StateBudget) -> Self {
+        self.config.state_budget = Some(budget);
+        self
+    }
+
     /// The processing-time clock (a [`ManualClock`](crate::time::ManualClock) in tests).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.config.clock = clock;

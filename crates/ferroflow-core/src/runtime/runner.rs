@@ -25,6 +25,7 @@ use crate::metrics::{CountersSnapshot, JobCounters};
 use crate::operator::Operator;
 use crate::sink::Sink;
 use crate::source::{Source, SourceEvent};
+use crate::state::StateBudget;
 use crate::time::{Clock, SystemClock, Watermark};
 
 /// How the runner behaves.
@@ -39,6 +40,9 @@ pub struct RunnerConfig {
     /// Worker threads that run a partition-scoped job's tasks (at least 1). Default: the cores
     /// this process may use ([`available_cores`]).
     pub workers: usize,
+    /// The memory budget of keyed state, if it has one (see [`StateBudget`]). Default: none, the
+    /// state is unbounded.
+    pub state_budget: Option<StateBudget>,
 }
 
 impl Default for RunnerConfig {
@@ -48,6 +52,7 @@ impl Default for RunnerConfig {
             tick_interval: Duration::from_millis(200),
             clock: Arc::new(SystemClock),
             workers: available_cores(),
+            state_budget: None,
         }
     }
 }
@@ -206,7 +211,16 @@ impl Runner {
         J: crate::operator::IntoOperator,
         S: Source<<J::Op as Operator>::In>,
     {
-        JobBuilder::new(self, source, Chains::job(job.into_operator()))
+        let op = self.budgeted(job.into_operator());
+        JobBuilder::new(self, source, Chains::job(op))
+    }
+
+    /// `op`, its keyed state counted against the runner's budget, if it has one.
+    fn budgeted<O: Operator>(&self, mut op: O) -> O {
+        if let Some(budget) = &self.config.state_budget {
+            op.attach_budget(budget);
+        }
+        op
     }
 
     /// Runs a job-scoped chain as one copy per worker ([`RunnerBuilder::workers`](super::RunnerBuilder::workers)),
@@ -262,7 +276,7 @@ impl Runner {
         J: crate::operator::IntoOperator,
         S: Source<<J::Op as Operator>::In>,
     {
-        let first = factory().into_operator();
+        let first = self.budgeted(factory().into_operator());
         let n = self.config.workers.max(1);
         if n > 1 && !first.splits_by_key() {
             tracing::warn!(
@@ -275,11 +289,14 @@ impl Runner {
         }
         let mut copies = Vec::with_capacity(n);
         copies.push(first);
-        copies.extend((1..n).map(|_| factory().into_operator()));
+        copies.extend((1..n).map(|_| self.budgeted(factory().into_operator())));
         match Chains::copies(copies) {
             Some(chains) => JobBuilder::new(self, source, chains),
             // Only for more copies than partition ids: run one.
-            None => JobBuilder::new(self, source, Chains::job(factory().into_operator())),
+            None => {
+                let op = self.budgeted(factory().into_operator());
+                JobBuilder::new(self, source, Chains::job(op))
+            }
         }
     }
 
@@ -320,7 +337,14 @@ impl Runner {
         J: crate::operator::IntoOperator,
         S: Source<<J::Op as Operator>::In>,
     {
-        let factory: super::chains::Factory<J::Op> = Box::new(move |p| factory(p).into_operator());
+        let budget = self.config.state_budget.clone();
+        let factory: super::chains::Factory<J::Op> = Box::new(move |p| {
+            let mut op = factory(p).into_operator();
+            if let Some(budget) = &budget {
+                op.attach_budget(budget);
+            }
+            op
+        });
         JobBuilder::new(self, source, Chains::per_partition(factory))
     }
 

@@ -4,6 +4,7 @@
 //! RocksDB, a separate map in memory). Operators keep their hot working set in memory and write
 //! through to the backend at batch or checkpoint boundaries, never a read-modify-write per record.
 
+mod budget;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;
@@ -11,6 +12,7 @@ mod scoped;
 
 use std::path::Path;
 
+pub use budget::StateBudget;
 pub use memory::MemoryStateBackend;
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksDb, RocksDbOptions, RocksDbStateBackend};

@@ -114,6 +114,13 @@ impl<O: Operator> OperatorHarness<O> {
         self
     }
 
+    /// Counts the chain's keyed state against `budget` (spilling what does not fit), as a
+    /// runner with [`state_budget`](crate::runtime::RunnerBuilder::state_budget) does.
+    pub fn attach_budget(&mut self, budget: &crate::state::StateBudget) -> &mut Self {
+        self.op.attach_budget(budget);
+        self
+    }
+
     /// Sets processing time (what operators read from their context) and fires what it makes
     /// due, as the runner's tick does: processing-time timers.
     pub fn set_processing_time(&mut self, now_ms: Timestamp) -> &mut Self {

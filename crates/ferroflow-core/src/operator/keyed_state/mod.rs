@@ -7,6 +7,7 @@ mod rows;
 mod schema;
 mod table;
 mod tables;
+mod tier;
 mod timers;
 mod ttl;
 

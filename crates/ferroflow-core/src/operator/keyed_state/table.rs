@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use super::StateValue;
 use super::rows;
+use super::tier::Tier;
 use super::ttl::{Now, StateTtl};
 use crate::error::StateError;
 use crate::record::{Key, Timestamp};
-use crate::state::StateBackend;
+use crate::state::{StateBackend, StateBudget};
 
 /// A value with the time its time to live counts from (written also without a TTL: a TTL added
 /// later then has a time to start from).
@@ -102,18 +103,46 @@ pub(super) trait Table: Send {
     fn restore_first_format(&mut self, key: Key, bytes: &[u8], at: Timestamp) -> Result<(), StateError>;
     /// It holds `C` with time to live `ttl`.
     fn holds(&mut self, ttl: Option<StateTtl>, cell: std::any::TypeId) -> bool;
-    fn clear(&mut self);
-    fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool);
+    fn clear(&mut self) -> Result<(), StateError>;
+    fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) -> Result<(), StateError>;
     /// Removes expired values, if the table has a time to live and its clean-up is due.
     fn sweep(&mut self, now: &Now);
+    /// Counts its memory against `budget`, spilling beyond it.
+    fn attach(&mut self, budget: &StateBudget);
+    /// Spills its coldest keys while the budget is exceeded (between batches).
+    fn spill(&mut self) -> Result<(), StateError>;
+    /// Keys holding a value, in memory or spilled.
     fn len(&self) -> usize;
+}
+
+/// A key's cell in memory, with what the budget needs to know of it.
+struct Hot<C> {
+    cell: C,
+    /// What the budget is charged for it (0 without a budget).
+    bytes: usize,
+    /// Used since the clock hand last passed (second chance before it spills).
+    referenced: bool,
+    /// Changed since it was last written to the spill store (or never written there).
+    dirty: bool,
+    /// The spill store holds a copy (written when it spilled, or read from there).
+    on_disk: bool,
+    /// `bytes` is up to date (a change queues the key to be measured again, once).
+    measured: bool,
+    /// Picked by the current spill pass.
+    chosen: bool,
+}
+
+impl<C> Hot<C> {
+    fn new(cell: C) -> Self {
+        Self { cell, bytes: 0, referenced: true, dirty: true, on_disk: false, measured: false, chosen: false }
+    }
 }
 
 /// The table of one declared state.
 pub(in crate::operator) struct KeyedTable<C> {
     name: &'static str,
     pub(super) ttl: Option<StateTtl>,
-    cells: AHashMap<Key, C>,
+    cells: AHashMap<Key, Hot<C>>,
     /// Keys changed since the last snapshot, noted only once the step is checkpointed: without
     /// checkpoints the set would only grow.
     touched: AHashSet<Key>,
@@ -122,6 +151,8 @@ pub(in crate::operator) struct KeyedTable<C> {
     /// Writes since the last clean-up: a clean-up walks every key, so it waits until writes have
     /// paid for it (an eighth of the keys), which keeps it O(1) per write.
     writes: usize,
+    /// The memory budget and the keys that spilled, once the step runs under a budget.
+    tier: Option<Tier>,
 }
 
 impl<C: Cell> KeyedTable<C> {
@@ -134,34 +165,82 @@ impl<C: Cell> KeyedTable<C> {
             tracking,
             last_sweep: None,
             writes: 0,
+            tier: None,
         }
     }
 
-    pub(super) fn get(&self, key: &Key) -> Option<&C> {
-        self.cells.get(key)
+    /// Brings the key's cell back from the spill store, if it spilled: every access of a key
+    /// starts here (spilling happens between batches only, so the key stays in memory while its
+    /// record or timer runs).
+    pub(in crate::operator) fn load(&mut self, key: &Key) -> Result<(), StateError> {
+        let Some(tier) = &mut self.tier else { return Ok(()) };
+        if self.cells.contains_key(key) || !tier.maybe_on_disk(key) {
+            return Ok(());
+        }
+        let Some(bytes) = tier.budget.get(&tier.row(key))? else { return Ok(()) };
+        let cell = decode::<C>(self.name, &bytes)?;
+        let charge = Tier::cost(key, bytes.len());
+        tier.charge(charge);
+        tier.on_disk_only = tier.on_disk_only.saturating_sub(1);
+        let hot = Hot {
+            cell,
+            bytes: charge,
+            referenced: true,
+            dirty: false,
+            on_disk: true,
+            measured: true,
+            chosen: false,
+        };
+        self.cells.insert(key.clone(), hot);
+        Ok(())
+    }
+
+    pub(super) fn get(&mut self, key: &Key) -> Option<&C> {
+        let hot = self.cells.get_mut(key)?;
+        hot.referenced = true;
+        Some(&hot.cell)
     }
 
     /// The key's cell, to change: the change is noted.
     pub(super) fn get_mut(&mut self, key: &Key) -> Option<&mut C> {
-        let cell = self.cells.get_mut(key)?;
+        let hot = self.cells.get_mut(key)?;
+        hot.referenced = true;
+        hot.dirty = true;
         self.writes = self.writes.saturating_add(1);
         if self.tracking {
             self.touched.insert(key.clone());
         }
-        Some(cell)
+        if let Some(tier) = &mut self.tier
+            && std::mem::take(&mut hot.measured)
+        {
+            tier.resized.push(key.clone());
+        }
+        Some(&mut hot.cell)
     }
 
     pub(super) fn insert(&mut self, key: &Key, cell: C) {
-        self.cells.insert(key.clone(), cell);
-        self.writes = self.writes.saturating_add(1);
-        if self.tracking {
-            self.touched.insert(key.clone());
+        match self.get_mut(key) {
+            Some(c) => *c = cell,
+            None => {
+                self.writes = self.writes.saturating_add(1);
+                if self.tracking {
+                    self.touched.insert(key.clone());
+                }
+                if let Some(tier) = &mut self.tier {
+                    tier.resized.push(key.clone());
+                }
+                self.cells.insert(key.clone(), Hot::new(cell));
+            }
         }
     }
 
     pub(in crate::operator) fn remove(&mut self, key: &Key) {
-        if self.cells.remove(key).is_some() && self.tracking {
+        let Some(hot) = self.cells.remove(key) else { return };
+        if self.tracking {
             self.touched.insert(key.clone());
+        }
+        if let Some(tier) = &mut self.tier {
+            tier.forget(key, &hot.bytes, hot.on_disk);
         }
     }
 
@@ -176,14 +255,44 @@ impl<C: Cell> KeyedTable<C> {
         let Some(ttl) = self.ttl.filter(StateTtl::hides_expired) else {
             return; // no TTL, or expired values stay readable until the clean-up
         };
-        let Some(cell) = self.cells.get_mut(key) else { return };
-        let (changed, empty) = cell.retain_live(&|at| !ttl.expired(at, now));
+        let Some(hot) = self.cells.get_mut(key) else { return };
+        let (changed, empty) = hot.cell.retain_live(&|at| !ttl.expired(at, now));
         if empty {
             self.remove(key);
-        } else if changed && self.tracking {
-            self.touched.insert(key.clone());
+        } else if changed {
+            let _ = self.get_mut(key); // notes the change
         }
     }
+
+    /// The key's row as the checkpoint holds it: from memory, or from the spill store.
+    fn row_bytes(&mut self, key: &Key) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some(hot) = self.cells.get(key) {
+            return encode(self.name, &hot.cell).map(Some);
+        }
+        match &self.tier {
+            Some(tier) if !tier.deleted.contains(key) && tier.maybe_on_disk(key) => {
+                tier.budget.get(&tier.row(key))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+fn encode<C: Cell>(name: &str, c: &C) -> Result<Vec<u8>, StateError> {
+    postcard::to_stdvec(c)
+        .map_err(|e| StateError::Backend(format!("cannot encode {} state '{name}': {e}", C::KIND)))
+}
+
+fn decode<C: Cell>(name: &str, bytes: &[u8]) -> Result<C, StateError> {
+    let corrupt = |detail: String| StateError::Corrupt {
+        what: format!("{} state '{name}' does not read as its declared type: {detail}", C::KIND),
+    };
+    // Left-over bytes mean another type was written under this name.
+    let (cell, rest) = postcard::take_from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(corrupt(format!("{} bytes left over", rest.len())));
+    }
+    Ok(cell)
 }
 
 impl<C: Cell> Table for KeyedTable<C> {
@@ -217,23 +326,28 @@ impl<C: Cell> Table for KeyedTable<C> {
         buf: &mut Vec<u8>,
         all: bool,
     ) -> Result<(), StateError> {
-        let name = self.name;
-        let encode = |c: &C| {
-            postcard::to_stdvec(c)
-                .map_err(|e| StateError::Backend(format!("cannot encode {} state '{name}': {e}", C::KIND)))
-        };
         if all {
             self.touched.clear();
-            for (key, c) in &self.cells {
-                rows::cell_key(buf, name, key);
-                state.put(ns, buf, &encode(c)?)?;
+            for (key, hot) in &self.cells {
+                rows::cell_key(buf, self.name, key);
+                state.put(ns, buf, &encode(self.name, &hot.cell)?)?;
+            }
+            if let Some(tier) = &self.tier {
+                let (cells, name) = (&self.cells, self.name);
+                tier.for_each_spilled(&mut |key, bytes| {
+                    if !cells.contains_key(&key) {
+                        rows::cell_key(buf, name, &key);
+                        state.put(ns, buf, bytes)?;
+                    }
+                    Ok(())
+                })?;
             }
             return Ok(());
         }
-        for key in self.touched.drain() {
-            rows::cell_key(buf, name, &key);
-            match self.cells.get(&key) {
-                Some(c) => state.put(ns, buf, &encode(c)?)?,
+        for key in std::mem::take(&mut self.touched) {
+            rows::cell_key(buf, self.name, &key);
+            match self.row_bytes(&key)? {
+                Some(bytes) => state.put(ns, buf, &bytes)?,
                 None => state.delete(ns, buf)?,
             }
         }
@@ -246,15 +360,8 @@ impl<C: Cell> Table for KeyedTable<C> {
     }
 
     fn restore_entry(&mut self, key: Key, bytes: &[u8]) -> Result<(), StateError> {
-        let corrupt = |detail: String| StateError::Corrupt {
-            what: format!("{} state '{}' does not read as its declared type: {detail}", C::KIND, self.name),
-        };
-        // Left-over bytes mean another type was written under this name.
-        let (cell, rest) = postcard::take_from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(corrupt(format!("{} bytes left over", rest.len())));
-        }
-        self.cells.insert(key, cell);
+        let cell = decode::<C>(self.name, bytes)?;
+        self.restored(key, cell, bytes.len(), false);
         Ok(())
     }
 
@@ -270,8 +377,7 @@ impl<C: Cell> Table for KeyedTable<C> {
             .map_err(|e| StateError::Corrupt {
                 what: format!("value state '{}' does not read as its declared type: {e}", self.name),
             })?;
-        self.touched.insert(key.clone());
-        self.cells.insert(key, cell);
+        self.restored(key, cell, bytes.len(), true);
         Ok(())
     }
 
@@ -279,36 +385,191 @@ impl<C: Cell> Table for KeyedTable<C> {
         self.ttl == ttl && std::any::TypeId::of::<C>() == cell
     }
 
-    fn clear(&mut self) {
+    fn clear(&mut self) -> Result<(), StateError> {
+        if let Some(tier) = &mut self.tier {
+            tier.reset()?;
+        }
         self.cells.clear();
         self.touched.clear();
         self.last_sweep = None;
+        Ok(())
     }
 
-    fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
+    fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) -> Result<(), StateError> {
         // Dropped keys belong to another copy now: its checkpoint rows are its own, not deleted.
-        self.cells.retain(|k, _| keep(k));
+        let tier = &mut self.tier;
+        self.cells.retain(|k, hot| {
+            let kept = keep(k);
+            if !kept && let Some(tier) = tier.as_mut() {
+                tier.forget(k, &hot.bytes, hot.on_disk);
+            }
+            kept
+        });
         self.touched.retain(|k| keep(k));
+        if let Some(tier) = &mut self.tier {
+            let hot = &self.cells;
+            tier.retain_spilled(&|k| hot.contains_key(k), keep)?;
+        }
+        Ok(())
     }
 
     fn sweep(&mut self, now: &Now) {
-        let paid = self.writes.saturating_mul(8) >= self.cells.len();
+        let paid = self.writes.saturating_mul(8) >= self.len();
         let Some(ttl) = self.ttl.filter(|t| paid && t.sweep_due(self.last_sweep, now)) else {
             return;
         };
         self.last_sweep = Some(ttl.sweep_time(now));
         self.writes = 0;
-        let (tracking, touched) = (self.tracking, &mut self.touched);
-        self.cells.retain(|key, cell| {
-            let (changed, empty) = cell.retain_live(&|at| !ttl.expired(at, now));
-            if changed && tracking {
-                touched.insert(key.clone());
+        let (tracking, touched, tier) = (self.tracking, &mut self.touched, &mut self.tier);
+        self.cells.retain(|key, hot| {
+            let (changed, empty) = hot.cell.retain_live(&|at| !ttl.expired(at, now));
+            if changed {
+                hot.dirty = true;
+                if tracking {
+                    touched.insert(key.clone());
+                }
+            }
+            if empty && let Some(tier) = tier.as_mut() {
+                tier.forget(key, &hot.bytes, hot.on_disk);
             }
             !empty
         });
+        // Spilled keys expire too: the same values must be gone as without a budget.
+        if let Err(e) = self.sweep_spilled(ttl, now) {
+            tracing::warn!(state = self.name, error = %e, "cannot clean up spilled state: its expired values stay hidden");
+        }
+    }
+
+    fn attach(&mut self, budget: &StateBudget) {
+        if self.tier.is_none() {
+            let mut tier = Tier::new(budget.clone());
+            for (key, hot) in &mut self.cells {
+                hot.bytes = Tier::cost(key, postcard::experimental::serialized_size(&hot.cell).unwrap_or(0));
+                hot.measured = true;
+                tier.charge(hot.bytes);
+            }
+            self.tier = Some(tier);
+        }
+    }
+
+    fn spill(&mut self) -> Result<(), StateError> {
+        let Some(tier) = &mut self.tier else { return Ok(()) };
+        // Measure again what changed since the last pass.
+        for key in std::mem::take(&mut tier.resized) {
+            if let Some(hot) = self.cells.get_mut(&key) {
+                let bytes = Tier::cost(&key, postcard::experimental::serialized_size(&hot.cell).unwrap_or(0));
+                tier.charge(bytes);
+                tier.release(hot.bytes);
+                hot.bytes = bytes;
+                hot.measured = true;
+            }
+        }
+        if !tier.budget.over() {
+            return tier.flush_deletes();
+        }
+        // The clock: from where the hand stands, a key used since the hand last passed gets a
+        // second chance; two rounds at most over the keys in memory.
+        let mut want = tier.share_of_excess();
+        let len = self.cells.len();
+        let start = tier.hand % len.max(1);
+        let mut chosen: Vec<Key> = Vec::new();
+        let mut visited = 0usize;
+        'rounds: for _ in 0..2 {
+            for (from, to) in [(start, len), (0, start)] {
+                for (key, hot) in self.cells.iter_mut().skip(from).take(to - from) {
+                    if want == 0 {
+                        break 'rounds;
+                    }
+                    visited = visited.saturating_add(1);
+                    if hot.chosen || std::mem::take(&mut hot.referenced) {
+                        continue;
+                    }
+                    hot.chosen = true;
+                    want = want.saturating_sub(hot.bytes);
+                    chosen.push(key.clone());
+                }
+            }
+        }
+        tier.hand = start.saturating_add(visited) % len.max(1);
+        let mut puts = Vec::new();
+        for key in &chosen {
+            if let Some(hot) = self.cells.get(key).filter(|h| h.dirty || !h.on_disk) {
+                puts.push((tier.row(key), encode(self.name, &hot.cell)?));
+            }
+        }
+        if let Err(e) = tier.write(&puts) {
+            for key in &chosen {
+                if let Some(hot) = self.cells.get_mut(key) {
+                    hot.chosen = false;
+                }
+            }
+            return Err(e);
+        }
+        // Written: now they may leave memory.
+        for key in chosen {
+            if let Some(hot) = self.cells.remove(&key) {
+                tier.spilled_one(&key, hot.bytes, hot.on_disk);
+            }
+        }
+        Ok(())
     }
 
     fn len(&self) -> usize {
-        self.cells.len()
+        self.cells.len().saturating_add(self.tier.as_ref().map_or(0, |t| t.on_disk_only))
+    }
+}
+
+impl<C: Cell> KeyedTable<C> {
+    /// Removes expired values of spilled keys (as the clean-up does in memory).
+    fn sweep_spilled(&mut self, ttl: StateTtl, now: &Now) -> Result<(), StateError> {
+        let Some(tier) = &mut self.tier else { return Ok(()) };
+        let (cells, name) = (&self.cells, self.name);
+        let mut gone: Vec<Key> = Vec::new();
+        let mut kept: Vec<(Key, Vec<u8>)> = Vec::new();
+        tier.for_each_spilled(&mut |key, bytes| {
+            if cells.contains_key(&key) {
+                return Ok(()); // the copy in memory is the one that counts
+            }
+            let mut cell = decode::<C>(name, bytes)?;
+            let (changed, empty) = cell.retain_live(&|at| !ttl.expired(at, now));
+            if empty {
+                gone.push(key);
+            } else if changed {
+                kept.push((key, encode(name, &cell)?));
+            }
+            Ok(())
+        })?;
+        if gone.is_empty() && kept.is_empty() {
+            return Ok(());
+        }
+        let deletes: Vec<Vec<u8>> = gone.iter().map(|k| tier.row(k)).collect();
+        let puts: Vec<(Vec<u8>, Vec<u8>)> = kept.iter().map(|(k, v)| (tier.row(k), v.clone())).collect();
+        tier.budget.write_ordered(&deletes, &puts)?;
+        tier.on_disk_only = tier.on_disk_only.saturating_sub(gone.len());
+        if self.tracking {
+            self.touched.extend(gone);
+            self.touched.extend(kept.into_iter().map(|(k, _)| k));
+        }
+        Ok(())
+    }
+
+    /// A restored key: into memory, spilling as the budget requires.
+    fn restored(&mut self, key: Key, cell: C, encoded: usize, note: bool) {
+        if note {
+            self.touched.insert(key.clone());
+        }
+        let mut hot = Hot::new(cell);
+        if let Some(tier) = &mut self.tier {
+            hot.bytes = Tier::cost(&key, encoded);
+            hot.measured = true;
+            tier.charge(hot.bytes);
+        }
+        self.cells.insert(key, hot);
+        if self.tier.as_ref().is_some_and(|t| t.budget.over()) {
+            // A failed spill keeps the keys in memory: over the budget, nothing lost.
+            if let Err(e) = self.spill() {
+                tracing::warn!(state = self.name, error = %e, "cannot spill restored state");
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@ use super::table::{Cell, KeyedTable, Table};
 use super::ttl::{Now, StateTtl};
 use crate::error::StateError;
 use crate::record::{Key, Timestamp};
-use crate::state::StateBackend;
+use crate::state::{StateBackend, StateBudget};
 
 /// Where a step's state rows say which format they are in. Steps of the first format (value
 /// state only, values without stamps, no schema rows) have no such row.
@@ -28,6 +28,11 @@ pub(in crate::operator) struct Tables {
     current_format: bool,
     /// Names declared twice, as different states: refused at their first access.
     conflicting: Vec<&'static str>,
+    /// The memory budget, once the step runs under one.
+    budget: Option<StateBudget>,
+    /// A spill-store failure outside a record (between batches): the next snapshot fails with it,
+    /// so the checkpoint does not miss what the store lost.
+    failure: Option<StateError>,
 }
 
 impl Tables {
@@ -47,7 +52,11 @@ impl Tables {
         if name.len() > usize::from(u8::MAX) {
             return; // refused at the first access, with the reason
         }
-        self.list.push(Box::new(KeyedTable::<C>::new(name, ttl, self.tracking)));
+        let mut table = KeyedTable::<C>::new(name, ttl, self.tracking);
+        if let Some(budget) = &self.budget {
+            table.attach(budget);
+        }
+        self.list.push(Box::new(table));
     }
 
     /// The table of state `name` holding `C`; an error when it was not declared, or declared as
@@ -94,6 +103,9 @@ impl Tables {
         ns: &str,
         state: &mut dyn StateBackend,
     ) -> Result<(), StateError> {
+        if let Some(e) = self.failure.take() {
+            return Err(e);
+        }
         let all = !self.tracking;
         if all || !self.current_format {
             state.put(ns, FORMAT_KEY, &[FORMAT])?;
@@ -132,9 +144,10 @@ impl Tables {
         first_format_stamp: Timestamp,
     ) -> Result<(), StateError> {
         for t in &mut self.list {
-            t.clear();
+            t.clear()?;
         }
         self.recorded.clear();
+        self.failure = None;
         self.track();
         self.current_format = match state.get(ns, FORMAT_KEY)?.as_deref() {
             None => false,
@@ -198,7 +211,30 @@ impl Tables {
 
     pub(in crate::operator) fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
         for t in &mut self.list {
-            t.retain_keys(keep);
+            if let Err(e) = t.retain_keys(keep) {
+                self.failure.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Counts every table's memory against `budget`, spilling beyond it.
+    pub(in crate::operator) fn attach(&mut self, budget: &StateBudget) {
+        self.budget = Some(budget.clone());
+        for t in &mut self.list {
+            t.attach(budget);
+        }
+    }
+
+    /// Spills cold keys while the budget is exceeded. A failed write keeps them in memory (over
+    /// the budget, nothing lost).
+    pub(in crate::operator) fn spill(&mut self) {
+        if self.budget.is_none() {
+            return;
+        }
+        for t in &mut self.list {
+            if let Err(e) = t.spill() {
+                tracing::warn!(state = t.name(), error = %e, "cannot spill keyed state: it stays in memory");
+            }
         }
     }
 

@@ -1,0 +1,263 @@
+//! A memory budget for keyed state, and the local store the state beyond it spills to.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::error::StateError;
+use crate::state::KeyValue;
+
+/// Called with each row (key, value) of a scan of the spill store.
+pub(crate) type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
+
+/// Bounds the heap that keyed state (`keyed_process` value, list and map states) holds in one
+/// process; what does not fit spills to a local RocksDB and is read back when its key is next
+/// used.
+///
+/// The budget counts each key's encoded size plus a fixed per-key overhead, so it tracks the heap
+/// approximately. Each step's table keeps its hot keys in memory; once the process is over the
+/// budget, a table writes its coldest keys (not used since the clock hand last passed) to the
+/// spill store and drops them from the heap, down to 90 % of the budget. A Bloom filter per table
+/// answers most lookups of keys that never spilled (a new key) without reading the disk.
+///
+/// The spill store is scratch: a restart wipes it, as the state comes back from the checkpoint.
+/// Its own memory (memtables, block cache: about 40 MB) is outside the budget. It needs the
+/// `rocksdb` feature: without it, [`open`](Self::open) fails and keyed state is unbounded.
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::state::StateBudget;
+/// let dir = tempfile::tempdir().unwrap();
+/// let budget = StateBudget::open(64 << 20, dir.path().join("spill")).unwrap();
+/// assert_eq!(budget.limit(), 64 << 20);
+/// assert_eq!(budget.used(), 0);
+/// ```
+#[derive(Clone)]
+pub struct StateBudget(Arc<Inner>);
+
+struct Inner {
+    limit: usize,
+    used: AtomicUsize,
+    store: store::Store,
+    next_table: AtomicU64,
+    path: PathBuf,
+    /// Keys written to the spill store so far.
+    spilled: AtomicU64,
+}
+
+impl std::fmt::Debug for StateBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateBudget")
+            .field("limit", &self.0.limit)
+            .field("used", &self.used())
+            .field("path", &self.0.path)
+            .finish()
+    }
+}
+
+impl StateBudget {
+    /// A budget of `limit_bytes`, spilling to a RocksDB at `dir` (emptied first).
+    pub fn open(limit_bytes: usize, dir: impl AsRef<Path>) -> Result<Self, StateError> {
+        let path = dir.as_ref().to_path_buf();
+        let store = store::Store::open(&path)?;
+        Ok(Self(Arc::new(Inner {
+            limit: limit_bytes,
+            used: AtomicUsize::new(0),
+            store,
+            next_table: AtomicU64::new(0),
+            path,
+            spilled: AtomicU64::new(0),
+        })))
+    }
+
+    /// The budget, in bytes.
+    pub fn limit(&self) -> usize {
+        self.0.limit
+    }
+
+    /// Keys written to the spill store so far (a key that spills twice counts twice).
+    pub fn spilled_keys(&self) -> u64 {
+        self.0.spilled.load(Ordering::Relaxed)
+    }
+
+    /// What keyed state in memory holds now, as counted.
+    pub fn used(&self) -> usize {
+        self.0.used.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn charge(&self, bytes: usize) {
+        self.0.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn release(&self, bytes: usize) {
+        // Saturating: a table never releases more than it charged, but races must not wrap.
+        let _ =
+            self.0.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(bytes)));
+    }
+
+    /// State in memory exceeds the budget.
+    pub(crate) fn over(&self) -> bool {
+        self.used() > self.0.limit
+    }
+
+    /// How many bytes to spill to get down to 90 % of the budget.
+    pub(crate) fn excess(&self) -> usize {
+        self.used().saturating_sub(self.0.limit / 10 * 9)
+    }
+
+    /// A prefix of its own for a table's rows in the spill store.
+    pub(crate) fn table_prefix(&self) -> [u8; 8] {
+        self.0.next_table.fetch_add(1, Ordering::Relaxed).to_be_bytes()
+    }
+
+    /// Removes `deletes`, then writes `puts`, in one batch (a key in both ends up written).
+    pub(crate) fn write_ordered(&self, deletes: &[Vec<u8>], puts: &[KeyValue]) -> Result<(), StateError> {
+        self.0.store.write(deletes, puts)?;
+        self.0.spilled.fetch_add(puts.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.0.store.get(key)
+    }
+
+    /// Calls `f` with every row under `prefix`, in key order, without holding them all.
+    pub(crate) fn for_each(&self, prefix: &[u8], f: &mut RowVisitor<'_>) -> Result<(), StateError> {
+        self.0.store.for_each(prefix, f)
+    }
+
+    /// Removes every row under `prefix`.
+    pub(crate) fn clear(&self, prefix: &[u8; 8]) -> Result<(), StateError> {
+        self.0.store.clear(prefix)
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+mod store {
+    use std::path::Path;
+
+    use rocksdb::{
+        BlockBasedOptions, Cache, DB, DBCompressionType, Direction, IteratorMode, Options, WriteOptions,
+    };
+
+    use super::RowVisitor;
+    use crate::error::StateError;
+    use crate::state::KeyValue;
+
+    fn backend(e: rocksdb::Error) -> StateError {
+        StateError::Backend(format!("spill store: {e}"))
+    }
+
+    /// The file that says a directory is a spill store, so that opening one may empty it.
+    const MARKER: &str = "FERROFLOW_SPILL_STORE";
+
+    pub(super) struct Store {
+        db: DB,
+        write: WriteOptions,
+    }
+
+    impl Store {
+        pub(super) fn open(path: &Path) -> Result<Self, StateError> {
+            let io = |what: &str, e: std::io::Error| {
+                StateError::Backend(format!("spill store {}: {what}: {e}", path.display()))
+            };
+            // Scratch: what an earlier run spilled is not state (the checkpoint is). Only a
+            // directory that holds a spill store (its marker) is emptied: a mistyped path that
+            // holds anything else is refused, not deleted.
+            let marker = path.join(MARKER);
+            let holds_other =
+                std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some()) && !marker.exists();
+            if holds_other {
+                return Err(StateError::Backend(format!(
+                    "{} is not empty and holds no spill store: give the budget a directory of its own",
+                    path.display()
+                )));
+            }
+            if path.exists() {
+                std::fs::remove_dir_all(path).map_err(|e| io("cannot empty it", e))?;
+            }
+            std::fs::create_dir_all(path).map_err(|e| io("cannot create it", e))?;
+            std::fs::write(&marker, b"").map_err(|e| io("cannot mark it", e))?;
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.set_write_buffer_size(16 << 20);
+            opts.set_max_write_buffer_number(2);
+            opts.set_compression_type(DBCompressionType::Lz4);
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&Cache::new_lru_cache(8 << 20));
+            opts.set_block_based_table_factory(&table);
+            let db = DB::open(&opts, path).map_err(backend)?;
+            let mut write = WriteOptions::default();
+            // Scratch again: a crash loses nothing the checkpoint does not have.
+            write.disable_wal(true);
+            Ok(Self { db, write })
+        }
+
+        pub(super) fn write(&self, deletes: &[Vec<u8>], puts: &[KeyValue]) -> Result<(), StateError> {
+            let mut batch = rocksdb::WriteBatch::default();
+            for k in deletes {
+                batch.delete(k);
+            }
+            for (k, v) in puts {
+                batch.put(k, v);
+            }
+            self.db.write_opt(batch, &self.write).map_err(backend)
+        }
+
+        pub(super) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+            self.db.get(key).map_err(backend)
+        }
+
+        pub(super) fn for_each(&self, prefix: &[u8], f: &mut RowVisitor<'_>) -> Result<(), StateError> {
+            for kv in self.db.iterator(IteratorMode::From(prefix, Direction::Forward)) {
+                let (k, v) = kv.map_err(backend)?;
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                f(&k, &v)?;
+            }
+            Ok(())
+        }
+
+        pub(super) fn clear(&self, prefix: &[u8; 8]) -> Result<(), StateError> {
+            let end = u64::from_be_bytes(*prefix).saturating_add(1).to_be_bytes();
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.delete_range(prefix, &end);
+            self.db.write_opt(batch, &self.write).map_err(backend)
+        }
+    }
+}
+
+/// Without RocksDB there is nowhere to spill: a budget cannot be opened.
+#[cfg(not(feature = "rocksdb"))]
+mod store {
+    use std::path::Path;
+
+    use super::RowVisitor;
+    use crate::error::StateError;
+    use crate::state::KeyValue;
+
+    pub(super) enum Store {}
+
+    impl Store {
+        pub(super) fn open(_path: &Path) -> Result<Self, StateError> {
+            Err(StateError::Backend("a state memory budget needs the `rocksdb` feature to spill to".into()))
+        }
+
+        pub(super) fn write(&self, _: &[Vec<u8>], _: &[KeyValue]) -> Result<(), StateError> {
+            match *self {}
+        }
+
+        pub(super) fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+            match *self {}
+        }
+
+        pub(super) fn for_each(&self, _: &[u8], _: &mut RowVisitor<'_>) -> Result<(), StateError> {
+            match *self {}
+        }
+
+        pub(super) fn clear(&self, _: &[u8; 8]) -> Result<(), StateError> {
+            match *self {}
+        }
+    }
+}
