@@ -429,8 +429,12 @@ impl<C: Cell> Table for KeyedTable<C> {
                     touched.insert(key.clone());
                 }
             }
-            if empty && let Some(tier) = tier.as_mut() {
-                tier.forget(key, &hot.bytes, hot.on_disk);
+            if let Some(tier) = tier.as_mut() {
+                if empty {
+                    tier.forget(key, &hot.bytes, hot.on_disk);
+                } else if changed && std::mem::take(&mut hot.measured) {
+                    tier.resized.push(key.clone()); // smaller now: measured again
+                }
             }
             !empty
         });

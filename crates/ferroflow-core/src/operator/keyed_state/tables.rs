@@ -217,8 +217,12 @@ impl Tables {
         }
     }
 
-    /// Counts every table's memory against `budget`, spilling beyond it.
+    /// Counts every table's memory against `budget`, spilling beyond it (a second budget is
+    /// ignored).
     pub(in crate::operator) fn attach(&mut self, budget: &StateBudget) {
+        if self.budget.is_some() {
+            return; // the first budget stays: every table of the step on one
+        }
         self.budget = Some(budget.clone());
         for t in &mut self.list {
             t.attach(budget);
