@@ -182,9 +182,12 @@ mod store {
             opts.create_if_missing(true);
             opts.set_write_buffer_size(16 << 20);
             opts.set_max_write_buffer_number(2);
-            opts.set_compression_type(DBCompressionType::Lz4);
+            // Reads of spilled keys are the hot path here, not disk space: no compression, and a
+            // Bloom filter per file so that a read skips the files without its key.
+            opts.set_compression_type(DBCompressionType::None);
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&Cache::new_lru_cache(8 << 20));
+            table.set_bloom_filter(10.0, false);
             opts.set_block_based_table_factory(&table);
             let db = DB::open(&opts, path).map_err(backend)?;
             let mut write = WriteOptions::default();

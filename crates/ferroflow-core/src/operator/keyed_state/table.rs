@@ -501,6 +501,8 @@ impl<C: Cell> Table for KeyedTable<C> {
                 puts.push((tier.row(key), encode(self.name, &hot.cell)?));
             }
         }
+        // In key order: the memtable inserts each next to the last.
+        puts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if let Err(e) = tier.write(&puts) {
             for key in &chosen {
                 if let Some(hot) = self.cells.get_mut(key) {
