@@ -144,6 +144,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(StateBudget::open(usize::try_from(budget_mb << 20)?, dir.join("spill"))?)
     };
     let spilled = budget.clone();
+    if let (Some(b), true) = (budget.clone(), args.iter().any(|a| a == "--trace")) {
+        // Memory over time: what the budget counts against what the process holds.
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                eprintln!(
+                    "budget_used_mb={:.0} store_mb={:.0} rss_mb={:.0} spilled={}",
+                    b.used() as f64 / f64::from(1u32 << 20),
+                    b.store_memory() as f64 / f64::from(1u32 << 20),
+                    events::rss_mb(),
+                    b.spilled_keys()
+                );
+            }
+        });
+    }
     let (rate, digest) = run(events, keys, budget).await?;
     let on_disk = dir_bytes(&dir.join("spill"));
     println!(

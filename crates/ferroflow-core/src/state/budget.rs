@@ -75,6 +75,12 @@ impl StateBudget {
         self.0.limit
     }
 
+    /// Memory the spill store itself holds (memtables, table readers, block cache), bytes, as
+    /// RocksDB estimates it: outside the budget.
+    pub fn store_memory(&self) -> u64 {
+        self.0.store.memory()
+    }
+
     /// Keys written to the spill store so far (a key that spills twice counts twice).
     pub fn spilled_keys(&self) -> u64 {
         self.0.spilled.load(Ordering::Relaxed)
@@ -182,6 +188,8 @@ mod store {
             opts.create_if_missing(true);
             opts.set_write_buffer_size(16 << 20);
             opts.set_max_write_buffer_number(2);
+            // Small files: a compaction builds each output's index and filter in memory.
+            opts.set_target_file_size_base(8 << 20);
             // Reads of spilled keys are the hot path here, not disk space: no compression, and a
             // Bloom filter per file so that a read skips the files without its key.
             opts.set_compression_type(DBCompressionType::None);
@@ -209,6 +217,17 @@ mod store {
 
         pub(super) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
             self.db.get(key).map_err(backend)
+        }
+
+        pub(super) fn memory(&self) -> u64 {
+            [
+                "rocksdb.cur-size-all-mem-tables",
+                "rocksdb.estimate-table-readers-mem",
+                "rocksdb.block-cache-usage",
+            ]
+            .iter()
+            .filter_map(|p| self.db.property_int_value(*p).ok().flatten())
+            .sum()
         }
 
         pub(super) fn for_each(&self, prefix: &[u8], f: &mut RowVisitor<'_>) -> Result<(), StateError> {
@@ -252,6 +271,10 @@ mod store {
         }
 
         pub(super) fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+            match *self {}
+        }
+
+        pub(super) fn memory(&self) -> u64 {
             match *self {}
         }
 

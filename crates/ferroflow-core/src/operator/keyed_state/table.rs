@@ -156,6 +156,9 @@ pub(in crate::operator) struct KeyedTable<C> {
 }
 
 impl<C: Cell> KeyedTable<C> {
+    /// Bytes of one entry of the map (with its control byte).
+    const SLOT: usize = std::mem::size_of::<(Key, Hot<C>)>() + 1;
+
     pub(super) fn new(name: &'static str, ttl: Option<StateTtl>, tracking: bool) -> Self {
         Self {
             name,
@@ -179,7 +182,7 @@ impl<C: Cell> KeyedTable<C> {
         }
         let Some(bytes) = tier.budget.get(&tier.row(key))? else { return Ok(()) };
         let cell = decode::<C>(self.name, &bytes)?;
-        let charge = Tier::cost(key, bytes.len());
+        let charge = Tier::cost(Self::SLOT, key, bytes.len());
         tier.charge(charge);
         tier.on_disk_only = tier.on_disk_only.saturating_sub(1);
         let hot = Hot {
@@ -448,7 +451,11 @@ impl<C: Cell> Table for KeyedTable<C> {
         if self.tier.is_none() {
             let mut tier = Tier::new(budget.clone());
             for (key, hot) in &mut self.cells {
-                hot.bytes = Tier::cost(key, postcard::experimental::serialized_size(&hot.cell).unwrap_or(0));
+                hot.bytes = Tier::cost(
+                    Self::SLOT,
+                    key,
+                    postcard::experimental::serialized_size(&hot.cell).unwrap_or(0),
+                );
                 hot.measured = true;
                 tier.charge(hot.bytes);
             }
@@ -461,7 +468,11 @@ impl<C: Cell> Table for KeyedTable<C> {
         // Measure again what changed since the last pass.
         for key in std::mem::take(&mut tier.resized) {
             if let Some(hot) = self.cells.get_mut(&key) {
-                let bytes = Tier::cost(&key, postcard::experimental::serialized_size(&hot.cell).unwrap_or(0));
+                let bytes = Tier::cost(
+                    Self::SLOT,
+                    &key,
+                    postcard::experimental::serialized_size(&hot.cell).unwrap_or(0),
+                );
                 tier.charge(bytes);
                 tier.release(hot.bytes);
                 hot.bytes = bytes;
@@ -566,7 +577,7 @@ impl<C: Cell> KeyedTable<C> {
         }
         let mut hot = Hot::new(cell);
         if let Some(tier) = &mut self.tier {
-            hot.bytes = Tier::cost(&key, encoded);
+            hot.bytes = Tier::cost(Self::SLOT, &key, encoded);
             hot.measured = true;
             tier.charge(hot.bytes);
         }
