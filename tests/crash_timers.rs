@@ -144,6 +144,23 @@ fn spawn(dir: &Path, pace_us: u64) -> Child {
         .unwrap()
 }
 
+/// Waits (up to 60 s) until `dir` holds a checkpoint's manifest (a `.json` file, written last).
+fn wait_for_checkpoint(dir: &Path) {
+    fn any_manifest(dir: &Path) -> bool {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let path = e.path();
+                path.extension().is_some_and(|x| x == "json") || (path.is_dir() && any_manifest(&path))
+            })
+        })
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !any_manifest(dir) {
+        assert!(Instant::now() < deadline, "no checkpoint within 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn finish(mut child: Child) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -193,6 +210,11 @@ fn sigkill_and_restart_report_the_silences_of_an_uninterrupted_run() {
     let mut kills = 0;
     for round in 0..6 {
         let mut child = spawn(&crashy, 600);
+        if round == 0 {
+            // However slow the machine, the first kill comes after a checkpoint: the last run
+            // must have one to start from.
+            wait_for_checkpoint(&crashy.join("checkpoints"));
+        }
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
