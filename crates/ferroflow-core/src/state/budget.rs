@@ -287,3 +287,31 @@ mod store {
         }
     }
 }
+
+#[cfg(all(test, feature = "rocksdb"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_holding_anything_but_a_spill_store_is_refused_not_emptied() -> Result<(), StateError> {
+        let dir = std::env::temp_dir().join(format!("ferroflow-budget-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| StateError::Backend(e.to_string()))?;
+        std::fs::write(dir.join("precious.txt"), b"keep me")
+            .map_err(|e| StateError::Backend(e.to_string()))?;
+        let refused = StateBudget::open(1 << 20, &dir);
+        assert!(refused.is_err_and(|e| e.to_string().contains("holds no spill store")));
+        assert!(dir.join("precious.txt").exists(), "nothing was deleted");
+
+        // A spill store of an earlier run is emptied and opened again.
+        let store = dir.join("spill");
+        let budget = StateBudget::open(1 << 20, &store)?;
+        budget.write_ordered(&[], &[(b"k".to_vec(), b"v".to_vec())])?;
+        drop(budget);
+        let again = StateBudget::open(1 << 20, &store)?;
+        assert_eq!(again.get(b"k")?, None, "scratch: what the last run spilled is gone");
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+}
