@@ -1,21 +1,28 @@
-//! Keyed state larger than its memory budget: a running aggregate over many keys, with and without
-//! a budget; prints throughput, peak memory and what spilled to disk.
+//! State larger than its memory budget: dedup over many event ids, then a running aggregate over
+//! many keys, with and without a budget; prints throughput, peak memory and what spilled to disk.
 //!
 //! ```text
+//! cargo run --release --example state_scale -- --ids 50000000 --keys 10000000 --budget-mb 256
+//! cargo run --release --example state_scale -- --ids 50000000 --keys 10000000 --zipf --budget-mb 256
 //! cargo run --release --example state_scale -- --keys 10000000 --budget-mb 256
-//! cargo run --release --example state_scale -- --keys 1000000 --check
+//! cargo run --release --example state_scale -- --ids 2000000 --keys 1000000 --check
 //! ```
 //!
-//! Each event adds its value to its key's running sum (a `keyed_process` step with one value
-//! state), keys drawn uniformly at random: the worst case for a cache, every key as likely as any
-//! other. Prints `keyed_events_per_sec=<N> peak_rss_mb=<M> state_bytes_on_disk=<D> keys=<K>
-//! budget_mb=<B>`. `--check` runs the same input without a budget as well and compares every
-//! output (a digest of the sums per key). Dedup on the budget (the other half of issue 14's
-//! benchmark) is not measured here yet: dedup keeps its own heap state.
+//! With `--ids N`, N distinct event ids plus 1 % repeats (half of an id among the last 10,000,
+//! half of any earlier one) go through a dedup step with a TTL of a day of event time (nothing
+//! expires within the run: every id stays state), then each new event adds its value to its key's
+//! running sum (a `keyed_process` step with one value state). Keys are uniformly random, the
+//! worst case for a cache, or with `--zipf` drawn by popularity (a Zipf law, exponent 1: a few keys
+//! are busy, most are rare, as users of a service are). Without `--ids`, only the running sum.
+//!
+//! Prints `events_per_sec=<N> peak_rss_mb=<M> state_bytes_on_disk=<D>` and what ran.
+//! `--check` runs the same input without a budget as well and compares every output (a digest of
+//! the sums) and the count of duplicates. `--no-budget` runs unbounded; `--trace` prints memory
+//! every 100 ms.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ferroflow::SourceError;
 use ferroflow::prelude::*;
@@ -32,12 +39,16 @@ const SUM: ValueState<u64> = ValueState::new("sum");
 struct RunningSum;
 
 impl KeyedFunction for RunningSum {
-    type In = (u64, u64);
+    type In = Event;
     type Out = u64;
     fn declare(&self, states: &mut StateDeclarations) {
         states.value(SUM);
     }
-    fn process(&mut self, (_, v): (u64, u64), ctx: &mut KeyedContext<'_, u64>) -> Result<(), Rejection> {
+    fn process(
+        &mut self,
+        Event { value: v, .. }: Event,
+        ctx: &mut KeyedContext<'_, u64>,
+    ) -> Result<(), Rejection> {
         let sum = ctx.value(SUM)?.copied().unwrap_or(0).wrapping_add(v);
         ctx.set_value(SUM, sum)?;
         ctx.emit(sum);
@@ -45,15 +56,40 @@ impl KeyedFunction for RunningSum {
     }
 }
 
-/// `events` values over `keys` keys, made as they are read (no input file, no input in memory).
+/// One event: its id (to deduplicate on), the key it adds to and the value it adds.
+#[derive(Debug, Clone)]
+struct Event {
+    id: [u8; 8],
+    key: u64,
+    value: u64,
+}
+
+/// `events` events, made as they are read (no input file, no input in memory). Without dedup
+/// (`ids` = 0), every event is new and its key uniformly random over `keys`. With dedup, 1 % of
+/// the events repeat an earlier id (half of them one of the last 10,000, half any earlier one),
+/// the others carry a new id, and an id's key is a hash of it: uniform over `keys` again.
+/// Event time: one event per millisecond.
 struct Generated {
     left: u64,
     keys: u64,
+    dedup: bool,
+    /// Keys drawn by popularity (Zipf, s = 1) instead of uniformly.
+    zipf: bool,
+    /// Ids handed out so far.
+    ids: u64,
+    at: i64,
     x: u64,
 }
 
-impl Source<(u64, u64)> for Generated {
-    async fn next_event(&mut self) -> Result<Option<SourceEvent<(u64, u64)>>, SourceError> {
+impl Generated {
+    fn next(&mut self) -> u64 {
+        self.x = self.x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.x >> 16
+    }
+}
+
+impl Source<Event> for Generated {
+    async fn next_event(&mut self) -> Result<Option<SourceEvent<Event>>, SourceError> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -61,11 +97,41 @@ impl Source<(u64, u64)> for Generated {
         self.left -= n;
         let mut records = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            self.x = self.x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            records.push(Record::new(((self.x >> 20) % self.keys, self.x & 0xff), 0));
+            let r = self.next();
+            let (id, key) = if !self.dedup {
+                (0, r % self.keys)
+            } else {
+                let id = if r.is_multiple_of(100) && self.ids > 0 {
+                    let back = if (r >> 8) & 1 == 0 { self.ids.min(10_000) } else { self.ids };
+                    self.ids - 1 - (r >> 12) % back
+                } else {
+                    self.ids += 1;
+                    self.ids - 1
+                };
+                (id, mix(id) % self.keys)
+            };
+            let key = if self.zipf { zipf(self.next(), self.keys) } else { key };
+            self.at += 1;
+            records.push(Record::new(Event { id: id.to_be_bytes(), key, value: r & 0xff }, self.at));
         }
         Ok(Some(SourceEvent::Batch(SourceBatch { records, ..SourceBatch::default() })))
     }
+}
+
+/// A key of `keys` by popularity: rank `r` is drawn with probability about `1 / (r ln keys)` (a
+/// Zipf law with exponent 1, from the inverse of its continuous distribution), then scattered
+/// over the key space so that popular keys are not neighbours.
+fn zipf(r: u64, keys: u64) -> u64 {
+    let u = (r >> 11) as f64 / (1u64 << 37) as f64;
+    let rank = ((keys as f64).powf(u) as u64).clamp(1, keys) - 1;
+    mix(rank) % keys
+}
+
+/// splitmix64's finaliser: spreads consecutive ids over the keys.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Folds every emitted sum into one number, so that two runs can be compared without keeping
@@ -83,35 +149,52 @@ impl Sink<u64> for Digest {
     }
 }
 
-/// Runs the job; returns (events/s, the digest of its output).
-async fn run(
+/// What to run.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
     events: u64,
     keys: u64,
+    /// Deduplicate on the event ids first.
+    dedup: bool,
+    /// Keys by popularity, not uniformly.
+    zipf: bool,
+}
+
+/// Runs the job; returns (events/s, the digest of its output, records deduplicated).
+async fn run(
+    shape: Shape,
     budget: Option<StateBudget>,
-) -> Result<(f64, u64), Box<dyn std::error::Error>> {
+) -> Result<(f64, u64, u64), Box<dyn std::error::Error>> {
+    let Shape { events, keys, dedup, zipf } = shape;
     let mut builder = Runner::builder().workers(1);
     if let Some(b) = budget {
         builder = builder.state_budget(b);
     }
     let mut runner = builder.build()?;
-    let job = Stream::<(u64, u64)>::new()
-        .key_by(|r: &(u64, u64)| Key::from(&r.0.to_be_bytes()[..]))
-        .keyed_process(RunningSum)
-        .id("sums");
     let digest = Digest::default();
     let folded = digest.sum.clone();
+    let source = Generated { left: events, keys, dedup, zipf, ids: 0, at: 0, x: 7 };
+    let by_key = |e: &Event| Key::from(&e.key.to_be_bytes()[..]);
     let start = Instant::now();
-    let report = runner
-        .job(Generated { left: events, keys, x: 7 }, job)
-        .sink(digest)
-        .dead_letters(NullSink::new())
-        .run()
-        .await?;
+    let report = if dedup {
+        // A day of event time: at one event per millisecond, no id expires within the run.
+        let job = Stream::<Event>::new()
+            .dedup_by(Duration::from_secs(86_400), |e: &Event| &e.id)
+            .id("ids")
+            .key_by(by_key)
+            .keyed_process(RunningSum)
+            .id("sums");
+        runner.job(source, job).sink(digest).dead_letters(NullSink::new()).run().await?
+    } else {
+        let job = Stream::<Event>::new().key_by(by_key).keyed_process(RunningSum).id("sums");
+        runner.job(source, job).sink(digest).dead_letters(NullSink::new()).run().await?
+    };
     let secs = start.elapsed().as_secs_f64();
-    if !report.counters.identity_holds() || report.counters.records_processed != events {
-        return Err(format!("the job lost records: {:?}", report.counters).into());
+    let c = &report.counters;
+    if !c.identity_holds() || c.records_processed.saturating_add(c.records_deduplicated) != events {
+        return Err(format!("the job lost records: {c:?}").into());
     }
-    Ok((events as f64 / secs, folded.load(std::sync::atomic::Ordering::Relaxed)))
+    Ok((events as f64 / secs, folded.load(std::sync::atomic::Ordering::Relaxed), c.records_deduplicated))
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -132,7 +215,12 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let keys = arg(&args, "--keys", 10_000_000);
-    let events = arg(&args, "--events", keys.saturating_mul(2));
+    let ids = arg(&args, "--ids", 0);
+    // With dedup: each id once, and 1 % repeats on top.
+    let events =
+        arg(&args, "--events", if ids > 0 { ids.saturating_add(ids / 99) } else { keys.saturating_mul(2) });
+    let zipf = args.iter().any(|a| a == "--zipf");
+    let shape = Shape { events, keys, dedup: ids > 0, zipf };
     let budget_mb = arg(&args, "--budget-mb", 256);
     let check = args.iter().any(|a| a == "--check");
     let no_budget = args.iter().any(|a| a == "--no-budget");
@@ -159,19 +247,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
     }
-    let (rate, digest) = run(events, keys, budget).await?;
+    let (rate, digest, deduplicated) = run(shape, budget).await?;
     let on_disk = dir_bytes(&dir.join("spill"));
     println!(
-        "keyed_events_per_sec={rate:.0} peak_rss_mb={:.0} state_bytes_on_disk={on_disk} keys={keys} budget_mb={}",
+        "events_per_sec={rate:.0} peak_rss_mb={:.0} state_bytes_on_disk={on_disk} events={events} ids={} \
+         deduplicated={deduplicated} keys={keys} key_spread={} budget_mb={}",
         events::peak_rss_mb(),
+        events.saturating_sub(deduplicated),
+        if zipf { "zipf" } else { "uniform" },
         if no_budget { "none".to_owned() } else { budget_mb.to_string() },
     );
     if let Some(b) = &spilled {
         eprintln!("keys written to the spill store: {}", b.spilled_keys());
     }
     if check {
-        let (_, unbounded) = run(events, keys, None).await?;
-        if unbounded != digest {
+        let (_, unbounded, unbounded_deduplicated) = run(shape, None).await?;
+        if (unbounded, unbounded_deduplicated) != (digest, deduplicated) {
             return Err(format!("the budget changed results: digest {digest} against {unbounded}").into());
         }
         println!("check: identical to the run without a budget");

@@ -307,3 +307,50 @@ async fn copies_under_one_budget_give_the_unbounded_results() {
     assert_eq!(results[0].len(), 20_000);
     assert!(results[1] == results[0], "the budget changed results");
 }
+
+/// Dedup then a keyed tally in one job under a budget that holds a few hundred ids: ids spill,
+/// repeats are found on disk, sightings expire in memory and on disk, and the output is the
+/// unbounded run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_and_keyed_state_under_one_budget_give_the_unbounded_results() {
+    // 30,000 events, one per 10 ms of event time; every seventh repeats an id seen 0.5 to 4 s
+    // earlier, so that some repeats fall within the 2 s TTL and some after it.
+    let mut x = 99u64;
+    let mut events: Vec<(u64, i64)> = Vec::new();
+    for i in 0..30_000u64 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let at = i64::try_from(i).unwrap() * 10;
+        let id = if i % 7 == 0 && i > 400 { i - 50 - (x >> 33) % 350 } else { i };
+        events.push((id, at));
+    }
+    let job = || {
+        Stream::<(u64, i64)>::new()
+            .assign_timestamps(|e: &(u64, i64)| e.1, WatermarkStrategy::monotonous())
+            .map(|e: (u64, i64)| (format!("event-{}", e.0), e.0))
+            .dedup_by(std::time::Duration::from_secs(2), |e: &(String, u64)| e.0.as_str())
+            .id("ids")
+            .key_by(|e: &(String, u64)| Key::from(format!("k{}", e.1 % 1_000)))
+            .map(|e: (String, u64)| u32::try_from(e.1).unwrap_or(u32::MAX))
+            .keyed_process(Tally)
+            .id("tally")
+    };
+    let mut results = Vec::new();
+    for budgeted in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut builder = Runner::builder().workers(1);
+        let budget = StateBudget::open(96 << 10, dir.path().join("spill")).unwrap();
+        if budgeted {
+            builder = builder.state_budget(budget.clone());
+        }
+        let mut runner = builder.build().unwrap();
+        let (sink, rows) = CollectSink::with_handle();
+        let source = MemorySource::of(events.clone()).with_batch_size(300);
+        let report = runner.job(source, job()).sink(sink).discard_dead_letters().run().await.unwrap();
+        assert!(report.counters.identity_holds());
+        assert!(report.counters.records_deduplicated > 1_000, "{:?}", report.counters);
+        assert_eq!(budget.spilled_keys() > 10_000, budgeted, "ids and keys spilled under the budget only");
+        let got = rows.take();
+        results.push((got, report.counters.records_deduplicated));
+    }
+    assert!(results[1] == results[0], "the budget changed results");
+}

@@ -95,6 +95,7 @@ struct Shared {
     window_emit_lag_ms: AtomicI64,
     operators: std::sync::Mutex<Vec<OperatorCount>>,
     state: std::sync::Mutex<Option<crate::state::StateStats>>,
+    budget: std::sync::Mutex<Option<crate::state::StateBudget>>,
 }
 
 /// Records that entered and left one step of a chain.
@@ -249,6 +250,13 @@ impl JobCounters {
         }
     }
 
+    /// Reports `budget`'s figures in every snapshot from now on.
+    pub fn watch_budget(&self, budget: crate::state::StateBudget) {
+        if let Ok(mut b) = self.inner.budget.lock() {
+            *b = Some(budget);
+        }
+    }
+
     /// Records a checkpoint that failed.
     pub fn record_checkpoint_failure(&self) {
         self.inner.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
@@ -290,6 +298,7 @@ impl JobCounters {
             window_emit_lag_ms: s.window_emit_lag_ms.load(Ordering::Relaxed),
             operators: s.operators.lock().map(|o| o.clone()).unwrap_or_default(),
             state: s.state.lock().ok().and_then(|st| *st),
+            state_budget: s.budget.lock().ok().and_then(|b| b.as_ref().map(crate::state::StateBudget::stats)),
         }
     }
 }
@@ -344,6 +353,8 @@ pub struct CountersSnapshot {
     /// The state backend's size figures, read after the last checkpoint or restore (`None`
     /// without checkpointing).
     pub state: Option<crate::state::StateStats>,
+    /// The state memory budget's figures, now (`None` without a budget).
+    pub state_budget: Option<crate::state::BudgetStats>,
 }
 
 impl CountersSnapshot {

@@ -112,6 +112,22 @@ struct Checkpoint {
 }
 
 fn with_crashes(ttl_ms: u64, steps: &[Step], factory: Factory, scratch: &Path) -> Outcome {
+    with_crashes_under(ttl_ms, steps, factory, scratch, &|_| {})
+}
+
+/// As [`with_crashes`], with `attach` called on every operator made (to give it a budget).
+fn with_crashes_under(
+    ttl_ms: u64,
+    steps: &[Step],
+    factory: Factory,
+    scratch: &Path,
+    attach: &dyn Fn(&mut Op),
+) -> Outcome {
+    let new_op = |ttl_ms| {
+        let mut op = new_op(ttl_ms);
+        attach(&mut op);
+        op
+    };
     let mut backends = 0;
     let mut fresh_backend = || {
         backends += 1;
@@ -199,6 +215,31 @@ proptest! {
     }
 }
 
+#[cfg(feature = "rocksdb")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Under a budget that holds a few ids or none, ids spill, come back and expire on disk, and
+    /// through crashes the output is still exactly the unbounded uninterrupted run's.
+    #[test]
+    fn under_a_tiny_budget_restored_state_equals_the_unbounded_uninterrupted_run(
+        ttl_ms in 0u64..1_500,
+        limit in prop_oneof![Just(0usize), 2_000usize..40_000],
+        steps in steps(),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let budget = ferroflow_core::state::StateBudget::open(limit, tmp.path().join("spill")).unwrap();
+        let expected = uninterrupted(ttl_ms, &steps);
+        let attach = |op: &mut Op| op.attach_budget(&budget);
+        let got = with_crashes_under(ttl_ms, &steps, memory, tmp.path(), &attach);
+        prop_assert!(
+            limit > 0 || expected.passed.is_empty() || budget.spilled_keys() > 0,
+            "nothing spilled under a budget of 0 bytes"
+        );
+        prop_assert_eq!((got.passed, got.deduplicated), (expected.passed, expected.deduplicated));
+    }
+}
+
 /// The accounting identity holds through a job run: every input is passed on or deduplicated.
 #[test]
 fn dedup_in_a_stream_counts_every_dropped_record() {
@@ -220,4 +261,35 @@ fn dedup_in_a_stream_counts_every_dropped_record() {
     let c = ctx.counters_mut();
     assert_eq!(c.records_deduplicated, 2);
     assert_eq!(c.records_filtered, 0);
+}
+
+/// An id that spilled, was seen again later and sits in memory at the snapshot has two sightings
+/// in one checkpoint bucket: the later one must be what the checkpoint keeps.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn a_spilled_id_seen_again_keeps_its_latest_sighting_through_a_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Room for the first generation's filter and a handful of ids.
+    let budget = ferroflow_core::state::StateBudget::open(4_000, tmp.path().join("spill")).unwrap();
+    let mut op = new_op(8_000); // checkpoint buckets 1 s wide
+    op.attach_budget(&budget);
+    let mut state = MemoryStateBackend::new();
+    op.snapshot_state(&mut state).unwrap(); // from here on, changes are noted
+    let mut out = Outcome::default();
+    let mut batch: Vec<(u8, i64)> = vec![(0, 100)];
+    batch.extend((1..40).map(|i| (i, 200 + i64::from(i))));
+    apply(&mut op, &Step::Batch(batch), &mut out);
+    assert!(op.spilled() > 0, "the earliest ids spilled, id-0 among them");
+    apply(&mut op, &Step::Batch(vec![(0, 500)]), &mut out);
+    assert_eq!(out.deduplicated, 1, "found on disk");
+    assert!(op.remembered() > 0, "the latest ids, id-0 among them, are in memory");
+    op.snapshot_state(&mut state).unwrap();
+
+    let mut restored = new_op(8_000);
+    restored.restore_state(&state).unwrap();
+    let mut after = Outcome::default();
+    // 100 + 8000 has passed, 500 + 8000 has not: id-0 is still a duplicate.
+    apply(&mut restored, &Step::Watermark(8_200), &mut after);
+    apply(&mut restored, &Step::Batch(vec![(0, 8_300)]), &mut after);
+    assert_eq!((after.passed.len(), after.deduplicated), (0, 1), "{after:?}");
 }

@@ -13,6 +13,7 @@ enum Op {
     Put(u8, Vec<u8>, Vec<u8>),
     Delete(u8, Vec<u8>),
     DeletePrefix(u8, Vec<u8>),
+    DeleteLargePrefix(u8, Vec<u8>),
     Get(u8, Vec<u8>),
     Scan(u8, Vec<u8>),
     Batch(Vec<(u8, Vec<u8>, Option<Vec<u8>>)>),
@@ -40,6 +41,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (ns(), key(), value()).prop_map(|(n, k, v)| Op::Put(n, k, v)),
         2 => (ns(), key()).prop_map(|(n, k)| Op::Delete(n, k)),
         1 => (ns(), key()).prop_map(|(n, k)| Op::DeletePrefix(n, k)),
+        1 => (ns(), key()).prop_map(|(n, k)| Op::DeleteLargePrefix(n, k)),
         2 => (ns(), key()).prop_map(|(n, k)| Op::Get(n, k)),
         2 => (ns(), key()).prop_map(|(n, k)| Op::Scan(n, k)),
         1 => prop::collection::vec((ns(), key(), prop::option::of(value())), 0..5).prop_map(Op::Batch),
@@ -69,6 +71,7 @@ fn apply(s: &mut dyn StateBackend, op: &Op, scratch: &std::path::Path, step: usi
         Op::Put(n, k, v) => s.put(&name(*n), k, v).unwrap(),
         Op::Delete(n, k) => s.delete(&name(*n), k).unwrap(),
         Op::DeletePrefix(n, k) => s.delete_prefix(&name(*n), k).unwrap(),
+        Op::DeleteLargePrefix(n, k) => s.delete_large_prefix(&name(*n), k).unwrap(),
         Op::Get(n, k) => seen.push(format!("{:?}", s.get(&name(*n), k).unwrap())),
         Op::Scan(n, k) => {
             let v: Vec<_> = s.scan_prefix(&name(*n), k).unwrap().map(|kv| kv.unwrap()).collect();

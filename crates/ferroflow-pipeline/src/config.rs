@@ -234,11 +234,14 @@ pub struct StateSection {
     pub backend: StateKind,
     /// Local directory for RocksDB and checkpoint scratch files.
     pub dir: PathBuf,
+    /// Memory that state may hold, in MB, before it spills to a scratch store in `dir/spill`
+    /// (0, the default: unbounded). Dedup's ids use it; window state does not yet.
+    pub memory_budget_mb: u64,
 }
 
 impl Default for StateSection {
     fn default() -> Self {
-        Self { backend: StateKind::Rocksdb, dir: PathBuf::from("ferroflow-state") }
+        Self { backend: StateKind::Rocksdb, dir: PathBuf::from("ferroflow-state"), memory_budget_mb: 0 }
     }
 }
 

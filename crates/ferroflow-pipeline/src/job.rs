@@ -518,6 +518,14 @@ impl PreparedJob {
         if let Some(name) = from_savepoint {
             builder = builder.from_savepoint(name);
         }
+        if config.state.memory_budget_mb > 0 {
+            use anyhow::Context as _;
+            let bytes =
+                usize::try_from(config.state.memory_budget_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+            let budget = ferroflow_core::state::StateBudget::open(bytes, config.state.dir.join("spill"))
+                .context("state.memory_budget_mb: cannot open the spill store")?;
+            builder = builder.state_budget(budget);
+        }
         Ok(builder.build()?)
     }
 

@@ -188,6 +188,9 @@ struct RunArgs {
     /// Worker threads that process the partitions (processing.workers; 0: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Memory for dedup state in MB before it spills to disk (state.memory_budget_mb; 0: unbounded).
+    #[arg(long)]
+    state_memory_budget_mb: Option<u64>,
     /// Address of /metrics, /healthz, /readyz, /status (http.listen).
     #[arg(long)]
     http_listen: Option<String>,
@@ -242,6 +245,9 @@ impl RunArgs {
         }
         if let Some(x) = self.workers {
             put(Some("processing"), "workers", x.into());
+        }
+        if let Some(x) = self.state_memory_budget_mb {
+            put(Some("state"), "memory_budget_mb", x.into());
         }
         if let Some(x) = &self.state_dir {
             put(Some("state"), "dir", x.display().to_string().into());

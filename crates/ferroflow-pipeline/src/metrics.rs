@@ -267,7 +267,9 @@ impl PipelineMetrics {
                     Opts::new(
                         "ferroflow_state",
                         "State backend size after the last checkpoint: keys (RocksDB estimate), \
-                         live_sst_bytes, memtable_bytes, block_cache_bytes.",
+                         live_sst_bytes, memtable_bytes, block_cache_bytes; with \
+                         state.memory_budget_mb, now: budget_limit_bytes, budget_used_bytes, \
+                         spilled_keys, spill_store_memory_bytes.",
                     ),
                     &["figure"],
                 )?,
@@ -446,12 +448,18 @@ impl PipelineMetrics {
             set(&m.operator_in.with_label_values(&labels), op.records.records_in);
             set(&m.operator_out.with_label_values(&labels), op.records.records_out);
         }
+        let gauge = |figure: &str, v: u64| m.state.with_label_values(&[figure]).set(v as i64);
         if let Some(st) = s.state {
-            let gauge = |figure: &str, v: u64| m.state.with_label_values(&[figure]).set(v as i64);
             gauge("keys", st.keys);
             gauge("live_sst_bytes", st.live_bytes);
             gauge("memtable_bytes", st.memtable_bytes);
             gauge("block_cache_bytes", st.block_cache_bytes);
+        }
+        if let Some(b) = s.state_budget {
+            gauge("budget_limit_bytes", b.limit_bytes);
+            gauge("budget_used_bytes", b.used_bytes);
+            gauge("spilled_keys", b.spilled_keys);
+            gauge("spill_store_memory_bytes", b.store_memory_bytes);
         }
 
         if let Some(k) = &self.sources.kafka {

@@ -54,8 +54,8 @@ impl RunnerBuilder {
         self
     }
 
-    /// Bounds the memory of keyed state (`keyed_process` states) in this runner's jobs: what does
-    /// not fit spills to the budget's local store (see [`StateBudget`](crate::state::StateBudget)).
+    /// Bounds the memory of keyed state (`keyed_process` states and dedup ids) in this runner's
+    /// jobs: what does not fit spills to the budget's local store (see [`StateBudget`](crate::state::StateBudget)).
     /// Default: unbounded.
     pub fn state_budget(mut self, budget: crate::state::StateBudget) -> Self {
         self.config.state_budget = Some(budget);
@@ -275,6 +275,12 @@ impl CheckpointsBuilder {
     /// The state backend (see [`RunnerBuilder::state`]).
     pub fn state(mut self, state: impl StateBackendSpec + Send + 'static) -> Self {
         self.runner.state = Some(Box::new(state));
+        self
+    }
+
+    /// Bounds the memory of keyed state (see [`RunnerBuilder::state_budget`]).
+    pub fn state_budget(mut self, budget: crate::state::StateBudget) -> Self {
+        self.runner = self.runner.state_budget(budget);
         self
     }
 

@@ -186,9 +186,13 @@ impl Runner {
 
     pub(super) fn assemble(config: RunnerConfig, checkpointing: Option<Checkpointing>) -> Self {
         let (tx, rx) = watch::channel(None);
+        let counters = JobCounters::default();
+        if let Some(budget) = &config.state_budget {
+            counters.watch_budget(budget.clone());
+        }
         Self {
             config,
-            counters: JobCounters::default(),
+            counters,
             shutdown: ShutdownHandle { tx: Arc::new(tx) },
             shutdown_rx: rx,
             checkpointing,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::error::StateError;
-use crate::state::KeyValue;
 
 /// Called with each row (key, value) of a scan of the spill store.
 pub(crate) type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
@@ -34,6 +33,20 @@ pub(crate) type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateErro
 /// ```
 #[derive(Clone)]
 pub struct StateBudget(Arc<Inner>);
+
+/// A state budget's figures (see [`StateBudget::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BudgetStats {
+    /// The budget, bytes.
+    pub limit_bytes: u64,
+    /// What state in memory holds, as counted, bytes.
+    pub used_bytes: u64,
+    /// Keys and ids written to the spill store so far (one that spills twice counts twice).
+    pub spilled_keys: u64,
+    /// Memory of the spill store itself (memtables, table readers, block cache), outside the
+    /// budget, bytes.
+    pub store_memory_bytes: u64,
+}
 
 struct Inner {
     limit: usize,
@@ -86,6 +99,16 @@ impl StateBudget {
         self.0.spilled.load(Ordering::Relaxed)
     }
 
+    /// The budget's figures now.
+    pub fn stats(&self) -> BudgetStats {
+        BudgetStats {
+            limit_bytes: self.limit() as u64,
+            used_bytes: self.used() as u64,
+            spilled_keys: self.spilled_keys(),
+            store_memory_bytes: self.store_memory(),
+        }
+    }
+
     /// What keyed state in memory holds now, as counted.
     pub fn used(&self) -> usize {
         self.0.used.load(Ordering::Relaxed)
@@ -111,13 +134,27 @@ impl StateBudget {
         self.used().saturating_sub(self.0.limit / 10 * 9)
     }
 
+    /// How many bytes a table charged `charged` should spill: its share of the excess, as its
+    /// share of what the budget holds (the tables of other steps and copies spill theirs).
+    pub(crate) fn share_of_excess(&self, charged: usize) -> usize {
+        let (excess, used) = (self.excess(), self.used().max(1));
+        let wide = |n: usize| u128::from(u64::try_from(n).unwrap_or(u64::MAX));
+        let share = wide(excess).saturating_mul(wide(charged)) / wide(used);
+        // At least something, so that a table alone over the budget always makes progress.
+        usize::try_from(share).unwrap_or(usize::MAX).max(excess.min(charged).min(1 << 16))
+    }
+
     /// A prefix of its own for a table's rows in the spill store.
     pub(crate) fn table_prefix(&self) -> [u8; 8] {
         self.0.next_table.fetch_add(1, Ordering::Relaxed).to_be_bytes()
     }
 
     /// Removes `deletes`, then writes `puts`, in one batch (a key in both ends up written).
-    pub(crate) fn write_ordered(&self, deletes: &[Vec<u8>], puts: &[KeyValue]) -> Result<(), StateError> {
+    pub(crate) fn write_ordered<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        deletes: &[Vec<u8>],
+        puts: &[(K, V)],
+    ) -> Result<(), StateError> {
         self.0.store.write(deletes, puts)?;
         self.0.spilled.fetch_add(puts.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -134,7 +171,13 @@ impl StateBudget {
 
     /// Removes every row under `prefix`.
     pub(crate) fn clear(&self, prefix: &[u8; 8]) -> Result<(), StateError> {
-        self.0.store.clear(prefix)
+        let end = u64::from_be_bytes(*prefix).saturating_add(1).to_be_bytes();
+        self.0.store.delete_range(prefix, &end)
+    }
+
+    /// Removes every row from `from` (included) to `to` (excluded) with one range delete.
+    pub(crate) fn delete_range(&self, from: &[u8], to: &[u8]) -> Result<(), StateError> {
+        self.0.store.delete_range(from, to)
     }
 }
 
@@ -148,7 +191,6 @@ mod store {
 
     use super::RowVisitor;
     use crate::error::StateError;
-    use crate::state::KeyValue;
 
     fn backend(e: rocksdb::Error) -> StateError {
         StateError::Backend(format!("spill store: {e}"))
@@ -204,7 +246,11 @@ mod store {
             Ok(Self { db, write })
         }
 
-        pub(super) fn write(&self, deletes: &[Vec<u8>], puts: &[KeyValue]) -> Result<(), StateError> {
+        pub(super) fn write<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+            &self,
+            deletes: &[Vec<u8>],
+            puts: &[(K, V)],
+        ) -> Result<(), StateError> {
             let mut batch = rocksdb::WriteBatch::default();
             for k in deletes {
                 batch.delete(k);
@@ -241,10 +287,9 @@ mod store {
             Ok(())
         }
 
-        pub(super) fn clear(&self, prefix: &[u8; 8]) -> Result<(), StateError> {
-            let end = u64::from_be_bytes(*prefix).saturating_add(1).to_be_bytes();
+        pub(super) fn delete_range(&self, from: &[u8], to: &[u8]) -> Result<(), StateError> {
             let mut batch = rocksdb::WriteBatch::default();
-            batch.delete_range(prefix, &end);
+            batch.delete_range(from, to);
             self.db.write_opt(batch, &self.write).map_err(backend)
         }
     }
@@ -257,7 +302,6 @@ mod store {
 
     use super::RowVisitor;
     use crate::error::StateError;
-    use crate::state::KeyValue;
 
     pub(super) enum Store {}
 
@@ -266,7 +310,7 @@ mod store {
             Err(StateError::Backend("a state memory budget needs the `rocksdb` feature to spill to".into()))
         }
 
-        pub(super) fn write(&self, _: &[Vec<u8>], _: &[KeyValue]) -> Result<(), StateError> {
+        pub(super) fn write<K, V>(&self, _: &[Vec<u8>], _: &[(K, V)]) -> Result<(), StateError> {
             match *self {}
         }
 
@@ -282,7 +326,7 @@ mod store {
             match *self {}
         }
 
-        pub(super) fn clear(&self, _: &[u8; 8]) -> Result<(), StateError> {
+        pub(super) fn delete_range(&self, _: &[u8], _: &[u8]) -> Result<(), StateError> {
             match *self {}
         }
     }

@@ -12,7 +12,7 @@ mod scoped;
 
 use std::path::Path;
 
-pub use budget::StateBudget;
+pub use budget::{BudgetStats, StateBudget};
 pub use memory::MemoryStateBackend;
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksDb, RocksDbOptions, RocksDbStateBackend};
@@ -125,6 +125,12 @@ pub trait StateBackend: Send + std::fmt::Debug {
 
     /// Removes every key that starts with `prefix`.
     fn delete_prefix(&mut self, ns: &str, prefix: &[u8]) -> Result<(), StateError>;
+
+    /// Removes every key that starts with `prefix`, where that may be many keys: a backend that
+    /// can removes them in one operation (RocksDB: a range delete) instead of one by one.
+    fn delete_large_prefix(&mut self, ns: &str, prefix: &[u8]) -> Result<(), StateError> {
+        self.delete_prefix(ns, prefix)
+    }
 
     /// Iterates the pairs whose key starts with `prefix`, in key order.
     fn scan_prefix<'a>(&'a self, ns: &str, prefix: &[u8]) -> Result<PrefixIter<'a>, StateError>;

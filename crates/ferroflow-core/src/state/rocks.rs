@@ -318,6 +318,23 @@ impl StateBackend for RocksDbStateBackend {
         db.write_opt(batch, &self.write_options).map_err(backend)
     }
 
+    fn delete_large_prefix(&mut self, ns: &str, prefix: &[u8]) -> Result<(), StateError> {
+        // The first key after every key with the prefix: the prefix with its last byte below 0xff
+        // raised by one, and what follows it dropped.
+        let Some(last) = prefix.iter().rposition(|b| *b < 0xff) else {
+            return self.delete_prefix(ns, prefix);
+        };
+        let mut end = prefix.get(..=last).unwrap_or_default().to_vec();
+        if let Some(b) = end.last_mut() {
+            *b += 1;
+        }
+        let db = self.db()?;
+        let Some(cf) = db.cf_handle(ns) else { return Ok(()) };
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range_cf(cf, prefix, &end);
+        db.write_opt(batch, &self.write_options).map_err(backend)
+    }
+
     fn scan_prefix<'a>(&'a self, ns: &str, prefix: &[u8]) -> Result<PrefixIter<'a>, StateError> {
         let db = self.db()?;
         let Some(cf) = db.cf_handle(ns) else { return Ok(Box::new(std::iter::empty())) };

@@ -90,6 +90,11 @@ impl StateBackend for PartitionState<'_> {
         self.write()?.delete_prefix(ns, &k)
     }
 
+    fn delete_large_prefix(&mut self, ns: &str, prefix: &[u8]) -> Result<(), StateError> {
+        let k = self.key(prefix);
+        self.write()?.delete_large_prefix(ns, &k)
+    }
+
     fn scan_prefix<'b>(&'b self, ns: &str, prefix: &[u8]) -> Result<PrefixIter<'b>, StateError> {
         let iter = self.read().scan_prefix(ns, &self.key(prefix))?;
         Ok(Box::new(iter.map(|kv| kv.map(|(mut k, v)| (k.split_off(4), v)))))

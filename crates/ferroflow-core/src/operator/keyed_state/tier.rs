@@ -64,15 +64,9 @@ impl Tier {
         self.budget.release(bytes);
     }
 
-    /// How many bytes this table should spill: its share of the budget's excess, as its share of
-    /// what the budget holds (tables of other steps and copies spill theirs).
+    /// How many bytes this table should spill: its share of the budget's excess.
     pub(super) fn share_of_excess(&self) -> usize {
-        let (excess, used) = (self.budget.excess(), self.budget.used().max(1));
-        let share = u128::from(u64::try_from(excess).unwrap_or(u64::MAX))
-            .saturating_mul(u128::from(u64::try_from(self.charged).unwrap_or(u64::MAX)))
-            / u128::from(u64::try_from(used).unwrap_or(u64::MAX));
-        // At least something, so that a table alone over the budget always makes progress.
-        usize::try_from(share).unwrap_or(usize::MAX).max(excess.min(self.charged).min(1 << 16))
+        self.budget.share_of_excess(self.charged)
     }
 
     /// What a key with `encoded` bytes costs in memory, as the budget counts it, in a map whose
@@ -190,7 +184,7 @@ impl Tier {
             Ok(())
         })?;
         for chunk in gone.chunks(4_096) {
-            self.budget.write_ordered(chunk, &[])?;
+            self.budget.write_ordered::<&[u8], &[u8]>(chunk, &[])?;
             self.on_disk_only = self.on_disk_only.saturating_sub(chunk.len());
         }
         Ok(())
