@@ -354,3 +354,99 @@ async fn dedup_and_keyed_state_under_one_budget_give_the_unbounded_results() {
     }
     assert!(results[1] == results[0], "the budget changed results");
 }
+
+/// What the process holds now and at most since the last reset, MB (Linux: `/proc/self/status`).
+#[cfg(target_os = "linux")]
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap()
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Counts per key, over `keys` keys, each seen twice in a shuffled order; returns a digest of the
+/// counts emitted and how much the process's peak memory rose over what it held at the start, MB.
+#[cfg(target_os = "linux")]
+fn count_keys(keys: u64, budget: Option<&StateBudget>) -> (u64, f64) {
+    use ferroflow::Operator;
+    // Start the peak over from what the process holds now (Linux 4.0 and later).
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let (start, _) = rss_mb();
+    let mut op = KeyedProcess::new("counts", Count);
+    if let Some(b) = budget {
+        op.attach_budget(b);
+    }
+    let mut ctx = ferroflow::Context::default();
+    let (mut input, mut out) = (Vec::with_capacity(4_096), Vec::with_capacity(4_096));
+    let mut digest = 0u64;
+    for i in 0..keys * 2 {
+        // A bijection of 0..2^k over the events, folded onto the keys: every key twice.
+        let k = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % (keys * 2) / 2;
+        let mut r = Record::new(0u32, 0);
+        r.key = Key::from(&k.to_be_bytes()[..]);
+        input.push(r);
+        if input.len() == 4_096 || i + 1 == keys * 2 {
+            op.process_batch(&mut input, &mut ctx, &mut out);
+            digest = out.drain(..).fold(digest, |d, r| d.wrapping_mul(31).wrapping_add(r.payload));
+        }
+    }
+    let (_, peak) = rss_mb();
+    (digest, peak - start)
+}
+
+const ONE: ValueState<u64> = ValueState::new("count");
+
+/// A count per key.
+struct Count;
+
+impl KeyedFunction for Count {
+    type In = u32;
+    type Out = u64;
+    fn declare(&self, states: &mut StateDeclarations) {
+        states.value(ONE);
+    }
+    fn process(&mut self, _: u32, ctx: &mut KeyedContext<'_, u64>) -> Result<(), Rejection> {
+        let n = ctx.value(ONE)?.copied().unwrap_or(0) + 1;
+        ctx.set_value(ONE, n)?;
+        ctx.emit(n);
+        Ok(())
+    }
+}
+
+/// The spill store's own memory, outside the budget (README, "State larger than memory"): two
+/// memtables of 16 MB, a block cache of 8 MB, the index and filter blocks of its files, and the
+/// allocator's slack.
+#[cfg(target_os = "linux")]
+const SPILL_STORE_OVERHEAD_MB: f64 = 64.0;
+
+/// Peak memory under a budget stays within the budget plus the spill store's own memory, where the
+/// same job without a budget takes several times that.
+#[cfg(target_os = "linux")]
+#[test]
+fn peak_memory_stays_within_the_budget_plus_the_spill_stores_own() {
+    const KEYS: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let budget = StateBudget::open(16 << 20, dir.path().join("spill")).unwrap();
+    let (bounded, bounded_mb) = count_keys(KEYS, Some(&budget));
+    assert!(budget.spilled_keys() > KEYS / 2, "{} keys spilled", budget.spilled_keys());
+    drop(budget);
+    let (unbounded, unbounded_mb) = count_keys(KEYS, None);
+    println!(
+        "peak memory over the start: {bounded_mb:.0} MB under a 16 MB budget, {unbounded_mb:.0} MB without"
+    );
+    assert_eq!(bounded, unbounded, "the budget changed results");
+    // A process's peak memory is the job's alone only when the test has the process to itself:
+    // nextest runs each test in a process of its own, `cargo test` runs them side by side.
+    if std::env::var_os("NEXTEST").is_none() {
+        println!("not under nextest: the peak memory bounds are not checked");
+        return;
+    }
+    assert!(bounded_mb <= 16.0 + SPILL_STORE_OVERHEAD_MB, "{bounded_mb:.0} MB at peak under a 16 MB budget");
+    assert!(unbounded_mb > 2.0 * bounded_mb, "without a budget the job takes {unbounded_mb:.0} MB");
+}

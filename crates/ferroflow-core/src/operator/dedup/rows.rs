@@ -75,9 +75,7 @@ pub(super) fn hash(b: Option<&[u8]>) -> Option<IdHash> {
 
 /// A sighting's time from its 8 bytes.
 pub(super) fn sighting(value: &[u8]) -> Result<Timestamp, StateError> {
-    <[u8; 8]>::try_from(value)
-        .map(i64::from_be_bytes)
-        .map_err(|_| corrupt("a dedup sighting is not 8 bytes"))
+    <[u8; 8]>::try_from(value).map(i64::from_be_bytes).map_err(|_| corrupt("a dedup sighting is not 8 bytes"))
 }
 
 #[cfg(test)]
