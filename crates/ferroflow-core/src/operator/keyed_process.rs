@@ -382,6 +382,10 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
         out: &mut Vec<Record<F::Out>>,
     ) {
         let processing = ctx.processing_time();
+        if self.tables.budgeted() {
+            let keys: Vec<&Key> = input.iter().map(|r| &r.key).collect();
+            self.tables.preload(&keys);
+        }
         // A rejected record is counted as a dead letter, the others as processed.
         let mut processed = 0u64;
         for r in input.drain(..) {

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::error::StateError;
 
+/// Called with each key's index and value (or error) of a batched read of the spill store.
+pub(crate) type ValueVisitor<'a> = dyn FnMut(usize, Result<Option<&[u8]>, StateError>) + 'a;
+
 /// Called with each row (key, value) of a scan of the spill store.
 pub(crate) type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
 
@@ -164,6 +167,12 @@ impl StateBudget {
         self.0.store.get(key)
     }
 
+    /// Reads `keys` (sorted) in one batch: calls `f` with each key's index and its value, if it
+    /// has one, or the error that kept it from being read.
+    pub(crate) fn multi_get<K: AsRef<[u8]>>(&self, keys: &[K], f: &mut ValueVisitor<'_>) {
+        self.0.store.multi_get(keys, f);
+    }
+
     /// Calls `f` with every row under `prefix`, in key order, without holding them all.
     pub(crate) fn for_each(&self, prefix: &[u8], f: &mut RowVisitor<'_>) -> Result<(), StateError> {
         self.0.store.for_each(prefix, f)
@@ -189,7 +198,7 @@ mod store {
         BlockBasedOptions, Cache, DB, DBCompressionType, Direction, IteratorMode, Options, WriteOptions,
     };
 
-    use super::RowVisitor;
+    use super::{RowVisitor, ValueVisitor};
     use crate::error::StateError;
 
     fn backend(e: rocksdb::Error) -> StateError {
@@ -265,6 +274,17 @@ mod store {
             self.db.get(key).map_err(backend)
         }
 
+        pub(super) fn multi_get<K: AsRef<[u8]>>(&self, keys: &[K], f: &mut ValueVisitor<'_>) {
+            let values = self.db.multi_get(keys.iter().map(AsRef::as_ref));
+            for (i, v) in values.into_iter().enumerate() {
+                match v {
+                    Ok(Some(v)) => f(i, Ok(Some(&v))),
+                    Ok(None) => f(i, Ok(None)),
+                    Err(e) => f(i, Err(backend(e))),
+                }
+            }
+        }
+
         pub(super) fn memory(&self) -> u64 {
             [
                 "rocksdb.cur-size-all-mem-tables",
@@ -300,7 +320,7 @@ mod store {
 mod store {
     use std::path::Path;
 
-    use super::RowVisitor;
+    use super::{RowVisitor, ValueVisitor};
     use crate::error::StateError;
 
     pub(super) enum Store {}
@@ -319,6 +339,10 @@ mod store {
         }
 
         pub(super) fn memory(&self) -> u64 {
+            match *self {}
+        }
+
+        pub(super) fn multi_get<K>(&self, _: &[K], _: &mut ValueVisitor<'_>) {
             match *self {}
         }
 

@@ -114,6 +114,10 @@ pub struct Dedup<T, F, K: ?Sized> {
     spilled: Option<Spilled>,
     /// A spill-store failure outside a record: the next snapshot fails with it.
     failure: Option<StateError>,
+    /// Scratch of a batch under a budget: each record's id hash, and what the disk holds of the
+    /// ids not in memory.
+    hashes: Vec<IdHash>,
+    on_disk: AHashMap<IdHash, Result<Option<Timestamp>, String>>,
     _t: PhantomData<fn(&T, &K)>,
 }
 
@@ -139,6 +143,8 @@ where
             legacy: None,
             spilled: None,
             failure: None,
+            hashes: Vec::new(),
+            on_disk: AHashMap::new(),
             _t: PhantomData,
         }
     }
@@ -313,8 +319,25 @@ where
     fn process_batch(&mut self, input: &mut Vec<Record<T>>, ctx: &mut Context, out: &mut Vec<Record<T>>) {
         let mut dropped = 0u64;
         let (ttl, watermark, tracking) = (self.ttl_ms, self.watermark, self.tracking);
-        for r in input.drain(..) {
-            let h = id_hash((self.key_fn)(&r.payload).as_ref());
+        // Under a budget, the ids not in memory are looked up on disk first, all in one read
+        // (memory cannot lose an id within a batch: spilling and eviction come after it).
+        self.hashes.clear();
+        self.on_disk.clear();
+        if let Some(spilled) = self.spilled.as_ref().filter(|s| s.rows() > 0) {
+            for r in input.iter() {
+                let h = id_hash((self.key_fn)(&r.payload).as_ref());
+                self.hashes.push(h);
+            }
+            let seen = &self.seen;
+            let live = |h: &IdHash| seen.get(h).is_some_and(|s| s.at.saturating_add(ttl) > watermark);
+            let missing: Vec<IdHash> = self.hashes.iter().copied().filter(|h| !live(h)).collect();
+            spilled.lookup_many(&missing, &mut self.on_disk);
+        }
+        for (i, r) in input.drain(..).enumerate() {
+            let h = match self.hashes.get(i) {
+                Some(h) => *h,
+                None => id_hash((self.key_fn)(&r.payload).as_ref()),
+            };
             let t = r.event_time;
             // In memory and not yet expired (an expired id waits for its bucket to go).
             let in_memory = match self.seen.entry(h) {
@@ -336,8 +359,9 @@ where
                 continue;
             }
             // Not in memory: spilled, or new (the filters answer most new ids).
-            let on_disk = match self.spilled.as_ref().map(|s| s.lookup(h)).transpose() {
-                Ok(found) => found.flatten().filter(|at| at.saturating_add(ttl) > watermark),
+            let found = self.on_disk.get(&h).cloned().unwrap_or(Ok(None));
+            let on_disk = match found {
+                Ok(found) => found.filter(|at| at.saturating_add(ttl) > watermark),
                 Err(err) => {
                     let detail = format!("dedup state of step '{}': {err}", self.ns);
                     let rejection = Rejection::new(DeadLetterReason::ProcessingError, detail);

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 
+use ahash::AHashMap;
 use fastbloom::BloomFilter;
 
 use super::rows::{hash, sighting as decode_at};
@@ -123,6 +124,39 @@ impl Spilled {
             }
         }
         Ok(latest)
+    }
+
+    /// The latest sighting on disk of each id in `ids` that has one, read in one batch (expired
+    /// ones included: the caller decides), into `found`; an id whose rows cannot be read gets the
+    /// error's text. Ids the filters rule out (most new ids) get no entry.
+    pub(super) fn lookup_many(
+        &self,
+        ids: &[IdHash],
+        found: &mut AHashMap<IdHash, Result<Option<Timestamp>, String>>,
+    ) {
+        let mut rows: Vec<([u8; ROW], IdHash)> = Vec::new();
+        for &h in ids {
+            for g in &self.generations {
+                if g.filter.contains_hash(fingerprint(h)) {
+                    rows.push((self.row(g.id, h), h));
+                }
+            }
+        }
+        if rows.is_empty() {
+            return;
+        }
+        rows.sort_unstable_by_key(|r| r.0);
+        let keys: Vec<&[u8; ROW]> = rows.iter().map(|r| &r.0).collect();
+        self.budget.multi_get(&keys, &mut |i, value| {
+            let Some(&(_, h)) = rows.get(i) else { return };
+            let read = value.and_then(|v| v.map(decode_at).transpose());
+            let entry = found.entry(h).or_insert(Ok(None));
+            match (read, &mut *entry) {
+                (Ok(Some(at)), Ok(latest)) => *latest = Some(latest.map_or(at, |l| l.max(at))),
+                (Err(e), _) => *entry = Err(e.to_string()),
+                _ => {}
+            }
+        });
     }
 
     /// Writes `ids` (hash, last sighting, not yet in a checkpoint), earliest first, to the spill

@@ -111,6 +111,8 @@ pub(super) trait Table: Send {
     fn attach(&mut self, budget: &StateBudget);
     /// Spills its coldest keys while the budget is exceeded (between batches).
     fn spill(&mut self) -> Result<(), StateError>;
+    /// Brings the spilled ones among `keys` back in one read (before a batch).
+    fn preload(&mut self, keys: &[&Key]);
     /// Keys holding a value, in memory or spilled.
     fn len(&self) -> usize;
 }
@@ -181,7 +183,38 @@ impl<C: Cell> KeyedTable<C> {
             return Ok(());
         }
         let Some(bytes) = tier.budget.get(&tier.row(key))? else { return Ok(()) };
-        let cell = decode::<C>(self.name, &bytes)?;
+        self.loaded(key, &bytes)
+    }
+
+    /// Brings back, in one read of the spill store, the spilled keys among `keys` (the keys of a
+    /// batch, before its records run): a batched read costs far less per key than one read per
+    /// key. A key it cannot read is left for [`load`](Self::load), which reports the error.
+    pub(in crate::operator) fn preload(&mut self, keys: &[&Key]) {
+        let Some(tier) = &self.tier else { return };
+        let mut wanted: Vec<&Key> =
+            keys.iter().copied().filter(|k| !self.cells.contains_key(*k) && tier.maybe_on_disk(k)).collect();
+        if wanted.is_empty() {
+            return;
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let rows: Vec<Vec<u8>> = wanted.iter().map(|k| tier.row(k)).collect();
+        let mut found: Vec<(&Key, Vec<u8>)> = Vec::new();
+        tier.budget.multi_get(&rows, &mut |i, value| {
+            if let (Some(key), Ok(Some(v))) = (wanted.get(i), value) {
+                found.push((key, v.to_vec()));
+            }
+        });
+        for (key, bytes) in found {
+            // A row that does not decode is left on disk: `load` reports it with the record.
+            let _ = self.loaded(key, &bytes);
+        }
+    }
+
+    /// Puts a key read back from the spill store in memory.
+    fn loaded(&mut self, key: &Key, bytes: &[u8]) -> Result<(), StateError> {
+        let Some(tier) = &mut self.tier else { return Ok(()) };
+        let cell = decode::<C>(self.name, bytes)?;
         let charge = Tier::cost(Self::SLOT, key, bytes.len());
         tier.charge(charge);
         tier.on_disk_only = tier.on_disk_only.saturating_sub(1);
@@ -461,6 +494,10 @@ impl<C: Cell> Table for KeyedTable<C> {
             }
             self.tier = Some(tier);
         }
+    }
+
+    fn preload(&mut self, keys: &[&Key]) {
+        KeyedTable::preload(self, keys);
     }
 
     fn spill(&mut self) -> Result<(), StateError> {

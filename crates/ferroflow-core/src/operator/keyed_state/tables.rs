@@ -229,6 +229,21 @@ impl Tables {
         }
     }
 
+    /// Brings the spilled ones among `keys` back in one read per table (before a batch runs).
+    pub(in crate::operator) fn preload(&mut self, keys: &[&Key]) {
+        if self.budget.is_none() {
+            return;
+        }
+        for t in &mut self.list {
+            t.preload(keys);
+        }
+    }
+
+    /// Whether the tables run under a memory budget.
+    pub(in crate::operator) fn budgeted(&self) -> bool {
+        self.budget.is_some()
+    }
+
     /// Spills cold keys while the budget is exceeded. A failed write keeps them in memory (over
     /// the budget, nothing lost).
     pub(in crate::operator) fn spill(&mut self) {
