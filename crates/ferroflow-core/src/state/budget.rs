@@ -167,8 +167,8 @@ impl StateBudget {
         self.0.store.get(key)
     }
 
-    /// Reads `keys` (sorted) in one batch: calls `f` with each key's index and its value, if it
-    /// has one, or the error that kept it from being read.
+    /// Reads `keys` in one batch: calls `f` with each key's index and its value, if it has one,
+    /// or the error that kept it from being read.
     pub(crate) fn multi_get<K: AsRef<[u8]>>(&self, keys: &[K], f: &mut ValueVisitor<'_>) {
         self.0.store.multi_get(keys, f);
     }

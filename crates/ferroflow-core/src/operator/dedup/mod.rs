@@ -330,7 +330,10 @@ where
             }
             let seen = &self.seen;
             let live = |h: &IdHash| seen.get(h).is_some_and(|s| s.at.saturating_add(ttl) > watermark);
-            let missing: Vec<IdHash> = self.hashes.iter().copied().filter(|h| !live(h)).collect();
+            let mut missing: Vec<IdHash> = self.hashes.iter().copied().filter(|h| !live(h)).collect();
+            // An id repeated within the batch is read once.
+            missing.sort_unstable();
+            missing.dedup();
             spilled.lookup_many(&missing, &mut self.on_disk);
         }
         for (i, r) in input.drain(..).enumerate() {
