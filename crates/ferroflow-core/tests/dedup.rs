@@ -2,13 +2,13 @@
 //! exactly the output and counters of an uninterrupted run (in-memory and RocksDB state).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Duration;
 
+use common::{Crashes, Outcome as Run, Step, memory};
 use ferroflow_core::operator::Dedup;
-use ferroflow_core::state::{MemoryStateBackend, StateBackend};
-use ferroflow_core::time::Watermark;
+use ferroflow_core::state::MemoryStateBackend;
 use ferroflow_core::{Context, Operator, Record};
 use proptest::prelude::*;
 
@@ -24,46 +24,13 @@ fn new_op(ttl_ms: u64) -> Op {
     Dedup::new("prop", Duration::from_millis(ttl_ms), id_of as IdFn)
 }
 
-#[derive(Debug, Clone)]
-enum Step {
-    /// A batch of (id, event time).
-    Batch(Vec<(u8, i64)>),
-    /// The combined watermark moves to this value (absolute, non-decreasing).
-    Watermark(i64),
-    /// Snapshot the operator into the backend, then checkpoint the backend.
-    Checkpoint,
-    /// Lose everything; restore from the last checkpoint and replay from there.
-    Crash,
+/// Batches of (id, event time).
+fn steps() -> impl Strategy<Value = Vec<Step<(u8, i64)>>> {
+    common::steps((0u8..12, 0i64..3_000), 400)
 }
 
-fn steps() -> impl Strategy<Value = Vec<Step>> {
-    #[derive(Debug, Clone)]
-    enum Raw {
-        Batch(Vec<(u8, i64)>),
-        Advance(i64),
-        Checkpoint,
-        Crash,
-    }
-    let raw = prop_oneof![
-        6 => prop::collection::vec((0u8..12, 0i64..3_000), 0..8).prop_map(Raw::Batch),
-        3 => (0i64..400).prop_map(Raw::Advance),
-        2 => Just(Raw::Checkpoint),
-        1 => Just(Raw::Crash),
-    ];
-    prop::collection::vec(raw, 1..40).prop_map(|raw| {
-        let mut wm = -1;
-        raw.into_iter()
-            .map(|r| match r {
-                Raw::Batch(b) => Step::Batch(b),
-                Raw::Advance(d) => {
-                    wm += d;
-                    Step::Watermark(wm)
-                }
-                Raw::Checkpoint => Step::Checkpoint,
-                Raw::Crash => Step::Crash,
-            })
-            .collect()
-    })
+fn record(&(id, t): &(u8, i64)) -> Record<Ev> {
+    Record::new((format!("id-{id}"), t), t)
 }
 
 /// What a run produced: records passed on, records counted as duplicates, ids remembered at the end.
@@ -74,121 +41,55 @@ struct Outcome {
     remembered: usize,
 }
 
-fn apply(op: &mut Op, step: &Step, out: &mut Outcome) {
-    let mut ctx = Context::default();
-    let mut buf = Vec::new();
-    match step {
-        Step::Batch(b) => {
-            let mut input: Vec<_> =
-                b.iter().map(|(id, t)| Record::new((format!("id-{id}"), *t), *t)).collect();
-            op.process_batch(&mut input, &mut ctx, &mut buf);
-        }
-        Step::Watermark(w) => op.on_watermark(Watermark(*w), &mut ctx, &mut buf),
-        Step::Checkpoint | Step::Crash => {}
+impl Outcome {
+    fn of(run: Run<Ev>, op: &Op) -> Self {
+        let deduplicated = run.counters.iter().map(|c| c.records_deduplicated).sum();
+        Self { passed: run.out, deduplicated, remembered: op.remembered() }
     }
-    out.passed.extend(buf.into_iter().map(|r| r.payload));
-    out.deduplicated += ctx.counters_mut().records_deduplicated;
 }
 
-fn uninterrupted(ttl_ms: u64, steps: &[Step]) -> Outcome {
-    let mut op = new_op(ttl_ms);
-    let mut out = Outcome::default();
-    for s in steps {
-        apply(&mut op, s, &mut out);
-    }
-    out.remembered = op.remembered();
-    out
+fn apply(op: &mut Op, step: &Step<(u8, i64)>, out: &mut Outcome) {
+    let new_op = || new_op(0);
+    let mut run = Run::default();
+    Crashes { new_op: &new_op, record: &record }.apply(op, step, &mut run);
+    out.deduplicated += run.counters.iter().map(|c| c.records_deduplicated).sum::<u64>();
+    out.passed.extend(run.out);
 }
 
-/// Opens a fresh, empty backend under `dir`.
-type Factory = fn(&Path) -> Box<dyn StateBackend>;
-
-struct Checkpoint {
-    dir: PathBuf,
-    /// Index of the checkpoint step: replay resumes after it.
-    step: usize,
-    passed: usize,
-    deduplicated: u64,
+fn uninterrupted(ttl_ms: u64, steps: &[Step<(u8, i64)>]) -> Outcome {
+    let new_op = || new_op(ttl_ms);
+    let (run, op) = Crashes { new_op: &new_op, record: &record }.uninterrupted(steps);
+    Outcome::of(run, &op)
 }
 
-fn with_crashes(ttl_ms: u64, steps: &[Step], factory: Factory, scratch: &Path) -> Outcome {
+fn with_crashes(
+    ttl_ms: u64,
+    steps: &[Step<(u8, i64)>],
+    factory: common::Factory,
+    scratch: &std::path::Path,
+) -> Outcome {
     with_crashes_under(ttl_ms, steps, factory, scratch, &|_| {})
 }
 
 /// As [`with_crashes`], with `attach` called on every operator made (to give it a budget).
 fn with_crashes_under(
     ttl_ms: u64,
-    steps: &[Step],
-    factory: Factory,
-    scratch: &Path,
+    steps: &[Step<(u8, i64)>],
+    factory: common::Factory,
+    scratch: &std::path::Path,
     attach: &dyn Fn(&mut Op),
 ) -> Outcome {
-    let new_op = |ttl_ms| {
+    let new_op = || {
         let mut op = new_op(ttl_ms);
         attach(&mut op);
         op
     };
-    let mut backends = 0;
-    let mut fresh_backend = || {
-        backends += 1;
-        factory(&scratch.join(format!("backend-{backends}")))
-    };
-    let mut op = new_op(ttl_ms);
-    let mut state = fresh_backend();
-    let mut out = Outcome::default();
-    let mut last: Option<Checkpoint> = None;
-    let mut crashed = HashSet::new();
-    let mut checkpoints = 0;
-    let mut i = 0;
-    while i < steps.len() {
-        match &steps[i] {
-            Step::Checkpoint => {
-                op.snapshot_state(state.as_mut()).unwrap();
-                checkpoints += 1;
-                let dir = scratch.join(format!("checkpoint-{checkpoints}"));
-                state.snapshot(&dir).unwrap();
-                last = Some(Checkpoint {
-                    dir,
-                    step: i,
-                    passed: out.passed.len(),
-                    deduplicated: out.deduplicated,
-                });
-            }
-            Step::Crash if crashed.insert(i) => {
-                op = new_op(ttl_ms);
-                state = fresh_backend();
-                match &last {
-                    Some(cp) => {
-                        state.restore(&cp.dir).unwrap();
-                        op.restore_state(state.as_ref()).unwrap();
-                        out.passed.truncate(cp.passed);
-                        out.deduplicated = cp.deduplicated;
-                        i = cp.step + 1;
-                    }
-                    None => {
-                        out = Outcome::default();
-                        i = 0;
-                    }
-                }
-                continue;
-            }
-            step => apply(&mut op, step, &mut out),
-        }
-        i += 1;
-    }
-    out.remembered = op.remembered();
-    out
-}
-
-fn memory(_: &Path) -> Box<dyn StateBackend> {
-    Box::new(MemoryStateBackend::new())
+    let (run, op) = Crashes { new_op: &new_op, record: &record }.with_crashes(steps, factory, scratch);
+    Outcome::of(run, &op)
 }
 
 #[cfg(feature = "rocksdb")]
-fn rocksdb(dir: &Path) -> Box<dyn StateBackend> {
-    use ferroflow_core::state::{RocksDbOptions, RocksDbStateBackend};
-    Box::new(RocksDbStateBackend::open(dir, RocksDbOptions::default()).unwrap())
-}
+use common::rocksdb;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]

@@ -13,6 +13,7 @@ mod scoped;
 use std::path::Path;
 
 pub use budget::{BudgetStats, StateBudget};
+pub(crate) use budget::{RowVisitor, ValueVisitor};
 pub use memory::MemoryStateBackend;
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksDb, RocksDbOptions, RocksDbStateBackend};

@@ -1,9 +1,16 @@
 //! Tumbling and sliding windows: windows shared by every key, kept in event-time order so firing
 //! and cleanup pop from the front.
+//!
+//! Under a memory budget, slots that do not fit spill to the budget's store (see the `spill`
+//! module): the slots of fired windows first (only late records reach them), then those of the
+//! open windows that end last, keys not used since the last pass before the rest. A record whose
+//! slot is on disk reads it back before the batch runs; a window that fires reads its spilled slots
+//! in one scan. A spilled copy that says "never emitted" in a window that has fired since was
+//! emitted as revision 0 by that fire, which does not write the copies back.
 
 use std::collections::BTreeMap;
 
-use ahash::AHashMap;
+use ahash::{AHashMap, AHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::Aggregator;
@@ -11,10 +18,11 @@ use super::common::{
     Emitter, WindowState, corrupt, late, next_revision, order_prefix, ordered, out_of_range, unordered,
 };
 use super::spec::Window;
-use crate::dead_letter::Rejection;
+use super::spill::{SpilledKeys, WindowSpill};
+use crate::dead_letter::{DeadLetterReason, Rejection};
 use crate::error::StateError;
 use crate::record::{Key, Record, Timestamp};
-use crate::state::StateBackend;
+use crate::state::{StateBackend, StateBudget};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Slot<Acc> {
@@ -26,6 +34,9 @@ pub(super) struct Slot<Acc> {
     /// Changed since the last state snapshot.
     #[serde(skip)]
     pub unsaved: bool,
+    /// Used since the spill's last pass over its window (a cold slot spills first).
+    #[serde(skip)]
+    pub touched: bool,
 }
 
 struct Bucket<Acc> {
@@ -35,11 +46,36 @@ struct Bucket<Acc> {
     unsaved: Vec<Key>,
     /// Every slot changed since the last snapshot (the window fired, or is new since then).
     all_unsaved: bool,
+    /// The keys of the slots this window spilled, once it has spilled some.
+    spilled: Option<SpilledKeys>,
+    /// What its slots in memory cost, as the budget counts it.
+    cost: usize,
 }
 
 impl<Acc> Bucket<Acc> {
     fn new() -> Self {
-        Self { fired: false, slots: AHashMap::new(), unsaved: Vec::new(), all_unsaved: true }
+        Self {
+            fired: false,
+            slots: AHashMap::new(),
+            unsaved: Vec::new(),
+            all_unsaved: true,
+            spilled: None,
+            cost: 0,
+        }
+    }
+
+    /// Puts a slot read from disk (a spilled copy or a checkpoint row) in memory.
+    fn insert_read(&mut self, key: Key, mut slot: Slot<Acc>, unsaved: bool) {
+        emitted_by_fire(self.fired, &mut slot);
+        slot.unsaved = unsaved;
+        slot.touched = true;
+        if unsaved && !self.all_unsaved {
+            self.unsaved.push(key.clone());
+        }
+        let cost = slot_cost::<Acc>(&key);
+        if self.slots.insert(key, slot).is_none() {
+            self.cost = self.cost.saturating_add(cost);
+        }
     }
 }
 
@@ -54,6 +90,12 @@ pub(super) struct AlignedWindows<Acc> {
     dirty: Vec<(Window, Key)>,
     /// Windows dropped since the last snapshot (their state rows must be deleted).
     dropped: Vec<Window>,
+    /// Where slots beyond the memory budget go, under one.
+    spill: Option<WindowSpill>,
+    /// Slots of this batch's records that could not be read back: those records are rejected.
+    unreadable: AHashSet<(Window, Key)>,
+    /// A spill-store failure outside a record: the next snapshot fails with it.
+    failure: Option<StateError>,
 }
 
 impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
@@ -66,6 +108,9 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
             windows: BTreeMap::new(),
             dirty: Vec::new(),
             dropped: Vec::new(),
+            spill: None,
+            unreadable: AHashSet::new(),
+            failure: None,
         }
     }
 
@@ -74,6 +119,204 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
     fn expired(&self, end: Timestamp) -> bool {
         end.saturating_sub(1).saturating_add(self.lateness) <= self.watermark
     }
+
+    /// The windows holding `ts`, latest first; `None` when they would not fit in `i64`.
+    #[inline]
+    fn windows_of(&self, ts: Timestamp) -> Option<WindowsOf> {
+        // Every window of `ts` starts within `size` before it and ends within `size` after it:
+        // outside that margin of the i64 range the arithmetic below would overflow.
+        ts.checked_sub(self.size)?;
+        ts.checked_add(self.size)?;
+        Some(WindowsOf {
+            next: Some(ts - ts.rem_euclid(self.slide)),
+            after: ts.saturating_sub(self.size),
+            size: self.size,
+            slide: self.slide,
+        })
+    }
+
+    /// What the windows hold in memory, as the budget counts it.
+    fn memory(&self) -> usize {
+        let key = std::mem::size_of::<Key>();
+        let per_bucket = self.windows.values().map(|b| {
+            let filter = b.spilled.as_ref().map_or(0, SpilledKeys::bytes);
+            b.cost.saturating_add(filter).saturating_add(b.unsaved.len().saturating_mul(key))
+        });
+        per_bucket.fold(0usize, usize::saturating_add)
+    }
+
+    /// Charges the budget for what the windows hold, and spills their share of any excess.
+    fn settle(&mut self) -> Result<(), StateError> {
+        let memory = self.memory();
+        let Some(spill) = &mut self.spill else { return Ok(()) };
+        spill.charge(memory);
+        let want = spill.to_spill();
+        if want == 0 {
+            return Ok(());
+        }
+        let spilled = self.spill_slots(want);
+        let memory = self.memory();
+        if let Some(spill) = &mut self.spill {
+            spill.charge(memory);
+        }
+        spilled
+    }
+
+    /// Moves slots worth about `want` bytes to the spill store: fired windows' first (oldest
+    /// first), then open windows' (latest first), where keys not used since the last pass go
+    /// before used ones. Each window's write comes first: a failed one keeps its slots in memory.
+    fn spill_slots(&mut self, want: usize) -> Result<(), StateError> {
+        let Some(spill) = &mut self.spill else { return Ok(()) };
+        let fired = self.windows.iter().filter(|(_, b)| b.fired).map(|(w, _)| *w);
+        let open = self.windows.iter().rev().filter(|(_, b)| !b.fired).map(|(w, _)| *w);
+        let order: Vec<Window> = fired.chain(open).collect();
+        let mut freed = 0usize;
+        for pass in [Pass::Cold, Pass::Any] {
+            for w in &order {
+                if freed >= want {
+                    return Ok(());
+                }
+                let Some(bucket) = self.windows.get_mut(w) else { continue };
+                let mut taken: Vec<(Key, Vec<u8>, bool)> = Vec::new();
+                for (key, slot) in &mut bucket.slots {
+                    if freed >= want {
+                        break;
+                    }
+                    if pass == Pass::Cold && !bucket.fired && slot.touched {
+                        slot.touched = false;
+                        continue;
+                    }
+                    if slot.dirty {
+                        continue;
+                    }
+                    let value = encode_slot(slot)?;
+                    freed = freed.saturating_add(slot_cost::<Acc>(key));
+                    // A window that changed as a whole is read back from the spilled copies at
+                    // the next snapshot; otherwise changed slots are noted as pending.
+                    taken.push((key.clone(), value, slot.unsaved && !bucket.all_unsaved));
+                }
+                if taken.is_empty() {
+                    continue;
+                }
+                let window_keys = bucket.slots.len();
+                spill.write(*w, &taken, &mut bucket.spilled, window_keys)?;
+                for (key, _, _) in &taken {
+                    if bucket.slots.remove(key).is_some() {
+                        bucket.cost = bucket.cost.saturating_sub(slot_cost::<Acc>(key));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads back the spilled slots the records of a batch are about to update, in one read.
+    /// Nothing spills within a batch, so they stay in memory until it ends.
+    fn read_back<T>(&mut self, records: &[Record<T>]) {
+        self.unreadable.clear();
+        let Some(spill) = &self.spill else { return };
+        if self.windows.values().all(|b| b.spilled.is_none()) {
+            return;
+        }
+        let mut wanted: Vec<(Window, Key)> = Vec::new();
+        for r in records {
+            let Some(windows) = self.windows_of(r.event_time) else { continue };
+            for w in windows {
+                if let Some(b) = self.windows.get(&w)
+                    && b.spilled.as_ref().is_some_and(|k| k.maybe(&r.key))
+                    && !b.slots.contains_key(&r.key)
+                {
+                    wanted.push((w, r.key.clone()));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let rows: Vec<Vec<u8>> = wanted.iter().map(|(w, k)| spill.slot_row(*w, k)).collect();
+        let mut found: Vec<(usize, Result<Slot<Acc>, StateError>)> = Vec::new();
+        spill.read(&rows, &mut |i, v| match v {
+            Ok(Some(bytes)) => found.push((i, decode_slot(bytes))),
+            Ok(None) => {}
+            Err(e) => found.push((i, Err(e))),
+        });
+        for (i, slot) in found {
+            let Some((w, key)) = wanted.get(i) else { continue };
+            match slot {
+                Ok(slot) => {
+                    if let Some(b) = self.windows.get_mut(w) {
+                        b.insert_read(key.clone(), slot, true);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a spilled window slot back");
+                    self.unreadable.insert((*w, key.clone()));
+                }
+            }
+        }
+    }
+
+    /// The rejection of a record whose slot in one of its windows could not be read back.
+    fn unreadable_rejection(&self, record_key: &Key, ts: Timestamp) -> Option<Rejection> {
+        if self.unreadable.is_empty() {
+            return None;
+        }
+        let w = self.windows_of(ts)?.find(|w| self.unreadable.contains(&(*w, record_key.clone())))?;
+        Some(Rejection::new(
+            DeadLetterReason::ProcessingError,
+            format!("state: the spilled slot of window [{}, {}) could not be read back", w.start, w.end),
+        ))
+    }
+}
+
+/// A pass of the spill over the windows: cold slots only, then any.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Cold,
+    Any,
+}
+
+/// The windows holding one timestamp, latest start first.
+struct WindowsOf {
+    next: Option<Timestamp>,
+    /// Windows starting at or before this one do not hold the timestamp.
+    after: Timestamp,
+    size: i64,
+    slide: i64,
+}
+
+impl Iterator for WindowsOf {
+    type Item = Window;
+
+    #[inline]
+    fn next(&mut self) -> Option<Window> {
+        let start = self.next.filter(|s| *s > self.after)?;
+        self.next = start.checked_sub(self.slide);
+        Some(Window { start, end: start.saturating_add(self.size) })
+    }
+}
+
+/// What a slot costs in memory, as the budget counts it (the accumulator by its inline size).
+fn slot_cost<Acc>(key: &Key) -> usize {
+    StateBudget::entry_cost(std::mem::size_of::<(Key, Slot<Acc>)>(), key, 0)
+}
+
+/// A spilled copy that was never emitted, in a window that has fired since: that fire emitted it
+/// as revision 0 (in a fired window, every slot has been emitted by the end of each batch).
+fn emitted_by_fire<Acc>(fired: bool, slot: &mut Slot<Acc>) {
+    if fired && slot.emitted.is_none() {
+        slot.emitted = Some(0);
+    }
+}
+
+fn encode_slot<Acc: Serialize>(slot: &Slot<Acc>) -> Result<Vec<u8>, StateError> {
+    postcard::to_stdvec(slot).map_err(|e| StateError::Backend(format!("cannot encode window state: {e}")))
+}
+
+fn decode_slot<Acc: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Slot<Acc>, StateError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt(&format!("spilled window slot: {e}")))
 }
 
 impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for AlignedWindows<Acc> {
@@ -81,62 +324,78 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
         self.watermark
     }
 
+    fn attach(&mut self, budget: &StateBudget) {
+        if self.spill.is_none() {
+            self.spill = Some(WindowSpill::new(budget.clone()));
+        }
+    }
+
+    fn before_batch<T>(&mut self, records: &[Record<T>]) {
+        self.read_back(records);
+    }
+
+    fn after_batch(&mut self) {
+        if let Err(e) = self.settle() {
+            self.failure.get_or_insert(e);
+        }
+    }
+
     /// Adds a record to each of its windows that is still open; returns `Err(detail)` when none is.
     #[inline]
     fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), Rejection> {
         let ts = record.event_time;
-        // Every window of `ts` starts within `size` before it and ends within `size` after it:
-        // outside that margin of the i64 range the arithmetic below would overflow.
-        let last_start = match (ts.checked_sub(self.size), ts.checked_add(self.size)) {
-            (Some(_), Some(_)) => ts - ts.rem_euclid(self.slide),
-            _ => return Err(out_of_range(ts, self.size)),
-        };
-        let mut start = last_start;
+        let Some(windows) = self.windows_of(ts) else { return Err(out_of_range(ts, self.size)) };
+        if let Some(rejection) = self.unreadable_rejection(&record.key, ts) {
+            return Err(rejection);
+        }
         let mut accepted = false;
         let mut first_window = None;
-        while start > ts.saturating_sub(self.size) {
-            let w = Window { start, end: start.saturating_add(self.size) };
+        for w in windows {
             first_window.get_or_insert(w);
-            if !self.expired(w.end) {
-                accepted = true;
-                let watermark = self.watermark;
-                // A window the watermark already passed counts as fired: a late record that is the
-                // first to reach it is emitted with this batch, like any other late update.
-                let bucket = self
-                    .windows
-                    .entry(w)
-                    .or_insert_with(|| Bucket { fired: w.max_timestamp() <= watermark, ..Bucket::new() });
-                let slot = match bucket.slots.get_mut(&record.key) {
-                    Some(s) => s,
-                    None => bucket.slots.entry(record.key.clone()).or_insert_with(|| Slot {
+            if self.expired(w.end) {
+                continue;
+            }
+            accepted = true;
+            let watermark = self.watermark;
+            // A window the watermark already passed counts as fired: a late record that is the
+            // first to reach it is emitted with this batch, like any other late update.
+            let bucket = self
+                .windows
+                .entry(w)
+                .or_insert_with(|| Bucket { fired: w.max_timestamp() <= watermark, ..Bucket::new() });
+            let slot = match bucket.slots.get_mut(&record.key) {
+                Some(s) => s,
+                None => {
+                    bucket.cost = bucket.cost.saturating_add(slot_cost::<Acc>(&record.key));
+                    bucket.slots.entry(record.key.clone()).or_insert_with(|| Slot {
                         acc: agg.create(),
                         emitted: None,
                         dirty: false,
                         unsaved: false,
-                    }),
-                };
-                agg.add(&mut slot.acc, &record.payload);
-                if !slot.unsaved {
-                    slot.unsaved = true;
-                    if !bucket.all_unsaved {
-                        bucket.unsaved.push(record.key.clone());
-                    }
+                        touched: false,
+                    })
                 }
-                if bucket.fired && !slot.dirty {
-                    slot.dirty = true;
-                    self.dirty.push((w, record.key.clone()));
+            };
+            agg.add(&mut slot.acc, &record.payload);
+            slot.touched = true;
+            if !slot.unsaved {
+                slot.unsaved = true;
+                if !bucket.all_unsaved {
+                    bucket.unsaved.push(record.key.clone());
                 }
             }
-            start = match start.checked_sub(self.slide) {
-                Some(s) => s,
-                None => break,
-            };
+            if bucket.fired && !slot.dirty {
+                slot.dirty = true;
+                self.dirty.push((w, record.key.clone()));
+            }
         }
         if accepted {
             Ok(())
         } else {
-            let w = first_window
-                .unwrap_or(Window { start: last_start, end: last_start.saturating_add(self.size) });
+            let w = first_window.unwrap_or_else(|| {
+                let start = ts - ts.rem_euclid(self.slide);
+                Window { start, end: start.saturating_add(self.size) }
+            });
             Err(late(ts, self.watermark, self.lateness, w))
         }
     }
@@ -187,6 +446,25 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
                     let revision = next_revision(&mut slot.emitted);
                     rows.push(Some((key.clone(), agg.result(&slot.acc), revision)));
                 }
+                if let (Some(spill), Some(_)) = (&self.spill, &bucket.spilled) {
+                    let (fired, slots) = (bucket.fired, &bucket.slots);
+                    let read = spill.for_each_slot(*w, &mut |key, value| {
+                        let key = Key::from_bytes(key);
+                        // A slot read back is in memory: its copy on disk is stale.
+                        if slots.contains_key(&key) {
+                            return Ok(());
+                        }
+                        let mut slot: Slot<Acc> = decode_slot(value)?;
+                        emitted_by_fire(fired, &mut slot);
+                        order.push((order_prefix(&key), rows.len()));
+                        let revision = next_revision(&mut slot.emitted);
+                        rows.push(Some((key, agg.result(&slot.acc), revision)));
+                        Ok(())
+                    });
+                    if let Err(e) = read {
+                        self.failure.get_or_insert(e);
+                    }
+                }
                 // Deterministic output order: replays after a restore produce the same rows. Most
                 // comparisons end on the keys' leading bytes; equal ones compare the whole keys.
                 let key_at = |i: usize| rows.get(i).and_then(|r| r.as_ref()).map(|r| &r.0);
@@ -205,8 +483,17 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
             }
         }
         for w in done {
-            self.windows.remove(&w);
+            if let Some(bucket) = self.windows.remove(&w)
+                && bucket.spilled.is_some()
+                && let Some(spill) = &self.spill
+                && let Err(e) = spill.drop_window(w)
+            {
+                self.failure.get_or_insert(e);
+            }
             self.dropped.push(w);
+        }
+        if let Err(e) = self.settle() {
+            self.failure.get_or_insert(e);
         }
     }
 
@@ -217,6 +504,9 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
     /// Writes what changed since the last snapshot: dropped windows are deleted, changed keys
     /// rewritten. Unchanged state is not touched, so incremental checkpoints stay small.
     fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
+        if let Some(e) = self.failure.take() {
+            return Err(e);
+        }
         state.put(ns, META_KEY, &self.watermark.to_be_bytes())?;
         let mut key_buf = Vec::with_capacity(64);
         for w in self.dropped.drain(..) {
@@ -224,13 +514,32 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
             state.delete_prefix(ns, &key_buf)?;
         }
         for (w, bucket) in &mut self.windows {
+            let fired = bucket.fired;
+            // Spilled slots first: where a slot is also in memory, memory holds the latest.
+            if let (Some(spill), Some(_)) = (&self.spill, &bucket.spilled) {
+                let slots = &bucket.slots;
+                let mut put = |key: &[u8], value: &[u8]| -> Result<(), StateError> {
+                    if slots.contains_key(&Key::from_bytes(key)) {
+                        return Ok(());
+                    }
+                    let mut slot: Slot<Acc> = decode_slot(value)?;
+                    emitted_by_fire(fired, &mut slot);
+                    window_prefix(&mut key_buf, *w);
+                    key_buf.extend_from_slice(key);
+                    state.put(ns, &key_buf, &encode_row(fired, &slot)?)
+                };
+                if bucket.all_unsaved {
+                    spill.for_each_slot(*w, &mut put)?;
+                } else {
+                    spill.for_each_pending(*w, &mut put)?;
+                }
+                spill.clear_pending(*w)?;
+            }
             let mut write = |key: &Key, slot: &mut Slot<Acc>| -> Result<(), StateError> {
                 slot.unsaved = false;
                 window_prefix(&mut key_buf, *w);
                 key_buf.extend_from_slice(key.as_bytes());
-                let value = postcard::to_stdvec(&(bucket.fired, &*slot))
-                    .map_err(|e| StateError::Backend(format!("cannot encode window state: {e}")))?;
-                state.put(ns, &key_buf, &value)
+                state.put(ns, &key_buf, &encode_row(fired, slot)?)
             };
             if bucket.all_unsaved {
                 for (key, slot) in &mut bucket.slots {
@@ -246,6 +555,11 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
             bucket.unsaved.clear();
             bucket.all_unsaved = false;
         }
+        // The lists of changes are empty again: so is their charge.
+        let memory = self.memory();
+        if let Some(spill) = &mut self.spill {
+            spill.charge(memory);
+        }
         Ok(())
     }
 
@@ -253,12 +567,18 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
         self.windows.clear();
         self.dirty.clear();
         self.dropped.clear();
+        self.unreadable.clear();
+        self.failure = None;
+        if let Some(spill) = &mut self.spill {
+            spill.reset()?;
+        }
         self.watermark = match state.get(ns, META_KEY)? {
             Some(b) => i64::from_be_bytes(
                 b.as_slice().try_into().map_err(|_| corrupt("window watermark has the wrong length"))?,
             ),
             None => i64::MIN,
         };
+        let mut read = 0usize;
         for kv in state.scan_prefix(ns, &[ENTRY_TAG])? {
             let (k, v) = kv?;
             if k.len() < 17 {
@@ -272,20 +592,59 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
             let bucket = self.windows.entry(Window { start, end }).or_insert_with(Bucket::new);
             bucket.fired |= fired;
             bucket.all_unsaved = false;
-            bucket.slots.insert(key, slot);
+            bucket.insert_read(key, slot, false);
+            read += 1;
+            if read.is_multiple_of(RESTORE_CHUNK) {
+                // Under a budget, restoring spills as it goes: memory stays within it.
+                self.settle()?;
+            }
         }
-        Ok(())
+        self.settle()
     }
 
     fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
         // Emptied windows go without a trace in `dropped`: their rows belong to other copies.
-        self.windows.retain(|_, bucket| {
-            bucket.slots.retain(|k, _| keep(k));
+        let spill = self.spill.as_ref();
+        let mut failure = None;
+        self.windows.retain(|w, bucket| {
+            bucket.slots.retain(|k, _| {
+                let kept = keep(k);
+                if !kept {
+                    bucket.cost = bucket.cost.saturating_sub(slot_cost::<Acc>(k));
+                }
+                kept
+            });
             bucket.unsaved.retain(|k| keep(k));
-            !bucket.slots.is_empty()
+            let mut left_on_disk = 0usize;
+            if let (Some(spill), Some(_)) = (spill, &bucket.spilled) {
+                let mut gone = Vec::new();
+                let scanned = spill.for_each_slot(*w, &mut |key, _| {
+                    let key = Key::from_bytes(key);
+                    if keep(&key) {
+                        left_on_disk += 1;
+                    } else {
+                        gone.push(spill.slot_row(*w, &key));
+                    }
+                    Ok(())
+                });
+                if let Err(e) = scanned.and_then(|()| spill.delete(&gone)) {
+                    failure.get_or_insert(e);
+                    left_on_disk = 1;
+                }
+            }
+            !bucket.slots.is_empty() || left_on_disk > 0
         });
+        if let Some(e) = failure {
+            self.failure.get_or_insert(e);
+        }
         self.dirty.retain(|(_, k)| keep(k));
     }
+}
+
+/// A checkpoint row's value: whether the window fired, and the slot.
+fn encode_row<Acc: Serialize>(fired: bool, slot: &Slot<Acc>) -> Result<Vec<u8>, StateError> {
+    postcard::to_stdvec(&(fired, slot))
+        .map_err(|e| StateError::Backend(format!("cannot encode window state: {e}")))
 }
 
 fn window_prefix(buf: &mut Vec<u8>, w: Window) {
@@ -297,3 +656,5 @@ fn window_prefix(buf: &mut Vec<u8>, w: Window) {
 
 const META_KEY: &[u8] = b"\x00meta";
 const ENTRY_TAG: u8 = 1;
+/// Rows a restore reads between two checks of the budget.
+const RESTORE_CHUNK: usize = 1 << 14;

@@ -15,6 +15,21 @@ pub(super) trait WindowState<Acc> {
     /// The last watermark they saw.
     fn watermark(&self) -> Timestamp;
 
+    /// Counts the windows' state against `budget`, spilling what does not fit (the default: they
+    /// stay in memory, unbounded).
+    fn attach(&mut self, budget: &crate::state::StateBudget) {
+        let _ = budget;
+    }
+
+    /// Called with a batch's records before they are added (under a budget: their spilled state
+    /// is read back).
+    fn before_batch<T>(&mut self, records: &[Record<T>]) {
+        let _ = records;
+    }
+
+    /// Called once a batch's records are added and its updates emitted.
+    fn after_batch(&mut self) {}
+
     /// Adds a record to each of its windows that is still open; the rejection when none is (too
     /// late) or when its event time cannot be placed in a window at all (out of range).
     fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), Rejection>;

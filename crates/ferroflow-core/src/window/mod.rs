@@ -20,6 +20,7 @@ mod operator;
 mod result;
 mod session;
 mod spec;
+mod spill;
 
 pub use aggregate::{Aggregator, Avg, Count, Max, Min, Stats, StatsValue, Sum};
 pub use operator::WindowOperator;

@@ -35,6 +35,18 @@ impl<Acc: Clone + serde::Serialize + serde::de::DeserializeOwned> WindowState<Ac
         each_kind!(self, w => w.watermark())
     }
 
+    fn attach(&mut self, budget: &crate::state::StateBudget) {
+        each_kind!(self, w => w.attach(budget))
+    }
+
+    fn before_batch<T>(&mut self, records: &[Record<T>]) {
+        each_kind!(self, w => w.before_batch(records))
+    }
+
+    fn after_batch(&mut self) {
+        each_kind!(self, w => w.after_batch())
+    }
+
     #[inline]
     fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), Rejection> {
         each_kind!(self, w => w.add(agg, record))
@@ -167,6 +179,7 @@ where
         out: &mut Vec<Record<WindowResult<A::Output>>>,
     ) {
         let mut accepted = 0u64;
+        self.windows.before_batch(input);
         for r in input.drain(..) {
             let res = self.windows.add(&self.agg, &r);
             match res {
@@ -181,6 +194,7 @@ where
         if let Some(end) = em.newest_end {
             ctx.note_window_emitted(end);
         }
+        self.windows.after_batch();
     }
 
     fn on_watermark(
@@ -199,6 +213,12 @@ where
 
     fn state_ids(&self, ids: &mut Vec<String>) {
         ids.push(self.uid.clone());
+    }
+
+    /// Tumbling and sliding windows spill slots beyond the budget; session windows stay in
+    /// memory, unbounded.
+    fn attach_budget(&mut self, budget: &crate::state::StateBudget) {
+        self.windows.attach(budget);
     }
 
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {

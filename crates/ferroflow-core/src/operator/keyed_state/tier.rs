@@ -11,8 +11,6 @@ use crate::state::StateBudget;
 /// Called with each spilled key and its encoded cell.
 pub(super) type SpilledVisitor<'a> = dyn FnMut(Key, &[u8]) -> Result<(), StateError> + 'a;
 
-/// Key bytes held inside the key itself (longer ones are allocated).
-const INLINE_KEY: usize = 24;
 /// The Bloom filter's false-positive rate: that share of new keys costs a disk read.
 const FALSE_POSITIVES: f64 = 0.01;
 
@@ -70,16 +68,9 @@ impl Tier {
     }
 
     /// What a key with `encoded` bytes costs in memory, as the budget counts it, in a map whose
-    /// entries take `slot` bytes each.
-    ///
-    /// The map's share is three slots: keys come and go all the time under a budget, and a hash
-    /// map whose removed entries fill it up doubles once more than half of it is live, so it
-    /// holds 2.3 to 4.6 slots per live key (measured: a 256 MB budget took 700 MB with one slot
-    /// counted). Beyond the slot: what the key and the value keep out of line, about their
-    /// encoded size.
+    /// entries take `slot` bytes each (see [`StateBudget::entry_cost`]).
     pub(super) fn cost(slot: usize, key: &Key, encoded: usize) -> usize {
-        let key_heap = if key.as_bytes().len() > INLINE_KEY { key.as_bytes().len() } else { 0 };
-        slot.saturating_mul(3).saturating_add(key_heap).saturating_add(encoded)
+        StateBudget::entry_cost(slot, key, encoded)
     }
 
     /// The key's row in the spill store.
