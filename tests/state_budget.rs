@@ -355,6 +355,118 @@ async fn dedup_and_keyed_state_under_one_budget_give_the_unbounded_results() {
     assert!(results[1] == results[0], "the budget changed results");
 }
 
+/// What `job` emits over `events` in batches of `batch`, on a runner from `builder`; every
+/// record accounted for.
+async fn run_job<J>(
+    builder: RunnerBuilder,
+    events: Vec<(u32, i64)>,
+    batch: usize,
+    job: J,
+) -> Vec<<J::Op as Operator>::Out>
+where
+    J: IntoOperator,
+    J::Op: Operator<In = (u32, i64)> + Send + 'static,
+    <J::Op as Operator>::Out: Clone + Send + 'static,
+{
+    let (sink, rows) = CollectSink::with_handle();
+    let source = MemorySource::of(events).with_batch_size(batch);
+    let report =
+        builder.build().unwrap().job(source, job).sink(sink).discard_dead_letters().run().await.unwrap();
+    assert!(report.counters.identity_holds());
+    rows.take()
+}
+
+/// Sets a timer 1.5 s after each record of a key; when it fires, emits the key's count.
+struct Quiet;
+
+impl KeyedFunction for Quiet {
+    type In = (u32, i64);
+    type Out = (u64, i64);
+    fn declare(&self, states: &mut StateDeclarations) {
+        states.value(COUNT);
+    }
+    fn process(&mut self, v: (u32, i64), ctx: &mut KeyedContext<'_, Self::Out>) -> Result<(), Rejection> {
+        let n = ctx.value(COUNT)?.copied().unwrap_or(0) + 1;
+        ctx.set_value(COUNT, n)?;
+        ctx.register_event_time_timer(v.1 + 1_500);
+        Ok(())
+    }
+    fn on_timer(&mut self, ctx: &mut KeyedContext<'_, Self::Out>) -> Result<(), Rejection> {
+        let n = ctx.value(COUNT)?.copied().unwrap_or(0);
+        ctx.emit((n, ctx.timestamp()));
+        Ok(())
+    }
+}
+
+/// Sliding windows with allowed lateness and a step with timers, under a budget
+/// that holds a few hundred slots and timers: window slots and timers spill, late records revise
+/// spilled windows, and the rows are the unbounded run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_and_timers_under_one_budget_give_the_unbounded_results() {
+    // 40,000 events over 3,000 keys, 5 ms of event time apart, up to 400 ms out of order.
+    let mut x = 7u64;
+    let events: Vec<(u32, i64)> = (0..40_000i64)
+        .map(|i| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let key = u32::try_from((x >> 40) % 3_000).unwrap();
+            (key, i * 5 - i64::try_from((x >> 20) % 400).unwrap())
+        })
+        .collect();
+    let spec = WindowSpec::sliding(std::time::Duration::from_secs(2), std::time::Duration::from_secs(1))
+        .unwrap()
+        .with_allowed_lateness(std::time::Duration::from_millis(300));
+    let windows = || {
+        Stream::<(u32, i64)>::new()
+            .assign_timestamps(
+                |e: &(u32, i64)| e.1,
+                WatermarkStrategy::bounded_out_of_orderness(std::time::Duration::from_millis(100)),
+            )
+            .key_by(|e: &(u32, i64)| Key::from(format!("k{}", e.0)))
+            .window(spec, ferroflow::window::Count)
+            .id("windows")
+    };
+    let timers = || {
+        Stream::<(u32, i64)>::new()
+            .assign_timestamps(|e: &(u32, i64)| e.1, WatermarkStrategy::monotonous())
+            .key_by(|e: &(u32, i64)| Key::from(format!("k{}", e.0)))
+            .keyed_process(Quiet)
+            .id("quiet")
+    };
+    let mut results = Vec::new();
+    for budgeted in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = StateBudget::open(64 << 10, dir.path().join("spill")).unwrap();
+        let builder = || {
+            let builder = Runner::builder().workers(1);
+            if budgeted { builder.state_budget(budget.clone()) } else { builder }
+        };
+        // Batches of 650 ms of event time: their watermarks fall anywhere between window ends.
+        let mut got: Vec<(String, i64, u64, u32)> = run_job(builder(), events.clone(), 130, windows())
+            .await
+            .into_iter()
+            .map(|r| {
+                (String::from_utf8_lossy(r.key.as_bytes()).into_owned(), r.window_start, r.value, r.revision)
+            })
+            .collect();
+        got.sort();
+        let mut sorted = events.clone();
+        sorted.sort_by_key(|e| e.1);
+        let mut fired = run_job(builder(), sorted, 400, timers()).await;
+        fired.sort();
+        assert_eq!(budget.spilled_keys() > 1_000, budgeted, "slots and timers spilled under the budget only");
+        assert_eq!(budget.used(), 0, "the steps are gone: their memory is free again");
+        results.push((got, fired));
+    }
+    assert!(
+        results[0].0.len() > 6_000 && results[0].1.len() > 1_000,
+        "{} {}",
+        results[0].0.len(),
+        results[0].1.len()
+    );
+    assert!(results[0].0.iter().any(|r| r.3 > 0), "late records revised some windows");
+    assert!(results[1] == results[0], "the budget changed results");
+}
+
 /// What the process holds now and at most since the last reset, MB (Linux: `/proc/self/status`).
 #[cfg(target_os = "linux")]
 fn rss_mb() -> (f64, f64) {

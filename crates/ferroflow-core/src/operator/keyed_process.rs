@@ -103,6 +103,12 @@ impl StepTimers {
             TimeDomain::ProcessingTime => &mut self.processing,
         }
     }
+
+    /// Under a memory budget: the latest timers of both domains go to disk while it is exceeded.
+    fn spill(&mut self) {
+        self.event.spill();
+        self.processing.spill();
+    }
 }
 
 impl<O> std::fmt::Debug for KeyedContext<'_, O> {
@@ -352,6 +358,7 @@ impl<F: KeyedFunction> KeyedProcess<F> {
         }
         self.tables.sweep(&Now { event: self.watermark, watermark: self.watermark, processing });
         self.tables.spill();
+        self.timers.spill();
     }
 }
 
@@ -412,6 +419,7 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
         }
         ctx.count_processed(processed);
         self.tables.spill();
+        self.timers.spill();
     }
 
     fn on_watermark(&mut self, watermark: Watermark, ctx: &mut Context, out: &mut Vec<Record<F::Out>>) {
@@ -432,6 +440,8 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
 
     fn attach_budget(&mut self, budget: &StateBudget) {
         self.tables.attach(budget);
+        self.timers.event.attach(budget);
+        self.timers.processing.attach(budget);
     }
 
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {

@@ -15,9 +15,13 @@ pub(crate) type ValueVisitor<'a> = dyn FnMut(usize, Result<Option<&[u8]>, StateE
 /// Called with each row (key, value) of a scan of the spill store.
 pub(crate) type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
 
-/// Bounds the heap that keyed state (`keyed_process` value, list and map states) holds in one
-/// process; what does not fit spills to a local RocksDB and is read back when its key is next
-/// used.
+/// Called with each row (key, value) of a scan of the spill store that goes on while it returns
+/// `true`.
+pub(crate) type RowsWhile<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StateError> + 'a;
+
+/// Bounds the heap that keyed state (`keyed_process` value, list and map states and timers,
+/// dedup's ids, tumbling and sliding windows) holds in one process; what does not fit spills to a
+/// local RocksDB and is read back when its key is next used.
 ///
 /// The budget counts each key's encoded size plus a fixed per-key overhead, so it tracks the heap
 /// approximately. Each step's table keeps its hot keys in memory; once the process is over the
@@ -205,6 +209,17 @@ impl StateBudget {
         self.0.store.for_each(prefix, f)
     }
 
+    /// Calls `f` with the rows under `prefix` from `from` on, in key order, while it returns
+    /// `true`.
+    pub(crate) fn scan_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        f: &mut RowsWhile<'_>,
+    ) -> Result<(), StateError> {
+        self.0.store.scan_from(prefix, from, f)
+    }
+
     /// Removes every row under `prefix`.
     pub(crate) fn clear(&self, prefix: &[u8; 8]) -> Result<(), StateError> {
         let end = u64::from_be_bytes(*prefix).saturating_add(1).to_be_bytes();
@@ -225,7 +240,7 @@ mod store {
         BlockBasedOptions, Cache, DB, DBCompressionType, Direction, IteratorMode, Options, WriteOptions,
     };
 
-    use super::{RowVisitor, ValueVisitor};
+    use super::{RowVisitor, RowsWhile, ValueVisitor};
     use crate::error::StateError;
 
     fn backend(e: rocksdb::Error) -> StateError {
@@ -334,6 +349,21 @@ mod store {
             Ok(())
         }
 
+        pub(super) fn scan_from(
+            &self,
+            prefix: &[u8],
+            from: &[u8],
+            f: &mut RowsWhile<'_>,
+        ) -> Result<(), StateError> {
+            for kv in self.db.iterator(IteratorMode::From(from, Direction::Forward)) {
+                let (k, v) = kv.map_err(backend)?;
+                if !k.starts_with(prefix) || !f(&k, &v)? {
+                    break;
+                }
+            }
+            Ok(())
+        }
+
         pub(super) fn delete_range(&self, from: &[u8], to: &[u8]) -> Result<(), StateError> {
             let mut batch = rocksdb::WriteBatch::default();
             batch.delete_range(from, to);
@@ -347,7 +377,7 @@ mod store {
 mod store {
     use std::path::Path;
 
-    use super::{RowVisitor, ValueVisitor};
+    use super::{RowVisitor, RowsWhile, ValueVisitor};
     use crate::error::StateError;
 
     pub(super) enum Store {}
@@ -374,6 +404,10 @@ mod store {
         }
 
         pub(super) fn for_each(&self, _: &[u8], _: &mut RowVisitor<'_>) -> Result<(), StateError> {
+            match *self {}
+        }
+
+        pub(super) fn scan_from(&self, _: &[u8], _: &[u8], _: &mut RowsWhile<'_>) -> Result<(), StateError> {
             match *self {}
         }
 

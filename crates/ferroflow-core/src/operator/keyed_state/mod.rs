@@ -5,6 +5,7 @@
 mod access;
 mod rows;
 mod schema;
+mod spilled_timers;
 mod table;
 mod tables;
 mod tier;
