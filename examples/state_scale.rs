@@ -6,6 +6,7 @@
 //! cargo run --release --example state_scale -- --ids 50000000 --keys 10000000 --zipf --budget-mb 256
 //! cargo run --release --example state_scale -- --keys 10000000 --budget-mb 256
 //! cargo run --release --example state_scale -- --ids 2000000 --keys 1000000 --check
+//! cargo run --release --example state_scale -- --keys 10000000 --window-ms 3600000 --budget-mb 256
 //! ```
 //!
 //! With `--ids N`, N distinct event ids plus 1 % repeats (half of an id among the last 10,000,
@@ -14,6 +15,9 @@
 //! running sum (a `keyed_process` step with one value state). Keys are uniformly random, the
 //! worst case for a cache, or with `--zipf` drawn by popularity (a Zipf law, exponent 1: a few keys
 //! are busy, most are rare, as users of a service are). Without `--ids`, only the running sum.
+//! With `--window-ms W`, a tumbling event-time window of W ms counts and sums each key's values
+//! instead of the running sum (watermarks follow the event times: each window fires once the next
+//! one starts).
 //!
 //! Prints `events_per_sec=<N> peak_rss_mb=<M> state_bytes_on_disk=<D>` and what ran.
 //! `--check` runs the same input without a budget as well and compares every output (a digest of
@@ -60,6 +64,7 @@ impl KeyedFunction for RunningSum {
 #[derive(Debug, Clone)]
 struct Event {
     id: [u8; 8],
+    at: i64,
     key: u64,
     value: u64,
 }
@@ -112,7 +117,10 @@ impl Source<Event> for Generated {
             };
             let key = if self.zipf { zipf(self.next(), self.keys) } else { key };
             self.at += 1;
-            records.push(Record::new(Event { id: id.to_be_bytes(), key, value: r & 0xff }, self.at));
+            records.push(Record::new(
+                Event { id: id.to_be_bytes(), at: self.at, key, value: r & 0xff },
+                self.at,
+            ));
         }
         Ok(Some(SourceEvent::Batch(SourceBatch { records, ..SourceBatch::default() })))
     }
@@ -158,6 +166,8 @@ struct Shape {
     dedup: bool,
     /// Keys by popularity, not uniformly.
     zipf: bool,
+    /// A tumbling window this long (ms) instead of the running sum.
+    window_ms: u64,
 }
 
 /// Runs the job; returns (events/s, the digest of its output, records deduplicated).
@@ -165,7 +175,7 @@ async fn run(
     shape: Shape,
     budget: Option<StateBudget>,
 ) -> Result<(f64, u64, u64), Box<dyn std::error::Error>> {
-    let Shape { events, keys, dedup, zipf } = shape;
+    let Shape { events, keys, dedup, zipf, window_ms } = shape;
     let mut builder = Runner::builder().workers(1);
     if let Some(b) = budget {
         builder = builder.state_budget(b);
@@ -176,7 +186,31 @@ async fn run(
     let source = Generated { left: events, keys, dedup, zipf, ids: 0, at: 0, x: 7 };
     let by_key = |e: &Event| Key::from(&e.key.to_be_bytes()[..]);
     let start = Instant::now();
-    let report = if dedup {
+    let report = if window_ms > 0 {
+        let spec = WindowSpec::tumbling(Duration::from_millis(window_ms))?;
+        let head =
+            Stream::<Event>::new().assign_timestamps(|e: &Event| e.at, WatermarkStrategy::monotonous());
+        // Each row folds into the digest by its key, window and count.
+        let row = |r: WindowResult<(u64, f64)>| {
+            let key =
+                r.key.as_bytes().iter().fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(*b)));
+            mix(key ^ r.window_start as u64).wrapping_add(r.value.0)
+        };
+        let sum = Sum::of(|e: &Event| e.value as f64);
+        if dedup {
+            let job = head
+                .dedup_by(Duration::from_secs(86_400), |e: &Event| &e.id)
+                .id("ids")
+                .key_by(by_key)
+                .window(spec, (Count, sum))
+                .id("windows")
+                .map(row);
+            runner.job(source, job).sink(digest).dead_letters(NullSink::new()).run().await?
+        } else {
+            let job = head.key_by(by_key).window(spec, (Count, sum)).id("windows").map(row);
+            runner.job(source, job).sink(digest).dead_letters(NullSink::new()).run().await?
+        }
+    } else if dedup {
         // A day of event time: at one event per millisecond, no id expires within the run.
         let job = Stream::<Event>::new()
             .dedup_by(Duration::from_secs(86_400), |e: &Event| &e.id)
@@ -191,7 +225,8 @@ async fn run(
     };
     let secs = start.elapsed().as_secs_f64();
     let c = &report.counters;
-    if !c.identity_holds() || c.records_processed.saturating_add(c.records_deduplicated) != events {
+    let consumed = c.records_processed.saturating_add(c.records_windowed);
+    if !c.identity_holds() || consumed.saturating_add(c.records_deduplicated) != events {
         return Err(format!("the job lost records: {c:?}").into());
     }
     Ok((events as f64 / secs, folded.load(std::sync::atomic::Ordering::Relaxed), c.records_deduplicated))
@@ -220,7 +255,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let events =
         arg(&args, "--events", if ids > 0 { ids.saturating_add(ids / 99) } else { keys.saturating_mul(2) });
     let zipf = args.iter().any(|a| a == "--zipf");
-    let shape = Shape { events, keys, dedup: ids > 0, zipf };
+    let window_ms = arg(&args, "--window-ms", 0);
+    let shape = Shape { events, keys, dedup: ids > 0, zipf, window_ms };
     let budget_mb = arg(&args, "--budget-mb", 256);
     let check = args.iter().any(|a| a == "--check");
     let no_budget = args.iter().any(|a| a == "--no-budget");
@@ -251,7 +287,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let on_disk = dir_bytes(&dir.join("spill"));
     println!(
         "events_per_sec={rate:.0} peak_rss_mb={:.0} state_bytes_on_disk={on_disk} events={events} ids={} \
-         deduplicated={deduplicated} keys={keys} key_spread={} budget_mb={}",
+         deduplicated={deduplicated} keys={keys} key_spread={} budget_mb={} window_ms={window_ms}",
         events::peak_rss_mb(),
         events.saturating_sub(deduplicated),
         if zipf { "zipf" } else { "uniform" },

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{Crashes, Outcome as Run, Step, memory};
 use ferroflow_core::operator::Dedup;
+#[cfg(feature = "rocksdb")]
 use ferroflow_core::state::MemoryStateBackend;
 use ferroflow_core::{Context, Operator, Record};
 use proptest::prelude::*;
@@ -48,6 +49,7 @@ impl Outcome {
     }
 }
 
+#[cfg(feature = "rocksdb")]
 fn apply(op: &mut Op, step: &Step<(u8, i64)>, out: &mut Outcome) {
     let new_op = || new_op(0);
     let mut run = Run::default();

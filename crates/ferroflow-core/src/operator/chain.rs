@@ -6,6 +6,9 @@ use crate::record::{Key, PartitionId, Record, Timestamp};
 use crate::state::StateBackend;
 use crate::time::Watermark;
 
+/// Records of room a step's output buffer keeps between batches (the rest goes back).
+const MID_KEPT: usize = 1 << 16;
+
 /// `A` then `B`, fused: one buffer between them, reused across batches, no channel.
 ///
 /// # Examples
@@ -51,6 +54,10 @@ impl<A: Operator, B: Operator<In = A::Out>> Chain<A, B> {
             ctx.with_counting(!self.a_consumes, |ctx| b.process_batch(mid, ctx, out));
             ctx.count_step(self.b_index, taken, (out.len() - before) as u64);
             self.mid.clear();
+            // A window that fired for millions of keys must not leave its rows' room held.
+            if self.mid.capacity() > MID_KEPT.saturating_mul(4) {
+                self.mid.shrink_to(MID_KEPT);
+            }
         }
     }
 

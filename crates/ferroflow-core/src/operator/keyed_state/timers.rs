@@ -107,6 +107,8 @@ pub(in crate::operator) struct Timers {
     failure: Option<StateError>,
     /// Due timers read back from disk at once.
     load: usize,
+    /// Timers fired so far (a firing spills every `load` of them).
+    popped: usize,
 }
 
 impl std::fmt::Debug for SpilledTimers {
@@ -138,6 +140,7 @@ impl Timers {
             disk: None,
             failure: None,
             load: LOAD,
+            popped: 0,
         }
     }
 
@@ -197,7 +200,8 @@ impl Timers {
 
     pub(in crate::operator) fn delete(&mut self, at: Timestamp, key: &Key) {
         let timer = (at, key.clone());
-        let mut removed = self.due.remove(&timer) || self.deferred.remove(&timer);
+        // Both: after a failed lookup, a timer may be deferred and due at once.
+        let mut removed = self.due.remove(&timer) | self.deferred.remove(&timer);
         if let Some(disk) = &mut self.disk
             && disk.may_hold(&timer)
         {
@@ -244,6 +248,12 @@ impl Timers {
         }
         let timer = self.due.pop_first()?;
         self.touch(timer.clone());
+        // Fired timers are noted as changes, and timers set meanwhile wait: a firing of millions
+        // spills as it goes.
+        self.popped = self.popped.wrapping_add(1);
+        if self.disk.is_some() && self.popped.is_multiple_of(self.load.max(1)) {
+            self.spill();
+        }
         Some(timer)
     }
 
@@ -252,13 +262,14 @@ impl Timers {
         self.due.append(&mut self.deferred);
     }
 
-    /// Under a budget, between batches: writes the latest timers to disk while the budget is
+    /// Under a budget, between batches and as timers fire: writes the latest timers to disk while the budget is
     /// exceeded, and the changes a snapshot has not written yet with them. A failed write keeps
     /// them in memory (over the budget, nothing lost).
+    ///
+    /// While timers fire, only timers after the watermark being fired may go (the others may
+    /// fire in this round), so that a long firing stays within the budget too.
     pub(in crate::operator) fn spill(&mut self) {
-        if self.firing.is_some() {
-            return;
-        }
+        let firing = self.firing;
         let Some(disk) = &mut self.disk else { return };
         disk.set_charge(
             self.due.bytes.saturating_add(self.deferred.bytes).saturating_add(self.touched_bytes),
@@ -273,7 +284,7 @@ impl Timers {
         let mut freed = 0usize;
         let mut out: Vec<Timer> = Vec::new();
         for t in self.due.set.iter().rev() {
-            if freed >= want {
+            if freed >= want || firing.is_some_and(|w| t.0 <= w) {
                 break;
             }
             freed = freed.saturating_add(cost(&t.1));
@@ -309,7 +320,8 @@ impl Timers {
         self.touched.len()
     }
 
-    /// Timers pending (those on disk counted as written).
+    /// Timers pending, at most (those on disk counted as written: a timer written twice, or
+    /// removed while on disk, counts until it is read back).
     pub(in crate::operator) fn len(&self) -> usize {
         self.due.len() + self.deferred.len() + self.disk.as_ref().map_or(0, |d| d.on_disk)
     }
@@ -474,6 +486,38 @@ mod tests {
         timers.register(20, &b);
         assert_eq!(std::iter::from_fn(|| timers.pop_due()).collect::<Vec<_>>(), [(20, b)]);
         assert_eq!(fire(&mut timers, 40), Vec::new());
+        Ok(())
+    }
+
+    /// Timers fired and timers set as they fire are spilled as the firing goes, and the
+    /// checkpoint after it holds exactly the new ones.
+    #[test]
+    fn a_long_firing_stays_within_the_budget() -> Result<(), StateError> {
+        let dir = tmp()?;
+        let limit = 32 << 10;
+        let (mut timers, budget) = budgeted(limit, dir.path())?;
+        timers.load = 100;
+        let key = |i: i64| Key::from(format!("k{}", i % 7));
+        for i in 0..20_000i64 {
+            timers.register(i, &key(i));
+        }
+        timers.spill();
+        let mut state = crate::state::MemoryStateBackend::new();
+        timers.snapshot("ns", &mut state)?;
+        let mut most = 0;
+        timers.start_firing(20_000);
+        while let Some((at, k)) = timers.pop_due() {
+            timers.register(at + 1_000_000, &k);
+            most = most.max(timers.due.bytes + timers.deferred.bytes + timers.touched_bytes);
+        }
+        assert!(most < 2 * limit, "{most} bytes held while firing, under {limit}");
+        assert!(budget.used() <= limit);
+        timers.snapshot("ns", &mut state)?;
+        let mut restored = Timers::event_time();
+        restored.restore("ns", &state)?;
+        let all = fire(&mut restored, i64::MAX);
+        let expected: Vec<Timer> = (0..20_000i64).map(|i| (i + 1_000_000, key(i))).collect();
+        assert_eq!(all, expected);
         Ok(())
     }
 
