@@ -109,6 +109,11 @@ impl StepTimers {
         self.event.spill();
         self.processing.spill();
     }
+
+    fn report_failure(&mut self, ctx: &mut Context) {
+        self.event.report_failure(ctx);
+        self.processing.report_failure(ctx);
+    }
 }
 
 impl<O> std::fmt::Debug for KeyedContext<'_, O> {
@@ -359,6 +364,8 @@ impl<F: KeyedFunction> KeyedProcess<F> {
         self.tables.sweep(&Now { event: self.watermark, watermark: self.watermark, processing });
         self.tables.spill();
         self.timers.spill();
+        self.tables.report_failure(ctx);
+        self.timers.report_failure(ctx);
     }
 }
 
@@ -420,6 +427,8 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
         ctx.count_processed(processed);
         self.tables.spill();
         self.timers.spill();
+        self.tables.report_failure(ctx);
+        self.timers.report_failure(ctx);
     }
 
     fn on_watermark(&mut self, watermark: Watermark, ctx: &mut Context, out: &mut Vec<Record<F::Out>>) {

@@ -103,6 +103,9 @@ pub struct Context {
     pub(crate) notes_at_exchange: bool,
     /// A key step's exchange stopped (another copy's worker did): the job must fail.
     pub(crate) exchange_broken: bool,
+    /// A step's state failed outside a record (its spill store): the job must fail before this
+    /// batch's results go out.
+    pub(crate) state_failure: Option<StateError>,
     /// Set with `notes_at_exchange` for a copy whose chain has one key step: that step puts the
     /// share in a round and passes on the round before, so a copy works on its next share instead
     /// of waiting for the others (see [`KeyBy`]).
@@ -140,6 +143,7 @@ impl Context {
             notes_traded: false,
             notes_at_exchange: false,
             exchange_broken: false,
+            state_failure: None,
             pipelined: false,
             draining: false,
             round_in_flight: false,
@@ -336,6 +340,17 @@ impl Context {
     /// Notes that a key step could not trade its records: a worker stopped.
     pub(crate) fn exchange_broken(&mut self) {
         self.exchange_broken = true;
+    }
+
+    /// Fails the job with `error` before the results of this batch or watermark go out (the
+    /// first one counts).
+    pub(crate) fn fail_state(&mut self, error: StateError) {
+        self.state_failure.get_or_insert(error);
+    }
+
+    /// The state failure a step reported, if any.
+    pub(crate) fn take_state_failure(&mut self) -> Option<StateError> {
+        self.state_failure.take()
     }
 
     pub(crate) fn with_counting<R>(&mut self, counting: bool, f: impl FnOnce(&mut Self) -> R) -> R {

@@ -245,6 +245,10 @@ impl<'r, C: Operator> Processing<'r, C> {
         if let Err(e) = handled {
             return Some(Exit::Failed(e));
         }
+        // A step's state failed: none of this event's results go out.
+        if let Some(e) = self.ctx.take_state_failure() {
+            return Some(Exit::Failed(e.into()));
+        }
         if !self.emit().await {
             return Some(Exit::SinkGone);
         }
@@ -438,6 +442,9 @@ impl<'r, C: Operator> Processing<'r, C> {
         tracing::info!(?partitions, "partitions released");
         // Windows the revocation fired go out now: a stop or checkpoint may follow before the
         // next event.
+        if let Some(e) = self.ctx.take_state_failure() {
+            return Err(e.into());
+        }
         if !self.emit().await {
             return Err(JobError::Task {
                 task: "sink",

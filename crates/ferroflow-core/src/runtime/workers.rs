@@ -792,8 +792,13 @@ impl<C: Operator> Worker<C> {
     }
 
     /// Sends results and dead letters on and adds the counters to the job's; false when a sink
-    /// task is gone.
+    /// task is gone or a step's state failed (the job fails with it).
     fn emit(&mut self) -> bool {
+        // A step's state failed: none of these results go out, and the job fails.
+        if let Some(e) = self.ctx.take_state_failure() {
+            self.shared.fail(format!("worker {}: {e}", self.index));
+            return false;
+        }
         let o = &self.outputs;
         if !o.consumes_records {
             self.ctx.counters.records_out += self.out.len() as u64;

@@ -232,6 +232,52 @@ impl StateBudget {
     }
 }
 
+/// A spill-store failure outside a record (between batches, at a firing): reported to the job
+/// at once through the step's context, so that no result of the batch goes out, and failing
+/// every snapshot until a restore (which starts over from the last checkpoint).
+#[derive(Debug, Default)]
+pub(crate) struct SpillFailure {
+    pending: Option<StateError>,
+    reported: bool,
+}
+
+impl SpillFailure {
+    /// Notes `error` (the first one counts).
+    pub(crate) fn set(&mut self, error: StateError) {
+        if !self.reported {
+            self.pending.get_or_insert(error);
+        }
+    }
+
+    /// Hands a failure not yet reported to the job.
+    pub(crate) fn report(&mut self, ctx: &mut crate::operator::Context) {
+        if let Some(e) = self.pending.take() {
+            self.reported = true;
+            ctx.fail_state(e);
+        }
+    }
+
+    /// `Err` once a failure happened: the state may miss what the spill store lost.
+    pub(crate) fn check(&mut self) -> Result<(), StateError> {
+        if let Some(e) = self.pending.take() {
+            self.reported = true;
+            return Err(e);
+        }
+        if self.reported {
+            return Err(StateError::Backend(
+                "an earlier spill-store failure (reported then) left the state incomplete: restore from the last checkpoint"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Forgets the failure (the state was restored).
+    pub(crate) fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
 #[cfg(feature = "rocksdb")]
 mod store {
     use std::path::Path;
@@ -414,6 +460,29 @@ mod store {
         pub(super) fn delete_range(&self, _: &[u8], _: &[u8]) -> Result<(), StateError> {
             match *self {}
         }
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+
+    /// A failure reaches the job once, and every snapshot fails until a restore clears it.
+    #[test]
+    fn a_spill_failure_is_reported_once_and_fails_snapshots_until_cleared() {
+        let mut failure = SpillFailure::default();
+        assert!(failure.check().is_ok());
+        failure.set(StateError::Backend("disk full".into()));
+        failure.set(StateError::Backend("later".into()));
+        let mut ctx = crate::operator::Context::default();
+        failure.report(&mut ctx);
+        let reported = ctx.take_state_failure().map(|e| e.to_string());
+        assert!(reported.is_some_and(|e| e.contains("disk full")), "the first failure is reported");
+        failure.report(&mut ctx);
+        assert!(ctx.take_state_failure().is_none(), "once");
+        assert!(failure.check().is_err() && failure.check().is_err(), "snapshots fail until a restore");
+        failure.clear();
+        assert!(failure.check().is_ok());
     }
 }
 

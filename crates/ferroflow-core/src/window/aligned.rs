@@ -22,7 +22,7 @@ use super::spill::{SpilledKeys, WindowSpill};
 use crate::dead_letter::{DeadLetterReason, Rejection};
 use crate::error::StateError;
 use crate::record::{Key, Record, Timestamp};
-use crate::state::{StateBackend, StateBudget};
+use crate::state::{SpillFailure, StateBackend, StateBudget};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Slot<Acc> {
@@ -94,8 +94,9 @@ pub(super) struct AlignedWindows<Acc> {
     spill: Option<WindowSpill>,
     /// Slots of this batch's records that could not be read back: those records are rejected.
     unreadable: AHashSet<(Window, Key)>,
-    /// A spill-store failure outside a record: the next snapshot fails with it.
-    failure: Option<StateError>,
+    /// A spill-store failure outside a record: reported to the job at once, and every snapshot
+    /// fails until a restore.
+    failure: SpillFailure,
 }
 
 impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
@@ -110,7 +111,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
             dropped: Vec::new(),
             spill: None,
             unreadable: AHashSet::new(),
-            failure: None,
+            failure: SpillFailure::default(),
         }
     }
 
@@ -336,8 +337,12 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
 
     fn after_batch(&mut self) {
         if let Err(e) = self.settle() {
-            self.failure.get_or_insert(e);
+            self.failure.set(e);
         }
+    }
+
+    fn report_failure(&mut self, ctx: &mut crate::operator::Context) {
+        self.failure.report(ctx);
     }
 
     /// Adds a record to each of its windows that is still open; returns `Err(detail)` when none is.
@@ -462,7 +467,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
                         Ok(())
                     });
                     if let Err(e) = read {
-                        self.failure.get_or_insert(e);
+                        self.failure.set(e);
                     }
                 }
                 // Deterministic output order: replays after a restore produce the same rows. Most
@@ -488,12 +493,12 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
                 && let Some(spill) = &self.spill
                 && let Err(e) = spill.drop_window(w)
             {
-                self.failure.get_or_insert(e);
+                self.failure.set(e);
             }
             self.dropped.push(w);
         }
         if let Err(e) = self.settle() {
-            self.failure.get_or_insert(e);
+            self.failure.set(e);
         }
     }
 
@@ -504,9 +509,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
     /// Writes what changed since the last snapshot: dropped windows are deleted, changed keys
     /// rewritten. Unchanged state is not touched, so incremental checkpoints stay small.
     fn snapshot(&mut self, ns: &str, state: &mut dyn StateBackend) -> Result<(), StateError> {
-        if let Some(e) = self.failure.take() {
-            return Err(e);
-        }
+        self.failure.check()?;
         state.put(ns, META_KEY, &self.watermark.to_be_bytes())?;
         let mut key_buf = Vec::with_capacity(64);
         for w in self.dropped.drain(..) {
@@ -568,7 +571,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
         self.dirty.clear();
         self.dropped.clear();
         self.unreadable.clear();
-        self.failure = None;
+        self.failure.clear();
         if let Some(spill) = &mut self.spill {
             spill.reset()?;
         }
@@ -635,7 +638,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
             !bucket.slots.is_empty() || left_on_disk > 0
         });
         if let Some(e) = failure {
-            self.failure.get_or_insert(e);
+            self.failure.set(e);
         }
         self.dirty.retain(|(_, k)| keep(k));
     }

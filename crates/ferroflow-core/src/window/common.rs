@@ -30,6 +30,12 @@ pub(super) trait WindowState<Acc> {
     /// Called once a batch's records are added and its updates emitted.
     fn after_batch(&mut self) {}
 
+    /// Hands a failure of the state's spill store to the job, which fails before the results go
+    /// out (the default: no spill store, no failure).
+    fn report_failure(&mut self, ctx: &mut crate::operator::Context) {
+        let _ = ctx;
+    }
+
     /// Adds a record to each of its windows that is still open; the rejection when none is (too
     /// late) or when its event time cannot be placed in a window at all (out of range).
     fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), Rejection>;

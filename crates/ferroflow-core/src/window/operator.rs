@@ -47,6 +47,10 @@ impl<Acc: Clone + serde::Serialize + serde::de::DeserializeOwned> WindowState<Ac
         each_kind!(self, w => w.after_batch())
     }
 
+    fn report_failure(&mut self, ctx: &mut Context) {
+        each_kind!(self, w => w.report_failure(ctx))
+    }
+
     #[inline]
     fn add<T, A: Aggregator<T, Acc = Acc>>(&mut self, agg: &A, record: &Record<T>) -> Result<(), Rejection> {
         each_kind!(self, w => w.add(agg, record))
@@ -195,6 +199,7 @@ where
             ctx.note_window_emitted(end);
         }
         self.windows.after_batch();
+        self.windows.report_failure(ctx);
     }
 
     fn on_watermark(
@@ -209,6 +214,7 @@ where
         if let Some(end) = em.newest_end {
             ctx.note_window_emitted(end);
         }
+        self.windows.report_failure(ctx);
     }
 
     fn state_ids(&self, ids: &mut Vec<String>) {

@@ -11,7 +11,7 @@ use super::{Context, Operator};
 use crate::dead_letter::{DeadLetterReason, Rejection};
 use crate::error::StateError;
 use crate::record::{Record, Timestamp};
-use crate::state::{StateBackend, StateBudget};
+use crate::state::{SpillFailure, StateBackend, StateBudget};
 use crate::time::Watermark;
 
 mod by_time;
@@ -112,8 +112,9 @@ pub struct Dedup<T, F, K: ?Sized> {
     legacy: Option<Timestamp>,
     /// Ids beyond the memory budget, once the step runs under one.
     spilled: Option<Spilled>,
-    /// A spill-store failure outside a record: the next snapshot fails with it.
-    failure: Option<StateError>,
+    /// A spill-store failure outside a record: reported to the job at once, and every snapshot
+    /// fails until a restore.
+    failure: SpillFailure,
     /// Scratch of a batch under a budget: each record's id hash, and what the disk holds of the
     /// ids not in memory.
     hashes: Vec<IdHash>,
@@ -142,7 +143,7 @@ where
             buckets: BTreeSet::new(),
             legacy: None,
             spilled: None,
-            failure: None,
+            failure: SpillFailure::default(),
             hashes: Vec::new(),
             on_disk: AHashMap::new(),
             _t: PhantomData,
@@ -402,11 +403,12 @@ where
             self.by_time.rebuild(self.seen.iter().map(|(h, s)| (s.at, *h)));
         }
         if let Err(e) = self.settle() {
-            self.failure.get_or_insert(e);
+            self.failure.set(e);
         }
+        self.failure.report(ctx);
     }
 
-    fn on_watermark(&mut self, watermark: Watermark, _ctx: &mut Context, _out: &mut Vec<Record<T>>) {
+    fn on_watermark(&mut self, watermark: Watermark, ctx: &mut Context, _out: &mut Vec<Record<T>>) {
         if watermark.0 <= self.watermark {
             return;
         }
@@ -427,8 +429,9 @@ where
         }
         let expired = self.spilled.as_mut().map_or(Ok(()), |s| s.expire(watermark.0, self.ttl_ms));
         if let Err(e) = expired.and_then(|()| self.settle()) {
-            self.failure.get_or_insert(e);
+            self.failure.set(e);
         }
+        self.failure.report(ctx);
     }
 
     fn attach_budget(&mut self, budget: &StateBudget) {
@@ -440,9 +443,7 @@ where
     /// Writes what changed since the last snapshot: added or updated ids, and drops the buckets
     /// whose every sighting has expired; the rest of the state is not touched.
     fn snapshot_state(&mut self, state: &mut dyn StateBackend) -> Result<(), StateError> {
-        if let Some(e) = self.failure.take() {
-            return Err(e);
-        }
+        self.failure.check()?;
         let (ns, ttl, watermark) = (&self.ns, self.ttl_ms, self.watermark);
         state.put(ns, META_KEY, &watermark.to_be_bytes())?;
         let expired = |last: Timestamp| last.saturating_add(ttl) <= watermark;
@@ -498,7 +499,7 @@ where
         self.unsaved.clear();
         self.buckets.clear();
         self.legacy = None;
-        self.failure = None;
+        self.failure.clear();
         self.tracking = true;
         if let Some(s) = &mut self.spilled {
             s.reset()?;

@@ -9,7 +9,7 @@ use super::table::{Cell, KeyedTable, Table};
 use super::ttl::{Now, StateTtl};
 use crate::error::StateError;
 use crate::record::{Key, Timestamp};
-use crate::state::{StateBackend, StateBudget};
+use crate::state::{SpillFailure, StateBackend, StateBudget};
 
 /// Where a step's state rows say which format they are in. Steps of the first format (value
 /// state only, values without stamps, no schema rows) have no such row.
@@ -30,9 +30,9 @@ pub(in crate::operator) struct Tables {
     conflicting: Vec<&'static str>,
     /// The memory budget, once the step runs under one.
     budget: Option<StateBudget>,
-    /// A spill-store failure outside a record (between batches): the next snapshot fails with it,
-    /// so the checkpoint does not miss what the store lost.
-    failure: Option<StateError>,
+    /// A spill-store failure outside a record (between batches): reported to the job at once,
+    /// and every snapshot fails until a restore, so that no checkpoint misses what the store lost.
+    failure: SpillFailure,
 }
 
 impl Tables {
@@ -103,9 +103,7 @@ impl Tables {
         ns: &str,
         state: &mut dyn StateBackend,
     ) -> Result<(), StateError> {
-        if let Some(e) = self.failure.take() {
-            return Err(e);
-        }
+        self.failure.check()?;
         let all = !self.tracking;
         if all || !self.current_format {
             state.put(ns, FORMAT_KEY, &[FORMAT])?;
@@ -147,7 +145,7 @@ impl Tables {
             t.clear()?;
         }
         self.recorded.clear();
-        self.failure = None;
+        self.failure.clear();
         self.track();
         self.current_format = match state.get(ns, FORMAT_KEY)?.as_deref() {
             None => false,
@@ -209,10 +207,15 @@ impl Tables {
         self.list.iter_mut().find(|t| t.name() == name).ok_or_else(|| undeclared(ns, name))
     }
 
+    /// Hands a spill-store failure to the job, which fails before the results go out.
+    pub(in crate::operator) fn report_failure(&mut self, ctx: &mut crate::operator::Context) {
+        self.failure.report(ctx);
+    }
+
     pub(in crate::operator) fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
         for t in &mut self.list {
             if let Err(e) = t.retain_keys(keep) {
-                self.failure.get_or_insert(e);
+                self.failure.set(e);
             }
         }
     }

@@ -9,7 +9,7 @@ use super::rows;
 use super::spilled_timers::{SpilledTimers, Timer};
 use crate::error::StateError;
 use crate::record::{Key, Timestamp};
-use crate::state::{StateBackend, StateBudget};
+use crate::state::{SpillFailure, StateBackend, StateBudget};
 
 /// Timers read back from disk at once, when the earliest due ones are there.
 const LOAD: usize = 4_096;
@@ -103,8 +103,9 @@ pub(in crate::operator) struct Timers {
     /// Under a memory budget: the latest timers, on disk. A timer is in memory, on disk, or
     /// both (registered again while on disk: both copies are one timer).
     disk: Option<SpilledTimers>,
-    /// A spill-store failure outside a record: the next snapshot fails with it.
-    failure: Option<StateError>,
+    /// A spill-store failure outside a record: reported to the job at once, and every snapshot
+    /// fails until a restore.
+    failure: SpillFailure,
     /// Due timers read back from disk at once.
     load: usize,
     /// Timers fired so far (a firing spills every `load` of them).
@@ -138,7 +139,7 @@ impl Timers {
             firing: None,
             deferred: Queue::default(),
             disk: None,
-            failure: None,
+            failure: SpillFailure::default(),
             load: LOAD,
             popped: 0,
         }
@@ -192,7 +193,7 @@ impl Timers {
                 // Deferred as well: it may fire twice, but the next snapshot fails, and a
                 // restore from the last checkpoint fires it once.
                 tracing::warn!(error = %e, "cannot look up a spilled timer");
-                self.failure.get_or_insert(e);
+                self.failure.set(e);
                 false
             }
         }
@@ -236,7 +237,7 @@ impl Timers {
                     // They fire with a later watermark; the next snapshot fails, so that a
                     // restore from the last checkpoint fires them in order.
                     tracing::warn!(error = %e, "cannot read spilled timers back");
-                    self.failure.get_or_insert(e);
+                    self.failure.set(e);
                     self.end_firing();
                     return None;
                 }
@@ -276,7 +277,7 @@ impl Timers {
         );
         if !disk.budget.over() {
             if let Err(e) = disk.flush() {
-                self.failure.get_or_insert(e);
+                self.failure.set(e);
             }
             return;
         }
@@ -333,9 +334,7 @@ impl Timers {
         ns: &str,
         state: &mut dyn StateBackend,
     ) -> Result<(), StateError> {
-        if let Some(e) = self.failure.take() {
-            return Err(e);
-        }
+        self.failure.check()?;
         let mut buf = Vec::new();
         let tag = self.tag;
         if !self.tracking {
@@ -384,7 +383,7 @@ impl Timers {
         self.deferred.clear();
         self.clear_touched();
         self.firing = None;
-        self.failure = None;
+        self.failure.clear();
         // Nothing read from the checkpoint needs a note: it is there already.
         self.tracking = false;
         if let Some(disk) = &mut self.disk {
@@ -402,10 +401,14 @@ impl Timers {
         }
         self.spill();
         self.tracking = true;
-        match self.failure.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        let checked = self.failure.check();
+        self.failure.clear();
+        checked
+    }
+
+    /// Hands a spill-store failure to the job, which fails before the results go out.
+    pub(in crate::operator) fn report_failure(&mut self, ctx: &mut crate::operator::Context) {
+        self.failure.report(ctx);
     }
 
     pub(in crate::operator) fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
@@ -416,7 +419,7 @@ impl Timers {
         if let Some(disk) = &mut self.disk
             && let Err(e) = disk.retain(keep)
         {
-            self.failure.get_or_insert(e);
+            self.failure.set(e);
         }
     }
 }
