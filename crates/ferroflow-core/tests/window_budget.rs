@@ -73,3 +73,29 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+/// A window fires with some of its keys in memory and the rest spilled: the rows come out in key
+/// order, merged, as from the unbounded run.
+#[test]
+fn a_window_half_in_memory_fires_its_rows_in_key_order() {
+    let spec = WindowSpec::tumbling(Duration::from_millis(1_000)).unwrap();
+    let batch: Vec<Ev> = (0..40u8).map(|k| (k, i64::from(k) * 10, 1)).collect();
+    let steps = vec![Step::Batch(batch), Step::Watermark(999)];
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = StateBudget::open(4_000, tmp.path().join("spill")).unwrap();
+    let unbounded = || new_op(spec);
+    let (expected, _) = Crashes { new_op: &unbounded, record: &record }.uninterrupted(&steps[..1]);
+    assert!(expected.out.is_empty());
+    let bounded = || {
+        let mut op = new_op(spec);
+        op.attach_budget(&budget);
+        op
+    };
+    let crashes = Crashes { new_op: &bounded, record: &record };
+    let (mut got, mut op) = crashes.uninterrupted(&steps[..1]);
+    assert!(budget.spilled_keys() > 0 && budget.used() > 0, "some slots spilled, some stayed");
+    crashes.apply(&mut op, &steps[1], &mut got);
+    let (expected, _) = Crashes { new_op: &unbounded, record: &record }.uninterrupted(&steps);
+    assert_eq!(got.out.len(), 40);
+    assert_eq!(got, expected);
+}

@@ -434,8 +434,10 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
         }
         self.watermark = watermark;
         let mut done = Vec::new();
-        // The rows of one window, read in the table's order (one pass over its memory), then
-        // emitted in key order through `order`: (leading key bytes, index into `rows`).
+        // The rows of one window in memory, read in the table's order (one pass over its memory),
+        // then emitted in key order through `order`: (leading key bytes, index into `rows`).
+        // Spilled rows come from the store in key order already: they merge in as they are read,
+        // never held (a window of millions of keys is mostly on disk under a budget).
         let mut rows: Vec<Option<(Key, A::Output, u32)>> = Vec::new();
         let mut order: Vec<(u128, usize)> = Vec::new();
         for (w, bucket) in self.windows.iter_mut() {
@@ -451,6 +453,26 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
                     let revision = next_revision(&mut slot.emitted);
                     rows.push(Some((key.clone(), agg.result(&slot.acc), revision)));
                 }
+                // Deterministic output order: replays after a restore produce the same rows. Most
+                // comparisons end on the keys' leading bytes; equal ones compare the whole keys
+                // (the same order as the keys' bytes, which is the store's).
+                let key_at = |i: usize| rows.get(i).and_then(|r| r.as_ref()).map(|r| &r.0);
+                order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key_at(a.1).cmp(&key_at(b.1))));
+                let mut next = 0usize;
+                // Emits the rows in memory that sort before `until` (all of them without one).
+                let mut emit_memory = |until: Option<(u128, &Key)>, out: &mut Emitter<'_, A::Output>| {
+                    while let Some(&(prefix, i)) = order.get(next) {
+                        if let Some((p, k)) = until
+                            && (prefix, key_at_owned(&rows, i)) >= (p, Some(k))
+                        {
+                            break;
+                        }
+                        if let Some((key, value, revision)) = rows.get_mut(i).and_then(Option::take) {
+                            out.emit(key, *w, value, revision, expire);
+                        }
+                        next += 1;
+                    }
+                };
                 if let (Some(spill), Some(_)) = (&self.spill, &bucket.spilled) {
                     let (fired, slots) = (bucket.fired, &bucket.slots);
                     let read = spill.for_each_slot(*w, &mut |key, value| {
@@ -461,25 +483,16 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
                         }
                         let mut slot: Slot<Acc> = decode_slot(value)?;
                         emitted_by_fire(fired, &mut slot);
-                        order.push((order_prefix(&key), rows.len()));
+                        emit_memory(Some((order_prefix(&key), &key)), out);
                         let revision = next_revision(&mut slot.emitted);
-                        rows.push(Some((key, agg.result(&slot.acc), revision)));
+                        out.emit(key, *w, agg.result(&slot.acc), revision, expire);
                         Ok(())
                     });
                     if let Err(e) = read {
                         self.failure.set(e);
                     }
                 }
-                // Deterministic output order: replays after a restore produce the same rows. Most
-                // comparisons end on the keys' leading bytes; equal ones compare the whole keys.
-                let key_at = |i: usize| rows.get(i).and_then(|r| r.as_ref()).map(|r| &r.0);
-                order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key_at(a.1).cmp(&key_at(b.1))));
-                out.out.reserve(order.len());
-                for &(_, i) in &order {
-                    if let Some((key, value, revision)) = rows.get_mut(i).and_then(Option::take) {
-                        out.emit(key, *w, value, revision, expire);
-                    }
-                }
+                emit_memory(None, out);
                 bucket.fired = true;
                 bucket.all_unsaved = true;
             }
@@ -661,3 +674,8 @@ const META_KEY: &[u8] = b"\x00meta";
 const ENTRY_TAG: u8 = 1;
 /// Rows a restore reads between two checks of the budget.
 const RESTORE_CHUNK: usize = 1 << 14;
+
+/// The key of row `i`, while it is not emitted yet.
+fn key_at_owned<V>(rows: &[Option<(Key, V, u32)>], i: usize) -> Option<&Key> {
+    rows.get(i).and_then(|r| r.as_ref()).map(|r| &r.0)
+}
