@@ -7,6 +7,7 @@
 //! cargo run --release --example state_scale -- --keys 10000000 --budget-mb 256
 //! cargo run --release --example state_scale -- --ids 2000000 --keys 1000000 --check
 //! cargo run --release --example state_scale -- --keys 10000000 --window-ms 3600000 --budget-mb 256
+//! cargo run --release --example state_scale -- --keys 10000000 --session-gap-ms 3600000 --budget-mb 256
 //! ```
 //!
 //! With `--ids N`, N distinct event ids plus 1 % repeats (half of an id among the last 10,000,
@@ -17,7 +18,7 @@
 //! are busy, most are rare, as users of a service are). Without `--ids`, only the running sum.
 //! With `--window-ms W`, a tumbling event-time window of W ms counts and sums each key's values
 //! instead of the running sum (watermarks follow the event times: each window fires once the next
-//! one starts).
+//! one starts). With `--session-gap-ms G`, session windows with a gap of G ms instead.
 //!
 //! Prints `events_per_sec=<N> peak_rss_mb=<M> state_bytes_on_disk=<D>` and what ran.
 //! `--check` runs the same input without a budget as well and compares every output (a digest of
@@ -168,6 +169,8 @@ struct Shape {
     zipf: bool,
     /// A tumbling window this long (ms) instead of the running sum.
     window_ms: u64,
+    /// Session windows with this gap (ms) instead of the running sum.
+    session_gap_ms: u64,
 }
 
 /// Runs the job; returns (events/s, the digest of its output, records deduplicated).
@@ -175,7 +178,7 @@ async fn run(
     shape: Shape,
     budget: Option<StateBudget>,
 ) -> Result<(f64, u64, u64), Box<dyn std::error::Error>> {
-    let Shape { events, keys, dedup, zipf, window_ms } = shape;
+    let Shape { events, keys, dedup, zipf, window_ms, session_gap_ms } = shape;
     let mut builder = Runner::builder().workers(1);
     if let Some(b) = budget {
         builder = builder.state_budget(b);
@@ -186,8 +189,12 @@ async fn run(
     let source = Generated { left: events, keys, dedup, zipf, ids: 0, at: 0, x: 7 };
     let by_key = |e: &Event| Key::from(&e.key.to_be_bytes()[..]);
     let start = Instant::now();
-    let report = if window_ms > 0 {
-        let spec = WindowSpec::tumbling(Duration::from_millis(window_ms))?;
+    let report = if window_ms > 0 || session_gap_ms > 0 {
+        let spec = if session_gap_ms > 0 {
+            WindowSpec::session(Duration::from_millis(session_gap_ms))?
+        } else {
+            WindowSpec::tumbling(Duration::from_millis(window_ms))?
+        };
         let head =
             Stream::<Event>::new().assign_timestamps(|e: &Event| e.at, WatermarkStrategy::monotonous());
         // Each row folds into the digest by its key, window and count.
@@ -256,7 +263,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         arg(&args, "--events", if ids > 0 { ids.saturating_add(ids / 99) } else { keys.saturating_mul(2) });
     let zipf = args.iter().any(|a| a == "--zipf");
     let window_ms = arg(&args, "--window-ms", 0);
-    let shape = Shape { events, keys, dedup: ids > 0, zipf, window_ms };
+    let session_gap_ms = arg(&args, "--session-gap-ms", 0);
+    let shape = Shape { events, keys, dedup: ids > 0, zipf, window_ms, session_gap_ms };
     let budget_mb = arg(&args, "--budget-mb", 256);
     let check = args.iter().any(|a| a == "--check");
     let no_budget = args.iter().any(|a| a == "--no-budget");
@@ -287,7 +295,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let on_disk = dir_bytes(&dir.join("spill"));
     println!(
         "events_per_sec={rate:.0} peak_rss_mb={:.0} state_bytes_on_disk={on_disk} events={events} ids={} \
-         deduplicated={deduplicated} keys={keys} key_spread={} budget_mb={} window_ms={window_ms}",
+         deduplicated={deduplicated} keys={keys} key_spread={} budget_mb={} window_ms={window_ms} session_gap_ms={session_gap_ms}",
         events::peak_rss_mb(),
         events.saturating_sub(deduplicated),
         if zipf { "zipf" } else { "uniform" },

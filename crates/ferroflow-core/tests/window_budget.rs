@@ -1,4 +1,4 @@
-//! Property test: tumbling and sliding windows under a memory budget that holds a few slots or
+//! Property test: tumbling, sliding and session windows under a memory budget that holds a few slots or
 //! none, checkpointing, crashing and restoring at random points, emit exactly the rows and counters
 //! of an unbounded uninterrupted run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -36,8 +36,9 @@ fn spec() -> impl Strategy<Value = WindowSpec> {
     let sliding = (1u64..5, 20u64..200).prop_map(|(times, slide)| {
         WindowSpec::sliding(Duration::from_millis(slide * times), Duration::from_millis(slide)).unwrap()
     });
+    let session = (10u64..300).prop_map(|gap| WindowSpec::session(Duration::from_millis(gap)).unwrap());
     let lateness = 0u64..800;
-    (prop_oneof![tumbling, sliding], lateness)
+    (prop_oneof![tumbling, sliding, session], lateness)
         .prop_map(|(spec, lateness)| spec.with_allowed_lateness(Duration::from_millis(lateness)))
 }
 

@@ -14,6 +14,8 @@ use crate::record::{Record, Timestamp};
 use crate::state::StateBackend;
 use crate::time::Watermark;
 
+// One per window operator, never moved per record: no reason to box the larger kind.
+#[allow(clippy::large_enum_variant)]
 enum Windows<Acc> {
     Aligned(AlignedWindows<Acc>),
     Session(SessionWindows<Acc>),
@@ -30,7 +32,9 @@ macro_rules! each_kind {
     };
 }
 
-impl<Acc: Clone + serde::Serialize + serde::de::DeserializeOwned> WindowState<Acc> for Windows<Acc> {
+impl<Acc: Clone + serde::Serialize + serde::de::DeserializeOwned + Send + 'static> WindowState<Acc>
+    for Windows<Acc>
+{
     fn watermark(&self) -> Timestamp {
         each_kind!(self, w => w.watermark())
     }

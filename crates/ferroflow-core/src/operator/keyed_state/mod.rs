@@ -19,10 +19,11 @@ use serde::de::DeserializeOwned;
 
 pub use access::{ListAccess, MapAccess};
 pub(super) use tables::Tables;
-pub(super) use timers::Timers;
+pub(crate) use timers::Timers;
 pub(super) use ttl::Now;
 pub use ttl::{StateTtl, TtlTime, TtlUpdate, TtlVisibility};
 
+pub(crate) use table::{Cell, KeyedTable};
 pub(super) use table::{ListCell, MapCell, ValueCell};
 
 /// What a state's values can be: anything serde reads and writes.

@@ -33,7 +33,7 @@ pub(in crate::operator) type ListCell<T> = Vec<Stamped<T>>;
 pub(in crate::operator) type MapCell<K, V> = BTreeMap<K, Stamped<V>>;
 
 /// What a key holds in one kind of state, written as one row.
-pub(in crate::operator) trait Cell: StateValue {
+pub(crate) trait Cell: StateValue {
     /// The kind, as the schema row records it.
     const KIND: &'static str;
     /// Keeps the parts whose stamp `live` accepts; returns (something was removed, nothing is
@@ -141,7 +141,7 @@ impl<C> Hot<C> {
 }
 
 /// The table of one declared state.
-pub(in crate::operator) struct KeyedTable<C> {
+pub(crate) struct KeyedTable<C> {
     name: &'static str,
     pub(super) ttl: Option<StateTtl>,
     cells: AHashMap<Key, Hot<C>>,
@@ -155,6 +155,9 @@ pub(in crate::operator) struct KeyedTable<C> {
     writes: usize,
     /// The memory budget and the keys that spilled, once the step runs under a budget.
     tier: Option<Tier>,
+    /// Keys the last batched read looked for on disk and did not find: until the next spill,
+    /// a load of one of them needs no read.
+    absent: AHashSet<Key>,
 }
 
 impl<C: Cell> KeyedTable<C> {
@@ -171,25 +174,34 @@ impl<C: Cell> KeyedTable<C> {
             last_sweep: None,
             writes: 0,
             tier: None,
+            absent: AHashSet::new(),
         }
     }
 
     /// Brings the key's cell back from the spill store, if it spilled: every access of a key
     /// starts here (spilling happens between batches only, so the key stays in memory while its
     /// record or timer runs).
-    pub(in crate::operator) fn load(&mut self, key: &Key) -> Result<(), StateError> {
+    pub(crate) fn load(&mut self, key: &Key) -> Result<(), StateError> {
         let Some(tier) = &mut self.tier else { return Ok(()) };
-        if self.cells.contains_key(key) || !tier.maybe_on_disk(key) {
+        if self.cells.contains_key(key) || !tier.maybe_on_disk(key) || self.absent.contains(key) {
             return Ok(());
         }
         let Some(bytes) = tier.budget.get(&tier.row(key))? else { return Ok(()) };
         self.loaded(key, &bytes)
     }
 
+    /// A [`load`](Self::load) of the key would read the spill store.
+    pub(crate) fn needs_read(&self, key: &Key) -> bool {
+        self.tier.as_ref().is_some_and(|tier| {
+            !self.cells.contains_key(key) && tier.maybe_on_disk(key) && !self.absent.contains(key)
+        })
+    }
+
     /// Brings back, in one read of the spill store, the spilled keys among `keys` (the keys of a
     /// batch, before its records run): a batched read costs far less per key than one read per
     /// key. A key it cannot read is left for [`load`](Self::load), which reports the error.
-    pub(in crate::operator) fn preload(&mut self, keys: &[&Key]) {
+    pub(crate) fn preload(&mut self, keys: &[&Key]) {
+        self.absent.clear();
         let Some(tier) = &self.tier else { return };
         let mut wanted: Vec<&Key> =
             keys.iter().copied().filter(|k| !self.cells.contains_key(*k) && tier.maybe_on_disk(k)).collect();
@@ -200,10 +212,13 @@ impl<C: Cell> KeyedTable<C> {
         wanted.dedup();
         let rows: Vec<Vec<u8>> = wanted.iter().map(|k| tier.row(k)).collect();
         let mut found: Vec<(&Key, Vec<u8>)> = Vec::new();
-        tier.budget.multi_get(&rows, &mut |i, value| {
-            if let (Some(key), Ok(Some(v))) = (wanted.get(i), value) {
-                found.push((key, v.to_vec()));
+        let absent = &mut self.absent;
+        tier.budget.multi_get(&rows, &mut |i, value| match (wanted.get(i), value) {
+            (Some(key), Ok(Some(v))) => found.push((key, v.to_vec())),
+            (Some(key), Ok(None)) => {
+                absent.insert((*key).clone());
             }
+            _ => {}
         });
         for (key, bytes) in found {
             // A row that does not decode is left on disk: `load` reports it with the record.
@@ -231,14 +246,14 @@ impl<C: Cell> KeyedTable<C> {
         Ok(())
     }
 
-    pub(super) fn get(&mut self, key: &Key) -> Option<&C> {
+    pub(crate) fn get(&mut self, key: &Key) -> Option<&C> {
         let hot = self.cells.get_mut(key)?;
         hot.referenced = true;
         Some(&hot.cell)
     }
 
     /// The key's cell, to change: the change is noted.
-    pub(super) fn get_mut(&mut self, key: &Key) -> Option<&mut C> {
+    pub(crate) fn get_mut(&mut self, key: &Key) -> Option<&mut C> {
         let hot = self.cells.get_mut(key)?;
         hot.referenced = true;
         hot.dirty = true;
@@ -254,7 +269,7 @@ impl<C: Cell> KeyedTable<C> {
         Some(&mut hot.cell)
     }
 
-    pub(super) fn insert(&mut self, key: &Key, cell: C) {
+    pub(crate) fn insert(&mut self, key: &Key, cell: C) {
         match self.get_mut(key) {
             Some(c) => *c = cell,
             None => {
@@ -270,7 +285,7 @@ impl<C: Cell> KeyedTable<C> {
         }
     }
 
-    pub(in crate::operator) fn remove(&mut self, key: &Key) {
+    pub(crate) fn remove(&mut self, key: &Key) {
         let Some(hot) = self.cells.remove(key) else { return };
         if self.tracking {
             self.touched.insert(key.clone());
@@ -427,6 +442,7 @@ impl<C: Cell> Table for KeyedTable<C> {
         }
         self.cells.clear();
         self.touched.clear();
+        self.absent.clear();
         self.last_sweep = None;
         Ok(())
     }
@@ -501,6 +517,7 @@ impl<C: Cell> Table for KeyedTable<C> {
     }
 
     fn spill(&mut self) -> Result<(), StateError> {
+        self.absent.clear();
         let Some(tier) = &mut self.tier else { return Ok(()) };
         // Measure again what changed since the last pass.
         for key in std::mem::take(&mut tier.resized) {
@@ -516,6 +533,7 @@ impl<C: Cell> Table for KeyedTable<C> {
                 hot.measured = true;
             }
         }
+        tier.forget_deleted()?;
         if !tier.budget.over() {
             return tier.flush_deletes();
         }
@@ -625,5 +643,81 @@ impl<C: Cell> KeyedTable<C> {
                 tracing::warn!(state = self.name, error = %e, "cannot spill restored state");
             }
         }
+    }
+}
+
+/// What a built-in keyed operator (session windows) uses of a table: it keeps its own checkpoint
+/// rows, so it asks for the keys changed since its last snapshot and reads their cells.
+impl<C: Cell> KeyedTable<C> {
+    /// A table without a time to live that notes no changes until
+    /// [`start_tracking`](Self::start_tracking).
+    pub(crate) fn untracked(name: &'static str) -> Self {
+        Self::new(name, None, false)
+    }
+
+    /// Counts its memory against `budget` from now on, spilling beyond it.
+    pub(crate) fn attach_budget(&mut self, budget: &StateBudget) {
+        Table::attach(self, budget);
+    }
+
+    /// Spills its coldest keys while the budget is exceeded; a failed write keeps them in memory.
+    pub(crate) fn spill_cold(&mut self) -> Result<(), StateError> {
+        Table::spill(self)
+    }
+
+    /// Notes changed keys from now on (once a first snapshot wrote every key).
+    pub(crate) fn start_tracking(&mut self) {
+        Table::track(self);
+    }
+
+    /// The keys changed since the last call (or since tracking started).
+    pub(crate) fn take_touched(&mut self) -> AHashSet<Key> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// Calls `f` with the key's cell, from memory or from the spill store, without bringing it
+    /// into memory; `None` when the key holds nothing.
+    pub(crate) fn with_cell<R>(
+        &mut self,
+        key: &Key,
+        f: impl FnOnce(Option<&C>) -> R,
+    ) -> Result<R, StateError> {
+        if let Some(hot) = self.cells.get(key) {
+            return Ok(f(Some(&hot.cell)));
+        }
+        match self.row_bytes(key)? {
+            Some(bytes) => Ok(f(Some(&decode::<C>(self.name, &bytes)?))),
+            None => Ok(f(None)),
+        }
+    }
+
+    /// Calls `f` with every key and its cell, those in memory first, then the spilled ones.
+    pub(crate) fn for_each_cell(
+        &self,
+        f: &mut dyn FnMut(&Key, &C) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        for (key, hot) in &self.cells {
+            f(key, &hot.cell)?;
+        }
+        let Some(tier) = &self.tier else { return Ok(()) };
+        tier.for_each_spilled(&mut |key, bytes| {
+            if self.cells.contains_key(&key) { Ok(()) } else { f(&key, &decode::<C>(self.name, bytes)?) }
+        })
+    }
+
+    /// Puts a cell read from a checkpoint in the table (encoded in about `encoded` bytes),
+    /// spilling as the budget requires.
+    pub(crate) fn restore_cell(&mut self, key: Key, cell: C, encoded: usize) {
+        self.restored(key, cell, encoded, false);
+    }
+
+    /// Forgets every key, in memory and on disk.
+    pub(crate) fn clear_all(&mut self) -> Result<(), StateError> {
+        Table::clear(self)
+    }
+
+    /// Drops every key `keep` refuses, in memory and on disk.
+    pub(crate) fn retain(&mut self, keep: &dyn Fn(&Key) -> bool) -> Result<(), StateError> {
+        Table::retain_keys(self, keep)
     }
 }

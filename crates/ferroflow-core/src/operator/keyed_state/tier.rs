@@ -23,6 +23,9 @@ pub(super) struct Tier {
     /// Keys the filter was sized for, and keys put in it since.
     bloom_capacity: usize,
     bloom_items: usize,
+    /// Keys in the filter whose disk copy was deleted since it was built: a filter of mostly
+    /// deleted keys sends most new keys to disk for nothing, so it is rebuilt.
+    stale: usize,
     /// Keys on disk that are not in memory.
     pub(super) on_disk_only: usize,
     /// Keys removed from memory whose disk copy is still to be deleted (with the next write).
@@ -44,6 +47,7 @@ impl Tier {
             bloom: None,
             bloom_capacity: 0,
             bloom_items: 0,
+            stale: 0,
             on_disk_only: 0,
             deleted: AHashSet::new(),
             resized: Vec::new(),
@@ -92,6 +96,7 @@ impl Tier {
         self.release(*bytes);
         if on_disk {
             self.deleted.insert(key.clone());
+            self.stale = self.stale.saturating_add(1);
         }
     }
 
@@ -127,9 +132,27 @@ impl Tier {
         }
     }
 
+    /// Rebuilds the filter from the keys on disk once more than half of the keys put in it were
+    /// deleted since (keys that come and go, such as sessions that end): otherwise the filter,
+    /// which cannot forget, would answer `maybe` for every key ever spilled.
+    pub(super) fn forget_deleted(&mut self) -> Result<(), StateError> {
+        if self.stale < (1 << 16) || self.stale.saturating_mul(2) < self.bloom_items {
+            return Ok(());
+        }
+        self.flush_deletes()?;
+        self.rebuild_bloom(self.bloom_items.saturating_sub(self.stale).saturating_mul(2));
+        Ok(())
+    }
+
     /// A fuller filter answers `maybe` too often: build one twice the size from the keys on disk.
     fn grow_bloom(&mut self) {
-        let capacity = self.bloom_capacity.saturating_mul(2);
+        self.rebuild_bloom(self.bloom_capacity.saturating_mul(2));
+    }
+
+    /// Builds the filter again from the keys on disk, for `capacity` keys or twice as many as
+    /// there are.
+    fn rebuild_bloom(&mut self, capacity: usize) {
+        let capacity = capacity.max(1 << 16);
         let mut fresh = bloom(capacity);
         let mut items = 0usize;
         let scanned = self.budget.for_each(&self.prefix, &mut |row, _| {
@@ -142,11 +165,13 @@ impl Tier {
                 self.bloom = Some(fresh);
                 self.bloom_items = items;
                 self.bloom_capacity = capacity.max(items.saturating_mul(2));
+                self.stale = 0;
             }
             // The old filter still says `maybe` for every key on disk: only slower.
             Err(e) => {
                 tracing::warn!(error = %e, "cannot rebuild the spill filter");
-                self.bloom_capacity = capacity;
+                self.bloom_capacity = self.bloom_capacity.max(capacity);
+                self.stale = 0;
             }
         }
     }
@@ -189,6 +214,7 @@ impl Tier {
         self.bloom = None;
         self.bloom_capacity = 0;
         self.bloom_items = 0;
+        self.stale = 0;
         self.on_disk_only = 0;
         self.deleted.clear();
         self.resized.clear();

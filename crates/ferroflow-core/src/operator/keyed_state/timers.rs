@@ -86,7 +86,7 @@ impl Queue {
 
 /// One domain's timers: at most one per (time, key), fired in time order, then key order.
 #[derive(Debug)]
-pub(in crate::operator) struct Timers {
+pub(crate) struct Timers {
     /// The row tag of this domain's timers.
     tag: u8,
     due: Queue,
@@ -120,7 +120,7 @@ impl std::fmt::Debug for SpilledTimers {
 
 impl Timers {
     /// Event-time timers.
-    pub(in crate::operator) fn event_time() -> Self {
+    pub(crate) fn event_time() -> Self {
         Self::new(rows::EVENT_TIMER_TAG)
     }
 
@@ -146,7 +146,7 @@ impl Timers {
     }
 
     /// Runs under `budget` from now on: timers beyond it wait on disk.
-    pub(in crate::operator) fn attach(&mut self, budget: &StateBudget) {
+    pub(crate) fn attach(&mut self, budget: &StateBudget) {
         if self.disk.is_none() {
             self.disk = Some(SpilledTimers::new(budget.clone()));
         }
@@ -168,7 +168,7 @@ impl Timers {
         self.touched_bytes = 0;
     }
 
-    pub(in crate::operator) fn register(&mut self, at: Timestamp, key: &Key) {
+    pub(crate) fn register(&mut self, at: Timestamp, key: &Key) {
         let timer = (at, key.clone());
         let added = match self.firing {
             Some(w) if at <= w => {
@@ -215,13 +215,13 @@ impl Timers {
     }
 
     /// Starts firing the timers due at `watermark` (or processing time) (see [`pop_due`](Self::pop_due)).
-    pub(in crate::operator) fn start_firing(&mut self, watermark: Timestamp) {
+    pub(crate) fn start_firing(&mut self, watermark: Timestamp) {
         self.firing = Some(watermark);
     }
 
-    /// Removes and returns the earliest timer due at the watermark being fired; `None` once none
-    /// is left, which ends the firing (timers deferred meanwhile wait for the next watermark).
-    pub(in crate::operator) fn pop_due(&mut self) -> Option<Timer> {
+    /// The earliest timer due at the watermark being fired, left in place; `None` once none is
+    /// left, which ends the firing (timers deferred meanwhile wait for the next watermark).
+    pub(crate) fn peek_due(&mut self) -> Option<&Timer> {
         let w = self.firing?;
         // Timers on disk that sort before the earliest in memory come back first.
         while let Some(disk) = &mut self.disk
@@ -247,6 +247,25 @@ impl Timers {
             self.end_firing();
             return None;
         }
+        self.due.first()
+    }
+
+    /// The keys of the next `n` due timers in memory (a step reads their state back in one go
+    /// before they fire).
+    pub(crate) fn upcoming(&self, n: usize) -> impl Iterator<Item = &Key> {
+        let w = self.firing.unwrap_or(i64::MIN);
+        self.due
+            .set
+            .iter()
+            .take_while(move |(at, _)| self.firing.is_some() && *at <= w)
+            .take(n)
+            .map(|(_, k)| k)
+    }
+
+    /// Removes and returns the earliest timer due at the watermark being fired; `None` once none
+    /// is left, which ends the firing (timers deferred meanwhile wait for the next watermark).
+    pub(crate) fn pop_due(&mut self) -> Option<Timer> {
+        self.peek_due()?;
         let timer = self.due.pop_first()?;
         self.touch(timer.clone());
         // Fired timers are noted as changes, and timers set meanwhile wait: a firing of millions
@@ -269,7 +288,7 @@ impl Timers {
     ///
     /// While timers fire, only timers after the watermark being fired may go (the others may
     /// fire in this round), so that a long firing stays within the budget too.
-    pub(in crate::operator) fn spill(&mut self) {
+    pub(crate) fn spill(&mut self) {
         let firing = self.firing;
         let Some(disk) = &mut self.disk else { return };
         disk.set_charge(
@@ -323,7 +342,7 @@ impl Timers {
 
     /// Timers pending, at most (those on disk counted as written: a timer written twice, or
     /// removed while on disk, counts until it is read back).
-    pub(in crate::operator) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.due.len() + self.deferred.len() + self.disk.as_ref().map_or(0, |d| d.on_disk)
     }
 
@@ -379,16 +398,7 @@ impl Timers {
         ns: &str,
         state: &dyn StateBackend,
     ) -> Result<(), StateError> {
-        self.due.clear();
-        self.deferred.clear();
-        self.clear_touched();
-        self.firing = None;
-        self.failure.clear();
-        // Nothing read from the checkpoint needs a note: it is there already.
-        self.tracking = false;
-        if let Some(disk) = &mut self.disk {
-            disk.reset()?;
-        }
+        self.reset()?;
         let mut read = 0usize;
         for kv in state.scan_prefix(ns, &[self.tag])? {
             let (k, _) = kv?;
@@ -406,12 +416,32 @@ impl Timers {
         checked
     }
 
+    /// Forgets every timer, in memory and on disk, and any failure; changes are not noted until
+    /// a snapshot or restore (nothing needs a note that a checkpoint holds already).
+    pub(crate) fn reset(&mut self) -> Result<(), StateError> {
+        self.due.clear();
+        self.deferred.clear();
+        self.clear_touched();
+        self.firing = None;
+        self.failure.clear();
+        self.tracking = false;
+        match &mut self.disk {
+            Some(disk) => disk.reset(),
+            None => Ok(()),
+        }
+    }
+
+    /// The spill-store failure since the last restore, if any (a snapshot must not be taken).
+    pub(crate) fn check(&mut self) -> Result<(), StateError> {
+        self.failure.check()
+    }
+
     /// Hands a spill-store failure to the job, which fails before the results go out.
-    pub(in crate::operator) fn report_failure(&mut self, ctx: &mut crate::operator::Context) {
+    pub(crate) fn report_failure(&mut self, ctx: &mut crate::operator::Context) {
         self.failure.report(ctx);
     }
 
-    pub(in crate::operator) fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
+    pub(crate) fn retain_keys(&mut self, keep: &dyn Fn(&Key) -> bool) {
         self.due.retain(keep);
         self.deferred.retain(keep);
         self.touched.retain(|(_, k)| keep(k));
