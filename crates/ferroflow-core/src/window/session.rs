@@ -39,6 +39,27 @@ struct Session<Acc> {
     changed: bool,
 }
 
+impl<Acc> Session<Acc> {
+    /// Emits the session's next revision, which brings it up to date.
+    fn emit<A: Aggregator<T, Acc = Acc>, T>(
+        &mut self,
+        key: &Key,
+        agg: &A,
+        is_final: bool,
+        out: &mut Emitter<'_, A::Output>,
+    ) {
+        self.changed = false;
+        let revision = next_revision(&mut self.emitted);
+        out.emit(
+            key.clone(),
+            Window { start: self.start, end: self.end },
+            agg.result(&self.acc),
+            revision,
+            is_final,
+        );
+    }
+}
+
 /// One key's sessions, ordered by start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -123,15 +144,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned + Send + 'static> Sess
         if s.emitted.is_none() || s.changed {
             let Some(list) = self.sessions.get_mut(&key) else { return };
             let Some(s) = list.0.iter_mut().find(|s| s.end == end) else { return };
-            s.changed = false;
-            let revision = next_revision(&mut s.emitted);
-            out.emit(
-                key.clone(),
-                Window { start: s.start, end: s.end },
-                agg.result(&s.acc),
-                revision,
-                expire,
-            );
+            s.emit(&key, agg, expire, out);
             if expire {
                 self.remove_session(&key, end);
                 return;
@@ -334,15 +347,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned + Send + 'static> Wind
             // The batch's keys stay in memory until it ends.
             let Some(list) = self.sessions.get_mut(&key) else { continue };
             for s in list.0.iter_mut().filter(|s| s.changed && s.end <= watermark) {
-                s.changed = false;
-                let revision = next_revision(&mut s.emitted);
-                out.emit(
-                    key.clone(),
-                    Window { start: s.start, end: s.end },
-                    agg.result(&s.acc),
-                    revision,
-                    false,
-                );
+                s.emit(&key, agg, false, out);
                 self.cleanup_timers.register(s.end, &key);
             }
         }
