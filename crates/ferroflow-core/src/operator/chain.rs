@@ -31,6 +31,16 @@ pub struct Chain<A: Operator, B: Operator<In = A::Out>> {
     a_single: bool,
     /// Step index of `b` within the whole chain.
     b_index: usize,
+    /// What `b` gets once `a` has emitted everything it fired for it: `a` emits a large firing in
+    /// chunks, and each row must reach `b` before the watermark (or time) that fired it.
+    held: Option<Held>,
+}
+
+/// A watermark or processing time held back from a chain's second step.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    Watermark(Watermark),
+    Time(Timestamp),
 }
 
 impl<A: Operator, B: Operator<In = A::Out>> Chain<A, B> {
@@ -38,7 +48,7 @@ impl<A: Operator, B: Operator<In = A::Out>> Chain<A, B> {
     pub fn new(a: A, b: B) -> Self {
         let a_consumes = a.consumes_records();
         let (a_single, b_index) = (a.steps() == 1, a.steps());
-        Self { a, b, mid: Vec::new(), a_consumes, a_single, b_index }
+        Self { a, b, mid: Vec::new(), a_consumes, a_single, b_index, held: None }
     }
 
     /// The last step, to set its id.
@@ -61,6 +71,50 @@ impl<A: Operator, B: Operator<In = A::Out>> Chain<A, B> {
         }
     }
 
+    /// Takes the rest of what `a` holds back into `mid` at once: a connected key step after it
+    /// must trade in the same rounds as its copies, whatever each copy's windows fired.
+    fn complete_a(&mut self, ctx: &mut Context) {
+        while self.a.has_pending_output() {
+            let before = self.mid.len();
+            self.a.resume_output(ctx, &mut self.mid);
+            self.count_a(ctx, 0, before);
+        }
+    }
+
+    /// Emits everything the chain holds back (a call other than `resume_output` reached it).
+    fn finish_pending(&mut self, ctx: &mut Context, out: &mut Vec<Record<B::Out>>) {
+        while self.has_pending_output() {
+            self.resume_output(ctx, out);
+        }
+    }
+
+    /// Hands `b` the watermark or time that `a` fired at, once `a`'s rows of it reached `b`.
+    fn release(&mut self, held: Held, ctx: &mut Context, out: &mut Vec<Record<B::Out>>) {
+        let (b, before) = (&mut self.b, out.len());
+        match held {
+            Held::Watermark(w) => ctx.with_counting(!self.a_consumes, |ctx| b.on_watermark(w, ctx, out)),
+            Held::Time(now) if b.fires_on_processing_time() => {
+                ctx.with_counting(!self.a_consumes, |ctx| b.on_processing_time(now, ctx, out));
+            }
+            Held::Time(_) => return,
+        }
+        ctx.count_step(self.b_index, 0, (out.len() - before) as u64);
+    }
+
+    /// After `a` fired: its rows so far go through `b`; `b` gets `held` now, or once `a` has
+    /// emitted the rest (a connected key step after `a` takes everything at once).
+    fn after_a_fired(&mut self, held: Held, ctx: &mut Context, out: &mut Vec<Record<B::Out>>) {
+        if self.b.runs_every_batch() {
+            self.complete_a(ctx);
+        }
+        self.drain_mid(ctx, out);
+        if self.a.has_pending_output() {
+            self.held = Some(held);
+        } else {
+            self.release(held, ctx, out);
+        }
+    }
+
     /// Counts what step 0 emitted into `mid` since it held `before` records.
     fn count_a(&self, ctx: &mut Context, records_in: usize, before: usize) {
         if self.a_single {
@@ -80,6 +134,7 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
         ctx: &mut Context,
         out: &mut Vec<Record<B::Out>>,
     ) {
+        self.finish_pending(ctx, out);
         let (records_in, before) = (input.len(), self.mid.len());
         self.a.process_batch(input, ctx, &mut self.mid);
         self.count_a(ctx, records_in, before);
@@ -93,29 +148,47 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
     }
 
     fn on_watermark(&mut self, watermark: Watermark, ctx: &mut Context, out: &mut Vec<Record<B::Out>>) {
+        self.finish_pending(ctx, out);
         let before = self.mid.len();
         self.a.on_watermark(watermark, ctx, &mut self.mid);
         self.count_a(ctx, 0, before);
-        self.drain_mid(ctx, out);
-        let (b, before) = (&mut self.b, out.len());
-        ctx.with_counting(!self.a_consumes, |ctx| b.on_watermark(watermark, ctx, out));
-        ctx.count_step(self.b_index, 0, (out.len() - before) as u64);
+        self.after_a_fired(Held::Watermark(watermark), ctx, out);
+    }
+
+    fn has_pending_output(&self) -> bool {
+        self.a.has_pending_output() || self.held.is_some() || self.b.has_pending_output()
+    }
+
+    fn resume_output(&mut self, ctx: &mut Context, out: &mut Vec<Record<B::Out>>) {
+        if self.a.has_pending_output() {
+            let before = self.mid.len();
+            self.a.resume_output(ctx, &mut self.mid);
+            self.count_a(ctx, 0, before);
+            self.drain_mid(ctx, out);
+            if self.a.has_pending_output() {
+                return;
+            }
+        }
+        if let Some(held) = self.held.take() {
+            self.release(held, ctx, out);
+        } else if self.b.has_pending_output() {
+            let (b, before) = (&mut self.b, out.len());
+            ctx.with_counting(!self.a_consumes, |ctx| b.resume_output(ctx, out));
+            ctx.count_step(self.b_index, 0, (out.len() - before) as u64);
+        }
     }
 
     fn on_processing_time(&mut self, now: Timestamp, ctx: &mut Context, out: &mut Vec<Record<B::Out>>) {
+        self.finish_pending(ctx, out);
         // Every copy of a chain has the same steps: all of them, or none, run a key step here.
         if self.a.fires_on_processing_time() {
             let before = self.mid.len();
             self.a.on_processing_time(now, ctx, &mut self.mid);
             self.count_a(ctx, 0, before);
-            self.drain_mid(ctx, out);
+            self.after_a_fired(Held::Time(now), ctx, out);
+        } else {
+            self.release(Held::Time(now), ctx, out);
         }
-        if !self.b.fires_on_processing_time() {
-            return;
-        }
-        let (b, before) = (&mut self.b, out.len());
-        ctx.with_counting(!self.a_consumes, |ctx| b.on_processing_time(now, ctx, out));
-        ctx.count_step(self.b_index, 0, (out.len() - before) as u64);
     }
 
     fn fires_on_processing_time(&self) -> bool {
@@ -133,6 +206,9 @@ impl<A: Operator, B: Operator<In = A::Out>> Operator for Chain<A, B> {
     }
 
     fn restore_state(&mut self, state: &dyn StateBackend) -> Result<(), StateError> {
+        // What a firing before the restore held back belongs to the state being replaced.
+        self.held = None;
+        self.mid.clear();
         self.a.restore_state(state)?;
         self.b.restore_state(state)
     }

@@ -5,7 +5,7 @@ use super::keyed_state::{
     ListAccess, ListState, MapAccess, MapState, Now, StateDeclarations, StateValue, Tables, Timers,
     ValueCell, ValueState,
 };
-use super::{Context, Operator, StatefulOperator};
+use super::{Context, OUTPUT_CHUNK, Operator, StatefulOperator};
 use crate::dead_letter::{DeadLetter, Rejection};
 use crate::error::StateError;
 use crate::record::{Key, Record, SourcePosition, Timestamp};
@@ -301,6 +301,9 @@ pub struct KeyedProcess<F: KeyedFunction> {
     tables: Tables,
     timers: StepTimers,
     watermark: Timestamp,
+    /// Timers of this domain are firing, at this processing time, while their output goes out
+    /// chunk by chunk.
+    firing: Option<(TimeDomain, Timestamp)>,
 }
 
 impl<F: KeyedFunction> KeyedProcess<F> {
@@ -314,6 +317,7 @@ impl<F: KeyedFunction> KeyedProcess<F> {
             tables: states.into_tables(),
             timers: StepTimers { event: Timers::event_time(), processing: Timers::processing_time() },
             watermark: i64::MIN,
+            firing: None,
         }
     }
 
@@ -327,6 +331,14 @@ impl<F: KeyedFunction> KeyedProcess<F> {
         (self.tables.len(), self.timers.event.len() + self.timers.processing.len())
     }
 
+    /// Emits the rest of a firing at once: something other than the runner's chunk-by-chunk
+    /// `resume_output` reached the step, which must see it after every timer of the firing.
+    fn finish_firing(&mut self, ctx: &mut Context, out: &mut Vec<Record<F::Out>>) {
+        while self.firing.is_some() {
+            self.fire_due(ctx, out);
+        }
+    }
+
     /// Fires `domain`'s timers due at `up_to` (the watermark, or processing time), in time order,
     /// then key order, then cleans up expired state.
     fn fire(
@@ -336,10 +348,23 @@ impl<F: KeyedFunction> KeyedProcess<F> {
         ctx: &mut Context,
         out: &mut Vec<Record<F::Out>>,
     ) {
-        let processing = ctx.processing_time();
+        self.finish_firing(ctx, out);
         // Timers registered while these fire, at or below `up_to`, fire with the next move.
         self.timers.of(domain).start_firing(up_to);
-        while let Some((at, key)) = self.timers.of(domain).pop_due() {
+        self.firing = Some((domain, ctx.processing_time()));
+        self.fire_due(ctx, out);
+    }
+
+    /// Fires the due timers of the firing under way until they emitted a chunk of records (the
+    /// rest waits for `resume_output`) or none is left, then cleans up expired state.
+    fn fire_due(&mut self, ctx: &mut Context, out: &mut Vec<Record<F::Out>>) {
+        let Some((domain, processing)) = self.firing else { return };
+        let start = out.len();
+        while out.len().saturating_sub(start) < OUTPUT_CHUNK {
+            let Some((at, key)) = self.timers.of(domain).pop_due() else {
+                self.firing = None;
+                break;
+            };
             // Event-time TTL stamps what a processing-time timer writes with the watermark.
             let event = if domain == TimeDomain::EventTime { at } else { self.watermark };
             let mut kctx = KeyedContext {
@@ -361,7 +386,9 @@ impl<F: KeyedFunction> KeyedProcess<F> {
                 ctx.with_counting(false, |ctx| ctx.dead_letter(dl));
             }
         }
-        self.tables.sweep(&Now { event: self.watermark, watermark: self.watermark, processing });
+        if self.firing.is_none() {
+            self.tables.sweep(&Now { event: self.watermark, watermark: self.watermark, processing });
+        }
         self.tables.spill();
         self.timers.spill();
         self.tables.report_failure(ctx);
@@ -395,6 +422,7 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
         ctx: &mut Context,
         out: &mut Vec<Record<F::Out>>,
     ) {
+        self.finish_firing(ctx, out);
         let processing = ctx.processing_time();
         if self.tables.budgeted() {
             let keys: Vec<&Key> = input.iter().map(|r| &r.key).collect();
@@ -435,8 +463,17 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
         if watermark.0 <= self.watermark {
             return;
         }
+        self.finish_firing(ctx, out);
         self.watermark = watermark.0;
         self.fire(TimeDomain::EventTime, watermark.0, ctx, out);
+    }
+
+    fn has_pending_output(&self) -> bool {
+        self.firing.is_some()
+    }
+
+    fn resume_output(&mut self, ctx: &mut Context, out: &mut Vec<Record<F::Out>>) {
+        self.fire_due(ctx, out);
     }
 
     fn on_processing_time(&mut self, now: Timestamp, ctx: &mut Context, out: &mut Vec<Record<F::Out>>) {
@@ -461,6 +498,7 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
     }
 
     fn restore_state(&mut self, state: &dyn StateBackend) -> Result<(), StateError> {
+        self.firing = None;
         self.watermark = match state.get(&self.ns, META_KEY)? {
             Some(b) => i64::from_be_bytes(b.as_slice().try_into().map_err(|_| StateError::Corrupt {
                 what: format!("the watermark of step '{}' has the wrong length", self.ns),

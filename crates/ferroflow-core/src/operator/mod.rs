@@ -50,6 +50,11 @@ use crate::record::{Key, PartitionId, Record, SourcePosition, Timestamp};
 use crate::state::StateBackend;
 use crate::time::Watermark;
 
+/// Rows a step emits at most per call when it fires on a watermark or a timer: the rest waits in
+/// the step until the runner has taken these to the sink (see
+/// [`Operator::has_pending_output`]).
+pub const OUTPUT_CHUNK: usize = 16 * 1024;
+
 /// Events from the source side that operators may react to (the watermark generator does).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
@@ -418,6 +423,41 @@ pub trait Operator: Send + 'static {
     /// signal): processing-time timers fire here.
     fn on_processing_time(&mut self, _now: Timestamp, _ctx: &mut Context, _out: &mut Vec<Record<Self::Out>>) {
     }
+
+    /// True while the operator holds output it has not emitted yet: a step that fires many rows
+    /// at once (a window closing for millions of keys) emits them in chunks of
+    /// [`OUTPUT_CHUNK`] rows and says so here. The runner then takes each chunk to the sink and
+    /// calls [`resume_output`](Self::resume_output) until nothing is pending, before anything else
+    /// reaches the operator, so that the rows of one firing never sit in memory all at once.
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_core::operator::OUTPUT_CHUNK;
+    /// use ferroflow_core::time::Watermark;
+    /// use ferroflow_core::window::{Count, WindowOperator, WindowSpec};
+    /// use ferroflow_core::{Context, Key, Operator, Record};
+    ///
+    /// let spec = WindowSpec::tumbling(std::time::Duration::from_millis(10)).unwrap();
+    /// let mut op = WindowOperator::new("counts", spec, Count);
+    /// let (mut ctx, mut out) = (Context::default(), Vec::new());
+    /// let mut input: Vec<_> =
+    ///     (0..OUTPUT_CHUNK + 5).map(|i| Record::new(i, 3).with_key(Key::from(i.to_string()))).collect();
+    /// op.process_batch(&mut input, &mut ctx, &mut out);
+    /// op.on_watermark(Watermark(9), &mut ctx, &mut out);
+    /// assert_eq!(out.len(), OUTPUT_CHUNK);
+    /// assert!(op.has_pending_output());
+    /// out.clear();
+    /// op.resume_output(&mut ctx, &mut out);
+    /// assert_eq!(out.len(), 5);
+    /// assert!(!op.has_pending_output());
+    /// ```
+    fn has_pending_output(&self) -> bool {
+        false
+    }
+
+    /// Emits the next chunk of the output the operator held back (see
+    /// [`has_pending_output`](Self::has_pending_output)).
+    fn resume_output(&mut self, _ctx: &mut Context, _out: &mut Vec<Record<Self::Out>>) {}
 
     /// True for operators that may emit or change state in
     /// [`on_processing_time`](Self::on_processing_time) (the runner skips the others).

@@ -70,6 +70,18 @@ impl<C: Operator> Task<C> {
         }
     }
 
+    /// True while the chain holds output back.
+    pub(crate) fn pending(&self) -> bool {
+        self.chain.has_pending_output()
+    }
+
+    /// The chain's next chunk of held-back output, if it holds any.
+    pub(crate) fn resume(&mut self, ctx: &mut Context, out: &mut Vec<Record<C::Out>>) {
+        if self.chain.has_pending_output() {
+            self.chain.resume_output(ctx, out);
+        }
+    }
+
     pub(crate) fn advance(&mut self, w: Watermark, ctx: &mut Context, out: &mut Vec<Record<C::Out>>) {
         if w > self.watermark {
             self.watermark = w;
@@ -245,6 +257,24 @@ impl<C: Operator> Chains<C> {
     /// The partition report, when it changed since the last call.
     pub(crate) fn take_status(&mut self) -> Option<Vec<PartitionStatus>> {
         std::mem::take(&mut self.status_changed).then(|| self.status.values().copied().collect())
+    }
+
+    /// True while a chain here holds output back (see [`Operator::has_pending_output`]).
+    pub(crate) fn has_pending_output(&self) -> bool {
+        match &self.mode {
+            Mode::Job(task) => task.chain.has_pending_output(),
+            Mode::Copies(tasks) | Mode::PerPartition { tasks, .. } => tasks.values().any(Task::pending),
+        }
+    }
+
+    /// The next chunk of every chain that holds output back.
+    pub(crate) fn resume_output(&mut self, ctx: &mut Context, out: &mut Vec<Record<C::Out>>) {
+        match &mut self.mode {
+            Mode::Job(task) => task.resume(ctx, out),
+            Mode::Copies(tasks) | Mode::PerPartition { tasks, .. } => {
+                tasks.values_mut().for_each(|t| t.resume(ctx, out));
+            }
+        }
     }
 
     /// Takes every partition task out (to run them on worker threads); `None` for a job-scoped

@@ -252,6 +252,10 @@ impl<'r, C: Operator> Processing<'r, C> {
         if !self.emit().await {
             return Some(Exit::SinkGone);
         }
+        // A step's state failed while a firing went out in chunks: the rest does not.
+        if let Some(e) = self.ctx.take_state_failure() {
+            return Some(Exit::Failed(e.into()));
+        }
         if let Err(e) = self.after_event(end).await {
             return Some(Exit::Failed(e));
         }
@@ -259,6 +263,9 @@ impl<'r, C: Operator> Processing<'r, C> {
     }
 
     async fn signal(&mut self, signal: &Signal) -> Result<(), JobError> {
+        if self.workers.is_some() {
+            self.drain_pending().await?;
+        }
         if let Some(workers) = self.workers.as_mut().filter(|_| self.chains.copied()) {
             // Every copy sees every signal, on its worker: a copy's key step may trade records as
             // the watermark moves, so the copies must not run one after another here.
@@ -341,6 +348,9 @@ impl<'r, C: Operator> Processing<'r, C> {
         for dl in batch.dead_letters {
             self.ctx.dead_letter(dl);
         }
+        if self.workers.is_some() {
+            self.drain_pending().await?;
+        }
         if let Some(workers) = self.workers.as_mut() {
             let clocks = Clocks::of(&self.ctx, self.chains.watermark());
             let originals = Arc::new(batch.originals);
@@ -366,8 +376,47 @@ impl<'r, C: Operator> Processing<'r, C> {
     }
 
     /// Sends this event's results and dead letters on and moves its counters to the job's;
-    /// false when a sink task is gone.
+    /// false when a sink task is gone. A chain that fired more rows than one chunk gives the
+    /// rest chunk by chunk, each sent before the next is made (the channel's backpressure then
+    /// bounds what a large firing holds in memory); a state failure stops it before the chunk
+    /// it spoiled goes out.
     async fn emit(&mut self) -> bool {
+        loop {
+            if !self.emit_chunk().await {
+                return false;
+            }
+            if !self.chains.has_pending_output() || self.ctx.state_failure.is_some() {
+                return true;
+            }
+            self.chains.resume_output(&mut self.ctx, &mut self.output);
+            if self.ctx.state_failure.is_some() {
+                return true;
+            }
+        }
+    }
+
+    /// Sends on what a chain here fired, chunk by chunk, before its task leaves for a worker
+    /// thread or a snapshot: a firing under way never travels or goes into a checkpoint.
+    async fn drain_pending(&mut self) -> Result<(), JobError> {
+        if !self.chains.has_pending_output() {
+            return Ok(());
+        }
+        if let Some(e) = self.ctx.take_state_failure() {
+            return Err(e.into());
+        }
+        if !self.emit().await {
+            return Err(JobError::Task {
+                task: "sink",
+                detail: "a sink stopped while a firing went out".into(),
+            });
+        }
+        match self.ctx.take_state_failure() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    async fn emit_chunk(&mut self) -> bool {
         if self.chains.watermark() > self.job.watermark {
             self.job.watermark = self.chains.watermark();
             self.counters.set_watermark(self.job.watermark.0);
@@ -379,6 +428,7 @@ impl<'r, C: Operator> Processing<'r, C> {
         if !self.output.is_empty() {
             let batch: Vec<C::Out> = self.output.drain(..).map(|r| r.payload).collect();
             open &= self.out_tx.send(SinkMsg::Batch(batch)).await.is_ok();
+            shrink_output(&mut self.output);
         }
         if !self.ctx.dead_letters.is_empty() {
             open &= self.dlq_tx.send(SinkMsg::Batch(self.ctx.take_dead_letters())).await.is_ok();
@@ -420,6 +470,7 @@ impl<'r, C: Operator> Processing<'r, C> {
     /// next owner), then their tasks end.
     async fn release(&mut self, partitions: &[PartitionId]) -> Result<(), JobError> {
         self.collect().await?;
+        self.drain_pending().await?;
         if self.chains.partitioned() && self.checkpointing.is_some() {
             self.checkpoint(None).await?;
         }
@@ -451,26 +502,32 @@ impl<'r, C: Operator> Processing<'r, C> {
                 detail: "a sink stopped while partitions were released".into(),
             });
         }
+        if let Some(e) = self.ctx.take_state_failure() {
+            return Err(e.into());
+        }
         Ok(())
     }
 
     /// Barrier → flush sinks → snapshot operators → upload; `savepoint` names a savepoint instead.
     async fn checkpoint(&mut self, savepoint: Option<&str>) -> Result<(), JobError> {
-        let Some(cp) = self.checkpointing.as_deref_mut() else {
+        if self.checkpointing.is_none() {
             return Err(JobError::Task {
                 task: "checkpoint",
                 detail: "a savepoint was requested but checkpointing is not configured".into(),
             });
-        };
+        }
         // The tasks come back from the workers once they have sent on everything they were
         // handed: the barrier below then follows every worker's output (an aligned cut).
         if let Some(workers) = self.workers.as_mut() {
             workers.collect(&mut self.chains).await?;
         }
+        // A firing under way goes out whole before the barrier: the snapshot sees it done.
+        self.drain_pending().await?;
         // Everything emitted before the barrier must be durable before the checkpoint commits.
         let next_epoch = self.job.epoch + 1;
         barrier(&self.out_tx, "sink", next_epoch).await?;
         barrier(&self.dlq_tx, "dead-letter sink", next_epoch).await?;
+        let Some(cp) = self.checkpointing.as_deref_mut() else { return Ok(()) };
         cp.take(&mut self.chains, &mut self.job, savepoint, self.counters).await?;
         self.last_checkpoint = Instant::now();
         Ok(())
@@ -486,6 +543,14 @@ impl<'r, C: Operator> Processing<'r, C> {
             self.checkpoint(name).await?;
         }
         Ok(())
+    }
+}
+
+/// Gives back the room of an output buffer that a large batch grew (a firing's chunks refill it).
+pub(super) fn shrink_output<T>(output: &mut Vec<T>) {
+    let keep = crate::operator::OUTPUT_CHUNK.saturating_mul(2);
+    if output.capacity() > keep.saturating_mul(2) {
+        output.shrink_to(keep);
     }
 }
 

@@ -794,6 +794,23 @@ impl<C: Operator> Worker<C> {
     /// Sends results and dead letters on and adds the counters to the job's; false when a sink
     /// task is gone or a step's state failed (the job fails with it).
     fn emit(&mut self) -> bool {
+        // A large firing goes out chunk by chunk, each sent before the next is made (see
+        // `Processing::emit`).
+        loop {
+            if !self.emit_chunk() {
+                return false;
+            }
+            let mut pending = self.tasks.values_mut().filter(|t| t.pending()).peekable();
+            if pending.peek().is_none() {
+                return true;
+            }
+            for task in pending {
+                task.resume(&mut self.ctx, &mut self.out);
+            }
+        }
+    }
+
+    fn emit_chunk(&mut self) -> bool {
         // A step's state failed: none of these results go out, and the job fails.
         if let Some(e) = self.ctx.take_state_failure() {
             self.shared.fail(format!("worker {}: {e}", self.index));
@@ -807,6 +824,7 @@ impl<C: Operator> Worker<C> {
         if !self.out.is_empty() {
             let batch: Vec<C::Out> = self.out.drain(..).map(|r| r.payload).collect();
             open &= o.results.blocking_send(SinkMsg::Batch(batch)).is_ok();
+            super::processing::shrink_output(&mut self.out);
         }
         if !self.ctx.dead_letters.is_empty() {
             open &= o.dead_letters.blocking_send(SinkMsg::Batch(self.ctx.take_dead_letters())).is_ok();

@@ -13,7 +13,7 @@ mod scoped;
 use std::path::Path;
 
 pub use budget::{BudgetStats, StateBudget};
-pub(crate) use budget::{RowVisitor, SpillFailure, ValueVisitor};
+pub(crate) use budget::{RowVisitor, RowsWhile, SpillFailure, ValueVisitor};
 pub use memory::MemoryStateBackend;
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksDb, RocksDbOptions, RocksDbStateBackend};

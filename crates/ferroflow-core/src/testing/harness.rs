@@ -205,14 +205,22 @@ impl<O: Operator> OperatorHarness<O> {
         }
     }
 
+    /// Takes what the chain emitted, chunk by chunk as the runner does when a firing is larger
+    /// than one chunk.
     fn collect(&mut self) {
-        for d in self.ctx.take_dead_letters() {
-            self.log.push(Entry::DeadLetter(self.dead_letters.len()));
-            self.dead_letters.push(d);
-        }
-        for r in self.buf.drain(..) {
-            self.log.push(Entry::Output(self.outputs.len()));
-            self.outputs.push(r);
+        loop {
+            for d in self.ctx.take_dead_letters() {
+                self.log.push(Entry::DeadLetter(self.dead_letters.len()));
+                self.dead_letters.push(d);
+            }
+            for r in self.buf.drain(..) {
+                self.log.push(Entry::Output(self.outputs.len()));
+                self.outputs.push(r);
+            }
+            if !self.op.has_pending_output() {
+                return;
+            }
+            self.op.resume_output(&mut self.ctx, &mut self.buf);
         }
     }
 }

@@ -21,6 +21,7 @@ use super::spec::Window;
 use super::spill::{SpilledKeys, WindowSpill};
 use crate::dead_letter::{DeadLetterReason, Rejection};
 use crate::error::StateError;
+use crate::operator::OUTPUT_CHUNK;
 use crate::record::{Key, Record, Timestamp};
 use crate::state::{SpillFailure, StateBackend, StateBudget};
 
@@ -79,6 +80,32 @@ impl<Acc> Bucket<Acc> {
     }
 }
 
+/// A firing under way: the watermark it fires and how far it got.
+struct Firing {
+    watermark: Timestamp,
+    /// The last window it looked at.
+    last: Option<Window>,
+    /// The window whose rows are going out.
+    window: Option<WindowFiring>,
+    /// Fired windows past their allowed lateness, dropped once the firing ends.
+    done: Vec<Window>,
+}
+
+/// One window's rows going out, chunk by chunk.
+struct WindowFiring {
+    window: Window,
+    /// Past its allowed lateness at this watermark: its rows are final and it goes.
+    expire: bool,
+    /// Had fired before (its spilled copies that were never emitted were emitted then).
+    fired: bool,
+    /// The keys in memory, in output order, and the next one to go.
+    order: Vec<(u128, Key)>,
+    next: usize,
+    /// The last spilled slot emitted: the next chunk reads on from there.
+    spilled_after: Option<Key>,
+    spilled_done: bool,
+}
+
 /// Windows of fixed size every `slide` (tumbling when `slide == size`).
 pub(super) struct AlignedWindows<Acc> {
     size: i64,
@@ -97,6 +124,8 @@ pub(super) struct AlignedWindows<Acc> {
     /// A spill-store failure outside a record: reported to the job at once, and every snapshot
     /// fails until a restore.
     failure: SpillFailure,
+    /// The firing of the last watermark, while rows of it wait to go out.
+    firing: Option<Firing>,
 }
 
 impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
@@ -112,6 +141,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
             spill: None,
             unreadable: AHashSet::new(),
             failure: SpillFailure::default(),
+            firing: None,
         }
     }
 
@@ -144,6 +174,146 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
             b.cost.saturating_add(filter).saturating_add(b.unsaved.len().saturating_mul(key))
         });
         per_bucket.fold(0usize, usize::saturating_add)
+    }
+
+    /// Goes on with the firing under way: windows the watermark has passed, in order, each one's
+    /// rows in key order, until a chunk of rows is out (the rest waits for `resume`) or every
+    /// due window has fired; then drops the windows past their allowed lateness.
+    fn fire_due<A: Aggregator<T, Acc = Acc>, T>(&mut self, agg: &A, out: &mut Emitter<'_, A::Output>) {
+        let Some(mut firing) = self.firing.take() else { return };
+        loop {
+            if !has_room(out) {
+                self.firing = Some(firing);
+                return;
+            }
+            if let Some(fire) = &mut firing.window {
+                if self.fire_rows(agg, fire, out) {
+                    let (w, expire) = (fire.window, fire.expire);
+                    if let Some(bucket) = self.windows.get_mut(&w) {
+                        bucket.fired = true;
+                        bucket.all_unsaved = true;
+                    }
+                    if expire {
+                        firing.done.push(w);
+                    }
+                    firing.window = None;
+                }
+                continue;
+            }
+            let after = match firing.last {
+                Some(w) => std::ops::Bound::Excluded(w),
+                None => std::ops::Bound::Unbounded,
+            };
+            let Some((&w, bucket)) = self.windows.range((after, std::ops::Bound::Unbounded)).next() else {
+                break;
+            };
+            if w.max_timestamp() > firing.watermark {
+                break; // windows are ordered by start and share one size: later ones end later
+            }
+            firing.last = Some(w);
+            let expire = w.max_timestamp().saturating_add(self.lateness) <= firing.watermark;
+            if bucket.fired && !expire {
+                continue;
+            }
+            // The rows in memory come out in key order through `order`: (leading key bytes, key).
+            // Most comparisons end on the leading bytes; equal ones compare the whole keys (the
+            // same order as the keys' bytes, which is the store's). Deterministic output order:
+            // replays after a restore produce the same rows.
+            let mut order: Vec<(u128, Key)> =
+                bucket.slots.keys().map(|k| (order_prefix(k), k.clone())).collect();
+            order.sort_unstable();
+            let spilled = self.spill.is_some() && bucket.spilled.is_some();
+            firing.window = Some(WindowFiring {
+                window: w,
+                expire,
+                fired: bucket.fired,
+                order,
+                next: 0,
+                spilled_after: None,
+                spilled_done: !spilled,
+            });
+        }
+        for w in firing.done {
+            if let Some(bucket) = self.windows.remove(&w)
+                && bucket.spilled.is_some()
+                && let Some(spill) = &self.spill
+                && let Err(e) = spill.drop_window(w)
+            {
+                self.failure.set(e);
+            }
+            self.dropped.push(w);
+        }
+        if let Err(e) = self.settle() {
+            self.failure.set(e);
+        }
+    }
+
+    /// Emits the next rows of the window `fire` is firing, until the chunk is full; true once
+    /// all of them are out. Spilled slots come from the store in key order and merge in as they
+    /// are read, never held (a window of millions of keys is mostly on disk under a budget).
+    fn fire_rows<A: Aggregator<T, Acc = Acc>, T>(
+        &mut self,
+        agg: &A,
+        fire: &mut WindowFiring,
+        out: &mut Emitter<'_, A::Output>,
+    ) -> bool {
+        let Some(bucket) = self.windows.get_mut(&fire.window) else { return true };
+        let (w, expire) = (fire.window, fire.expire);
+        // Emits the rows in memory that sort before `until` (all of them without one) while the
+        // chunk has room; true when all of those are out.
+        let mut emit_memory = |until: Option<(u128, &Key)>,
+                               out: &mut Emitter<'_, A::Output>,
+                               slots: &mut AHashMap<Key, Slot<Acc>>| {
+            while let Some((prefix, key)) = fire.order.get(fire.next) {
+                if until.is_some_and(|(p, k)| (*prefix, key) >= (p, k)) {
+                    return true;
+                }
+                if !has_room(out) {
+                    return false;
+                }
+                if let Some(slot) = slots.get_mut(key) {
+                    let revision = next_revision(&mut slot.emitted);
+                    out.emit(key.clone(), w, agg.result(&slot.acc), revision, expire);
+                }
+                fire.next += 1;
+            }
+            true
+        };
+        if !fire.spilled_done
+            && let Some(spill) = &self.spill
+        {
+            let (fired, slots) = (fire.fired, &mut bucket.slots);
+            let from = fire.spilled_after.clone().unwrap_or_default();
+            let mut finished = true;
+            let read = spill.scan_slots_from(w, from.as_bytes(), &mut |key, value| {
+                // The scan starts at the last row emitted.
+                if fire.spilled_after.as_ref().is_some_and(|a| a.as_bytes() == key) {
+                    return Ok(true);
+                }
+                let key = Key::from_bytes(key);
+                // A slot read back is in memory: its copy on disk is stale.
+                if slots.contains_key(&key) {
+                    return Ok(true);
+                }
+                if !emit_memory(Some((order_prefix(&key), &key)), out, slots) || !has_room(out) {
+                    finished = false;
+                    return Ok(false);
+                }
+                let mut slot: Slot<Acc> = decode_slot(value)?;
+                emitted_by_fire(fired, &mut slot);
+                let revision = next_revision(&mut slot.emitted);
+                out.emit(key.clone(), w, agg.result(&slot.acc), revision, expire);
+                fire.spilled_after = Some(key);
+                Ok(true)
+            });
+            match read {
+                Ok(()) if !finished => return false,
+                Ok(()) => {}
+                Err(e) => self.failure.set(e),
+            }
+            fire.spilled_done = true;
+        }
+        emit_memory(None, out, &mut bucket.slots)
     }
 
     /// Charges the budget for what the windows hold, and spills their share of any excess.
@@ -299,6 +469,11 @@ impl Iterator for WindowsOf {
     }
 }
 
+/// True while a chunk of rows has room for more.
+fn has_room<V>(out: &Emitter<'_, V>) -> bool {
+    out.emitted < OUTPUT_CHUNK as u64
+}
+
 /// What a slot costs in memory, as the budget counts it (the accumulator by its inline size).
 fn slot_cost<Acc>(key: &Key) -> usize {
     StateBudget::entry_cost(std::mem::size_of::<(Key, Slot<Acc>)>(), key, 0)
@@ -433,86 +608,16 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
             return;
         }
         self.watermark = watermark;
-        let mut done = Vec::new();
-        // The rows of one window in memory, read in the table's order (one pass over its memory),
-        // then emitted in key order through `order`: (leading key bytes, index into `rows`).
-        // Spilled rows come from the store in key order already: they merge in as they are read,
-        // never held (a window of millions of keys is mostly on disk under a budget).
-        let mut rows: Vec<Option<(Key, A::Output, u32)>> = Vec::new();
-        let mut order: Vec<(u128, usize)> = Vec::new();
-        for (w, bucket) in self.windows.iter_mut() {
-            if w.max_timestamp() > watermark {
-                break; // windows are ordered by start and share one size: later ones end later
-            }
-            let expire = w.max_timestamp().saturating_add(self.lateness) <= watermark;
-            if !bucket.fired || expire {
-                rows.clear();
-                order.clear();
-                for (key, slot) in bucket.slots.iter_mut() {
-                    order.push((order_prefix(key), rows.len()));
-                    let revision = next_revision(&mut slot.emitted);
-                    rows.push(Some((key.clone(), agg.result(&slot.acc), revision)));
-                }
-                // Deterministic output order: replays after a restore produce the same rows. Most
-                // comparisons end on the keys' leading bytes; equal ones compare the whole keys
-                // (the same order as the keys' bytes, which is the store's).
-                let key_at = |i: usize| rows.get(i).and_then(|r| r.as_ref()).map(|r| &r.0);
-                order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| key_at(a.1).cmp(&key_at(b.1))));
-                let mut next = 0usize;
-                // Emits the rows in memory that sort before `until` (all of them without one).
-                let mut emit_memory = |until: Option<(u128, &Key)>, out: &mut Emitter<'_, A::Output>| {
-                    while let Some(&(prefix, i)) = order.get(next) {
-                        if let Some((p, k)) = until
-                            && (prefix, key_at_owned(&rows, i)) >= (p, Some(k))
-                        {
-                            break;
-                        }
-                        if let Some((key, value, revision)) = rows.get_mut(i).and_then(Option::take) {
-                            out.emit(key, *w, value, revision, expire);
-                        }
-                        next += 1;
-                    }
-                };
-                if let (Some(spill), Some(_)) = (&self.spill, &bucket.spilled) {
-                    let (fired, slots) = (bucket.fired, &bucket.slots);
-                    let read = spill.for_each_slot(*w, &mut |key, value| {
-                        let key = Key::from_bytes(key);
-                        // A slot read back is in memory: its copy on disk is stale.
-                        if slots.contains_key(&key) {
-                            return Ok(());
-                        }
-                        let mut slot: Slot<Acc> = decode_slot(value)?;
-                        emitted_by_fire(fired, &mut slot);
-                        emit_memory(Some((order_prefix(&key), &key)), out);
-                        let revision = next_revision(&mut slot.emitted);
-                        out.emit(key, *w, agg.result(&slot.acc), revision, expire);
-                        Ok(())
-                    });
-                    if let Err(e) = read {
-                        self.failure.set(e);
-                    }
-                }
-                emit_memory(None, out);
-                bucket.fired = true;
-                bucket.all_unsaved = true;
-            }
-            if expire {
-                done.push(*w);
-            }
-        }
-        for w in done {
-            if let Some(bucket) = self.windows.remove(&w)
-                && bucket.spilled.is_some()
-                && let Some(spill) = &self.spill
-                && let Err(e) = spill.drop_window(w)
-            {
-                self.failure.set(e);
-            }
-            self.dropped.push(w);
-        }
-        if let Err(e) = self.settle() {
-            self.failure.set(e);
-        }
+        self.firing = Some(Firing { watermark, last: None, window: None, done: Vec::new() });
+        self.fire_due(agg, out);
+    }
+
+    fn has_pending(&self) -> bool {
+        self.firing.is_some()
+    }
+
+    fn resume<A: Aggregator<T, Acc = Acc>, T>(&mut self, agg: &A, out: &mut Emitter<'_, A::Output>) {
+        self.fire_due(agg, out);
     }
 
     fn open_windows(&self) -> usize {
@@ -581,6 +686,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> WindowState<Acc> for 
 
     fn restore(&mut self, ns: &str, state: &dyn StateBackend) -> Result<(), StateError> {
         self.windows.clear();
+        self.firing = None;
         self.dirty.clear();
         self.dropped.clear();
         self.unreadable.clear();
@@ -674,8 +780,3 @@ const META_KEY: &[u8] = b"\x00meta";
 const ENTRY_TAG: u8 = 1;
 /// Rows a restore reads between two checks of the budget.
 const RESTORE_CHUNK: usize = 1 << 14;
-
-/// The key of row `i`, while it is not emitted yet.
-fn key_at_owned<V>(rows: &[Option<(Key, V, u32)>], i: usize) -> Option<&Key> {
-    rows.get(i).and_then(|r| r.as_ref()).map(|r| &r.0)
-}

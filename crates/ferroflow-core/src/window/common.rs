@@ -43,13 +43,20 @@ pub(super) trait WindowState<Acc> {
     /// Emits updated rows for fired windows that late records changed in this batch.
     fn flush_updates<A: Aggregator<T, Acc = Acc>, T>(&mut self, agg: &A, out: &mut Emitter<'_, A::Output>);
 
-    /// Fires windows the watermark has passed and drops those past their allowed lateness.
+    /// Fires windows the watermark has passed and drops those past their allowed lateness, the
+    /// first chunk of rows now (see [`has_pending`](Self::has_pending)).
     fn on_watermark<A: Aggregator<T, Acc = Acc>, T>(
         &mut self,
         agg: &A,
         watermark: Timestamp,
         out: &mut Emitter<'_, A::Output>,
     );
+
+    /// True while a firing has rows left to emit (it emits a chunk per call).
+    fn has_pending(&self) -> bool;
+
+    /// Emits the next chunk of the firing under way.
+    fn resume<A: Aggregator<T, Acc = Acc>, T>(&mut self, agg: &A, out: &mut Emitter<'_, A::Output>);
 
     /// Windows held in state (per key for sessions).
     fn open_windows(&self) -> usize;

@@ -73,6 +73,14 @@ impl<Acc: Clone + serde::Serialize + serde::de::DeserializeOwned + Send + 'stati
         each_kind!(self, w => w.on_watermark(agg, watermark, out))
     }
 
+    fn has_pending(&self) -> bool {
+        each_kind!(self, w => w.has_pending())
+    }
+
+    fn resume<A: Aggregator<T, Acc = Acc>, T>(&mut self, agg: &A, out: &mut Emitter<'_, A::Output>) {
+        each_kind!(self, w => w.resume(agg, out))
+    }
+
     fn open_windows(&self) -> usize {
         each_kind!(self, w => w.open_windows())
     }
@@ -160,6 +168,30 @@ impl<T, A: Aggregator<T>> WindowOperator<T, A> {
     pub fn watermark(&self) -> Timestamp {
         self.windows.watermark()
     }
+
+    /// Runs `f` on the windows with an emitter into `out`, and counts what it emitted.
+    fn emitting(
+        &mut self,
+        ctx: &mut Context,
+        out: &mut Vec<Record<WindowResult<A::Output>>>,
+        f: impl FnOnce(&mut Windows<A::Acc>, &A, &mut Emitter<'_, A::Output>),
+    ) {
+        let mut em = Emitter { out, emitted: 0, newest_end: None };
+        f(&mut self.windows, &self.agg, &mut em);
+        ctx.count_window_rows(em.emitted);
+        if let Some(end) = em.newest_end {
+            ctx.note_window_emitted(end);
+        }
+        self.windows.report_failure(ctx);
+    }
+
+    /// Emits the rest of a firing at once: something other than the runner's chunk-by-chunk
+    /// `resume_output` reached the operator, which must see it after every row of the firing.
+    fn finish_firing(&mut self, ctx: &mut Context, out: &mut Vec<Record<WindowResult<A::Output>>>) {
+        while self.windows.has_pending() {
+            self.emitting(ctx, out, |w, agg, em| w.resume(agg, em));
+        }
+    }
 }
 
 impl<T, A> crate::operator::StatefulOperator for WindowOperator<T, A>
@@ -186,6 +218,7 @@ where
         ctx: &mut Context,
         out: &mut Vec<Record<WindowResult<A::Output>>>,
     ) {
+        self.finish_firing(ctx, out);
         let mut accepted = 0u64;
         self.windows.before_batch(input);
         for r in input.drain(..) {
@@ -212,21 +245,23 @@ where
         ctx: &mut Context,
         out: &mut Vec<Record<WindowResult<A::Output>>>,
     ) {
-        let mut em = Emitter { out, emitted: 0, newest_end: None };
-        self.windows.on_watermark(&self.agg, watermark.0, &mut em);
-        ctx.count_window_rows(em.emitted);
-        if let Some(end) = em.newest_end {
-            ctx.note_window_emitted(end);
-        }
-        self.windows.report_failure(ctx);
+        self.finish_firing(ctx, out);
+        self.emitting(ctx, out, |w, agg, em| w.on_watermark(agg, watermark.0, em));
+    }
+
+    fn has_pending_output(&self) -> bool {
+        self.windows.has_pending()
+    }
+
+    fn resume_output(&mut self, ctx: &mut Context, out: &mut Vec<Record<WindowResult<A::Output>>>) {
+        self.emitting(ctx, out, |w, agg, em| w.resume(agg, em));
     }
 
     fn state_ids(&self, ids: &mut Vec<String>) {
         ids.push(self.uid.clone());
     }
 
-    /// Tumbling and sliding windows spill slots beyond the budget; session windows stay in
-    /// memory, unbounded.
+    /// Windows of every kind spill what does not fit in the budget.
     fn attach_budget(&mut self, budget: &crate::state::StateBudget) {
         self.windows.attach(budget);
     }

@@ -24,7 +24,7 @@ use super::common::{Emitter, WindowState, corrupt, late, next_revision, ordered,
 use super::spec::Window;
 use crate::dead_letter::{DeadLetterReason, Rejection};
 use crate::error::StateError;
-use crate::operator::{Cell, KeyedTable, Timers};
+use crate::operator::{Cell, KeyedTable, OUTPUT_CHUNK, Timers};
 use crate::record::{Key, Record, Timestamp};
 use crate::state::{SpillFailure, StateBackend, StateBudget};
 
@@ -94,6 +94,8 @@ pub(super) struct SessionWindows<Acc> {
     dirty: Vec<Key>,
     /// A first snapshot wrote every key: later ones write the keys changed since.
     tracking: bool,
+    /// Due timers of the last watermark wait to fire (their rows go out chunk by chunk).
+    firing: bool,
     /// A spill-store failure outside a record: reported to the job at once, and every snapshot
     /// fails until a restore.
     failure: SpillFailure,
@@ -111,8 +113,63 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned + Send + 'static> Sess
             cleanup_timers: Timers::event_time(),
             dirty: Vec::new(),
             tracking: false,
+            firing: false,
             failure: SpillFailure::default(),
         }
+    }
+
+    /// Goes on with the firing under way: fires and cleans up due sessions until a chunk of rows
+    /// is out (the rest waits for `resume`) or none is due.
+    fn fire_due<A: Aggregator<T, Acc = Acc>, T>(&mut self, agg: &A, out: &mut Emitter<'_, A::Output>) {
+        // Fire every session whose end the watermark has reached and drop every session past its
+        // allowed lateness, together in (end, key) order, so that the rows of one watermark step
+        // come out sorted by (window end, key) whichever kind they are (a session's firing comes
+        // before its own cleanup).
+        let mut done = 0usize;
+        // Timers fired since the last batched read of their sessions.
+        let mut since_read = READ_AHEAD_AFTER;
+        loop {
+            if out.emitted >= OUTPUT_CHUNK as u64 {
+                // The rest goes out with the next chunks: the timers keep their place.
+                self.spill();
+                return;
+            }
+            let fire = self.fire_timers.peek_due().cloned();
+            let cleanup = self.cleanup_timers.peek_due().cloned();
+            // A timer whose sessions are on disk reads those of the timers after it too, in one
+            // go; not more often than every few timers (the others may all be in memory).
+            let next = match (&fire, &cleanup) {
+                (Some(f), Some(c)) => Some(f.min(c)),
+                (f, c) => f.as_ref().or(c.as_ref()),
+            };
+            if next.is_some_and(|(_, key)| self.sessions.needs_read(key)) && since_read >= READ_AHEAD_AFTER {
+                self.preload_due();
+                since_read = 0;
+            }
+            since_read = since_read.saturating_add(1);
+            match (fire, cleanup) {
+                (Some(f), Some(c)) if c < f => {
+                    self.cleanup_timers.pop_due();
+                    self.drop_session(agg, c, out);
+                }
+                (Some(f), _) => {
+                    self.fire_timers.pop_due();
+                    self.fire_session(agg, f, out);
+                }
+                (None, Some(c)) => {
+                    self.cleanup_timers.pop_due();
+                    self.drop_session(agg, c, out);
+                }
+                (None, None) => break,
+            }
+            done = done.wrapping_add(1);
+            if done.is_multiple_of(SPILL_EVERY) {
+                // The sessions read back for firing leave again as it goes.
+                self.spill();
+            }
+        }
+        self.firing = false;
+        self.spill();
     }
 
     /// Brings `key`'s sessions into memory if they spilled; a failure is the job's.
@@ -370,49 +427,18 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned + Send + 'static> Wind
             if watermark == i64::MAX { i64::MAX } else { watermark.saturating_sub(self.lateness) };
         self.fire_timers.start_firing(watermark);
         self.cleanup_timers.start_firing(cleanup_up_to);
-        // Fire every session whose end the watermark has reached and drop every session past its
-        // allowed lateness, together in (end, key) order, so that the rows of one watermark step
-        // come out sorted by (window end, key) whichever kind they are (a session's firing comes
-        // before its own cleanup).
-        let mut done = 0usize;
-        // Timers fired since the last batched read of their sessions.
-        let mut since_read = READ_AHEAD_AFTER;
-        loop {
-            let fire = self.fire_timers.peek_due().cloned();
-            let cleanup = self.cleanup_timers.peek_due().cloned();
-            // A timer whose sessions are on disk reads those of the timers after it too, in one
-            // go; not more often than every few timers (the others may all be in memory).
-            let next = match (&fire, &cleanup) {
-                (Some(f), Some(c)) => Some(f.min(c)),
-                (f, c) => f.as_ref().or(c.as_ref()),
-            };
-            if next.is_some_and(|(_, key)| self.sessions.needs_read(key)) && since_read >= READ_AHEAD_AFTER {
-                self.preload_due();
-                since_read = 0;
-            }
-            since_read = since_read.saturating_add(1);
-            match (fire, cleanup) {
-                (Some(f), Some(c)) if c < f => {
-                    self.cleanup_timers.pop_due();
-                    self.drop_session(agg, c, out);
-                }
-                (Some(f), _) => {
-                    self.fire_timers.pop_due();
-                    self.fire_session(agg, f, out);
-                }
-                (None, Some(c)) => {
-                    self.cleanup_timers.pop_due();
-                    self.drop_session(agg, c, out);
-                }
-                (None, None) => break,
-            }
-            done = done.wrapping_add(1);
-            if done.is_multiple_of(SPILL_EVERY) {
-                // The sessions read back for firing leave again as it goes.
-                self.spill();
-            }
+        self.firing = true;
+        self.fire_due(agg, out);
+    }
+
+    fn has_pending(&self) -> bool {
+        self.firing
+    }
+
+    fn resume<A: Aggregator<T, Acc = Acc>, T>(&mut self, agg: &A, out: &mut Emitter<'_, A::Output>) {
+        if self.firing {
+            self.fire_due(agg, out);
         }
-        self.spill();
     }
 
     fn open_windows(&self) -> usize {
@@ -449,6 +475,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned + Send + 'static> Wind
         self.sessions.clear_all()?;
         self.fire_timers.reset()?;
         self.cleanup_timers.reset()?;
+        self.firing = false;
         self.open = 0;
         self.dirty.clear();
         self.failure.clear();

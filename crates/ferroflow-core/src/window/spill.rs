@@ -169,6 +169,22 @@ impl WindowSpill {
         self.budget.for_each(&head, &mut |row, v| f(row.get(ROW_HEAD..).unwrap_or_default(), v))
     }
 
+    /// Calls `f` with the key and slot of the slots of `w` from key `from` on (included), in key
+    /// order, while it returns `true` (a firing emits them chunk by chunk).
+    pub(super) fn scan_slots_from(
+        &self,
+        w: Window,
+        from: &[u8],
+        f: &mut crate::state::RowsWhile<'_>,
+    ) -> Result<(), StateError> {
+        let mut head = Vec::with_capacity(ROW_HEAD);
+        self.head(&mut head, w, SLOT_TAG);
+        let mut start = Vec::with_capacity(ROW_HEAD + from.len());
+        start.extend_from_slice(&head);
+        start.extend_from_slice(from);
+        self.budget.scan_from(&head, &start, &mut |row, v| f(row.get(ROW_HEAD..).unwrap_or_default(), v))
+    }
+
     /// Calls `f` with the key and slot of every pending row of `w`, in spill order.
     pub(super) fn for_each_pending(&self, w: Window, f: &mut RowVisitor<'_>) -> Result<(), StateError> {
         let mut head = Vec::with_capacity(ROW_HEAD);
