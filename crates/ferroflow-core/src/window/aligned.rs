@@ -81,25 +81,26 @@ impl<Acc> Bucket<Acc> {
 }
 
 /// A firing under way: the watermark it fires and how far it got.
-struct Firing {
+struct Firing<Acc> {
     watermark: Timestamp,
     /// The last window it looked at.
     last: Option<Window>,
     /// The window whose rows are going out.
-    window: Option<WindowFiring>,
+    window: Option<WindowFiring<Acc>>,
     /// Fired windows past their allowed lateness, dropped once the firing ends.
     done: Vec<Window>,
 }
 
 /// One window's rows going out, chunk by chunk.
-struct WindowFiring {
+struct WindowFiring<Acc> {
     window: Window,
     /// Past its allowed lateness at this watermark: its rows are final and it goes.
     expire: bool,
     /// Had fired before (its spilled copies that were never emitted were emitted then).
     fired: bool,
-    /// The keys in memory, in output order, and the next one to go.
-    order: Vec<(u128, Key)>,
+    /// The keys in memory, in output order, and the next one to go; with their slots when the
+    /// window goes after this firing (taken out of its table: no lookup per row).
+    order: Vec<(u128, Key, Option<Slot<Acc>>)>,
     next: usize,
     /// The last spilled slot emitted: the next chunk reads on from there.
     spilled_after: Option<Key>,
@@ -125,7 +126,7 @@ pub(super) struct AlignedWindows<Acc> {
     /// fails until a restore.
     failure: SpillFailure,
     /// The firing of the last watermark, while rows of it wait to go out.
-    firing: Option<Firing>,
+    firing: Option<Firing<Acc>>,
 }
 
 impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
@@ -204,7 +205,8 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
                 Some(w) => std::ops::Bound::Excluded(w),
                 None => std::ops::Bound::Unbounded,
             };
-            let Some((&w, bucket)) = self.windows.range((after, std::ops::Bound::Unbounded)).next() else {
+            let Some((&w, bucket)) = self.windows.range_mut((after, std::ops::Bound::Unbounded)).next()
+            else {
                 break;
             };
             if w.max_timestamp() > firing.watermark {
@@ -219,9 +221,16 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
             // Most comparisons end on the leading bytes; equal ones compare the whole keys (the
             // same order as the keys' bytes, which is the store's). Deterministic output order:
             // replays after a restore produce the same rows.
-            let mut order: Vec<(u128, Key)> =
-                bucket.slots.keys().map(|k| (order_prefix(k), k.clone())).collect();
-            order.sort_unstable();
+            // A window that goes after this firing gives its slots up (it is dropped at the end).
+            let mut order: Vec<(u128, Key, Option<Slot<Acc>>)> = if expire {
+                std::mem::take(&mut bucket.slots)
+                    .into_iter()
+                    .map(|(k, s)| (order_prefix(&k), k, Some(s)))
+                    .collect()
+            } else {
+                bucket.slots.keys().map(|k| (order_prefix(k), k.clone(), None)).collect()
+            };
+            order.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
             let spilled = self.spill.is_some() && bucket.spilled.is_some();
             firing.window = Some(WindowFiring {
                 window: w,
@@ -254,30 +263,34 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
     fn fire_rows<A: Aggregator<T, Acc = Acc>, T>(
         &mut self,
         agg: &A,
-        fire: &mut WindowFiring,
+        fire: &mut WindowFiring<Acc>,
         out: &mut Emitter<'_, A::Output>,
     ) -> bool {
         let Some(bucket) = self.windows.get_mut(&fire.window) else { return true };
         let (w, expire) = (fire.window, fire.expire);
         // Emits the rows in memory that sort before `until` (all of them without one) while the
         // chunk has room; true when all of those are out.
+        // `None` when the chunk filled first, else whether the next row in memory has `until`'s key
+        // (its copy on disk is then stale).
         let mut emit_memory = |until: Option<(u128, &Key)>,
                                out: &mut Emitter<'_, A::Output>,
                                slots: &mut AHashMap<Key, Slot<Acc>>| {
-            while let Some((prefix, key)) = fire.order.get(fire.next) {
-                if until.is_some_and(|(p, k)| (*prefix, key) >= (p, k)) {
-                    return true;
+            while let Some((prefix, key, taken)) = fire.order.get_mut(fire.next) {
+                if let Some((p, k)) = until
+                    && (*prefix, &*key) >= (p, k)
+                {
+                    return Some((*prefix, &*key) == (p, k));
                 }
                 if !has_room(out) {
-                    return false;
+                    return None;
                 }
-                if let Some(slot) = slots.get_mut(key) {
+                if let Some(slot) = taken.as_mut().or_else(|| slots.get_mut(key)) {
                     let revision = next_revision(&mut slot.emitted);
                     out.emit(key.clone(), w, agg.result(&slot.acc), revision, expire);
                 }
                 fire.next += 1;
             }
-            true
+            Some(false)
         };
         if !fire.spilled_done
             && let Some(spill) = &self.spill
@@ -291,13 +304,14 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
                     return Ok(true);
                 }
                 let key = Key::from_bytes(key);
-                // A slot read back is in memory: its copy on disk is stale.
-                if slots.contains_key(&key) {
-                    return Ok(true);
-                }
-                if !emit_memory(Some((order_prefix(&key), &key)), out, slots) || !has_room(out) {
-                    finished = false;
-                    return Ok(false);
+                match emit_memory(Some((order_prefix(&key), &key)), out, slots) {
+                    // A slot read back is in memory: its copy on disk is stale.
+                    Some(true) => return Ok(true),
+                    Some(false) if has_room(out) => {}
+                    _ => {
+                        finished = false;
+                        return Ok(false);
+                    }
                 }
                 let mut slot: Slot<Acc> = decode_slot(value)?;
                 emitted_by_fire(fired, &mut slot);
@@ -313,7 +327,7 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned> AlignedWindows<Acc> {
             }
             fire.spilled_done = true;
         }
-        emit_memory(None, out, &mut bucket.slots)
+        emit_memory(None, out, &mut bucket.slots).is_some()
     }
 
     /// Charges the budget for what the windows hold, and spills their share of any excess.
