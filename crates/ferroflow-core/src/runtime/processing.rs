@@ -401,14 +401,17 @@ impl<'r, C: Operator> Processing<'r, C> {
         if !self.chains.has_pending_output() {
             return Ok(());
         }
+        self.emit_now("a firing went out").await
+    }
+
+    /// Sends what is ready now (outside the end of an event), or the job's failure: a step's
+    /// state failure (before or while it goes out), or a sink gone while `during`.
+    async fn emit_now(&mut self, during: &str) -> Result<(), JobError> {
         if let Some(e) = self.ctx.take_state_failure() {
             return Err(e.into());
         }
         if !self.emit().await {
-            return Err(JobError::Task {
-                task: "sink",
-                detail: "a sink stopped while a firing went out".into(),
-            });
+            return Err(JobError::Task { task: "sink", detail: format!("a sink stopped while {during}") });
         }
         match self.ctx.take_state_failure() {
             Some(e) => Err(e.into()),
@@ -493,18 +496,7 @@ impl<'r, C: Operator> Processing<'r, C> {
         tracing::info!(?partitions, "partitions released");
         // Windows the revocation fired go out now: a stop or checkpoint may follow before the
         // next event.
-        if let Some(e) = self.ctx.take_state_failure() {
-            return Err(e.into());
-        }
-        if !self.emit().await {
-            return Err(JobError::Task {
-                task: "sink",
-                detail: "a sink stopped while partitions were released".into(),
-            });
-        }
-        if let Some(e) = self.ctx.take_state_failure() {
-            return Err(e.into());
-        }
+        self.emit_now("partitions were released").await?;
         Ok(())
     }
 
