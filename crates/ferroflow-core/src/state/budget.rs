@@ -363,11 +363,23 @@ mod store {
         }
 
         pub(super) fn multi_get<K: AsRef<[u8]>>(&self, keys: &[K], f: &mut ValueVisitor<'_>) {
-            let values = self.db.multi_get(keys.iter().map(AsRef::as_ref));
+            // The batched read pins values instead of copying each into a vector, and skips its
+            // own sort when the keys come sorted (callers sort them to read blocks in order).
+            let Some(cf) = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME) else {
+                let values = self.db.multi_get(keys.iter().map(AsRef::as_ref));
+                for (i, v) in values.into_iter().enumerate() {
+                    match v {
+                        Ok(v) => f(i, Ok(v.as_deref())),
+                        Err(e) => f(i, Err(backend(e))),
+                    }
+                }
+                return;
+            };
+            let sorted = keys.windows(2).all(|w| matches!(w, [a, b] if a.as_ref() <= b.as_ref()));
+            let values = self.db.batched_multi_get_cf(cf, keys.iter().map(AsRef::as_ref), sorted);
             for (i, v) in values.into_iter().enumerate() {
                 match v {
-                    Ok(Some(v)) => f(i, Ok(Some(&v))),
-                    Ok(None) => f(i, Ok(None)),
+                    Ok(v) => f(i, Ok(v.as_deref())),
                     Err(e) => f(i, Err(backend(e))),
                 }
             }

@@ -5,6 +5,7 @@
 //! through to the backend at batch or checkpoint boundaries, never a read-modify-write per record.
 
 mod budget;
+mod filter;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;
@@ -14,6 +15,7 @@ use std::path::Path;
 
 pub use budget::{BudgetStats, StateBudget};
 pub(crate) use budget::{RowVisitor, RowsWhile, SpillFailure, ValueVisitor};
+pub(crate) use filter::{BITS_FOR_HALF_PERCENT, BITS_FOR_ONE_PERCENT, KeyFilter};
 pub use memory::MemoryStateBackend;
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksDb, RocksDbOptions, RocksDbStateBackend};

@@ -6,16 +6,15 @@
 //! slots that were spilled before a snapshot wrote them (pending, in spill order). A window's rows
 //! all go with one range delete when the window is dropped.
 
-use fastbloom::BloomFilter;
-
 use super::common::ordered;
 use super::spec::Window;
 use crate::error::StateError;
 use crate::record::Key;
-use crate::state::{RowVisitor, StateBudget, ValueVisitor};
+use crate::state::{BITS_FOR_ONE_PERCENT, KeyFilter, RowVisitor, StateBudget, ValueVisitor};
 
-/// The filters' false-positive rate: that share of a window's keys never spilled costs a read.
-const FALSE_POSITIVES: f64 = 0.01;
+/// The filters' bits per key (under 1 % false positives: that share of a window's keys never
+/// spilled costs a read).
+const FILTER_BITS: usize = BITS_FOR_ONE_PERCENT;
 /// The smallest filter, in keys.
 const MIN_FILTER: usize = 1 << 12;
 const SLOT_TAG: u8 = 0;
@@ -25,7 +24,7 @@ pub(super) const ROW_HEAD: usize = 8 + 8 + 8 + 1;
 
 /// The keys one window spilled.
 pub(super) struct SpilledKeys {
-    filter: BloomFilter,
+    filter: KeyFilter,
     capacity: usize,
     items: usize,
 }
@@ -39,7 +38,7 @@ impl SpilledKeys {
 
     /// What the filter holds in memory, bytes.
     pub(super) fn bytes(&self) -> usize {
-        self.filter.num_bits() / 8
+        self.filter.bytes()
     }
 }
 
@@ -237,8 +236,8 @@ impl Drop for WindowSpill {
     }
 }
 
-fn filter(capacity: usize) -> BloomFilter {
-    BloomFilter::with_false_pos(FALSE_POSITIVES).expected_items(capacity)
+fn filter(capacity: usize) -> KeyFilter {
+    KeyFilter::new(capacity, FILTER_BITS)
 }
 
 fn bad_note(w: Window) -> StateError {

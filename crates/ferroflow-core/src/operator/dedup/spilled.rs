@@ -4,17 +4,16 @@
 use std::collections::VecDeque;
 
 use ahash::AHashMap;
-use fastbloom::BloomFilter;
 
 use super::rows::{hash, sighting as decode_at};
 use super::{IdHash, corrupt};
 use crate::error::StateError;
 use crate::record::Timestamp;
-use crate::state::StateBudget;
+use crate::state::{BITS_FOR_HALF_PERCENT, KeyFilter, StateBudget};
 
-/// The filters' false-positive rate, per generation: that share of new ids costs a disk read for
-/// each live generation.
-const FALSE_POSITIVES: f64 = 0.005;
+/// The filters' bits per id (about 0.5 % false positives, per generation: that share of new ids
+/// costs a disk read for each live generation).
+const FILTER_BITS: usize = BITS_FOR_HALF_PERCENT;
 /// The smallest generation, in ids, under a large budget: a filter this size costs about 1.4 MB.
 /// Under a small one, generations start at a thirty-second of the ids it holds.
 const MIN_GENERATION: usize = 1 << 20;
@@ -26,11 +25,13 @@ const MAX_GENERATIONS: usize = 16;
 const PENDING: u32 = u32::MAX;
 /// Rows: the table's prefix (8 bytes), the generation (4), the id's hash (16).
 const ROW: usize = 28;
+/// An id in a pending row: its hash (16 bytes), its sighting (8).
+const PENDING_ID: usize = 24;
 
 /// One generation: ids spilled over one stretch of event time, in rows of their own.
 struct Generation {
     id: u32,
-    filter: BloomFilter,
+    filter: KeyFilter,
     capacity: usize,
     count: usize,
     /// The earliest and the latest sighting in it: the generation closes once it spans a quarter
@@ -54,7 +55,7 @@ pub(super) struct Spilled {
     rows: usize,
     /// The smallest generation, in ids.
     min_generation: usize,
-    /// Pending rows written since the last snapshot.
+    /// Pending rows (one per write) since the last snapshot.
     pending_seq: u64,
     /// What the step's memory is charged of the budget now.
     charged: usize,
@@ -85,7 +86,7 @@ impl Spilled {
 
     /// What the filters hold in memory, bytes.
     pub(super) fn filter_bytes(&self) -> usize {
-        self.generations.iter().map(|g| g.filter.num_bits() / 8).sum()
+        self.generations.iter().map(|g| g.filter.bytes()).sum()
     }
 
     /// Sets the step's charge to `bytes`.
@@ -199,31 +200,30 @@ impl Spilled {
                 placed.push((o.0, h, at));
             }
         }
-        // Rows of generations hold the sighting (8 bytes), pending rows the hash and the sighting.
-        let mut rows: Vec<([u8; ROW], [u8; 24], usize)> = Vec::with_capacity(placed.len());
+        // Rows of generations hold the sighting; one pending row holds every unsaved (hash,
+        // sighting) of this write, 24 bytes each (one memtable insert, not one per id).
+        let mut rows: Vec<([u8; ROW], [u8; 8])> = Vec::with_capacity(placed.len());
         for &(g, h, at) in &placed {
-            let mut v = [0u8; 24];
-            v[..8].copy_from_slice(&at.to_be_bytes());
-            rows.push((self.row(g, h), v, 8));
-        }
-        let mut seq = self.pending_seq;
-        for &(h, at, unsaved) in ids {
-            if unsaved {
-                let mut v = [0u8; 24];
-                v[..16].copy_from_slice(&h.to_be_bytes());
-                v[16..].copy_from_slice(&at.to_be_bytes());
-                rows.push((self.pending_row(seq), v, 24));
-                seq = seq.saturating_add(1);
-            }
+            rows.push((self.row(g, h), at.to_be_bytes()));
         }
         rows.sort_unstable_by_key(|r| r.0);
-        let puts: Vec<(&[u8; ROW], &[u8])> =
-            rows.iter().map(|(k, v, n)| (k, v.get(..*n).unwrap_or(v))).collect();
+        let mut unsaved = Vec::new();
+        for &(h, at, _) in ids.iter().filter(|id| id.2) {
+            unsaved.extend_from_slice(&h.to_be_bytes());
+            unsaved.extend_from_slice(&at.to_be_bytes());
+        }
+        let pending = self.pending_row(self.pending_seq);
+        let mut puts: Vec<(&[u8; ROW], &[u8])> = rows.iter().map(|(k, v)| (k, &v[..])).collect();
+        if !unsaved.is_empty() {
+            puts.push((&pending, &unsaved));
+        }
         self.budget.write_ordered(&[], &puts)?;
-        self.pending_seq = seq;
+        if !unsaved.is_empty() {
+            self.pending_seq = self.pending_seq.saturating_add(1);
+        }
 
         for (id, capacity, first_at) in opened {
-            let filter = BloomFilter::with_false_pos(FALSE_POSITIVES).expected_items(capacity);
+            let filter = KeyFilter::new(capacity, FILTER_BITS);
             self.generations.push_back(Generation {
                 id,
                 filter,
@@ -275,8 +275,14 @@ impl Spilled {
         }
         let start = self.pending_row(0);
         self.budget.for_each(&start[..12], &mut |_, v| {
-            let h = hash(v.get(..16)).ok_or_else(|| corrupt("a pending dedup row is not 24 bytes"))?;
-            f(h, decode_at(v.get(16..).unwrap_or_default())?)
+            if v.len() % PENDING_ID != 0 {
+                return Err(corrupt("a pending dedup row is not a whole number of 24-byte ids"));
+            }
+            for id in v.chunks_exact(PENDING_ID) {
+                let h = hash(id.get(..16)).ok_or_else(|| corrupt("a pending dedup id is not 24 bytes"))?;
+                f(h, decode_at(id.get(16..).unwrap_or_default())?)?;
+            }
+            Ok(())
         })?;
         let mut end = self.pending_row(u64::MAX).to_vec();
         end.push(0);

@@ -2,24 +2,24 @@
 //! keys live in the spill store, and a Bloom filter of them.
 
 use ahash::AHashSet;
-use fastbloom::BloomFilter;
 
 use crate::error::StateError;
 use crate::record::Key;
-use crate::state::StateBudget;
+use crate::state::{BITS_FOR_ONE_PERCENT, KeyFilter, StateBudget};
 
 /// Called with each spilled key and its encoded cell.
 pub(super) type SpilledVisitor<'a> = dyn FnMut(Key, &[u8]) -> Result<(), StateError> + 'a;
 
-/// The Bloom filter's false-positive rate: that share of new keys costs a disk read.
-const FALSE_POSITIVES: f64 = 0.01;
+/// The Bloom filter's bits per key (under 1 % false positives: that share of new keys costs a
+/// disk read).
+const FILTER_BITS: usize = BITS_FOR_ONE_PERCENT;
 
 /// A table's spilled keys.
 pub(super) struct Tier {
     pub(super) budget: StateBudget,
     prefix: [u8; 8],
     /// Made at the first spill: a table that never spills holds no filter.
-    bloom: Option<BloomFilter>,
+    bloom: Option<KeyFilter>,
     /// Keys the filter was sized for, and keys put in it since.
     bloom_capacity: usize,
     bloom_items: usize,
@@ -236,6 +236,6 @@ impl Drop for Tier {
     }
 }
 
-fn bloom(capacity: usize) -> BloomFilter {
-    BloomFilter::with_false_pos(FALSE_POSITIVES).expected_items(capacity)
+fn bloom(capacity: usize) -> KeyFilter {
+    KeyFilter::new(capacity, FILTER_BITS)
 }
