@@ -205,6 +205,13 @@ impl<T, F, K: ?Sized> Dedup<T, F, K> {
             return Ok(());
         }
         self.spill(want.div_ceil(ID_COST))?;
+        // A map never gives memory back by itself: once its filters take most of the step's share
+        // it holds a few ids in a table sized for millions, memory the budget does not count and
+        // a cache miss for every id looked up.
+        let len = self.seen.len();
+        if self.seen.capacity() > len.max(1 << 12).saturating_mul(4) {
+            self.seen.shrink_to(len.saturating_mul(2));
+        }
         let memory = self.memory();
         if let Some(spilled) = &mut self.spilled {
             spilled.charge(memory);
@@ -812,5 +819,37 @@ mod tests {
         fn restore(&mut self, _: &std::path::Path) -> Result<(), StateError> {
             Ok(())
         }
+    }
+
+    /// Once the budget leaves the step room for a few ids only (another step took the rest),
+    /// the map of ids in memory gives its table back instead of keeping one sized for all it held.
+    #[cfg(feature = "rocksdb")]
+    #[test]
+    fn the_id_map_shrinks_when_its_ids_spill() {
+        type Owned = Dedup<(String, i64), fn(&(String, i64)) -> &str, str>;
+        let tmp = tempfile::tempdir().unwrap();
+        let budget = StateBudget::open(64 << 20, tmp.path().join("spill")).unwrap();
+        let mut d: Owned = Dedup::new("t", Duration::from_secs(3_600), |e: &(String, i64)| e.0.as_str());
+        d.attach_budget(&budget);
+        let mut ctx = Context::default();
+        let mut out = Vec::new();
+        let mut input: Vec<_> = (0..200_000).map(|i| Record::new((format!("id-{i}"), i), i)).collect();
+        d.process_batch(&mut input, &mut ctx, &mut out);
+        assert_eq!(out.len(), 200_000);
+        let held = d.seen.capacity();
+        assert!(d.seen.len() == 200_000 && held >= 200_000, "within the budget, every id stays in memory");
+        // Another step takes nearly all of the budget: this one must spill almost everything.
+        budget.charge((64 << 20) - 100 * ID_COST);
+        for i in 0..20 {
+            let mut input = vec![Record::new((format!("late-{i}"), 200_000), 200_000)];
+            d.process_batch(&mut input, &mut ctx, &mut out);
+        }
+        assert!(d.spilled() > 150_000, "the ids spilled: {}", d.spilled());
+        assert!(
+            d.seen.capacity() <= d.seen.len().max(1 << 12).saturating_mul(4),
+            "{} ids in memory keep a table of {} (it held {held})",
+            d.seen.len(),
+            d.seen.capacity()
+        );
     }
 }
