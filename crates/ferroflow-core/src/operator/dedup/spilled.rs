@@ -14,8 +14,8 @@ use crate::state::{BITS_FOR_HALF_PERCENT, KeyFilter, StateBudget};
 /// The filters' bits per id (about 0.5 % false positives, per generation: that share of new ids
 /// costs a disk read for each live generation).
 const FILTER_BITS: usize = BITS_FOR_HALF_PERCENT;
-/// The smallest generation, in ids, under a large budget: a filter this size costs about 1.4 MB.
-/// Under a small one, generations start at a thirty-second of the ids it holds.
+/// The smallest generation, in ids, under a large budget: a filter this size costs about 1.5 MB.
+/// Under a small one, generations start at half of the ids it holds.
 const MIN_GENERATION: usize = 1 << 20;
 /// Generations beyond which a new one opens only when the open one is full (not for time), so
 /// that ids with far-apart event times cannot make a filter per id.
@@ -64,9 +64,10 @@ pub(super) struct Spilled {
 impl Spilled {
     pub(super) fn new(budget: StateBudget) -> Self {
         let prefix = budget.table_prefix();
-        // About 200 bytes an id in memory: a generation of a thirty-second of what fits costs
-        // a filter of about a two-hundredth of the budget.
-        let min_generation = (budget.limit() / 200 / 32).clamp(1_024, MIN_GENERATION);
+        // About 200 bytes an id in memory: a generation of half of what fits costs a filter of
+        // about 0.4 % of the budget (12 bits an id). Every new id asks every
+        // generation's filter, so fewer, larger first generations save a probe per id each.
+        let min_generation = (budget.limit() / 200 / 2).clamp(1_024, MIN_GENERATION);
         Self {
             budget,
             prefix,
