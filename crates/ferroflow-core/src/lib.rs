@@ -29,6 +29,7 @@
 pub mod checkpoint;
 pub mod dead_letter;
 pub mod error;
+pub mod join;
 pub mod json;
 pub mod metrics;
 pub mod operator;

@@ -1,7 +1,7 @@
 //! Everything a job needs, in one import: `use ferroflow::prelude::*;`.
 //!
 //! The stream builder, records and keys, event time, window specs and the built-in aggregators,
-//! the built-in sources and sinks, the runner and its builders, dead letters, the errors, and
+//! joins, the built-in sources and sinks, the runner and its builders, dead letters, the errors, and
 //! `std::time::Duration` (every window and watermark setting takes one).
 //!
 //! # Examples
@@ -15,6 +15,7 @@ pub use std::time::Duration;
 
 pub use crate::dead_letter::{DeadLetter, DeadLetterReason, Rejection};
 pub use crate::error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, SourceError};
+pub use crate::join::{Either, IntervalJoin};
 pub use crate::operator::{
     Context, IntoOperator, KeyedContext, KeyedFunction, ListState, MapState, Operator, ProcessOutput,
     StateDeclarations, StateTtl, TimeDomain, ValueState,

@@ -1,6 +1,7 @@
 //! The job builder: `Stream::<T>::new().filter(..).map(..).window(..)`.
 
 use crate::dead_letter::Rejection;
+use crate::join::IntervalJoin;
 use crate::operator::{
     AssignTimestamps, Chain, Dedup, Filter, FlatMap, KeyBy, KeyedFunction, KeyedProcess, Map, Operator,
     Process, ProcessOutput, SourceInput, StatefulOperator, TryMap,
@@ -225,6 +226,42 @@ impl<Op: Operator> Stream<Op::In, Op, Keyed> {
     {
         let id = self.position_id("keyed_process");
         self.then(KeyedProcess::new(id, f))
+    }
+}
+
+impl<Op, L, R> Stream<Op::In, Op, Keyed>
+where
+    Op: Operator<Out = crate::join::Either<L, R>>,
+    L: crate::operator::StateValue,
+    R: crate::operator::StateValue,
+{
+    /// Joins the `Left` and `Right` records of each key whose event times satisfy
+    /// `left.ts + lower <= right.ts <= left.ts + upper`. See [`IntervalJoin`] for the semantics;
+    /// build it with [`IntervalJoin::inner`] or [`IntervalJoin::left_outer`]. Give it a stable
+    /// id with [`.id("…")`](Stream::id) so that savepoints survive changes to the job.
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_core::join::{Either, IntervalJoin};
+    /// use ferroflow_core::prelude::*;
+    ///
+    /// type Event = Either<(String, i64), (String, i64)>; // (ad, time): impressions, clicks
+    /// let side = |e: &Event| e.as_ref().either(|l| l, |r| r).clone();
+    /// let job = Stream::<Event>::new()
+    ///     .assign_timestamps(move |e| side(e).1, WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5)))
+    ///     .key_by(|e| Key::from(e.as_ref().either(|l| &l.0, |r| &r.0).as_str()))
+    ///     .interval_join(IntervalJoin::inner(0, 60_000, |imp: &(String, i64), click: &(String, i64)| {
+    ///         (imp.0.clone(), click.1 - imp.1)
+    ///     }).unwrap())
+    ///     .id("clicks-after-impressions");
+    /// # let _ = job;
+    /// ```
+    pub fn interval_join<O: Send + 'static>(
+        self,
+        join: IntervalJoin<L, R, O>,
+    ) -> Then<Op, KeyedProcess<IntervalJoin<L, R, O>>, Keyed> {
+        let id = self.position_id("interval_join");
+        self.then(KeyedProcess::new(id, join))
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod file;
 mod memory;
+mod union;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 pub use file::JsonLinesSource;
 pub use memory::MemorySource;
+pub use union::{RIGHT_PARTITIONS, UnionSource};
 
 use crate::dead_letter::DeadLetter;
 use crate::error::SourceError;

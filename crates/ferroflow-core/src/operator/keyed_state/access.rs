@@ -1,6 +1,9 @@
 //! Reading and writing one key's state, with its time to live applied.
 
 use std::borrow::Borrow;
+use std::ops::{Bound, RangeBounds};
+
+use either::Either;
 
 use super::StateValue;
 use super::table::{KeyedTable, ListCell, MapCell, Stamped, ValueCell};
@@ -214,6 +217,16 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
         self.table.get(self.key).and_then(|m| m.get(k)).map(|e| &e.v)
     }
 
+    /// The value under `k`, to change in place (an expired one is absent, unless the TTL returns
+    /// it); it counts as written.
+    pub fn get_mut<Q>(&mut self, k: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.range_mut((Bound::Included(k), Bound::Included(k))).next().map(|(_, v)| v)
+    }
+
     /// `k` has a value [`get`](Self::get) returns.
     pub fn contains<Q>(&mut self, k: &Q) -> bool
     where
@@ -270,6 +283,99 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
             }
         }
         self.table.get(self.key).into_iter().flatten().map(|(k, e)| (k, &e.v))
+    }
+
+    /// The entries whose map key lies in `range`, in key order (expired ones left out, unless the
+    /// TTL returns them): a scan of part of the map, as a join reads the buffered records of a
+    /// time interval.
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_core::operator::{KeyedContext, KeyedFunction, MapState, StateDeclarations};
+    /// use ferroflow_core::Rejection;
+    ///
+    /// /// Emits how many of the key's earlier records lie within 10 ms before each one.
+    /// struct Recent;
+    /// const SEEN: MapState<i64, u32> = MapState::new("seen");
+    ///
+    /// impl KeyedFunction for Recent {
+    ///     type In = ();
+    ///     type Out = u32;
+    ///     fn declare(&self, states: &mut StateDeclarations) {
+    ///         states.map(SEEN);
+    ///     }
+    ///     fn process(&mut self, _: (), ctx: &mut KeyedContext<'_, u32>) -> Result<(), Rejection> {
+    ///         let t = ctx.timestamp();
+    ///         let mut seen = ctx.map(SEEN)?;
+    ///         let recent = seen.range(t.saturating_sub(10)..t).map(|(_, n)| *n).sum();
+    ///         let n = seen.get(&t).copied().unwrap_or(0) + 1;
+    ///         seen.put(t, n);
+    ///         ctx.emit(recent);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub fn range<Q, R>(&mut self, range: R) -> impl Iterator<Item = (&K, &V)>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+        R: RangeBounds<Q>,
+    {
+        self.table.drop_expired(self.key, &self.now);
+        if self.table.ttl.is_some_and(|t| t.refresh_on_read()) {
+            return Either::Left(self.range_mut(range).map(|(k, v)| (k, &*v)));
+        }
+        Either::Right(
+            self.table.get(self.key).map(|m| m.range(range)).into_iter().flatten().map(|(k, e)| (k, &e.v)),
+        )
+    }
+
+    /// The entries whose map key lies in `range`, in key order, to change in place (expired ones
+    /// left out, unless the TTL returns them). Each entry it gives counts as written.
+    pub fn range_mut<Q, R>(&mut self, range: R) -> impl Iterator<Item = (&K, &mut V)>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+        R: RangeBounds<Q>,
+    {
+        self.table.drop_expired(self.key, &self.now);
+        let (ttl, now) = (self.table.ttl, self.now);
+        let at = stamp(ttl, &now);
+        let bounds = (range.start_bound(), range.end_bound());
+        let has_any = self.table.get(self.key).is_some_and(|m| m.range(bounds).next().is_some());
+        let cell = if has_any { self.table.get_mut(self.key) } else { None };
+        cell.map(|m| m.range_mut(range)).into_iter().flatten().filter_map(move |(k, e)| {
+            if ttl.is_some_and(|t| t.expired(e.at, &now)) {
+                return None;
+            }
+            restamp(&mut e.at, at);
+            Some((k, &mut e.v))
+        })
+    }
+
+    /// Removes the entries whose map key lies in `range` and returns them in key order (expired
+    /// ones are dropped, not returned, unless the TTL returns them).
+    pub fn remove_range<Q, R>(&mut self, range: R) -> Vec<(K, V)>
+    where
+        K: Borrow<Q> + Clone,
+        Q: Ord + ?Sized,
+        R: RangeBounds<Q>,
+    {
+        self.table.drop_expired(self.key, &self.now);
+        let Some(m) = self.table.get(self.key) else { return Vec::new() };
+        let keys: Vec<K> = m.range(range).map(|(k, _)| k.clone()).collect();
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let mut removed = Vec::with_capacity(keys.len());
+        let emptied = self.table.get_mut(self.key).is_some_and(|m| {
+            removed.extend(keys.into_iter().filter_map(|k| m.remove::<K>(&k).map(|e| (k, e.v))));
+            m.is_empty()
+        });
+        if emptied {
+            self.table.remove(self.key);
+        }
+        removed
     }
 
     /// How many entries [`iter`](Self::iter) gives.

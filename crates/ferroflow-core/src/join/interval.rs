@@ -1,0 +1,274 @@
+//! The interval join: pairs of one key whose times lie within bounds of each other.
+
+use either::Either;
+use serde::{Deserialize, Serialize};
+
+use crate::dead_letter::{DeadLetterReason, Rejection};
+use crate::error::{ConfigError, StateError};
+use crate::operator::{KeyedContext, KeyedFunction, MapAccess, MapState, StateDeclarations, StateValue};
+use crate::record::Timestamp;
+
+/// Which input of a join a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinSide {
+    /// The first input (`Either::Left`).
+    Left,
+    /// The second input (`Either::Right`).
+    Right,
+}
+
+/// A record waiting in a join for partners that may still come.
+#[derive(Debug, Serialize, Deserialize)]
+struct Waiting<T> {
+    value: T,
+    /// It met a partner (a left-outer join emits an unmatched left record alone, once its
+    /// interval has passed).
+    joined: bool,
+}
+
+/// One side's waiting records of a key, by event time.
+type Buffer<T> = MapState<Timestamp, Vec<Waiting<T>>>;
+
+/// What the join makes of a pair (or, left outer, of a left record without a partner).
+type JoinFn<L, R, O> = Box<dyn FnMut(&L, Option<&R>) -> Option<O> + Send>;
+
+/// Joins the left and right records of one key whose event times satisfy
+/// `left.ts + lower <= right.ts <= left.ts + upper` (bounds included, in ms, either may be
+/// negative): Flink's interval join, Kafka Streams' windowed stream-stream join.
+///
+/// Run it with [`Stream::interval_join`](crate::Stream::interval_join) (or as the function of a
+/// [`KeyedProcess`](crate::operator::KeyedProcess)) on a stream of [`Either`] keyed by the join
+/// key. Semantics:
+/// - A pair is emitted once, when its second record arrives, with event time the later of the
+///   two (as Flink does).
+/// - Each record waits in keyed state while a partner can still arrive: a left record until the
+///   watermark reaches `ts + upper`, a right one until it reaches `ts - lower`. A record whose
+///   wait is already over when it arrives joins with what is waiting and is not kept.
+/// - A record at or below the watermark is late: its partners may be gone, so it goes to the
+///   dead letters (`late_event`, naming its input) instead of joining with some of them.
+/// - [`left_outer`](Self::left_outer) also emits each left record that met no partner, alone,
+///   once the watermark has passed its interval (never earlier: a partner could still come), at
+///   the left record's event time.
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::join::{Either, IntervalJoin};
+/// use ferroflow_core::operator::KeyedProcess;
+/// use ferroflow_core::time::Watermark;
+/// use ferroflow_core::{Context, Key, Operator, Record};
+///
+/// // Clicks (right) within 0..=10 ms after an impression (left) of the same ad.
+/// let join = IntervalJoin::inner(0, 10, |imp: &String, click: &String| format!("{imp}+{click}")).unwrap();
+/// let mut op = KeyedProcess::new("clicks", join);
+/// let rec = |e: Either<String, String>, t| Record::new(e, t).with_key(Key::from("ad-1"));
+/// let mut input = vec![
+///     rec(Either::Left("i1".into()), 100),
+///     rec(Either::Right("c1".into()), 105),
+///     rec(Either::Right("c2".into()), 111),
+/// ];
+/// let (mut ctx, mut out) = (Context::default(), Vec::new());
+/// op.process_batch(&mut input, &mut ctx, &mut out);
+/// assert_eq!(out.iter().map(|r| (r.payload.as_str(), r.event_time)).collect::<Vec<_>>(), [("i1+c1", 105)]);
+/// op.on_watermark(Watermark(200), &mut ctx, &mut out);
+/// assert_eq!(op.held(), (0, 0), "nothing waits once the watermark passed both intervals");
+/// ```
+pub struct IntervalJoin<L, R, O> {
+    lower: Timestamp,
+    upper: Timestamp,
+    outer: bool,
+    join: JoinFn<L, R, O>,
+    names: [String; 2],
+    left: Buffer<L>,
+    right: Buffer<R>,
+    /// Pairs found for the record at hand, emitted once its side's state is let go.
+    found: Vec<(O, Timestamp)>,
+}
+
+impl<L, R, O> std::fmt::Debug for IntervalJoin<L, R, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntervalJoin")
+            .field("lower", &self.lower)
+            .field("upper", &self.upper)
+            .field("outer", &self.outer)
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
+    /// An inner join: `f(left, right)` for every pair within `[lower_ms, upper_ms]`. An error if
+    /// `lower_ms > upper_ms`.
+    pub fn inner(
+        lower_ms: Timestamp,
+        upper_ms: Timestamp,
+        mut f: impl FnMut(&L, &R) -> O + Send + 'static,
+    ) -> Result<Self, ConfigError> {
+        Self::build(lower_ms, upper_ms, false, Box::new(move |l, r| r.map(|r| f(l, r))))
+    }
+
+    /// A left-outer join: `f(left, Some(right))` for every pair, and `f(left, None)` for a left
+    /// record that met no partner, once the watermark has passed its interval. An error if
+    /// `lower_ms > upper_ms`.
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_core::join::{Either, IntervalJoin};
+    /// use ferroflow_core::operator::KeyedProcess;
+    /// use ferroflow_core::time::Watermark;
+    /// use ferroflow_core::{Context, Key, Operator, Record};
+    ///
+    /// let join = IntervalJoin::left_outer(0, 10, |order: &u32, paid: Option<&u32>| (*order, paid.copied())).unwrap();
+    /// let mut op = KeyedProcess::new("payments", join);
+    /// let mut input = vec![Record::new(Either::<u32, u32>::Left(7), 100).with_key(Key::from("o-7"))];
+    /// let (mut ctx, mut out) = (Context::default(), Vec::new());
+    /// op.process_batch(&mut input, &mut ctx, &mut out);
+    /// op.on_watermark(Watermark(109), &mut ctx, &mut out);
+    /// assert!(out.is_empty(), "a payment at 110 ms would still join");
+    /// op.on_watermark(Watermark(110), &mut ctx, &mut out);
+    /// assert_eq!(out.iter().map(|r| (r.payload, r.event_time)).collect::<Vec<_>>(), [((7, None), 100)]);
+    /// ```
+    pub fn left_outer(
+        lower_ms: Timestamp,
+        upper_ms: Timestamp,
+        mut f: impl FnMut(&L, Option<&R>) -> O + Send + 'static,
+    ) -> Result<Self, ConfigError> {
+        Self::build(lower_ms, upper_ms, true, Box::new(move |l, r| Some(f(l, r))))
+    }
+
+    fn build(
+        lower: Timestamp,
+        upper: Timestamp,
+        outer: bool,
+        join: JoinFn<L, R, O>,
+    ) -> Result<Self, ConfigError> {
+        if lower > upper {
+            return Err(ConfigError::Invalid(format!(
+                "an interval join's lower bound ({lower} ms) is above its upper bound ({upper} ms)"
+            )));
+        }
+        Ok(Self {
+            lower,
+            upper,
+            outer,
+            join,
+            names: ["left".to_owned(), "right".to_owned()],
+            left: MapState::new("left"),
+            right: MapState::new("right"),
+            found: Vec::new(),
+        })
+    }
+
+    /// Names the two inputs in the dead letters of their late records (`left` and `right`
+    /// unless named).
+    pub fn with_input_names(mut self, left: impl Into<String>, right: impl Into<String>) -> Self {
+        self.names = [left.into(), right.into()];
+        self
+    }
+
+    fn left_arrives(&mut self, l: L, t: Timestamp, ctx: &mut KeyedContext<'_, O>) -> Result<(), StateError> {
+        let (from, to) = (t.saturating_add(self.lower), t.saturating_add(self.upper));
+        let mut joined = false;
+        for (&rt, waiting) in ctx.map(self.right)?.range(from..=to) {
+            for w in waiting {
+                joined = true;
+                if let Some(o) = (self.join)(&l, Some(&w.value)) {
+                    self.found.push((o, t.max(rt)));
+                }
+            }
+        }
+        self.emit_found(ctx);
+        // A partner can still come while the watermark is below `to`.
+        if to > ctx.watermark() {
+            wait(&mut ctx.map(self.left)?, t, Waiting { value: l, joined });
+            ctx.register_event_time_timer(to);
+        } else if !joined && let Some(o) = (self.join)(&l, None) {
+            ctx.emit_at(o, t);
+        }
+        Ok(())
+    }
+
+    fn right_arrives(&mut self, r: R, t: Timestamp, ctx: &mut KeyedContext<'_, O>) -> Result<(), StateError> {
+        let (from, to) = (t.saturating_sub(self.upper), t.saturating_sub(self.lower));
+        let mut unmarked = false;
+        for (&lt, waiting) in ctx.map(self.left)?.range(from..=to) {
+            for w in waiting {
+                unmarked |= !w.joined;
+                if let Some(o) = (self.join)(&w.value, Some(&r)) {
+                    self.found.push((o, lt.max(t)));
+                }
+            }
+        }
+        if self.outer && unmarked {
+            for (_, waiting) in ctx.map(self.left)?.range_mut(from..=to) {
+                waiting.iter_mut().for_each(|w| w.joined = true);
+            }
+        }
+        self.emit_found(ctx);
+        if to > ctx.watermark() {
+            wait(&mut ctx.map(self.right)?, t, Waiting { value: r, joined: false });
+            ctx.register_event_time_timer(to);
+        }
+        Ok(())
+    }
+
+    fn emit_found(&mut self, ctx: &mut KeyedContext<'_, O>) {
+        for (o, at) in self.found.drain(..) {
+            ctx.emit_at(o, at);
+        }
+    }
+}
+
+/// Adds `w` to the records waiting at `t`.
+fn wait<T: StateValue>(buffer: &mut MapAccess<'_, Timestamp, Vec<Waiting<T>>>, t: Timestamp, w: Waiting<T>) {
+    match buffer.get_mut(&t) {
+        Some(waiting) => waiting.push(w),
+        None => buffer.put(t, vec![w]),
+    }
+}
+
+impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for IntervalJoin<L, R, O> {
+    type In = Either<L, R>;
+    type Out = O;
+
+    fn declare(&self, states: &mut StateDeclarations) {
+        states.map(self.left);
+        states.map(self.right);
+    }
+
+    fn process(&mut self, input: Either<L, R>, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
+        let (t, watermark) = (ctx.timestamp(), ctx.watermark());
+        if t <= watermark {
+            let side = usize::from(input.is_right());
+            return Err(Rejection::new(
+                DeadLetterReason::LateEvent,
+                format!(
+                    "input '{}' of an interval join: event time {t} is at or below the watermark {watermark}",
+                    self.names[side]
+                ),
+            ));
+        }
+        match input {
+            Either::Left(l) => self.left_arrives(l, t, ctx)?,
+            Either::Right(r) => self.right_arrives(r, t, ctx)?,
+        }
+        Ok(())
+    }
+
+    /// Lets go of the records whose wait is over (a timer stands for every record of its key
+    /// whose interval ends at its time; earlier ones went with earlier timers), emitting the
+    /// unmatched left ones of a left-outer join.
+    fn on_timer(&mut self, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
+        let at = ctx.timestamp();
+        // Left records with `lt + upper <= at`, right ones with `rt - lower <= at`.
+        let done = ctx.map(self.left)?.remove_range(..=at.saturating_sub(self.upper));
+        for (lt, waiting) in done {
+            for w in waiting.into_iter().filter(|w| !w.joined) {
+                if let Some(o) = (self.join)(&w.value, None) {
+                    ctx.emit_at(o, lt);
+                }
+            }
+        }
+        ctx.map(self.right)?.remove_range(..=at.saturating_add(self.lower));
+        Ok(())
+    }
+}

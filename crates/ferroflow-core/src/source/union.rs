@@ -1,0 +1,460 @@
+//! Two sources read as one: the inputs of a join, or two topics of one type.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use either::Either;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{CheckpointListener, PartitionLifecycle, Source, SourceBatch, SourceEvent, SourceProgress};
+use crate::error::{RetryHint, SourceError};
+use crate::record::{PartitionId, Record, SourcePosition};
+
+/// Partition `p` of a [`UnionSource`]'s second input is partition `RIGHT_PARTITIONS + p` of the
+/// union (in positions, offsets, checkpoints and dead letters); the first input's keep their ids.
+/// Either input's partitions must lie below it.
+pub const RIGHT_PARTITIONS: PartitionId = 1 << 24;
+
+/// What one input's reader sends: its index and its next event, or its end.
+type Delivery<A, B> = (usize, Result<Option<SourceEvent<Either<A, B>>>, SourceError>);
+
+/// Reads two sources as one, records of the first as [`Either::Left`], of the second as
+/// [`Either::Right`], in the order they come (each source on a task of its own, so a slow or
+/// silent one never holds the other back).
+///
+/// Each input keeps its partitions: the second's are renumbered from [`RIGHT_PARTITIONS`], so
+/// every partition of both has its own watermark, its own idleness and its own offset in a
+/// checkpoint, and a restore resumes each input where it was. A step after the union sees the
+/// minimum watermark over the partitions of both inputs. The union ends once both inputs have.
+///
+/// At the start, no records go out until both inputs have announced their partitions (or
+/// delivered their first records, whose partitions the union then announces, or ended): records
+/// of one input must not move the watermark before the other input's partitions hold it back.
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::join::Either;
+/// use ferroflow_core::source::{MemorySource, RIGHT_PARTITIONS, Source, SourceEvent, UnionSource};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let mut union = UnionSource::new(MemorySource::of(["click"]), MemorySource::of([7u32]));
+/// let mut seen = Vec::new();
+/// while let Some(event) = union.next_event().await.unwrap() {
+///     if let SourceEvent::Batch(b) = event {
+///         seen.extend(b.records.into_iter().map(|r| (r.payload, r.position.partition)));
+///     }
+/// }
+/// seen.sort_by_key(|s| s.1);
+/// assert_eq!(seen, [(Either::Left("click"), 0), (Either::Right(7), RIGHT_PARTITIONS)]);
+/// # });
+/// ```
+pub struct UnionSource<A, B, SA, SB> {
+    inputs: Option<(SA, SB)>,
+    /// Each input's events, from its reader (one at a time: a reader waits while the job is
+    /// behind, or while the union waits for the other input to start).
+    receivers: Vec<mpsc::Receiver<Delivery<A, B>>>,
+    readers: Vec<JoinHandle<()>>,
+    /// The input has announced its partitions (or delivered records, or ended).
+    started: [bool; 2],
+    /// Events held until both inputs have started.
+    held: VecDeque<SourceEvent<Either<A, B>>>,
+    ended: [bool; 2],
+    /// Each input's clock, once it reported one (see [`SourceProgress`]).
+    clocks: [Option<i64>; 2],
+}
+
+impl<A, B, SA, SB> std::fmt::Debug for UnionSource<A, B, SA, SB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnionSource")
+            .field("ended", &self.ended)
+            .field("clocks", &self.clocks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, B, SA, SB> Drop for UnionSource<A, B, SA, SB> {
+    fn drop(&mut self) {
+        for r in &self.readers {
+            r.abort();
+        }
+    }
+}
+
+/// A reader stopped before its input ended (it failed outside the source, or was stopped).
+fn stopped() -> SourceError {
+    SourceError::External {
+        message: "a union source's reader stopped before its input ended".into(),
+        retry: RetryHint::WithBackoff,
+    }
+}
+
+/// The union's id of `input`'s partition `p`.
+fn union_partition(input: usize, p: PartitionId) -> Result<PartitionId, SourceError> {
+    // Either input's partitions beyond the range would take another partition's id (a union
+    // nested in a union has such partitions): refused, never merged.
+    if p >= RIGHT_PARTITIONS {
+        return Err(SourceError::External {
+            message: format!(
+                "partition {p} of a union's input {input} is beyond the {RIGHT_PARTITIONS} partitions a union can number \
+                 (a union of unions is not supported)"
+            ),
+            retry: RetryHint::NoRetry,
+        });
+    }
+    Ok(if input == 0 { p } else { RIGHT_PARTITIONS + p })
+}
+
+/// The input and its own id of the union's partition `p`.
+fn input_partition(p: PartitionId) -> (usize, PartitionId) {
+    if p >= RIGHT_PARTITIONS { (1, p - RIGHT_PARTITIONS) } else { (0, p) }
+}
+
+fn renumber(input: usize, parts: Vec<PartitionId>) -> Result<Vec<PartitionId>, SourceError> {
+    parts.into_iter().map(|p| union_partition(input, p)).collect()
+}
+
+fn renumber_position(input: usize, at: &mut SourcePosition) -> Result<(), SourceError> {
+    at.partition = union_partition(input, at.partition)?;
+    Ok(())
+}
+
+/// Splits the union's offsets into each input's.
+fn split_offsets(offsets: &BTreeMap<PartitionId, u64>) -> [BTreeMap<PartitionId, u64>; 2] {
+    let mut split = [BTreeMap::new(), BTreeMap::new()];
+    for (&p, &o) in offsets {
+        let (input, own) = input_partition(p);
+        split[input].insert(own, o);
+    }
+    split
+}
+
+/// Turns `input`'s event into the union's: payloads tagged, partitions renumbered.
+fn tag<T, A, B>(
+    input: usize,
+    event: SourceEvent<T>,
+    wrap: fn(T) -> Either<A, B>,
+) -> Result<SourceEvent<Either<A, B>>, SourceError> {
+    Ok(match event {
+        SourceEvent::Batch(b) => {
+            let SourceBatch { records, mut dead_letters, mut originals, mut progress } = b;
+            let records = records
+                .into_iter()
+                .map(|r| {
+                    let Record { key, event_time, mut position, payload } = r;
+                    renumber_position(input, &mut position)?;
+                    Ok(Record { key, event_time, position, payload: wrap(payload) })
+                })
+                .collect::<Result<Vec<_>, SourceError>>()?;
+            for d in &mut dead_letters {
+                renumber_position(input, &mut d.position)?;
+            }
+            for (at, _) in &mut originals {
+                renumber_position(input, at)?;
+            }
+            if let Some(p) = &mut progress {
+                p.behind = renumber(input, std::mem::take(&mut p.behind))?;
+            }
+            SourceEvent::Batch(SourceBatch { records, dead_letters, originals, progress })
+        }
+        SourceEvent::PartitionsAssigned(p) => SourceEvent::PartitionsAssigned(renumber(input, p)?),
+        SourceEvent::PartitionsRevoked(p) => SourceEvent::PartitionsRevoked(renumber(input, p)?),
+        SourceEvent::PartitionFinished(p) => SourceEvent::PartitionFinished(union_partition(input, p)?),
+        SourceEvent::Progress(mut p) => {
+            p.behind = renumber(input, std::mem::take(&mut p.behind))?;
+            SourceEvent::Progress(p)
+        }
+    })
+}
+
+/// Reads `source` until it ends or fails, or the union stops listening.
+async fn read<T, A, B, S: Source<T>>(
+    input: usize,
+    mut source: S,
+    wrap: fn(T) -> Either<A, B>,
+    to: mpsc::Sender<Delivery<A, B>>,
+) {
+    loop {
+        let next = match source.next_event().await {
+            Ok(Some(event)) => tag(input, event, wrap).map(Some),
+            other => other.map(|_| None),
+        };
+        let last = !matches!(next, Ok(Some(_)));
+        if to.send((input, next)).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+impl<A, B, SA, SB> UnionSource<A, B, SA, SB>
+where
+    A: Send + 'static,
+    B: Send + 'static,
+    SA: Source<A>,
+    SB: Source<B>,
+{
+    /// Reads `left` and `right` as one source.
+    pub fn new(left: SA, right: SB) -> Self {
+        Self {
+            inputs: Some((left, right)),
+            receivers: Vec::new(),
+            readers: Vec::new(),
+            started: [false; 2],
+            held: VecDeque::new(),
+            ended: [false; 2],
+            clocks: [None; 2],
+        }
+    }
+
+    /// The next delivery of an input still running; while `starting`, only of the inputs that
+    /// have not started (the others wait in their channels).
+    async fn receive(&mut self, starting: bool) -> Result<Delivery<A, B>, SourceError> {
+        let listen = |i: usize| !(self.ended[i] || (starting && self.started[i]));
+        let (l, r) = (listen(0), listen(1));
+        let [left, right] = self.receivers.as_mut_slice() else {
+            return Err(stopped());
+        };
+        let next = tokio::select! {
+            d = left.recv(), if l => d,
+            d = right.recv(), if r => d,
+            else => None,
+        };
+        next.ok_or_else(stopped)
+    }
+
+    fn not_started(&mut self) -> Result<&mut (SA, SB), SourceError> {
+        self.inputs.as_mut().ok_or_else(|| SourceError::External {
+            message: "a union source cannot change its inputs once it has started reading".into(),
+            retry: RetryHint::NoRetry,
+        })
+    }
+
+    /// The union's clock: the earliest of its inputs' (each stands still while its input cannot
+    /// read, and so must the union's).
+    fn clock(&self) -> Option<i64> {
+        self.clocks.iter().flatten().copied().min()
+    }
+
+    fn note_clock(&mut self, input: usize, progress: &mut SourceProgress) {
+        self.clocks[input] = Some(progress.time_ms);
+        progress.time_ms = self.clock().unwrap_or(progress.time_ms);
+    }
+}
+
+impl<A, B, SA, SB> Source<Either<A, B>> for UnionSource<A, B, SA, SB>
+where
+    A: Send + 'static,
+    B: Send + 'static,
+    SA: Source<A>,
+    SB: Source<B>,
+{
+    async fn next_event(&mut self) -> Result<Option<SourceEvent<Either<A, B>>>, SourceError> {
+        if let Some((left, right)) = self.inputs.take() {
+            let (left_tx, left_rx) = mpsc::channel(1);
+            let (right_tx, right_rx) = mpsc::channel(1);
+            self.readers.push(tokio::spawn(read(0, left, Either::Left, left_tx)));
+            self.readers.push(tokio::spawn(read(1, right, Either::Right, right_tx)));
+            self.receivers = vec![left_rx, right_rx];
+        }
+        loop {
+            let starting = !self.started.iter().all(|s| *s);
+            if !starting && let Some(event) = self.held.pop_front() {
+                return Ok(Some(event));
+            }
+            if self.ended.iter().all(|e| *e) {
+                return Ok(None);
+            }
+            let (input, delivery) = self.receive(starting).await?;
+            let Some(mut event) = delivery? else {
+                self.ended[input] = true;
+                self.started[input] = true;
+                continue;
+            };
+            if let SourceEvent::Batch(SourceBatch { progress: Some(p), .. }) | SourceEvent::Progress(p) =
+                &mut event
+            {
+                self.note_clock(input, p);
+            }
+            if starting && !self.started[input] {
+                match &event {
+                    SourceEvent::PartitionsAssigned(_) => self.started[input] = true,
+                    SourceEvent::Progress(_) => {}
+                    SourceEvent::Batch(b) => {
+                        // Its partitions hold the watermark back from now on; its records wait
+                        // until the other input has started too.
+                        self.started[input] = true;
+                        let parts: BTreeSet<PartitionId> =
+                            b.records.iter().map(|r| r.position.partition).collect();
+                        self.held.push_back(event);
+                        return Ok(Some(SourceEvent::PartitionsAssigned(parts.into_iter().collect())));
+                    }
+                    SourceEvent::PartitionsRevoked(_) | SourceEvent::PartitionFinished(_) => {
+                        self.held.push_back(event);
+                        continue;
+                    }
+                }
+            }
+            return Ok(Some(event));
+        }
+    }
+
+    fn seek(&mut self, offsets: &BTreeMap<PartitionId, u64>) -> Result<(), SourceError> {
+        let [left_offsets, right_offsets] = split_offsets(offsets);
+        let (left, right) = self.not_started()?;
+        // An input without offsets delivered nothing that a checkpoint holds: it starts afresh.
+        if !left_offsets.is_empty() {
+            left.seek(&left_offsets)?;
+        }
+        if !right_offsets.is_empty() {
+            right.seek(&right_offsets)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint_listener(&self) -> Option<Arc<dyn CheckpointListener>> {
+        let (left, right) = self.inputs.as_ref()?;
+        let listeners = [left.checkpoint_listener(), right.checkpoint_listener()];
+        if listeners.iter().all(Option::is_none) {
+            return None;
+        }
+        Some(Arc::new(SplitListener { listeners }))
+    }
+
+    fn set_partition_lifecycle(&mut self, lifecycle: Arc<dyn PartitionLifecycle>) -> bool {
+        let Some((left, right)) = self.inputs.as_mut() else { return false };
+        let l = left.set_partition_lifecycle(Arc::new(InputLifecycle { input: 0, union: lifecycle.clone() }));
+        let r = right.set_partition_lifecycle(Arc::new(InputLifecycle { input: 1, union: lifecycle }));
+        l || r
+    }
+}
+
+/// Passes each input's share of a completed checkpoint's offsets to its own listener.
+struct SplitListener {
+    listeners: [Option<Arc<dyn CheckpointListener>>; 2],
+}
+
+impl CheckpointListener for SplitListener {
+    fn checkpoint_complete(&self, checkpoint_id: u64, offsets: &BTreeMap<PartitionId, u64>) {
+        for (listener, offsets) in self.listeners.iter().zip(split_offsets(offsets)) {
+            if let Some(l) = listener {
+                l.checkpoint_complete(checkpoint_id, &offsets);
+            }
+        }
+    }
+}
+
+/// The job's partition hand-over, seen by one input in its own partition ids.
+struct InputLifecycle {
+    input: usize,
+    union: Arc<dyn PartitionLifecycle>,
+}
+
+impl InputLifecycle {
+    /// The union's ids of the input's `partitions` (one beyond the range cannot be numbered: it
+    /// has no state in the job, and is left out).
+    fn union_ids(&self, partitions: &[PartitionId]) -> Vec<PartitionId> {
+        partitions.iter().filter_map(|p| union_partition(self.input, *p).ok()).collect()
+    }
+}
+
+impl PartitionLifecycle for InputLifecycle {
+    fn assigning(&self, partitions: &[PartitionId]) -> BTreeMap<PartitionId, u64> {
+        let resume = self.union.assigning(&self.union_ids(partitions));
+        split_offsets(&resume).into_iter().nth(self.input).unwrap_or_default()
+    }
+
+    fn wait_released(&self, partitions: &[PartitionId], timeout: Duration) -> bool {
+        self.union.wait_released(&self.union_ids(partitions), timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+    use crate::source::MemorySource;
+
+    /// A source that says nothing for a while, then plays its inner source.
+    struct Late<S>(Option<Duration>, S);
+
+    impl<T: Send + 'static, S: Source<T>> Source<T> for Late<S> {
+        async fn next_event(&mut self) -> Result<Option<SourceEvent<T>>, SourceError> {
+            if let Some(d) = self.0.take() {
+                tokio::time::sleep(d).await;
+            }
+            self.1.next_event().await
+        }
+    }
+
+    /// What the union delivered, in order: `A(partitions)`, `B(partitions of the records)`, `F(p)`.
+    async fn trace<A: Send + 'static, B: Send + 'static>(
+        mut union: UnionSource<A, B, impl Source<A>, impl Source<B>>,
+    ) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some(e) = union.next_event().await.unwrap() {
+            seen.push(match e {
+                SourceEvent::PartitionsAssigned(p) => format!("A{p:?}"),
+                SourceEvent::Batch(b) => {
+                    format!("B{:?}", b.records.iter().map(|r| r.position.partition).collect::<Vec<_>>())
+                }
+                SourceEvent::PartitionFinished(p) => format!("F{p}"),
+                SourceEvent::PartitionsRevoked(p) => format!("R{p:?}"),
+                SourceEvent::Progress(p) => format!("P{}", p.time_ms),
+            });
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn no_records_go_out_before_both_inputs_have_announced_their_partitions() {
+        let slow = Late(Some(Duration::from_millis(50)), MemorySource::of([1u8, 2]));
+        let seen = trace(UnionSource::new(slow, MemorySource::of(["x", "y"]))).await;
+        let first_batch = seen.iter().position(|e| e.starts_with('B')).unwrap();
+        let announced: Vec<_> = seen[..first_batch].iter().filter(|e| e.starts_with('A')).collect();
+        assert_eq!(announced.len(), 2, "{seen:?}");
+        assert!(
+            seen.contains(&format!("F{RIGHT_PARTITIONS}")) && seen.contains(&"F0".to_owned()),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_input_that_starts_with_records_has_them_announced_first() {
+        /// Records without an announcement.
+        struct Bare(Option<Vec<Record<u8>>>);
+        impl Source<u8> for Bare {
+            async fn next_event(&mut self) -> Result<Option<SourceEvent<u8>>, SourceError> {
+                Ok(self.0.take().map(|r| SourceEvent::Batch(SourceBatch::of(r))))
+            }
+        }
+        let bare = Bare(Some(vec![Record::new(1, 0).with_position(SourcePosition::new(3, 0))]));
+        let slow = Late(Some(Duration::from_millis(50)), MemorySource::of(["x"]));
+        let seen = trace(UnionSource::new(bare, slow)).await;
+        let expected_start = ["A[3]".to_owned(), format!("A[{RIGHT_PARTITIONS}]"), "B[3]".to_owned()];
+        assert_eq!(seen[..3], expected_start, "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn offsets_split_between_the_inputs_and_a_partition_beyond_the_range_is_an_error() {
+        let offsets = BTreeMap::from([(0, 5), (2, 7), (RIGHT_PARTITIONS + 1, 9)]);
+        let [l, r] = split_offsets(&offsets);
+        assert_eq!((l, r), (BTreeMap::from([(0, 5), (2, 7)]), BTreeMap::from([(1, 9)])));
+        let far = MemorySource::new(vec![
+            Record::new(1u8, 0).with_position(SourcePosition::new(RIGHT_PARTITIONS, 0)),
+        ]);
+        let mut union = UnionSource::new(MemorySource::of([0u8]), far);
+        let mut failed = false;
+        for _ in 0..8 {
+            match union.next_event().await {
+                Err(e) => {
+                    failed = e.to_string().contains("beyond");
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(_)) => {}
+            }
+        }
+        assert!(failed, "the second input's partition 2^24 cannot be numbered");
+    }
+}

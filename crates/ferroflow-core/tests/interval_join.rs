@@ -1,0 +1,248 @@
+//! The interval join: golden cases, a nested-loop oracle under random arrival orders and
+//! watermarks, and crashes with restores (and a memory budget) that change nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Crashes, Step, memory};
+use ferroflow_core::join::{Either, IntervalJoin};
+use ferroflow_core::operator::KeyedProcess;
+use ferroflow_core::time::Watermark;
+use ferroflow_core::{Context, DeadLetter, DeadLetterReason, Key, Operator, Record};
+use proptest::prelude::*;
+
+/// A side's record: (key, event time).
+type Side = (u8, i64);
+/// A join's row: (key, left time, right time, or none for an unmatched left record).
+type Row = (u8, i64, Option<i64>);
+/// One input of the property tests: key, right side, event time.
+type Ev = (u8, bool, i64);
+
+type Join = KeyedProcess<IntervalJoin<Side, Side, Row>>;
+
+fn inner(lower: i64, upper: i64) -> Join {
+    KeyedProcess::new(
+        "join",
+        IntervalJoin::inner(lower, upper, |l: &Side, r: &Side| (l.0, l.1, Some(r.1))).unwrap(),
+    )
+}
+
+fn left_outer(lower: i64, upper: i64) -> Join {
+    let join =
+        IntervalJoin::left_outer(lower, upper, |l: &Side, r: Option<&Side>| (l.0, l.1, r.map(|r| r.1)));
+    KeyedProcess::new("join", join.unwrap().with_input_names("orders", "payments"))
+}
+
+fn record(e: &Ev) -> Record<Either<Side, Side>> {
+    let side = if e.1 { Either::Right((e.0, e.2)) } else { Either::Left((e.0, e.2)) };
+    Record::new(side, e.2).with_key(Key::from(format!("key-{}", e.0)))
+}
+
+/// Drives a join by hand: batches and watermarks, collecting rows (with their event time) and
+/// dead letters.
+struct Driver {
+    op: Join,
+    ctx: Context,
+    rows: Vec<(Row, i64)>,
+}
+
+impl Driver {
+    fn new(op: Join) -> Self {
+        Self { op, ctx: Context::default(), rows: Vec::new() }
+    }
+
+    fn batch(&mut self, evs: &[Ev]) -> Vec<(Row, i64)> {
+        let mut input: Vec<_> = evs.iter().map(record).collect();
+        let mut out = Vec::new();
+        self.op.process_batch(&mut input, &mut self.ctx, &mut out);
+        self.keep(out)
+    }
+
+    fn watermark(&mut self, w: i64) -> Vec<(Row, i64)> {
+        let mut out = Vec::new();
+        self.op.on_watermark(Watermark(w), &mut self.ctx, &mut out);
+        self.keep(out)
+    }
+
+    fn keep(&mut self, out: Vec<Record<Row>>) -> Vec<(Row, i64)> {
+        let rows: Vec<_> = out.into_iter().map(|r| (r.payload, r.event_time)).collect();
+        self.rows.extend(rows.iter().copied());
+        rows
+    }
+
+    fn dead_letters(&mut self) -> Vec<DeadLetter> {
+        self.ctx.take_dead_letters()
+    }
+}
+
+#[test]
+fn pairs_within_the_bounds_join_once_at_the_later_time_whichever_side_comes_first() {
+    let mut j = Driver::new(inner(-5, 10));
+    // Right first, then left: 12 is within [20 - 5, 20 + 10]? No: 12 < 15.
+    assert_eq!(j.batch(&[(1, true, 12), (1, true, 15), (1, true, 30), (1, true, 31)]), []);
+    assert_eq!(j.batch(&[(1, false, 20)]), [((1, 20, Some(15)), 20), ((1, 20, Some(30)), 30)]);
+    // A later right record finds the waiting left one; another key does not.
+    assert_eq!(j.batch(&[(1, true, 25), (2, true, 25)]), [((1, 20, Some(25)), 25)]);
+    j.watermark(1_000);
+    assert_eq!(j.op.held(), (0, 0), "every record let go once the watermark passed its interval");
+    assert_eq!(j.rows.len(), 3, "each pair once");
+}
+
+#[test]
+fn a_record_at_or_below_the_watermark_is_a_late_dead_letter_naming_its_input() {
+    let mut j = Driver::new(left_outer(0, 10));
+    j.batch(&[(1, false, 100)]);
+    j.watermark(100);
+    assert_eq!(j.batch(&[(1, true, 100), (1, false, 50)]), []);
+    let dls = j.dead_letters();
+    assert_eq!(dls.len(), 2);
+    assert!(dls.iter().all(|d| d.reason == DeadLetterReason::LateEvent));
+    assert!(dls[0].detail.contains("'payments'"), "{}", dls[0].detail);
+    assert!(dls[1].detail.contains("'orders'"), "{}", dls[1].detail);
+    // Just above the watermark is on time.
+    assert_eq!(j.batch(&[(1, true, 101)]), [((1, 100, Some(101)), 101)]);
+    assert_eq!(j.ctx.counters_mut().records_processed, 2);
+}
+
+#[test]
+fn left_outer_emits_an_unmatched_left_record_only_once_its_interval_has_passed() {
+    let mut j = Driver::new(left_outer(0, 10));
+    j.batch(&[(1, false, 100), (2, false, 100)]);
+    assert_eq!(j.watermark(109), [], "a partner at 110 could still come");
+    assert_eq!(j.batch(&[(2, true, 110)]), [((2, 100, Some(110)), 110)]);
+    assert_eq!(j.watermark(110), [((1, 100, None), 100)], "key 2 met a partner: no outer row");
+    j.watermark(200);
+    assert_eq!(j.batch(&[(3, false, 201)]), []);
+    assert_eq!(j.watermark(210), [], "a partner at 211 could still come");
+    assert_eq!(j.watermark(211), [((3, 201, None), 201)]);
+    // With partners only before it, a left record's interval can be over when it comes: it is
+    // emitted at once and not kept.
+    let mut j = Driver::new(left_outer(-10, -5));
+    j.watermark(200);
+    assert_eq!(j.batch(&[(3, false, 203)]), [((3, 203, None), 203)]);
+    assert_eq!(j.op.held(), (0, 0));
+}
+
+#[test]
+fn a_record_waits_until_the_watermark_reaches_the_end_of_its_own_interval_not_a_neighbours() {
+    // Timers at 110 and 111 for the left records at 100 and 101; the watermark stops at 110.
+    let mut j = Driver::new(inner(0, 10));
+    j.batch(&[(1, false, 100), (1, false, 101)]);
+    j.watermark(110);
+    assert_eq!(j.batch(&[(1, true, 111)]), [((1, 101, Some(111)), 111)]);
+    // The same for right records, which wait until `ts - lower`.
+    let mut j = Driver::new(inner(-10, 0));
+    j.batch(&[(1, true, 100), (1, true, 101)]);
+    j.watermark(110);
+    assert_eq!(j.batch(&[(1, false, 111)]), [((1, 111, Some(101)), 111)]);
+}
+
+#[test]
+fn negative_bounds_join_partners_before_the_left_record() {
+    let mut j = Driver::new(inner(-20, -10));
+    assert_eq!(j.batch(&[(1, true, 85), (1, true, 90), (1, true, 95)]), []);
+    assert_eq!(
+        j.batch(&[(1, false, 105)]),
+        [((1, 105, Some(85)), 105), ((1, 105, Some(90)), 105), ((1, 105, Some(95)), 105)]
+    );
+    assert_eq!(j.batch(&[(1, false, 111)]), [((1, 111, Some(95)), 111)]);
+}
+
+#[test]
+fn absurd_times_and_bounds_neither_overflow_nor_lose_pairs() {
+    let mut j = Driver::new(inner(i64::MIN / 2, i64::MAX / 2));
+    j.batch(&[(1, false, i64::MAX - 1), (1, true, i64::MIN + 1), (1, true, i64::MAX)]);
+    j.batch(&[(1, false, i64::MIN + 2)]);
+    let mut rows: Vec<_> = j.rows.iter().map(|r| r.0).collect();
+    rows.sort();
+    assert_eq!(rows, [(1, i64::MIN + 2, Some(i64::MIN + 1)), (1, i64::MAX - 1, Some(i64::MAX))]);
+    assert!(IntervalJoin::<Side, Side, Row>::inner(1, 0, |_, r| (0, 0, Some(r.1))).is_err());
+}
+
+/// The rows a join must emit: every pair of one key within the bounds (left outer: and every
+/// left record without one), among the records that were on time when they came.
+fn oracle(steps: &[Step<Ev>], lower: i64, upper: i64, outer: bool) -> Vec<Row> {
+    let mut watermark = i64::MIN;
+    let mut on_time = Vec::new();
+    for s in steps {
+        match s {
+            Step::Batch(b) => on_time.extend(b.iter().filter(|e| e.2 > watermark).copied()),
+            Step::Watermark(w) => watermark = watermark.max(*w),
+            Step::Checkpoint | Step::Crash => {}
+        }
+    }
+    let (lefts, rights): (Vec<Ev>, Vec<Ev>) = on_time.into_iter().partition(|e| !e.1);
+    let mut rows = Vec::new();
+    for l in &lefts {
+        let partners: Vec<Row> = rights
+            .iter()
+            .filter(|r| r.0 == l.0 && l.2 + lower <= r.2 && r.2 <= l.2 + upper)
+            .map(|r| (l.0, l.2, Some(r.2)))
+            .collect();
+        if partners.is_empty() && outer {
+            rows.push((l.0, l.2, None));
+        }
+        rows.extend(partners);
+    }
+    rows.sort();
+    rows
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step<Ev>>> {
+    common::steps((0u8..4, any::<bool>(), 0i64..120), 16).prop_map(|mut s| {
+        // The end of input: every interval passes.
+        s.push(Step::Watermark(i64::MAX));
+        s
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_join_equals_a_nested_loop_over_the_on_time_records_and_crashes_change_nothing(
+        steps in steps(),
+        lower in -12i64..8,
+        width in 0i64..16,
+        outer in any::<bool>(),
+    ) {
+        let upper = lower + width;
+        let new_op = || if outer { left_outer(lower, upper) } else { inner(lower, upper) };
+        let crashes = Crashes { new_op: &new_op, record: &record };
+        let (expected, op) = crashes.uninterrupted(&steps);
+        let mut rows = expected.out.clone();
+        rows.sort();
+        prop_assert_eq!(rows, oracle(&steps, lower, upper, outer));
+        prop_assert_eq!(op.held(), (0, 0), "nothing waits after the last watermark");
+        let tmp = tempfile::tempdir().unwrap();
+        let (got, _) = crashes.with_crashes(&steps, memory, tmp.path());
+        prop_assert_eq!(got, expected);
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn under_a_tiny_budget_with_crashes_the_join_emits_what_the_unbounded_run_does(
+        steps in steps(),
+        limit in prop_oneof![Just(0usize), 500usize..8_000],
+        outer in any::<bool>(),
+    ) {
+        use ferroflow_core::state::StateBudget;
+        let new_op = || if outer { left_outer(-6, 6) } else { inner(-6, 6) };
+        let (expected, _) = Crashes { new_op: &new_op, record: &record }.uninterrupted(&steps);
+        let tmp = tempfile::tempdir().unwrap();
+        let budget = StateBudget::open(limit, tmp.path().join("spill")).unwrap();
+        let bounded = || {
+            let mut op = new_op();
+            op.attach_budget(&budget);
+            op
+        };
+        let (got, op) = Crashes { new_op: &bounded, record: &record }.with_crashes(&steps, common::rocksdb, tmp.path());
+        prop_assert_eq!(got, expected);
+        drop(op);
+        prop_assert_eq!(budget.used(), 0, "a dropped step gives back what it charged");
+    }
+}
