@@ -55,3 +55,18 @@ async fn a_record_is_late_only_behind_the_lower_of_both_inputs_watermarks() {
     assert_eq!(report.counters.records_in, 5);
     assert!(report.counters.identity_holds(), "{:?}", report.counters);
 }
+
+#[tokio::test]
+async fn a_job_per_partition_refuses_a_union_whose_inputs_would_never_meet() {
+    use ferroflow::source::UnionSource;
+    let source = UnionSource::new(MemorySource::of([1u8]), MemorySource::of([2u8]));
+    let factory = |_| Stream::<Either<u8, u8>>::new();
+    let err = Runner::default()
+        .job_per_partition(source, factory)
+        .sink(CollectSink::new())
+        .discard_dead_letters()
+        .run()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("would never meet"), "{err}");
+}

@@ -110,11 +110,15 @@ fn left_outer_emits_an_unmatched_left_record_only_once_its_interval_has_passed()
     j.batch(&[(1, false, 100), (2, false, 100)]);
     assert_eq!(j.watermark(109), [], "a partner at 110 could still come");
     assert_eq!(j.batch(&[(2, true, 110)]), [((2, 100, Some(110)), 110)]);
-    assert_eq!(j.watermark(110), [((1, 100, None), 100)], "key 2 met a partner: no outer row");
+    assert_eq!(
+        j.watermark(110),
+        [((1, 100, None), 110)],
+        "key 2 met a partner: no outer row; at the interval's end"
+    );
     j.watermark(200);
     assert_eq!(j.batch(&[(3, false, 201)]), []);
     assert_eq!(j.watermark(210), [], "a partner at 211 could still come");
-    assert_eq!(j.watermark(211), [((3, 201, None), 201)]);
+    assert_eq!(j.watermark(211), [((3, 201, None), 211)]);
     // With partners only before it, a left record's interval can be over when it comes: it is
     // emitted at once and not kept.
     let mut j = Driver::new(left_outer(-10, -5));
@@ -156,7 +160,26 @@ fn absurd_times_and_bounds_neither_overflow_nor_lose_pairs() {
     let mut rows: Vec<_> = j.rows.iter().map(|r| r.0).collect();
     rows.sort();
     assert_eq!(rows, [(1, i64::MIN + 2, Some(i64::MIN + 1)), (1, i64::MAX - 1, Some(i64::MAX))]);
+    j.watermark(i64::MAX);
+    assert_eq!(j.op.held(), (0, 0), "the end of time lets every record go");
     assert!(IntervalJoin::<Side, Side, Row>::inner(1, 0, |_, r| (0, 0, Some(r.1))).is_err());
+}
+
+#[test]
+fn near_the_end_of_time_a_gap_below_the_lower_bound_is_no_pair_and_outer_rows_still_come() {
+    let mut j = Driver::new(left_outer(10, 20));
+    // 5 ms apart, and the lower bound is 10: no pair, although `ts + lower` is beyond i64::MAX.
+    j.batch(&[(1, true, i64::MAX), (1, false, i64::MAX - 5), (2, false, i64::MAX - 1)]);
+    assert_eq!(j.batch(&[(3, true, i64::MAX - 3), (3, false, i64::MAX - 30)]), []);
+    let mut rows = j.watermark(i64::MAX);
+    rows.sort();
+    let expected = [
+        ((1, i64::MAX - 5, None), i64::MAX),
+        ((2, i64::MAX - 1, None), i64::MAX),
+        ((3, i64::MAX - 30, None), i64::MAX - 10),
+    ];
+    assert_eq!(rows, expected);
+    assert_eq!(j.op.held(), (0, 0));
 }
 
 /// The rows a join must emit: every pair of one key within the bounds (left outer: and every

@@ -8,15 +8,6 @@ use crate::error::{ConfigError, StateError};
 use crate::operator::{KeyedContext, KeyedFunction, MapAccess, MapState, StateDeclarations, StateValue};
 use crate::record::Timestamp;
 
-/// Which input of a join a record came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JoinSide {
-    /// The first input (`Either::Left`).
-    Left,
-    /// The second input (`Either::Right`).
-    Right,
-}
-
 /// A record waiting in a join for partners that may still come.
 #[derive(Debug, Serialize, Deserialize)]
 struct Waiting<T> {
@@ -47,8 +38,10 @@ type JoinFn<L, R, O> = Box<dyn FnMut(&L, Option<&R>) -> Option<O> + Send>;
 /// - A record at or below the watermark is late: its partners may be gone, so it goes to the
 ///   dead letters (`late_event`, naming its input) instead of joining with some of them.
 /// - [`left_outer`](Self::left_outer) also emits each left record that met no partner, alone,
-///   once the watermark has passed its interval (never earlier: a partner could still come), at
-///   the left record's event time.
+///   once the watermark has passed its interval (never earlier: a partner could still come), with
+///   event time `ts + upper`, the end of its interval (a step after the join, whose watermark
+///   has not moved yet, then never takes it for late); a left record whose interval had passed
+///   when it came is emitted at once, at its own time.
 ///
 /// # Examples
 /// ```
@@ -107,7 +100,8 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
     }
 
     /// A left-outer join: `f(left, Some(right))` for every pair, and `f(left, None)` for a left
-    /// record that met no partner, once the watermark has passed its interval. An error if
+    /// record that met no partner, once the watermark has passed its interval (at the interval's
+    /// end, `ts + upper`). An error if
     /// `lower_ms > upper_ms`.
     ///
     /// # Examples
@@ -125,7 +119,7 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
     /// op.on_watermark(Watermark(109), &mut ctx, &mut out);
     /// assert!(out.is_empty(), "a payment at 110 ms would still join");
     /// op.on_watermark(Watermark(110), &mut ctx, &mut out);
-    /// assert_eq!(out.iter().map(|r| (r.payload, r.event_time)).collect::<Vec<_>>(), [((7, None), 100)]);
+    /// assert_eq!(out.iter().map(|r| (r.payload, r.event_time)).collect::<Vec<_>>(), [((7, None), 110)]);
     /// ```
     pub fn left_outer(
         lower_ms: Timestamp,
@@ -166,21 +160,23 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
     }
 
     fn left_arrives(&mut self, l: L, t: Timestamp, ctx: &mut KeyedContext<'_, O>) -> Result<(), StateError> {
-        let (from, to) = (t.saturating_add(self.lower), t.saturating_add(self.upper));
         let mut joined = false;
-        for (&rt, waiting) in ctx.map(self.right)?.range(from..=to) {
-            for w in waiting {
-                joined = true;
-                if let Some(o) = (self.join)(&l, Some(&w.value)) {
-                    self.found.push((o, t.max(rt)));
+        if let Some((from, to)) = shifted(t, i128::from(self.lower), i128::from(self.upper)) {
+            for (&rt, waiting) in ctx.map(self.right)?.range(from..=to) {
+                for w in waiting {
+                    joined = true;
+                    if let Some(o) = (self.join)(&l, Some(&w.value)) {
+                        self.found.push((o, t.max(rt)));
+                    }
                 }
             }
         }
         self.emit_found(ctx);
-        // A partner can still come while the watermark is below `to`.
-        if to > ctx.watermark() {
+        // A partner can still come while the watermark is below `t + upper`.
+        let wait_until = i128::from(t) + i128::from(self.upper);
+        if wait_until > i128::from(ctx.watermark()) {
             wait(&mut ctx.map(self.left)?, t, Waiting { value: l, joined });
-            ctx.register_event_time_timer(to);
+            ctx.register_event_time_timer(clamp(wait_until));
         } else if !joined && let Some(o) = (self.join)(&l, None) {
             ctx.emit_at(o, t);
         }
@@ -188,25 +184,28 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
     }
 
     fn right_arrives(&mut self, r: R, t: Timestamp, ctx: &mut KeyedContext<'_, O>) -> Result<(), StateError> {
-        let (from, to) = (t.saturating_sub(self.upper), t.saturating_sub(self.lower));
-        let mut unmarked = false;
-        for (&lt, waiting) in ctx.map(self.left)?.range(from..=to) {
-            for w in waiting {
-                unmarked |= !w.joined;
-                if let Some(o) = (self.join)(&w.value, Some(&r)) {
-                    self.found.push((o, lt.max(t)));
+        // Left partners lie in `[t - upper, t - lower]`.
+        if let Some((from, to)) = shifted(t, -i128::from(self.upper), -i128::from(self.lower)) {
+            let mut unmarked = false;
+            for (&lt, waiting) in ctx.map(self.left)?.range(from..=to) {
+                for w in waiting {
+                    unmarked |= !w.joined;
+                    if let Some(o) = (self.join)(&w.value, Some(&r)) {
+                        self.found.push((o, lt.max(t)));
+                    }
+                }
+            }
+            if self.outer && unmarked {
+                for (_, waiting) in ctx.map(self.left)?.range_mut(from..=to) {
+                    waiting.iter_mut().for_each(|w| w.joined = true);
                 }
             }
         }
-        if self.outer && unmarked {
-            for (_, waiting) in ctx.map(self.left)?.range_mut(from..=to) {
-                waiting.iter_mut().for_each(|w| w.joined = true);
-            }
-        }
         self.emit_found(ctx);
-        if to > ctx.watermark() {
+        let wait_until = i128::from(t) - i128::from(self.lower);
+        if wait_until > i128::from(ctx.watermark()) {
             wait(&mut ctx.map(self.right)?, t, Waiting { value: r, joined: false });
-            ctx.register_event_time_timer(to);
+            ctx.register_event_time_timer(clamp(wait_until));
         }
         Ok(())
     }
@@ -259,16 +258,41 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for Interval
     /// unmatched left ones of a left-outer join.
     fn on_timer(&mut self, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
         let at = ctx.timestamp();
-        // Left records with `lt + upper <= at`, right ones with `rt - lower <= at`.
-        let done = ctx.map(self.left)?.remove_range(..=at.saturating_sub(self.upper));
-        for (lt, waiting) in done {
-            for w in waiting.into_iter().filter(|w| !w.joined) {
-                if let Some(o) = (self.join)(&w.value, None) {
-                    ctx.emit_at(o, lt);
+        // Left records with `lt + upper <= at`, right ones with `rt - lower <= at`; at the end of
+        // time every record (a wait beyond `i64::MAX` ends there too).
+        let due = |shift: i128| -> Option<Timestamp> {
+            if at == Timestamp::MAX {
+                return Some(Timestamp::MAX);
+            }
+            let bound = i128::from(at) + shift;
+            (bound >= i128::from(Timestamp::MIN)).then(|| clamp(bound))
+        };
+        if let Some(left_due) = due(-i128::from(self.upper)) {
+            for (lt, waiting) in ctx.map(self.left)?.remove_range(..=left_due) {
+                // Final once the interval has passed: emitted at its end, so that a step after
+                // the join, whose watermark is still below it, does not take it for late.
+                let final_at = clamp(i128::from(lt) + i128::from(self.upper)).max(lt);
+                for w in waiting.into_iter().filter(|w| !w.joined) {
+                    if let Some(o) = (self.join)(&w.value, None) {
+                        ctx.emit_at(o, final_at);
+                    }
                 }
             }
         }
-        ctx.map(self.right)?.remove_range(..=at.saturating_add(self.lower));
+        if let Some(right_due) = due(i128::from(self.lower)) {
+            ctx.map(self.right)?.remove_range(..=right_due);
+        }
         Ok(())
     }
+}
+
+/// `[t + lo, t + hi]` within the range of timestamps, or `None` when nothing of it is.
+fn shifted(t: Timestamp, lo: i128, hi: i128) -> Option<(Timestamp, Timestamp)> {
+    let (from, to) = (i128::from(t) + lo, i128::from(t) + hi);
+    (from <= i128::from(Timestamp::MAX) && to >= i128::from(Timestamp::MIN)).then(|| (clamp(from), clamp(to)))
+}
+
+/// `t` as a timestamp, the nearest one when beyond their range.
+fn clamp(t: i128) -> Timestamp {
+    Timestamp::try_from(t).unwrap_or(if t < 0 { Timestamp::MIN } else { Timestamp::MAX })
 }

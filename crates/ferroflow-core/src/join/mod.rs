@@ -16,4 +16,4 @@
 mod interval;
 
 pub use either::Either;
-pub use interval::{IntervalJoin, JoinSide};
+pub use interval::IntervalJoin;

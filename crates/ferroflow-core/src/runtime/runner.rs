@@ -370,6 +370,14 @@ impl Runner {
         if let Some(m) = chains.mismatch() {
             return Err(crate::error::ConfigError::Invalid(m.to_owned()).into());
         }
+        if chains.partitioned() && source.inputs() > 1 {
+            return Err(crate::error::ConfigError::Invalid(format!(
+                "a job per partition runs each partition on its own, so the {} inputs of this source \
+                 (a union) would never meet in one step; run it with `Runner::job` or `Runner::parallel_job`",
+                source.inputs()
+            ))
+            .into());
+        }
         let ids = chains.state_ids();
         if let Some(dup) = ids.iter().enumerate().find_map(|(i, id)| ids[..i].contains(id).then_some(id)) {
             return Err(crate::error::ConfigError::Invalid(format!(

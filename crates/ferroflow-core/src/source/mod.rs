@@ -118,6 +118,12 @@ pub trait Source<T>: Send + 'static {
     /// The next batch or partition event; `None` at the end of all input.
     fn next_event(&mut self) -> impl Future<Output = Result<Option<SourceEvent<T>>, SourceError>> + Send;
 
+    /// How many inputs the source reads, each with partitions of its own (a
+    /// [`UnionSource`] reads two): 1 unless it says otherwise.
+    fn inputs(&self) -> usize {
+        1
+    }
+
     /// Resumes reading at `offsets` (per partition, the offset of the next record to deliver),
     /// after a restore. Sources that cannot resume keep the default, which refuses: resuming from
     /// the start would count records twice.

@@ -29,9 +29,12 @@ type Delivery<A, B> = (usize, Result<Option<SourceEvent<Either<A, B>>>, SourceEr
 /// checkpoint, and a restore resumes each input where it was. A step after the union sees the
 /// minimum watermark over the partitions of both inputs. The union ends once both inputs have.
 ///
-/// At the start, no records go out until both inputs have announced their partitions (or
+/// At the start, nothing goes out until both inputs have announced their partitions (or
 /// delivered their first records, whose partitions the union then announces, or ended): records
 /// of one input must not move the watermark before the other input's partitions hold it back.
+/// Then the held partition events go out in arrival order, then the held records. Meanwhile an
+/// input that has started is not read (it waits, as when the job is behind), and the clocks the
+/// inputs report are not passed on.
 ///
 /// # Examples
 /// ```
@@ -57,11 +60,16 @@ pub struct UnionSource<A, B, SA, SB> {
     readers: Vec<JoinHandle<()>>,
     /// The input has announced its partitions (or delivered records, or ended).
     started: [bool; 2],
-    /// Events held until both inputs have started.
-    held: VecDeque<SourceEvent<Either<A, B>>>,
+    /// Partition events held until both inputs have started, in arrival order.
+    held_signals: VecDeque<SourceEvent<Either<A, B>>>,
+    /// First batches held until both inputs have started (they go out after every held
+    /// partition event: an input's batch is the last thing of it the union takes at the start).
+    held_batches: VecDeque<SourceEvent<Either<A, B>>>,
     ended: [bool; 2],
-    /// Each input's clock, once it reported one (see [`SourceProgress`]).
+    /// Each running input's clock, once it reported one (see [`SourceProgress`]).
     clocks: [Option<i64>; 2],
+    /// The clock the union last reported: it never goes back.
+    reported_clock: Option<i64>,
 }
 
 impl<A, B, SA, SB> std::fmt::Debug for UnionSource<A, B, SA, SB> {
@@ -200,9 +208,11 @@ where
             receivers: Vec::new(),
             readers: Vec::new(),
             started: [false; 2],
-            held: VecDeque::new(),
+            held_signals: VecDeque::new(),
+            held_batches: VecDeque::new(),
             ended: [false; 2],
             clocks: [None; 2],
+            reported_clock: None,
         }
     }
 
@@ -229,15 +239,14 @@ where
         })
     }
 
-    /// The union's clock: the earliest of its inputs' (each stands still while its input cannot
-    /// read, and so must the union's).
-    fn clock(&self) -> Option<i64> {
-        self.clocks.iter().flatten().copied().min()
-    }
-
+    /// Notes `input`'s clock and reports the union's: the earliest of its running inputs' (each
+    /// stands still while its input cannot read, and so must the union's), never going back.
     fn note_clock(&mut self, input: usize, progress: &mut SourceProgress) {
         self.clocks[input] = Some(progress.time_ms);
-        progress.time_ms = self.clock().unwrap_or(progress.time_ms);
+        let earliest = self.clocks.iter().flatten().copied().min().unwrap_or(progress.time_ms);
+        let clock = self.reported_clock.map_or(earliest, |r| r.max(earliest));
+        self.reported_clock = Some(clock);
+        progress.time_ms = clock;
     }
 }
 
@@ -258,7 +267,9 @@ where
         }
         loop {
             let starting = !self.started.iter().all(|s| *s);
-            if !starting && let Some(event) = self.held.pop_front() {
+            if !starting
+                && let Some(event) = self.held_signals.pop_front().or_else(|| self.held_batches.pop_front())
+            {
                 return Ok(Some(event));
             }
             if self.ended.iter().all(|e| *e) {
@@ -268,34 +279,46 @@ where
             let Some(mut event) = delivery? else {
                 self.ended[input] = true;
                 self.started[input] = true;
+                // An input that ended no longer holds the union's clock.
+                self.clocks[input] = None;
                 continue;
             };
+            if starting {
+                // Held until both inputs have started; the clock too, so that no partition turns
+                // idle while the gate holds its records back.
+                match event {
+                    SourceEvent::Progress(_) => {}
+                    SourceEvent::PartitionsAssigned(_) => {
+                        self.started[input] = true;
+                        self.held_signals.push_back(event);
+                    }
+                    SourceEvent::Batch(mut b) => {
+                        // Its partitions hold the watermark back before any record goes out.
+                        self.started[input] = true;
+                        let parts: BTreeSet<PartitionId> =
+                            b.records.iter().map(|r| r.position.partition).collect();
+                        self.held_signals
+                            .push_back(SourceEvent::PartitionsAssigned(parts.into_iter().collect()));
+                        b.progress = None;
+                        self.held_batches.push_back(SourceEvent::Batch(b));
+                    }
+                    SourceEvent::PartitionsRevoked(_) | SourceEvent::PartitionFinished(_) => {
+                        self.held_signals.push_back(event);
+                    }
+                }
+                continue;
+            }
             if let SourceEvent::Batch(SourceBatch { progress: Some(p), .. }) | SourceEvent::Progress(p) =
                 &mut event
             {
                 self.note_clock(input, p);
             }
-            if starting && !self.started[input] {
-                match &event {
-                    SourceEvent::PartitionsAssigned(_) => self.started[input] = true,
-                    SourceEvent::Progress(_) => {}
-                    SourceEvent::Batch(b) => {
-                        // Its partitions hold the watermark back from now on; its records wait
-                        // until the other input has started too.
-                        self.started[input] = true;
-                        let parts: BTreeSet<PartitionId> =
-                            b.records.iter().map(|r| r.position.partition).collect();
-                        self.held.push_back(event);
-                        return Ok(Some(SourceEvent::PartitionsAssigned(parts.into_iter().collect())));
-                    }
-                    SourceEvent::PartitionsRevoked(_) | SourceEvent::PartitionFinished(_) => {
-                        self.held.push_back(event);
-                        continue;
-                    }
-                }
-            }
             return Ok(Some(event));
         }
+    }
+
+    fn inputs(&self) -> usize {
+        2
     }
 
     fn seek(&mut self, offsets: &BTreeMap<PartitionId, u64>) -> Result<(), SourceError> {
@@ -433,6 +456,21 @@ mod tests {
         let seen = trace(UnionSource::new(bare, slow)).await;
         let expected_start = ["A[3]".to_owned(), format!("A[{RIGHT_PARTITIONS}]"), "B[3]".to_owned()];
         assert_eq!(seen[..3], expected_start, "{seen:?}");
+    }
+
+    #[test]
+    fn the_clock_is_the_earliest_running_inputs_and_never_goes_back() {
+        let mut u = UnionSource::new(MemorySource::of([0u8]), MemorySource::of([0u8]));
+        let mut at = |u: &mut UnionSource<_, _, _, _>, input, t| {
+            let mut p = SourceProgress { time_ms: t, behind: Vec::new() };
+            u.note_clock(input, &mut p);
+            p.time_ms
+        };
+        assert_eq!(at(&mut u, 0, 1_000), 1_000);
+        assert_eq!(at(&mut u, 1, 500), 1_000, "the second input's first report is behind: no step back");
+        assert_eq!(at(&mut u, 1, 2_000), 1_000, "the first input's clock stands still: so does the union's");
+        u.clocks[0] = None; // what the end of the first input does
+        assert_eq!(at(&mut u, 1, 3_000), 3_000);
     }
 
     #[tokio::test]

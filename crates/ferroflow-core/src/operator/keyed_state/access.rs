@@ -3,8 +3,6 @@
 use std::borrow::Borrow;
 use std::ops::{Bound, RangeBounds};
 
-use either::Either;
-
 use super::StateValue;
 use super::table::{KeyedTable, ListCell, MapCell, Stamped, ValueCell};
 use super::ttl::{Now, StateTtl};
@@ -13,6 +11,22 @@ use crate::record::{Key, Timestamp};
 /// The stamp a write at `now` gives a value.
 fn stamp(ttl: Option<StateTtl>, now: &Now) -> Timestamp {
     ttl.map_or(now.event, |t| t.stamp(now))
+}
+
+/// The bounds of `range`, borrowed (a range to scan twice).
+fn bounds<Q: ?Sized, R: RangeBounds<Q>>(range: &R) -> (Bound<&Q>, Bound<&Q>) {
+    (range.start_bound(), range.end_bound())
+}
+
+/// False for a range that starts after it ends (or is empty between two excluded equal bounds),
+/// which a `BTreeMap` refuses with a panic: such a range holds no entries.
+fn well_formed<Q: Ord + ?Sized, R: RangeBounds<Q>>(range: &R) -> bool {
+    match (range.start_bound(), range.end_bound()) {
+        (Bound::Included(s), Bound::Included(e)) => s <= e,
+        (Bound::Included(s), Bound::Excluded(e)) | (Bound::Excluded(s), Bound::Included(e)) => s <= e,
+        (Bound::Excluded(s), Bound::Excluded(e)) => s < e,
+        _ => true,
+    }
 }
 
 /// A stamp never moves back: a record older than the one that last wrote or read a value (out of
@@ -322,12 +336,23 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
         R: RangeBounds<Q>,
     {
         self.table.drop_expired(self.key, &self.now);
-        if self.table.ttl.is_some_and(|t| t.refresh_on_read()) {
-            return Either::Left(self.range_mut(range).map(|(k, v)| (k, &*v)));
+        let valid = well_formed(&range);
+        if valid
+            && let Some(ttl) = self.table.ttl.filter(StateTtl::refresh_on_read)
+            && self.table.get(self.key).is_some_and(|m| m.range(bounds(&range)).next().is_some())
+            && let Some(cell) = self.table.get_mut(self.key)
+        {
+            for (_, e) in cell.range_mut(bounds(&range)).filter(|(_, e)| !ttl.expired(e.at, &self.now)) {
+                restamp(&mut e.at, ttl.stamp(&self.now));
+            }
         }
-        Either::Right(
-            self.table.get(self.key).map(|m| m.range(range)).into_iter().flatten().map(|(k, e)| (k, &e.v)),
-        )
+        self.table
+            .get(self.key)
+            .filter(|_| valid)
+            .map(|m| m.range(range))
+            .into_iter()
+            .flatten()
+            .map(|(k, e)| (k, &e.v))
     }
 
     /// The entries whose map key lies in `range`, in key order, to change in place (expired ones
@@ -338,18 +363,16 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
         Q: Ord + ?Sized,
         R: RangeBounds<Q>,
     {
+        // What a hiding TTL leaves out is gone after this; what is left is returned.
         self.table.drop_expired(self.key, &self.now);
-        let (ttl, now) = (self.table.ttl, self.now);
-        let at = stamp(ttl, &now);
-        let bounds = (range.start_bound(), range.end_bound());
-        let has_any = self.table.get(self.key).is_some_and(|m| m.range(bounds).next().is_some());
+        let at = stamp(self.table.ttl, &self.now);
+        let valid = well_formed(&range);
+        let has_any =
+            valid && self.table.get(self.key).is_some_and(|m| m.range(bounds(&range)).next().is_some());
         let cell = if has_any { self.table.get_mut(self.key) } else { None };
-        cell.map(|m| m.range_mut(range)).into_iter().flatten().filter_map(move |(k, e)| {
-            if ttl.is_some_and(|t| t.expired(e.at, &now)) {
-                return None;
-            }
+        cell.map(|m| m.range_mut(range)).into_iter().flatten().map(move |(k, e)| {
             restamp(&mut e.at, at);
-            Some((k, &mut e.v))
+            (k, &mut e.v)
         })
     }
 
@@ -362,7 +385,7 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
         R: RangeBounds<Q>,
     {
         self.table.drop_expired(self.key, &self.now);
-        let Some(m) = self.table.get(self.key) else { return Vec::new() };
+        let Some(m) = self.table.get(self.key).filter(|_| well_formed(&range)) else { return Vec::new() };
         let keys: Vec<K> = m.range(range).map(|(k, _)| k.clone()).collect();
         if keys.is_empty() {
             return Vec::new();
