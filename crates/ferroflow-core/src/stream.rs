@@ -1,7 +1,7 @@
 //! The job builder: `Stream::<T>::new().filter(..).map(..).window(..)`.
 
 use crate::dead_letter::Rejection;
-use crate::join::IntervalJoin;
+use crate::join::{IntervalJoin, TemporalJoin};
 use crate::operator::{
     AssignTimestamps, Chain, Dedup, Filter, FlatMap, KeyBy, KeyedFunction, KeyedProcess, Map, Operator,
     Process, ProcessOutput, SourceInput, StatefulOperator, TryMap,
@@ -261,6 +261,34 @@ where
         join: IntervalJoin<L, R, O>,
     ) -> Then<Op, KeyedProcess<IntervalJoin<L, R, O>>, Keyed> {
         let id = self.position_id("interval_join");
+        self.then(KeyedProcess::new(id, join))
+    }
+
+    /// Enriches each `Left` event with its key's `Right` value valid at the event's time (or the
+    /// latest value, with [`TemporalJoin::latest`]). See [`TemporalJoin`] for the semantics. Give
+    /// it a stable id with [`.id("…")`](Stream::id) so that savepoints survive changes to the job.
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_core::join::{Either, TemporalJoin};
+    /// use ferroflow_core::prelude::*;
+    ///
+    /// // (user, time, …) events and (user, time, segment) profile versions.
+    /// type Event = Either<(String, i64), (String, i64, String)>;
+    /// let job = Stream::<Event>::new()
+    ///     .assign_timestamps(|e| e.as_ref().either(|l| l.1, |r| r.1), WatermarkStrategy::monotonous())
+    ///     .key_by(|e| Key::from(e.as_ref().either(|l| &l.0, |r| &r.0).as_str()))
+    ///     .temporal_join(TemporalJoin::left_outer(|e: &(String, i64), p: Option<&(String, i64, String)>| {
+    ///         (e.0.clone(), p.map(|p| p.2.clone()))
+    ///     }))
+    ///     .id("events-with-segment");
+    /// # let _ = job;
+    /// ```
+    pub fn temporal_join<O: Send + 'static>(
+        self,
+        join: TemporalJoin<L, R, O>,
+    ) -> Then<Op, KeyedProcess<TemporalJoin<L, R, O>>, Keyed> {
+        let id = self.position_id("temporal_join");
         self.then(KeyedProcess::new(id, join))
     }
 }

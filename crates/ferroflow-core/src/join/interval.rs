@@ -3,7 +3,8 @@
 use either::Either;
 use serde::{Deserialize, Serialize};
 
-use crate::dead_letter::{DeadLetterReason, Rejection};
+use super::{JoinFn, late};
+use crate::dead_letter::Rejection;
 use crate::error::{ConfigError, StateError};
 use crate::operator::{KeyedContext, KeyedFunction, MapAccess, MapState, StateDeclarations, StateValue};
 use crate::record::Timestamp;
@@ -19,9 +20,6 @@ struct Waiting<T> {
 
 /// One side's waiting records of a key, by event time.
 type Buffer<T> = MapState<Timestamp, Vec<Waiting<T>>>;
-
-/// What the join makes of a pair (or, left outer, of a left record without a partner).
-type JoinFn<L, R, O> = Box<dyn FnMut(&L, Option<&R>) -> Option<O> + Send>;
 
 /// Joins the left and right records of one key whose event times satisfy
 /// `left.ts + lower <= right.ts <= left.ts + upper` (bounds included, in ms, either may be
@@ -237,14 +235,7 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for Interval
     fn process(&mut self, input: Either<L, R>, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
         let (t, watermark) = (ctx.timestamp(), ctx.watermark());
         if t <= watermark {
-            let side = usize::from(input.is_right());
-            return Err(Rejection::new(
-                DeadLetterReason::LateEvent,
-                format!(
-                    "input '{}' of an interval join: event time {t} is at or below the watermark {watermark}",
-                    self.names[side]
-                ),
-            ));
+            return Err(late("an interval join", &self.names[usize::from(input.is_right())], t, watermark));
         }
         match input {
             Either::Left(l) => self.left_arrives(l, t, ctx)?,

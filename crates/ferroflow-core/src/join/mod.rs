@@ -9,11 +9,31 @@
 //! - [`IntervalJoin`]: pairs `l` and `r` of one key with `l.ts + lower <= r.ts <= l.ts + upper`
 //!   (Flink's `intervalJoin().between(lower, upper)`, Kafka Streams' `JoinWindows`), inner or left
 //!   outer; each side's records wait in keyed state until the watermark passes their interval.
+//! - [`TemporalJoin`]: each left event with the right input's value for its key that was valid
+//!   at the event's time (Flink's event-time temporal join, Kafka Streams' versioned-table join),
+//!   or with the latest value seen (`latest`: Kafka Streams' KStream-KTable join).
 //!
 //! Join state is keyed state ([`crate::operator::KeyedProcess`]): it counts against the memory
 //! budget and spills beyond it, and checkpoints write only what changed.
 
 mod interval;
+mod temporal;
 
 pub use either::Either;
 pub use interval::IntervalJoin;
+pub use temporal::TemporalJoin;
+
+use crate::dead_letter::{DeadLetterReason, Rejection};
+use crate::record::Timestamp;
+
+/// What a join makes of a pair (or, outer, of a left record without a partner); `None` emits
+/// nothing.
+type JoinFn<L, R, O> = Box<dyn FnMut(&L, Option<&R>) -> Option<O> + Send>;
+
+/// The dead letter of a record of `input` that came at or below the watermark.
+fn late(join: &str, input: &str, t: Timestamp, watermark: Timestamp) -> Rejection {
+    Rejection::new(
+        DeadLetterReason::LateEvent,
+        format!("input '{input}' of {join}: event time {t} is at or below the watermark {watermark}"),
+    )
+}

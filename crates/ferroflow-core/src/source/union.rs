@@ -461,7 +461,7 @@ mod tests {
     #[test]
     fn the_clock_is_the_earliest_running_inputs_and_never_goes_back() {
         let mut u = UnionSource::new(MemorySource::of([0u8]), MemorySource::of([0u8]));
-        let mut at = |u: &mut UnionSource<_, _, _, _>, input, t| {
+        let at = |u: &mut UnionSource<_, _, _, _>, input, t| {
             let mut p = SourceProgress { time_ms: t, behind: Vec::new() };
             u.note_clock(input, &mut p);
             p.time_ms

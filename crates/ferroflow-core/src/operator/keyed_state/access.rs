@@ -329,7 +329,7 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
     ///     }
     /// }
     /// ```
-    pub fn range<Q, R>(&mut self, range: R) -> impl Iterator<Item = (&K, &V)>
+    pub fn range<Q, R>(&mut self, range: R) -> impl DoubleEndedIterator<Item = (&K, &V)>
     where
         K: Borrow<Q>,
         Q: Ord + ?Sized,
@@ -357,7 +357,7 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
 
     /// The entries whose map key lies in `range`, in key order, to change in place (expired ones
     /// left out, unless the TTL returns them). Each entry it gives counts as written.
-    pub fn range_mut<Q, R>(&mut self, range: R) -> impl Iterator<Item = (&K, &mut V)>
+    pub fn range_mut<Q, R>(&mut self, range: R) -> impl DoubleEndedIterator<Item = (&K, &mut V)>
     where
         K: Borrow<Q>,
         Q: Ord + ?Sized,

@@ -1,12 +1,13 @@
-//! The interval join: golden cases, a nested-loop oracle under random arrival orders and
-//! watermarks, and crashes with restores (and a memory budget) that change nothing.
+//! The interval and temporal joins: golden cases, oracles (a nested loop, an as-of lookup) under
+//! random arrival orders and watermarks, and crashes with restores (and a memory budget) that
+//! change nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::{Crashes, Step, memory};
-use ferroflow_core::join::{Either, IntervalJoin};
-use ferroflow_core::operator::KeyedProcess;
+use ferroflow_core::join::{Either, IntervalJoin, TemporalJoin};
+use ferroflow_core::operator::{KeyedFunction, KeyedProcess};
 use ferroflow_core::time::Watermark;
 use ferroflow_core::{Context, DeadLetter, DeadLetterReason, Key, Operator, Record};
 use proptest::prelude::*;
@@ -19,6 +20,7 @@ type Row = (u8, i64, Option<i64>);
 type Ev = (u8, bool, i64);
 
 type Join = KeyedProcess<IntervalJoin<Side, Side, Row>>;
+type Temporal = KeyedProcess<TemporalJoin<Side, Side, Row>>;
 
 fn inner(lower: i64, upper: i64) -> Join {
     KeyedProcess::new(
@@ -40,14 +42,14 @@ fn record(e: &Ev) -> Record<Either<Side, Side>> {
 
 /// Drives a join by hand: batches and watermarks, collecting rows (with their event time) and
 /// dead letters.
-struct Driver {
-    op: Join,
+struct Driver<F: KeyedFunction<In = Either<Side, Side>, Out = Row>> {
+    op: KeyedProcess<F>,
     ctx: Context,
     rows: Vec<(Row, i64)>,
 }
 
-impl Driver {
-    fn new(op: Join) -> Self {
+impl<F: KeyedFunction<In = Either<Side, Side>, Out = Row>> Driver<F> {
+    fn new(op: KeyedProcess<F>) -> Self {
         Self { op, ctx: Context::default(), rows: Vec::new() }
     }
 
@@ -182,9 +184,72 @@ fn near_the_end_of_time_a_gap_below_the_lower_bound_is_no_pair_and_outer_rows_st
     assert_eq!(j.op.held(), (0, 0));
 }
 
+fn temporal(outer: bool) -> Temporal {
+    let join = if outer {
+        TemporalJoin::left_outer(|l: &Side, r: Option<&Side>| (l.0, l.1, r.map(|r| r.1)))
+    } else {
+        TemporalJoin::inner(|l: &Side, r: &Side| (l.0, l.1, Some(r.1)))
+    };
+    KeyedProcess::new("temporal", join.with_input_names("events", "users"))
+}
+
+#[test]
+fn an_event_takes_the_version_valid_at_its_time_even_one_that_came_after_it() {
+    let mut j = Driver::new(temporal(true));
+    j.batch(&[(1, true, 100), (1, false, 150), (1, true, 200), (2, false, 150)]);
+    assert_eq!(j.batch(&[(1, true, 140), (1, false, 210)]), [], "events wait for the watermark");
+    assert_eq!(j.watermark(150), [((1, 150, Some(140)), 150), ((2, 150, None), 150)]);
+    assert_eq!(j.watermark(300), [((1, 210, Some(200)), 210)]);
+    assert_eq!(j.op.held(), (1, 0), "one version left: the one valid now");
+}
+
+#[test]
+fn the_inner_temporal_join_emits_nothing_for_an_event_without_a_version_and_late_records_are_dead_letters() {
+    let mut j = Driver::new(temporal(false));
+    j.batch(&[(1, false, 100), (2, true, 50), (2, false, 100)]);
+    assert_eq!(j.watermark(100), [((2, 100, Some(50)), 100)]);
+    assert_eq!(j.batch(&[(2, true, 100), (2, false, 90)]), []);
+    let dls = j.dead_letters();
+    assert_eq!(dls.len(), 2);
+    assert!(dls[0].detail.contains("'users'") && dls[1].detail.contains("'events'"), "{dls:?}");
+    assert!(dls.iter().all(|d| d.reason == DeadLetterReason::LateEvent));
+}
+
+#[test]
+fn the_latest_value_lookup_joins_at_once_in_arrival_order() {
+    let latest = TemporalJoin::left_outer(|l: &Side, r: Option<&Side>| (l.0, l.1, r.map(|r| r.1))).latest();
+    let mut j = Driver::new(KeyedProcess::new("latest", latest));
+    assert_eq!(j.batch(&[(1, false, 10)]), [((1, 10, None), 10)]);
+    j.watermark(1_000);
+    // Neither input is late in processing order; a version replaces the previous one, whatever
+    // its time.
+    assert_eq!(
+        j.batch(&[(1, true, 500), (1, false, 20), (1, true, 5), (1, false, 30)]),
+        [((1, 20, Some(500)), 20), ((1, 30, Some(5)), 30)]
+    );
+    assert!(j.dead_letters().is_empty());
+}
+
+/// The rows an as-of join must emit: each on-time event with its key's latest on-time version at
+/// or before its time (left outer: `None` without one).
+fn as_of(steps: &[Step<Ev>], outer: bool) -> Vec<Row> {
+    let (events, versions) = on_time(steps);
+    let mut rows: Vec<Row> = events
+        .iter()
+        .filter_map(|e| {
+            let valid = versions.iter().filter(|v| v.0 == e.0 && v.2 <= e.2).map(|v| v.2).max();
+            (valid.is_some() || outer).then_some((e.0, e.2, valid))
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// The rows a join must emit: every pair of one key within the bounds (left outer: and every
 /// left record without one), among the records that were on time when they came.
-fn oracle(steps: &[Step<Ev>], lower: i64, upper: i64, outer: bool) -> Vec<Row> {
+/// The records that were on time when they came (above the watermark), in arrival order: left
+/// ones, right ones.
+fn on_time(steps: &[Step<Ev>]) -> (Vec<Ev>, Vec<Ev>) {
     let mut watermark = i64::MIN;
     let mut on_time = Vec::new();
     for s in steps {
@@ -194,7 +259,11 @@ fn oracle(steps: &[Step<Ev>], lower: i64, upper: i64, outer: bool) -> Vec<Row> {
             Step::Checkpoint | Step::Crash => {}
         }
     }
-    let (lefts, rights): (Vec<Ev>, Vec<Ev>) = on_time.into_iter().partition(|e| !e.1);
+    on_time.into_iter().partition(|e| !e.1)
+}
+
+fn oracle(steps: &[Step<Ev>], lower: i64, upper: i64, outer: bool) -> Vec<Row> {
+    let (lefts, rights) = on_time(steps);
     let mut rows = Vec::new();
     for l in &lefts {
         let partners: Vec<Row> = rights
@@ -255,6 +324,53 @@ proptest! {
     ) {
         use ferroflow_core::state::StateBudget;
         let new_op = || if outer { left_outer(-6, 6) } else { inner(-6, 6) };
+        let (expected, _) = Crashes { new_op: &new_op, record: &record }.uninterrupted(&steps);
+        let tmp = tempfile::tempdir().unwrap();
+        let budget = StateBudget::open(limit, tmp.path().join("spill")).unwrap();
+        let bounded = || {
+            let mut op = new_op();
+            op.attach_budget(&budget);
+            op
+        };
+        let (got, op) = Crashes { new_op: &bounded, record: &record }.with_crashes(&steps, common::rocksdb, tmp.path());
+        prop_assert_eq!(got, expected);
+        drop(op);
+        prop_assert_eq!(budget.used(), 0, "a dropped step gives back what it charged");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_temporal_join_equals_an_as_of_lookup_over_the_on_time_records_and_crashes_change_nothing(
+        steps in steps(),
+        outer in any::<bool>(),
+    ) {
+        let new_op = || temporal(outer);
+        let crashes = Crashes { new_op: &new_op, record: &record };
+        let (expected, op) = crashes.uninterrupted(&steps);
+        let mut rows = expected.out.clone();
+        rows.sort();
+        prop_assert_eq!(rows, as_of(&steps, outer));
+        prop_assert!(op.held().0 <= 4, "at most one version per key after the last watermark: {:?}", op.held());
+        let tmp = tempfile::tempdir().unwrap();
+        let (got, _) = crashes.with_crashes(&steps, memory, tmp.path());
+        prop_assert_eq!(got, expected);
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn under_a_tiny_budget_with_crashes_the_temporal_join_emits_what_the_unbounded_run_does(
+        steps in steps(),
+        limit in prop_oneof![Just(0usize), 500usize..8_000],
+    ) {
+        use ferroflow_core::state::StateBudget;
+        let new_op = || temporal(true);
         let (expected, _) = Crashes { new_op: &new_op, record: &record }.uninterrupted(&steps);
         let tmp = tempfile::tempdir().unwrap();
         let budget = StateBudget::open(limit, tmp.path().join("spill")).unwrap();
