@@ -1,17 +1,23 @@
-//! Join throughput: an interval join of two JSON inputs read as one stream, on one worker.
+//! Join throughput on one worker: an interval join and a temporal join, each of two JSON inputs
+//! read as one stream.
 //!
 //! ```text
 //! cargo run --release --example join_throughput -- --events 10000000
-//! cargo run --release --example join_throughput -- --events 10000000 --keys 100000 --bound-ms 5000
+//! cargo run --release --example join_throughput -- --events 10000000 --keys 100000 --bound-ms 5000 --table-keys 1000000
 //! ```
 //!
-//! Writes two JSON-lines files of `events / 2` records each (`{"ad":…,"ts":…,"cost":…}`,
+//! Interval join: two JSON-lines files of `events / 2` records each (`{"ad":…,"ts":…,"cost":…}`,
 //! impressions and clicks, ads drawn uniformly from `--keys`, 1,000 records per second of event
-//! time per input, 5 % up to 1 s out of order), then runs: both files as one `UnionSource` →
-//! decode each side → timestamps (1 s out-of-orderness) → key by ad → interval join, inner,
-//! `click.ts` within `impression.ts ± bound` → a null sink. Prints
-//! `interval_join_events_per_sec=<N> peak_rss_mb=<M> pairs=<P>` (events counted over both inputs).
-//! The temporal join's figure comes with the temporal join (issue 15).
+//! time per input, 5 % up to 1 s out of order), as one `UnionSource` → decode each side →
+//! timestamps (1 s out-of-orderness) → key by ad → interval join, inner, `click.ts` within
+//! `impression.ts ± bound` → a null sink.
+//!
+//! Temporal join: `events` records over `--table-keys` keys against a versioned table of
+//! `--table-keys` records (one version per key, spread over the same span of event time), left
+//! outer: each event with its key's version valid at its time.
+//!
+//! Prints `interval_join_events_per_sec=<N> temporal_join_events_per_sec=<M> peak_rss_mb=<R>`
+//! (records of both inputs counted) and each join's own line before it.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::{BufWriter, Write};
@@ -19,6 +25,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use bytes::Bytes;
+use ferroflow::Keyed;
 use ferroflow::prelude::*;
 use ferroflow::sink::NullSink;
 use ferroflow::source::UnionSource;
@@ -35,14 +42,18 @@ struct Ad {
     cost: u32,
 }
 
+/// Both inputs' lines, undecoded.
+type Raw = Either<Bytes, Bytes>;
+
 struct Args {
     events: u64,
     keys: u64,
     bound_ms: i64,
+    table_keys: u64,
 }
 
 fn args() -> Result<Args, String> {
-    let mut a = Args { events: 10_000_000, keys: 100_000, bound_ms: 5_000 };
+    let mut a = Args { events: 10_000_000, keys: 100_000, bound_ms: 5_000, table_keys: 1_000_000 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -51,14 +62,16 @@ fn args() -> Result<Args, String> {
             "--events" => a.events = value.parse().map_err(bad)?,
             "--keys" => a.keys = value.parse::<u64>().map_err(bad)?.max(1),
             "--bound-ms" => a.bound_ms = value.parse().map_err(bad)?,
+            "--table-keys" => a.table_keys = value.parse::<u64>().map_err(bad)?.max(1),
             other => return Err(format!("unknown flag {other}")),
         }
     }
     Ok(a)
 }
 
-/// Writes `n` records of one input; `seed` makes the two inputs differ.
-fn write_input(path: &Path, n: u64, keys: u64, seed: u64) -> std::io::Result<()> {
+/// Writes `n` records of one input, 1,000 per second of event time (`step_ms` ms apart, from the
+/// same start for every input); `seed` makes the inputs differ.
+fn write_input(path: &Path, n: u64, keys: u64, seed: u64, step_ms: f64) -> std::io::Result<()> {
     let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut x = seed;
     let base: i64 = 1_700_000_000_000;
@@ -69,7 +82,7 @@ fn write_input(path: &Path, n: u64, keys: u64, seed: u64) -> std::io::Result<()>
         r = (r ^ (r >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         r = (r ^ (r >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         r ^= r >> 31;
-        let mut ts = base + i as i64;
+        let mut ts = base + (i as f64 * step_ms) as i64;
         if (r >> 40) % 100 < 5 {
             ts -= ((r >> 8) % 1_000) as i64;
         }
@@ -82,17 +95,33 @@ fn decode(b: &Bytes) -> Result<Ad, Rejection> {
     ferroflow::json::parse::<Ad>(b)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = args()?;
-    let tmp = tempfile::tempdir()?;
-    let (left, right) = (tmp.path().join("impressions.jsonl"), tmp.path().join("clicks.jsonl"));
-    let per_input = args.events / 2;
-    write_input(&left, per_input, args.keys, 1)?;
-    write_input(&right, per_input, args.keys, 2)?;
+/// Runs `job` over `left` and `right` as one union; returns (records in per second, rows out).
+fn run<J>(left: &Path, right: &Path, job: J) -> Result<(f64, u64), Box<dyn std::error::Error>>
+where
+    J: IntoOperator,
+    J::Op: Operator<In = Either<Bytes, Bytes>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let sink = NullSink::new();
+    let rows = sink.counter();
+    let dlq = CollectSink::new();
+    let dead = dlq.handle();
+    let source = UnionSource::new(JsonLinesSource::raw([left]), JsonLinesSource::raw([right]));
+    let t0 = Instant::now();
+    let report = runtime.block_on(Runner::default().job(source, job).sink(sink).dead_letters(dlq).run())?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let c = &report.counters;
+    if !c.identity_holds() || !dead.is_empty() {
+        return Err(format!("accounting failed ({} dead letters): {c:?}", dead.len()).into());
+    }
+    let rows = rows.load(std::sync::atomic::Ordering::Relaxed);
+    println!("records_in={} rows={rows} elapsed={elapsed:.2}s", c.records_in);
+    Ok((c.records_in as f64 / elapsed, rows))
+}
 
-    let join =
-        IntervalJoin::inner(-args.bound_ms, args.bound_ms, |i: &Ad, c: &Ad| (i.ad, c.ts - i.ts, c.cost))?;
-    let job = Stream::<Either<Bytes, Bytes>>::new()
+/// Both sides decoded, with timestamps, keyed by ad.
+fn decoded() -> Stream<Raw, impl Operator<In = Raw, Out = Either<Ad, Ad>>, Keyed> {
+    Stream::<Either<Bytes, Bytes>>::new()
         .try_map(|e: &Either<Bytes, Bytes>| match e {
             Either::Left(b) => decode(b).map(Either::Left),
             Either::Right(b) => decode(b).map(Either::Right),
@@ -102,28 +131,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(1)),
         )
         .key_by(|e: &Either<Ad, Ad>| Key::from(e.as_ref().either(|a| a.ad, |a| a.ad)))
-        .interval_join(join)
-        .id("impressions-clicks");
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let sink = NullSink::new();
-    let pairs = sink.counter();
-    let dlq = CollectSink::new();
-    let dead = dlq.handle();
-    let source = UnionSource::new(JsonLinesSource::raw([&left]), JsonLinesSource::raw([&right]));
-    let t0 = Instant::now();
-    let report = runtime.block_on(Runner::default().job(source, job).sink(sink).dead_letters(dlq).run())?;
-    let elapsed = t0.elapsed().as_secs_f64();
-    let c = &report.counters;
-    if c.records_in != per_input * 2 || !c.identity_holds() || !dead.is_empty() {
-        return Err(format!("accounting failed ({} dead letters): {c:?}", dead.len()).into());
-    }
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = args()?;
+    let tmp = tempfile::tempdir()?;
+    let (left, right) = (tmp.path().join("impressions.jsonl"), tmp.path().join("clicks.jsonl"));
+    let per_input = args.events / 2;
+    write_input(&left, per_input, args.keys, 1, 1.0)?;
+    write_input(&right, per_input, args.keys, 2, 1.0)?;
+    let join =
+        IntervalJoin::inner(-args.bound_ms, args.bound_ms, |i: &Ad, c: &Ad| (i.ad, c.ts - i.ts, c.cost))?;
+    let job = decoded().interval_join(join).id("impressions-clicks");
+    let (interval, pairs) = run(&left, &right, job)?;
+    println!("interval_join: pairs={pairs}");
+
+    let (events, table) = (tmp.path().join("events.jsonl"), tmp.path().join("table.jsonl"));
+    write_input(&events, args.events, args.table_keys, 3, 1.0)?;
+    // The table's versions spread over the events' span of event time.
+    write_input(&table, args.table_keys, args.table_keys, 4, args.events as f64 / args.table_keys as f64)?;
+    let join = TemporalJoin::left_outer(|e: &Ad, v: Option<&Ad>| (e.ad, v.map(|v| v.cost)));
+    let job = decoded().temporal_join(join).id("events-with-table");
+    let (temporal, rows) = run(&events, &table, job)?;
+    println!("temporal_join: rows={rows}");
     println!(
-        "interval_join_events_per_sec={:.0} peak_rss_mb={:.0} pairs={} events={} elapsed={elapsed:.2}s",
-        c.records_in as f64 / elapsed,
+        "interval_join_events_per_sec={interval:.0} temporal_join_events_per_sec={temporal:.0} peak_rss_mb={:.0}",
         events::peak_rss_mb(),
-        pairs.load(std::sync::atomic::Ordering::Relaxed),
-        c.records_in,
     );
     Ok(())
 }
