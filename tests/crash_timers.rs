@@ -5,19 +5,18 @@
 #![cfg(all(feature = "rocksdb", feature = "checkpoints"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+#[path = "common/crash.rs"]
+mod crash;
 
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use crash::{finish, kill_and_restart, run_dir, spawn};
 use ferroflow::prelude::*;
 use ferroflow::sink::JsonLinesSink;
 use ferroflow::source::JsonLinesSource;
 
-/// Set in the child process: the directory its job runs in.
-const CHILD_DIR: &str = "FERROFLOW_CRASH_TIMERS_DIR";
-/// Set in the child process: sleep this many µs per record, so that kills land mid-run.
-const CHILD_PACE: &str = "FERROFLOW_CRASH_TIMERS_PACE_US";
 const TEST_NAME: &str = "sigkill_and_restart_report_the_silences_of_an_uninterrupted_run";
 
 const SILENCE_MS: i64 = 5_000;
@@ -125,52 +124,9 @@ fn run_child(dir: &Path, pace_us: u64) {
         let report = runner.job(source, job).sink(sink).discard_dead_letters().run().await.unwrap();
         assert!(report.counters.identity_holds(), "{:?}", report.counters);
         if report.restored_from.is_some() {
-            // A run that started from a checkpoint: the parent counts them.
-            use std::io::Write;
-            let mut log =
-                std::fs::OpenOptions::new().create(true).append(true).open(dir.join("restores")).unwrap();
-            writeln!(log, "restored").unwrap();
+            crash::note_restore(dir);
         }
     });
-}
-
-fn spawn(dir: &Path, pace_us: u64) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DIR, dir)
-        .env(CHILD_PACE, pace_us.to_string())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits (up to 60 s) until `dir` holds a checkpoint's manifest (a `.json` file, written last).
-fn wait_for_checkpoint(dir: &Path) {
-    fn any_manifest(dir: &Path) -> bool {
-        std::fs::read_dir(dir).is_ok_and(|entries| {
-            entries.flatten().any(|e| {
-                let path = e.path();
-                path.extension().is_some_and(|x| x == "json") || (path.is_dir() && any_manifest(&path))
-            })
-        })
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !any_manifest(dir) {
-        assert!(Instant::now() < deadline, "no checkpoint within 60 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn finish(mut child: Child) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "the job failed");
-            return;
-        }
-        assert!(Instant::now() < deadline, "the job did not finish in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The distinct silences a run reported (a restarted run reports again what it reported after
@@ -180,60 +136,25 @@ fn silences(dir: &Path) -> BTreeSet<Silence> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-fn run_dir(root: &Path, name: &str) -> PathBuf {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn sigkill_and_restart_report_the_silences_of_an_uninterrupted_run() {
-    if let Ok(dir) = std::env::var(CHILD_DIR) {
-        let pace = std::env::var(CHILD_PACE).ok().and_then(|p| p.parse().ok()).unwrap_or(0);
-        return run_child(Path::new(&dir), pace);
+    if let Some((dir, pace)) = crash::child() {
+        return run_child(&dir, pace);
     }
     let tmp = tempfile::tempdir().unwrap();
     write_input(&tmp.path().join("input.jsonl"));
 
     let reference = run_dir(tmp.path(), "reference");
-    finish(spawn(&reference, 0));
+    finish(spawn(TEST_NAME, &reference, 0));
     let expected = silences(&reference);
     assert!(expected.len() > 40, "the reference run reported too few silences: {}", expected.len());
 
-    // Kill moments vary per run; CRASH_SEED=<n> replays one.
-    let seed = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
-    eprintln!("crash test seed: CRASH_SEED={seed}");
-    let mut rng = seed | 1;
     let crashy = run_dir(tmp.path(), "crashy");
-    let mut kills = 0;
-    for round in 0..6 {
-        let mut child = spawn(&crashy, 600);
-        if round == 0 {
-            // However slow the machine, the first kill comes after a checkpoint: the last run
-            // must have one to start from.
-            wait_for_checkpoint(&crashy.join("checkpoints"));
-        }
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(200 + rng % 500));
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "round {round}: the job failed (CRASH_SEED={seed})");
-            break; // it finished before the kill
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        kills += 1;
-    }
-    assert!(kills >= 4, "only {kills} kills landed while the job was running (CRASH_SEED={seed})");
-    finish(spawn(&crashy, 0));
+    let (seed, kills) = kill_and_restart(TEST_NAME, &crashy, 600);
 
     // Only the last run gets to its end and says what it restored from; a restored run also
     // starts with its state and timers.
-    let restored = std::fs::read_to_string(crashy.join("restores")).unwrap_or_default();
-    assert_eq!(restored.lines().count(), 1, "the last run started from a checkpoint (CRASH_SEED={seed})");
+    assert_eq!(crash::restores(&crashy), 1, "the last run started from a checkpoint (CRASH_SEED={seed})");
     let got = silences(&crashy);
     let missing: Vec<_> = expected.difference(&got).take(5).collect();
     let extra: Vec<_> = got.difference(&expected).take(5).collect();

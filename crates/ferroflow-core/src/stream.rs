@@ -1,7 +1,7 @@
 //! The job builder: `Stream::<T>::new().filter(..).map(..).window(..)`.
 
 use crate::dead_letter::Rejection;
-use crate::join::{IntervalJoin, TemporalJoin};
+use crate::join::{IntervalJoin, TemporalJoin, WindowJoin};
 use crate::operator::{
     AssignTimestamps, Chain, Dedup, Filter, FlatMap, KeyBy, KeyedFunction, KeyedProcess, Map, Operator,
     Process, ProcessOutput, SourceInput, StatefulOperator, TryMap,
@@ -289,6 +289,22 @@ where
         join: TemporalJoin<L, R, O>,
     ) -> Then<Op, KeyedProcess<TemporalJoin<L, R, O>>, Keyed> {
         let id = self.position_id("temporal_join");
+        self.then(KeyedProcess::new(id, join))
+    }
+
+    /// Joins the `Left` and `Right` records of each key that fall into the same tumbling or
+    /// sliding window, as each window fires. See [`WindowJoin`] for the semantics, allowed
+    /// lateness included. Give it a stable id with [`.id("…")`](Stream::id) so that savepoints
+    /// survive changes to the job.
+    pub fn window_join<O: Send + 'static>(
+        self,
+        join: WindowJoin<L, R, O>,
+    ) -> Then<Op, KeyedProcess<WindowJoin<L, R, O>>, Keyed>
+    where
+        L: Clone,
+        R: Clone,
+    {
+        let id = self.position_id("window_join");
         self.then(KeyedProcess::new(id, join))
     }
 }

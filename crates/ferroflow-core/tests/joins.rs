@@ -6,9 +6,10 @@
 mod common;
 
 use common::{Crashes, Step, memory};
-use ferroflow_core::join::{Either, IntervalJoin, TemporalJoin};
+use ferroflow_core::join::{Either, IntervalJoin, TemporalJoin, WindowJoin};
 use ferroflow_core::operator::{KeyedFunction, KeyedProcess};
 use ferroflow_core::time::Watermark;
+use ferroflow_core::window::WindowSpec;
 use ferroflow_core::{Context, DeadLetter, DeadLetterReason, Key, Operator, Record};
 use proptest::prelude::*;
 
@@ -21,6 +22,7 @@ type Ev = (u8, bool, i64);
 
 type Join = KeyedProcess<IntervalJoin<Side, Side, Row>>;
 type Temporal = KeyedProcess<TemporalJoin<Side, Side, Row>>;
+type Windowed = KeyedProcess<WindowJoin<Side, Side, Row>>;
 
 fn inner(lower: i64, upper: i64) -> Join {
     KeyedProcess::new(
@@ -245,6 +247,91 @@ fn as_of(steps: &[Step<Ev>], outer: bool) -> Vec<Row> {
     rows
 }
 
+fn window_join(size: i64, slide: i64, lateness: i64) -> Windowed {
+    let ms = |v: i64| std::time::Duration::from_millis(v as u64);
+    let spec = WindowSpec::sliding(ms(size), ms(slide)).unwrap().with_allowed_lateness(ms(lateness));
+    let join = WindowJoin::new(spec, |l: &Side, r: &Side| (l.0, l.1, Some(r.1))).unwrap();
+    KeyedProcess::new("window", join.with_input_names("orders", "payments"))
+}
+
+#[test]
+fn a_window_join_pairs_records_of_one_window_when_it_fires_at_its_last_millisecond() {
+    let mut j = Driver::new(window_join(100, 100, 0));
+    assert_eq!(j.batch(&[(1, false, 10), (1, true, 90), (1, true, 100), (2, true, 50)]), []);
+    assert_eq!(j.watermark(99), [((1, 10, Some(90)), 99)]);
+    assert_eq!(j.batch(&[(1, false, 150)]), []);
+    assert_eq!(j.watermark(199), [((1, 150, Some(100)), 199)]);
+    assert_eq!(j.op.held(), (0, 0));
+}
+
+#[test]
+fn a_sliding_window_join_pairs_in_every_window_holding_both() {
+    let mut j = Driver::new(window_join(100, 50, 0));
+    j.batch(&[(1, false, 60), (1, true, 80), (1, true, 120)]);
+    let mut rows = j.watermark(1_000);
+    rows.sort();
+    // [0, 100): 60 and 80; [50, 150): 60, 80 and 120; [100, 200): 120 alone.
+    assert_eq!(rows, [((1, 60, Some(80)), 99), ((1, 60, Some(80)), 149), ((1, 60, Some(120)), 149)]);
+}
+
+#[test]
+fn a_late_record_within_the_lateness_pairs_at_once_and_one_beyond_it_is_a_dead_letter() {
+    let mut j = Driver::new(window_join(100, 100, 50));
+    j.batch(&[(1, false, 10), (1, true, 20)]);
+    assert_eq!(j.watermark(120), [((1, 10, Some(20)), 99)]);
+    // Only the new pairs: (10, 95), and (30, 20), (30, 95).
+    assert_eq!(j.batch(&[(1, true, 95)]), [((1, 10, Some(95)), 99)]);
+    assert_eq!(j.batch(&[(1, false, 30)]), [((1, 30, Some(20)), 99), ((1, 30, Some(95)), 99)]);
+    // A key the window had nothing of when it fired: its late records pair at once too.
+    assert_eq!(j.batch(&[(2, false, 50), (2, true, 60)]), [((2, 50, Some(60)), 99)]);
+    j.watermark(149);
+    assert_eq!(j.batch(&[(1, true, 40)]), []);
+    let dls = j.dead_letters();
+    assert_eq!(dls.len(), 1);
+    assert!(dls[0].detail.contains("'payments'"), "{}", dls[0].detail);
+    assert_eq!(j.op.held(), (0, 0), "the window went at 99 + 50");
+    // The watermark exactly at the window's last millisecond: it has fired.
+    let mut j = Driver::new(window_join(100, 100, 50));
+    j.watermark(99);
+    assert_eq!(j.batch(&[(3, false, 10), (3, true, 20)]), [((3, 10, Some(20)), 99)]);
+    assert!(
+        WindowJoin::<Side, Side, Row>::new(
+            WindowSpec::session(std::time::Duration::from_millis(5)).unwrap(),
+            |l, r| (l.0, l.1, Some(r.1))
+        )
+        .is_err()
+    );
+}
+
+/// The rows a window join must emit: for each window, every pair of one key among the records
+/// the window took (it had not passed its allowed lateness when they came).
+fn windowed_pairs(steps: &[Step<Ev>], size: i64, slide: i64, lateness: i64) -> Vec<Row> {
+    let mut watermark = i64::MIN;
+    // (record, window start) for each window that took it.
+    let mut taken: Vec<(Ev, i64)> = Vec::new();
+    for s in steps {
+        match s {
+            Step::Batch(b) => {
+                for e in b {
+                    let last = e.2 - e.2.rem_euclid(slide);
+                    let starts = (0..).map(|k| last - k * slide).take_while(|s| *s > e.2 - size);
+                    taken.extend(starts.filter(|s| s + size - 1 + lateness > watermark).map(|s| (*e, s)));
+                }
+            }
+            Step::Watermark(w) => watermark = watermark.max(*w),
+            Step::Checkpoint | Step::Crash => {}
+        }
+    }
+    let mut rows = Vec::new();
+    for (l, ws) in taken.iter().filter(|(e, _)| !e.1) {
+        for (r, _) in taken.iter().filter(|(e, s)| e.1 && e.0 == l.0 && s == ws) {
+            rows.push((l.0, l.2, Some(r.2)));
+        }
+    }
+    rows.sort();
+    rows
+}
+
 /// The rows a join must emit: every pair of one key within the bounds (left outer: and every
 /// left record without one), among the records that were on time when they came.
 /// The records that were on time when they came (above the watermark), in arrival order: left
@@ -383,5 +470,29 @@ proptest! {
         prop_assert_eq!(got, expected);
         drop(op);
         prop_assert_eq!(budget.used(), 0, "a dropped step gives back what it charged");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_window_join_equals_the_pairs_of_each_window_and_crashes_change_nothing(
+        steps in steps(),
+        size in 5i64..60,
+        slide_part in 1i64..=4,
+        lateness in prop_oneof![Just(0i64), 1i64..40],
+    ) {
+        let slide = (size / slide_part).max(1);
+        let new_op = || window_join(size, slide, lateness);
+        let crashes = Crashes { new_op: &new_op, record: &record };
+        let (expected, op) = crashes.uninterrupted(&steps);
+        let mut rows = expected.out.clone();
+        rows.sort();
+        prop_assert_eq!(rows, windowed_pairs(&steps, size, slide, lateness));
+        prop_assert_eq!(op.held(), (0, 0), "nothing waits after the last watermark");
+        let tmp = tempfile::tempdir().unwrap();
+        let (got, _) = crashes.with_crashes(&steps, memory, tmp.path());
+        prop_assert_eq!(got, expected);
     }
 }

@@ -12,16 +12,20 @@
 //! - [`TemporalJoin`]: each left event with the right input's value for its key that was valid
 //!   at the event's time (Flink's event-time temporal join, Kafka Streams' versioned-table join),
 //!   or with the latest value seen (`latest`: Kafka Streams' KStream-KTable join).
+//! - [`WindowJoin`]: the pairs of one key in each tumbling or sliding window (Flink's window join),
+//!   with the window operator's allowed lateness.
 //!
 //! Join state is keyed state ([`crate::operator::KeyedProcess`]): it counts against the memory
 //! budget and spills beyond it, and checkpoints write only what changed.
 
 mod interval;
 mod temporal;
+mod window;
 
 pub use either::Either;
 pub use interval::IntervalJoin;
 pub use temporal::TemporalJoin;
+pub use window::WindowJoin;
 
 use crate::dead_letter::{DeadLetterReason, Rejection};
 use crate::record::Timestamp;
