@@ -217,9 +217,8 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
 
 /// Adds `w` to the records waiting at `t`.
 fn wait<T: StateValue>(buffer: &mut MapAccess<'_, Timestamp, Vec<Waiting<T>>>, t: Timestamp, w: Waiting<T>) {
-    match buffer.get_mut(&t) {
-        Some(waiting) => waiting.push(w),
-        None => buffer.put(t, vec![w]),
+    if let Some(waiting) = buffer.get_or_insert_with(t, Vec::new) {
+        waiting.push(w);
     }
 }
 

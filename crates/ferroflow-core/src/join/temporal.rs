@@ -149,10 +149,8 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for Temporal
         }
         match input {
             Either::Left(l) => {
-                let mut waiting = ctx.map(self.waiting)?;
-                match waiting.get_mut(&t) {
-                    Some(events) => events.push(l),
-                    None => waiting.put(t, vec![l]),
+                if let Some(events) = ctx.map(self.waiting)?.get_or_insert_with(t, Vec::new) {
+                    events.push(l);
                 }
                 ctx.register_event_time_timer(t);
             }

@@ -137,15 +137,10 @@ impl<L: StateValue + Clone, R: StateValue + Clone, O: Send + 'static> WindowJoin
         let mut panes = ctx.map(self.panes)?;
         for w in &live {
             let fired = w.max_timestamp() <= watermark;
-            let pane = match panes.get_mut(&w.start) {
-                Some(p) => p,
-                None => {
-                    panes.put(w.start, Pane { left: Vec::new(), right: Vec::new(), fired });
-                    match panes.get_mut(&w.start) {
-                        Some(p) => p,
-                        None => continue,
-                    }
-                }
+            let Some(pane) =
+                panes.get_or_insert_with(w.start, || Pane { left: Vec::new(), right: Vec::new(), fired })
+            else {
+                continue;
             };
             // A late record in a fired window pairs at once with what is there.
             if pane.fired {
