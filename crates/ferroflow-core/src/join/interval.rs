@@ -217,9 +217,7 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
 
 /// Adds `w` to the records waiting at `t`.
 fn wait<T: StateValue>(buffer: &mut MapAccess<'_, Timestamp, Vec<Waiting<T>>>, t: Timestamp, w: Waiting<T>) {
-    if let Some(waiting) = buffer.get_or_insert_with(t, Vec::new) {
-        waiting.push(w);
-    }
+    buffer.get_or_insert_with(t, Vec::new).push(w);
 }
 
 impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for IntervalJoin<L, R, O> {

@@ -149,9 +149,7 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for Temporal
         }
         match input {
             Either::Left(l) => {
-                if let Some(events) = ctx.map(self.waiting)?.get_or_insert_with(t, Vec::new) {
-                    events.push(l);
-                }
+                ctx.map(self.waiting)?.get_or_insert_with(t, Vec::new).push(l);
                 ctx.register_event_time_timer(t);
             }
             Either::Right(r) => {

@@ -137,11 +137,8 @@ impl<L: StateValue + Clone, R: StateValue + Clone, O: Send + 'static> WindowJoin
         let mut panes = ctx.map(self.panes)?;
         for w in &live {
             let fired = w.max_timestamp() <= watermark;
-            let Some(pane) =
-                panes.get_or_insert_with(w.start, || Pane { left: Vec::new(), right: Vec::new(), fired })
-            else {
-                continue;
-            };
+            let pane =
+                panes.get_or_insert_with(w.start, || Pane { left: Vec::new(), right: Vec::new(), fired });
             // A late record in a fired window pairs at once with what is there.
             if pane.fired {
                 match &input {

@@ -268,17 +268,17 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
     }
 
     /// The value under `k`, to change in place, first set to `make()` if there is none (an
-    /// expired one counts as none, unless the TTL returns it); it counts as written. `None` only
-    /// if the key's state could not be kept (never in practice).
-    pub fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> Option<&mut V> {
+    /// expired one counts as none, unless the TTL returns it); it counts as written.
+    pub fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> &mut V {
         self.table.drop_expired(self.key, &self.now);
         let at = stamp(self.table.ttl, &self.now);
-        if self.table.get_mut(self.key).is_none() {
-            self.table.insert(self.key, MapCell::new());
-        }
-        let e = self.table.get_mut(self.key)?.entry(k).or_insert_with(|| Stamped { at, v: make() });
+        let e = self
+            .table
+            .get_or_insert_with(self.key, MapCell::new)
+            .entry(k)
+            .or_insert_with(|| Stamped { at, v: make() });
         restamp(&mut e.at, at);
-        Some(&mut e.v)
+        &mut e.v
     }
 
     /// Removes the value under `k`; true if there was one (expired or not).

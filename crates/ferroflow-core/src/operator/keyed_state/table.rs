@@ -269,6 +269,27 @@ impl<C: Cell> KeyedTable<C> {
         Some(&mut hot.cell)
     }
 
+    /// The key's cell, to change, first set to `make()` if the key has none: one probe of the
+    /// map where `get_mut` then `insert` take three. The change is noted.
+    pub(crate) fn get_or_insert_with(&mut self, key: &Key, make: impl FnOnce() -> C) -> &mut C {
+        let (hot, new) = match self.cells.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => (o.into_mut(), false),
+            std::collections::hash_map::Entry::Vacant(v) => (v.insert(Hot::new(make())), true),
+        };
+        hot.referenced = true;
+        hot.dirty = true;
+        self.writes = self.writes.saturating_add(1);
+        if self.tracking {
+            self.touched.insert(key.clone());
+        }
+        if let Some(tier) = &mut self.tier
+            && (std::mem::take(&mut hot.measured) || new)
+        {
+            tier.resized.push(key.clone());
+        }
+        &mut hot.cell
+    }
+
     pub(crate) fn insert(&mut self, key: &Key, cell: C) {
         match self.get_mut(key) {
             Some(c) => *c = cell,

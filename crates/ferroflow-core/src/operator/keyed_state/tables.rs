@@ -71,7 +71,11 @@ impl Tables {
                 "state '{name}' is declared twice, as different states (kind, type or time to live)"
             )));
         }
-        let Some(table) = self.list.iter_mut().find(|t| t.name() == name) else {
+        // States are named by constants: the same `&'static str` each time, found without
+        // comparing bytes (a name built elsewhere is compared by its bytes).
+        let at = self.list.iter().position(|t| std::ptr::eq(t.name(), name));
+        let at = at.or_else(|| self.list.iter().position(|t| t.name() == name));
+        let Some(table) = at.and_then(|i| self.list.get_mut(i)) else {
             return Err(StateError::Backend(if name.len() > usize::from(u8::MAX) {
                 format!("state name '{}…' is longer than 255 bytes", name.get(..32).unwrap_or_default())
             } else {
