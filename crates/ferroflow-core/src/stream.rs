@@ -292,8 +292,8 @@ where
         self.then(KeyedProcess::new(id, join))
     }
 
-    /// Joins the `Left` and `Right` records of each key that fall into the same tumbling or
-    /// sliding window, as each window fires. See [`WindowJoin`] for the semantics, allowed
+    /// Joins the `Left` and `Right` records of each key that fall into the same tumbling,
+    /// sliding or session window, as each window fires. See [`WindowJoin`] for the semantics, allowed
     /// lateness included. Give it a stable id with [`.id("…")`](Stream::id) so that savepoints
     /// survive changes to the job.
     pub fn window_join<O: Send + 'static>(

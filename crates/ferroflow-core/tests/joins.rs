@@ -294,13 +294,118 @@ fn a_late_record_within_the_lateness_pairs_at_once_and_one_beyond_it_is_a_dead_l
     let mut j = Driver::new(window_join(100, 100, 50));
     j.watermark(99);
     assert_eq!(j.batch(&[(3, false, 10), (3, true, 20)]), [((3, 10, Some(20)), 99)]);
-    assert!(
-        WindowJoin::<Side, Side, Row>::new(
-            WindowSpec::session(std::time::Duration::from_millis(5)).unwrap(),
-            |l, r| (l.0, l.1, Some(r.1))
-        )
-        .is_err()
-    );
+}
+
+fn session_join(gap: i64, lateness: i64) -> Windowed {
+    let ms = |v: i64| std::time::Duration::from_millis(v as u64);
+    let spec = WindowSpec::session(ms(gap)).unwrap().with_allowed_lateness(ms(lateness));
+    let join = WindowJoin::new(spec, |l: &Side, r: &Side| (l.0, l.1, Some(r.1))).unwrap();
+    KeyedProcess::new("sessions", join.with_input_names("orders", "payments"))
+}
+
+#[test]
+fn a_session_join_pairs_the_records_of_both_inputs_that_form_one_session() {
+    let mut j = Driver::new(session_join(10, 0));
+    // [0, 15) holds 0 and 5; 30 opens [30, 40) of its own.
+    assert_eq!(j.batch(&[(1, false, 0), (1, true, 5), (1, true, 30)]), []);
+    assert_eq!(j.watermark(14), [((1, 0, Some(5)), 14)]);
+    // A left record at 22 touches [30, 40) (not [0, 15), already gone): [22, 40).
+    assert_eq!(j.batch(&[(1, false, 22)]), []);
+    assert_eq!(j.watermark(38), []);
+    assert_eq!(j.watermark(39), [((1, 22, Some(30)), 39)]);
+    assert_eq!(j.op.held(), (0, 0));
+    // Records exactly a gap apart share a session.
+    j.batch(&[(2, false, 100), (2, true, 110)]);
+    assert_eq!(j.watermark(1_000), [((2, 100, Some(110)), 119)]);
+}
+
+#[test]
+fn a_late_merge_into_a_fired_session_emits_only_the_new_pairs_and_bridges_sessions() {
+    let mut j = Driver::new(session_join(10, 20));
+    j.batch(&[(1, false, 0), (1, true, 5)]);
+    assert_eq!(j.watermark(14), [((1, 0, Some(5)), 14)]);
+    // 12 extends the fired [0, 15) to [0, 22): it fires again at 21, with the new pair only.
+    assert_eq!(j.batch(&[(1, true, 12)]), []);
+    assert_eq!(j.watermark(21), [((1, 0, Some(12)), 21)]);
+    // Two fired sessions of key 2 without pairs, [0, 10) and [18, 28); a late 9 bridges them into
+    // [0, 28), which the watermark has passed: the pairs across them go out at once.
+    j.batch(&[(2, false, 0), (2, true, 18)]);
+    assert_eq!(j.watermark(27), []);
+    let mut rows = j.batch(&[(2, false, 9)]);
+    rows.sort();
+    assert_eq!(rows, [((2, 0, Some(18)), 27), ((2, 9, Some(18)), 27)]);
+    // Past the allowed lateness of its own session: a dead letter naming its input, even though
+    // it touches [0, 28), still held until 47.
+    assert_eq!(j.watermark(40), []);
+    assert_eq!(j.batch(&[(2, true, 3)]), []);
+    let dls = j.dead_letters();
+    assert_eq!(dls.len(), 1);
+    assert_eq!(dls[0].reason, DeadLetterReason::LateEvent);
+    assert!(dls[0].detail.contains("'payments'"), "{}", dls[0].detail);
+    j.watermark(47);
+    assert_eq!(j.op.held(), (0, 0));
+    // A time no session can hold.
+    assert_eq!(j.batch(&[(3, false, i64::MAX - 1)]), []);
+    assert_eq!(j.dead_letters()[0].reason, DeadLetterReason::EventTimeOutOfRange);
+}
+
+/// The rows a session join must emit, by a model that keeps, per key, sessions of record indices
+/// and the set of pairs emitted so far: every session the watermark has passed emits its pairs
+/// not in the set.
+fn session_pairs(steps: &[Step<Ev>], gap: i64, lateness: i64) -> Vec<Row> {
+    use std::collections::BTreeSet;
+    let mut watermark = i64::MIN;
+    let mut records: Vec<Ev> = Vec::new();
+    // (start, end exclusive, record indices)
+    let mut sessions: Vec<(i64, i64, Vec<usize>)> = Vec::new();
+    let mut emitted: BTreeSet<(usize, usize)> = BTreeSet::new();
+    let fire = |sessions: &[(i64, i64, Vec<usize>)],
+                records: &[Ev],
+                watermark: i64,
+                emitted: &mut BTreeSet<(usize, usize)>| {
+        for (_, _, ids) in sessions.iter().filter(|s| s.1 - 1 <= watermark) {
+            for &l in ids.iter().filter(|&&i| !records[i].1) {
+                for &r in ids.iter().filter(|&&i| records[i].1) {
+                    emitted.insert((l, r));
+                }
+            }
+        }
+    };
+    for s in steps {
+        match s {
+            Step::Batch(b) => {
+                for e in b {
+                    if e.2 + gap - 1 + lateness <= watermark {
+                        continue;
+                    }
+                    records.push(*e);
+                    let id = records.len() - 1;
+                    let (mut start, mut end, mut ids) = (e.2, e.2 + gap, vec![id]);
+                    sessions.retain(|(s, en, is)| {
+                        let touches = records[is[0]].0 == e.0 && *s <= e.2 + gap && e.2 <= *en;
+                        if touches {
+                            start = start.min(*s);
+                            end = end.max(*en);
+                            ids.extend(is);
+                        }
+                        !touches
+                    });
+                    sessions.push((start, end, ids));
+                    fire(&sessions, &records, watermark, &mut emitted);
+                }
+            }
+            Step::Watermark(w) => {
+                watermark = watermark.max(*w);
+                fire(&sessions, &records, watermark, &mut emitted);
+                sessions.retain(|s| (s.1 - 1).saturating_add(lateness) > watermark);
+            }
+            Step::Checkpoint | Step::Crash => {}
+        }
+    }
+    let mut rows: Vec<Row> =
+        emitted.iter().map(|&(l, r)| (records[l].0, records[l].2, Some(records[r].2))).collect();
+    rows.sort();
+    rows
 }
 
 /// The rows a window join must emit: for each window, every pair of one key among the records
@@ -367,6 +472,56 @@ fn oracle(steps: &[Step<Ev>], lower: i64, upper: i64, outer: bool) -> Vec<Row> {
     rows
 }
 
+/// The join's rows (sorted) equal `oracle`, nothing waits after the last watermark, and a run
+/// with crashes and restores from memory checkpoints emits what the uninterrupted one does.
+fn equals_oracle_and_survives_crashes<F>(
+    new_op: &dyn Fn() -> KeyedProcess<F>,
+    steps: &[Step<Ev>],
+    oracle: Vec<Row>,
+) -> Result<(), TestCaseError>
+where
+    F: KeyedFunction<In = Either<Side, Side>, Out = Row>,
+{
+    let crashes = Crashes { new_op, record: &record };
+    let (expected, op) = crashes.uninterrupted(steps);
+    let mut rows = expected.out.clone();
+    rows.sort();
+    prop_assert_eq!(rows, oracle);
+    prop_assert_eq!(op.held(), (0, 0), "nothing waits after the last watermark");
+    let tmp = tempfile::tempdir().unwrap();
+    let (got, _) = crashes.with_crashes(steps, memory, tmp.path());
+    prop_assert_eq!(got, expected);
+    Ok(())
+}
+
+/// Under a memory budget of `limit` bytes (RocksDB checkpoints, crashes and restores), the join
+/// emits what the unbounded uninterrupted run does, and gives back every byte it charged.
+#[cfg(feature = "rocksdb")]
+fn budgeted_equals_unbounded<F>(
+    new_op: &dyn Fn() -> KeyedProcess<F>,
+    steps: &[Step<Ev>],
+    limit: usize,
+) -> Result<(), TestCaseError>
+where
+    F: KeyedFunction<In = Either<Side, Side>, Out = Row>,
+{
+    use ferroflow_core::state::StateBudget;
+    let (expected, _) = Crashes { new_op, record: &record }.uninterrupted(steps);
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = StateBudget::open(limit, tmp.path().join("spill")).unwrap();
+    let bounded = || {
+        let mut op = new_op();
+        op.attach_budget(&budget);
+        op
+    };
+    let (got, op) =
+        Crashes { new_op: &bounded, record: &record }.with_crashes(steps, common::rocksdb, tmp.path());
+    prop_assert_eq!(got, expected);
+    drop(op);
+    prop_assert_eq!(budget.used(), 0, "a dropped step gives back what it charged");
+    Ok(())
+}
+
 fn steps() -> impl Strategy<Value = Vec<Step<Ev>>> {
     common::steps((0u8..4, any::<bool>(), 0i64..120), 16).prop_map(|mut s| {
         // The end of input: every interval passes.
@@ -386,16 +541,7 @@ proptest! {
         outer in any::<bool>(),
     ) {
         let upper = lower + width;
-        let new_op = || if outer { left_outer(lower, upper) } else { inner(lower, upper) };
-        let crashes = Crashes { new_op: &new_op, record: &record };
-        let (expected, op) = crashes.uninterrupted(&steps);
-        let mut rows = expected.out.clone();
-        rows.sort();
-        prop_assert_eq!(rows, oracle(&steps, lower, upper, outer));
-        prop_assert_eq!(op.held(), (0, 0), "nothing waits after the last watermark");
-        let tmp = tempfile::tempdir().unwrap();
-        let (got, _) = crashes.with_crashes(&steps, memory, tmp.path());
-        prop_assert_eq!(got, expected);
+        equals_oracle_and_survives_crashes(&|| if outer { left_outer(lower, upper) } else { inner(lower, upper) }, &steps, oracle(&steps, lower, upper, outer))?;
     }
 }
 
@@ -409,20 +555,7 @@ proptest! {
         limit in prop_oneof![Just(0usize), 500usize..8_000],
         outer in any::<bool>(),
     ) {
-        use ferroflow_core::state::StateBudget;
-        let new_op = || if outer { left_outer(-6, 6) } else { inner(-6, 6) };
-        let (expected, _) = Crashes { new_op: &new_op, record: &record }.uninterrupted(&steps);
-        let tmp = tempfile::tempdir().unwrap();
-        let budget = StateBudget::open(limit, tmp.path().join("spill")).unwrap();
-        let bounded = || {
-            let mut op = new_op();
-            op.attach_budget(&budget);
-            op
-        };
-        let (got, op) = Crashes { new_op: &bounded, record: &record }.with_crashes(&steps, common::rocksdb, tmp.path());
-        prop_assert_eq!(got, expected);
-        drop(op);
-        prop_assert_eq!(budget.used(), 0, "a dropped step gives back what it charged");
+        budgeted_equals_unbounded(&|| if outer { left_outer(-6, 6) } else { inner(-6, 6) }, &steps, limit)?;
     }
 }
 
@@ -456,20 +589,7 @@ proptest! {
         steps in steps(),
         limit in prop_oneof![Just(0usize), 500usize..8_000],
     ) {
-        use ferroflow_core::state::StateBudget;
-        let new_op = || temporal(true);
-        let (expected, _) = Crashes { new_op: &new_op, record: &record }.uninterrupted(&steps);
-        let tmp = tempfile::tempdir().unwrap();
-        let budget = StateBudget::open(limit, tmp.path().join("spill")).unwrap();
-        let bounded = || {
-            let mut op = new_op();
-            op.attach_budget(&budget);
-            op
-        };
-        let (got, op) = Crashes { new_op: &bounded, record: &record }.with_crashes(&steps, common::rocksdb, tmp.path());
-        prop_assert_eq!(got, expected);
-        drop(op);
-        prop_assert_eq!(budget.used(), 0, "a dropped step gives back what it charged");
+        budgeted_equals_unbounded(&|| temporal(true), &steps, limit)?;
     }
 }
 
@@ -484,15 +604,32 @@ proptest! {
         lateness in prop_oneof![Just(0i64), 1i64..40],
     ) {
         let slide = (size / slide_part).max(1);
-        let new_op = || window_join(size, slide, lateness);
-        let crashes = Crashes { new_op: &new_op, record: &record };
-        let (expected, op) = crashes.uninterrupted(&steps);
-        let mut rows = expected.out.clone();
-        rows.sort();
-        prop_assert_eq!(rows, windowed_pairs(&steps, size, slide, lateness));
-        prop_assert_eq!(op.held(), (0, 0), "nothing waits after the last watermark");
-        let tmp = tempfile::tempdir().unwrap();
-        let (got, _) = crashes.with_crashes(&steps, memory, tmp.path());
-        prop_assert_eq!(got, expected);
+        equals_oracle_and_survives_crashes(&|| window_join(size, slide, lateness), &steps, windowed_pairs(&steps, size, slide, lateness))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_session_join_equals_a_model_of_merging_sessions_and_crashes_change_nothing(
+        steps in steps(),
+        gap in 1i64..30,
+        lateness in prop_oneof![Just(0i64), 1i64..40],
+    ) {
+        equals_oracle_and_survives_crashes(&|| session_join(gap, lateness), &steps, session_pairs(&steps, gap, lateness))?;
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn under_a_tiny_budget_with_crashes_the_session_join_emits_what_the_unbounded_run_does(
+        steps in steps(),
+        limit in prop_oneof![Just(0usize), 500usize..8_000],
+    ) {
+        budgeted_equals_unbounded(&|| session_join(7, 10), &steps, limit)?;
     }
 }

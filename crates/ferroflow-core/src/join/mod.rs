@@ -12,8 +12,8 @@
 //! - [`TemporalJoin`]: each left event with the right input's value for its key that was valid
 //!   at the event's time (Flink's event-time temporal join, Kafka Streams' versioned-table join),
 //!   or with the latest value seen (`latest`: Kafka Streams' KStream-KTable join).
-//! - [`WindowJoin`]: the pairs of one key in each tumbling or sliding window (Flink's window join),
-//!   with the window operator's allowed lateness.
+//! - [`WindowJoin`]: the pairs of one key in each tumbling, sliding or session window (Flink's
+//!   window join), with the window operator's allowed lateness.
 //!
 //! Join state is keyed state ([`crate::operator::KeyedProcess`]): it counts against the memory
 //! budget and spills beyond it, and checkpoints write only what changed.

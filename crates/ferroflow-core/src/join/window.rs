@@ -1,5 +1,7 @@
 //! The window join: pairs of one key whose records fall into the same event-time window.
 
+mod session;
+
 use either::Either;
 use serde::{Deserialize, Serialize};
 
@@ -27,9 +29,9 @@ struct Pane<L, R> {
     fired: bool,
 }
 
-/// Joins the left and right records of one key that fall into the same tumbling or sliding
-/// window (Flink's `join().where().equalTo().window()`, an inner join): when the watermark reaches
-/// a window's end, `f(left, right)` for every pair in it, at the window's last millisecond.
+/// Joins the left and right records of one key that fall into the same tumbling, sliding or
+/// session window (Flink's `join().where().equalTo().window()`, an inner join): when the watermark
+/// reaches a window's last millisecond, `f(left, right)` for every pair in it, at that millisecond.
 ///
 /// Allowed lateness works as in the window operator ([`WindowSpec::with_allowed_lateness`]): a
 /// window keeps its records until the watermark passes its end plus the lateness, and a record
@@ -37,6 +39,14 @@ struct Pane<L, R> {
 /// the new pairs: a pair is emitted once); a record whose every window is past its lateness goes
 /// to the dead letters (`late_event`, naming its input). A record of a sliding window belongs to
 /// each window that holds it, and pairs in each.
+///
+/// Session windows are formed by the records of both inputs together, as in Flink: a record at
+/// `t` opens `[t, t + gap)`, which merges with every session of its key it touches, whichever
+/// input their records came from. A session fires when the watermark reaches its last
+/// millisecond; a record that later merges into it (on time for its own session, or late within
+/// the allowed lateness) makes it fire again once the watermark reaches the merged session's last
+/// millisecond, with only the pairs not emitted before. A record whose own session `[t, t + gap)`
+/// is past its allowed lateness is late even when it touches a session still held.
 ///
 /// # Examples
 /// ```
@@ -60,10 +70,13 @@ struct Pane<L, R> {
 pub struct WindowJoin<L, R, O> {
     size: i64,
     slide: i64,
+    /// Session windows with this gap (`size` and `slide` unused).
+    gap: Option<i64>,
     lateness: i64,
     join: PairFn<L, R, O>,
     names: [String; 2],
     panes: MapState<Timestamp, Pane<L, R>>,
+    sessions: MapState<Timestamp, session::SessionPane<L, R>>,
     found: Vec<(O, Timestamp)>,
 }
 
@@ -72,31 +85,29 @@ impl<L, R, O> std::fmt::Debug for WindowJoin<L, R, O> {
         f.debug_struct("WindowJoin")
             .field("size", &self.size)
             .field("slide", &self.slide)
+            .field("gap", &self.gap)
             .field("lateness", &self.lateness)
             .finish_non_exhaustive()
     }
 }
 
 impl<L: StateValue + Clone, R: StateValue + Clone, O: Send + 'static> WindowJoin<L, R, O> {
-    /// An inner join of the pairs in each window of `spec` (tumbling or sliding; session windows
-    /// are refused for now).
+    /// An inner join of the pairs in each window of `spec` (tumbling, sliding or session).
     pub fn new(spec: WindowSpec, f: impl FnMut(&L, &R) -> O + Send + 'static) -> Result<Self, ConfigError> {
-        let (size, slide) = match spec.kind() {
-            WindowKind::Tumbling { size_ms } => (size_ms, size_ms),
-            WindowKind::Sliding { size_ms, slide_ms } => (size_ms, slide_ms),
-            WindowKind::Session { .. } => {
-                return Err(ConfigError::Invalid(
-                    "a window join over session windows is not supported yet".into(),
-                ));
-            }
+        let (size, slide, gap) = match spec.kind() {
+            WindowKind::Tumbling { size_ms } => (size_ms, size_ms, None),
+            WindowKind::Sliding { size_ms, slide_ms } => (size_ms, slide_ms, None),
+            WindowKind::Session { gap_ms } => (1, 1, Some(gap_ms)),
         };
         Ok(Self {
             size,
             slide,
+            gap,
             lateness: spec.allowed_lateness_ms(),
             join: Box::new(f),
             names: ["left".to_owned(), "right".to_owned()],
             panes: MapState::new("panes"),
+            sessions: MapState::new("sessions"),
             found: Vec::new(),
         })
     }
@@ -188,12 +199,19 @@ impl<L: StateValue + Clone, R: StateValue + Clone, O: Send + 'static> KeyedFunct
     type Out = O;
 
     fn declare(&self, states: &mut StateDeclarations) {
-        states.map(self.panes);
+        match self.gap {
+            None => states.map(self.panes),
+            Some(_) => states.map(self.sessions),
+        }
     }
 
     fn process(&mut self, input: Either<L, R>, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
         let side = usize::from(input.is_right());
-        if self.arrive(input, ctx)? {
+        let arrived = match self.gap {
+            None => self.arrive(input, ctx)?,
+            Some(gap) => self.arrive_in_session(gap, input, ctx)?,
+        };
+        if arrived {
             return Ok(());
         }
         Err(late("a window join", &self.names[side], ctx.timestamp(), ctx.watermark()))
@@ -202,6 +220,9 @@ impl<L: StateValue + Clone, R: StateValue + Clone, O: Send + 'static> KeyedFunct
     /// Fires the windows whose end the watermark has reached (every pair, at the window's last
     /// millisecond), then lets go of those past their allowed lateness.
     fn on_timer(&mut self, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
+        if self.gap.is_some() {
+            return self.fire_sessions(ctx);
+        }
         let at = ctx.timestamp();
         // Windows ending at or before `at + 1` are due: those starting at or before `at + 1 - size`.
         let due = at.saturating_add(1).saturating_sub(self.size);
