@@ -739,3 +739,37 @@ async fn every_step_of_the_chain_reports_records_in_and_out() {
     );
     assert!(report.counters.identity_holds());
 }
+
+#[tokio::test]
+async fn a_split_sink_sends_each_row_of_one_job_to_one_of_two_sinks() {
+    let records =
+        (0..20i64).map(|i| Record::new(Ev { k: format!("k{}", i % 3), ts: i, n: i as u64 }, i)).collect();
+    let stream = Stream::<Ev>::new()
+        .assign_timestamps(|e| e.ts, WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO))
+        .key_by(|e| Key::from(e.k.as_str()))
+        .window(WindowSpec::tumbling(Duration::from_millis(10)).unwrap(), Count);
+    // Busy windows (more than 3 records) become alert texts; every other row goes on as it is.
+    let (alerts, alerts_seen) = CollectSink::with_handle();
+    let (rows, rows_seen) = CollectSink::with_handle();
+    let route = |r: WindowResult<u64>| {
+        if r.value > 3 {
+            ferroflow::join::Either::Left(format!("{:?} {}", r.key, r.window_start))
+        } else {
+            ferroflow::join::Either::Right(r)
+        }
+    };
+    let sink = ferroflow::sink::SplitSink::new(route, alerts, rows);
+    let report = within(
+        10,
+        "job",
+        Runner::default().job(MemorySource::new(records), stream).sink(sink).discard_dead_letters().run(),
+    )
+    .await
+    .unwrap();
+    let (alerts, rows): (Vec<String>, Vec<WindowResult<u64>>) = (alerts_seen.take(), rows_seen.take());
+    // Windows [0, 10) and [10, 20) of 3 keys: 10 records each, split 4/3/3 among the keys.
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows.iter().all(|r| r.value == 3));
+    assert!(report.counters.identity_holds());
+}

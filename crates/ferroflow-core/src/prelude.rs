@@ -24,7 +24,7 @@ pub use crate::record::{Key, PartitionId, Record, SourcePosition, Timestamp};
 #[cfg(feature = "checkpoints")]
 pub use crate::runtime::CheckpointsBuilder;
 pub use crate::runtime::{JobBuilder, JobReport, Runner, RunnerBuilder, RunnerConfig, ShutdownHandle};
-pub use crate::sink::{CollectSink, DiscardDeadLetters, JsonLinesSink, NullSink, Sink};
+pub use crate::sink::{CollectSink, DiscardDeadLetters, JsonLinesSink, NullSink, Sink, SplitSink};
 pub use crate::source::{JsonLinesSource, MemorySource, Source};
 pub use crate::state::MemoryStateBackend;
 #[cfg(feature = "rocksdb")]

@@ -1,9 +1,10 @@
-//! Sinks: where results and dead letters go.
+//! Sinks: where results and dead letters go (one or, split by item, several).
 
 mod collect;
 mod discard;
 mod file;
 mod null;
+mod split;
 
 use std::future::Future;
 
@@ -11,6 +12,7 @@ pub use collect::{CollectSink, Collected};
 pub use discard::DiscardDeadLetters;
 pub use file::JsonLinesSink;
 pub use null::NullSink;
+pub use split::SplitSink;
 
 use crate::error::SinkError;
 
