@@ -1,10 +1,17 @@
-//! Jobs with two inputs: the interval join through the runner, with each input's partitions
-//! holding the watermark the join step sees.
+//! Jobs with two inputs through the runner: each input's partitions hold the watermark the join
+//! step sees, until the input ends or goes idle.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use std::sync::Arc;
+
+use common::{wait_until, within};
 use ferroflow::prelude::*;
-use ferroflow::source::RIGHT_PARTITIONS;
+use ferroflow::source::{RIGHT_PARTITIONS, UnionSource};
 use ferroflow::testing::ScriptedSource;
+use ferroflow::time::ManualClock;
+use tokio::sync::Notify;
 
 #[path = "../examples/ad_clicks.rs"]
 mod ad_clicks_example;
@@ -58,7 +65,6 @@ async fn a_record_is_late_only_behind_the_lower_of_both_inputs_watermarks() {
 
 #[tokio::test]
 async fn a_job_per_partition_refuses_a_union_whose_inputs_would_never_meet() {
-    use ferroflow::source::UnionSource;
     let source = UnionSource::new(MemorySource::of([1u8]), MemorySource::of([2u8]));
     let factory = |_| Stream::<Either<u8, u8>>::new();
     let err = Runner::default()
@@ -69,4 +75,99 @@ async fn a_job_per_partition_refuses_a_union_whose_inputs_would_never_meet() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("would never meet"), "{err}");
+}
+
+/// Orders (left: key, time) priced with the rate (right: key, time, rate) valid at their time.
+type Priced = (i64, Option<u32>);
+
+/// Runs a temporal join of `orders` (waiting on `end` after its records) and `rates` through a
+/// union with 1 s idleness on a manual clock; returns the job, its rows and its counters.
+fn priced_orders(
+    orders: ScriptedSource<(String, i64)>,
+    rates: ScriptedSource<(String, i64, u32)>,
+    clock: &ManualClock,
+) -> (
+    tokio::task::JoinHandle<Result<JobReport, JobError>>,
+    ferroflow::sink::Collected<Priced>,
+    ferroflow::metrics::JobCounters,
+) {
+    let join =
+        TemporalJoin::left_outer(|o: &(String, i64), r: Option<&(String, i64, u32)>| (o.1, r.map(|r| r.2)));
+    let job = Stream::<Either<(String, i64), (String, i64, u32)>>::new()
+        .assign_timestamps(
+            |e| e.as_ref().either(|o| o.1, |r| r.1),
+            WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO).with_idleness(Duration::from_secs(1)),
+        )
+        .key_by(|e| Key::from(e.as_ref().either(|o| &o.0, |r| &r.0)))
+        .temporal_join(join.with_input_names("orders", "rates"));
+    let mut runner = Runner::new(RunnerConfig {
+        tick_interval: Duration::from_millis(5),
+        clock: Arc::new(clock.clone()),
+        ..RunnerConfig::default()
+    });
+    let counters = runner.counters();
+    let (sink, rows) = CollectSink::with_handle();
+    let job = tokio::spawn(async move {
+        runner.job(UnionSource::new(orders, rates), job).sink(sink).discard_dead_letters().run().await
+    });
+    (job, rows, counters)
+}
+
+fn order(t: i64, offset: u64) -> Record<(String, i64)> {
+    Record::new(("EUR".to_owned(), t), 0).with_position(SourcePosition::new(0, offset))
+}
+
+fn rate(t: i64, rate: u32) -> Record<(String, i64, u32)> {
+    Record::new(("EUR".to_owned(), t, rate), 0).with_position(SourcePosition::new(0, 0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_table_input_ends_early_the_orders_join_as_their_own_watermark_passes() {
+    let end = Arc::new(Notify::new());
+    let orders =
+        ScriptedSource::new().assign(vec![0]).records(vec![order(2_000, 0), order(5_000, 1)]).wait(&end);
+    let rates = ScriptedSource::new().assign(vec![0]).records(vec![rate(1_000, 7)]).finish(0);
+    let clock = ManualClock::new(0);
+    let (job, rows, counters) = priced_orders(orders, rates, &clock);
+    // The rates input has ended: only the orders' watermark (just below 5 s) holds the join back.
+    wait_until(10, "the order at 2 s", || rows.len() == 1).await;
+    assert_eq!(rows.take(), [(2_000, Some(7))]);
+    assert_eq!(counters.snapshot().watermark, 4_999);
+    end.notify_one();
+    let report = within(10, "the job", job).await.unwrap().unwrap();
+    assert_eq!(rows.take(), [(5_000, Some(7))], "the last order goes at the end of input");
+    assert!(report.counters.identity_holds(), "{:?}", report.counters);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_table_input_holds_the_orders_back_until_it_is_idle() {
+    let (more, end, rates_end) = (Arc::new(Notify::new()), Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let orders = ScriptedSource::new()
+        .assign(vec![0])
+        .records(vec![order(2_000, 0), order(5_000, 1)])
+        .wait(&more)
+        .records(vec![order(6_000, 2)])
+        .wait(&end)
+        .finish(0);
+    let rates =
+        ScriptedSource::new().assign(vec![0]).records(vec![rate(1_000, 7)]).wait(&rates_end).finish(0);
+    let clock = ManualClock::new(0);
+    let (job, rows, counters) = priced_orders(orders, rates, &clock);
+    wait_until(10, "both inputs' records", || counters.snapshot().records_in == 3).await;
+    clock.set(600);
+    more.notify_one();
+    wait_until(10, "the third order", || counters.snapshot().records_in == 4).await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // ~20 ticks
+    assert!(rows.is_empty(), "the rates input is not idle yet: a rate on its way may still come");
+    assert_eq!(counters.snapshot().watermark, 999);
+    // Silent for 1.1 s: idle; the orders' own watermark (just below 6 s) is the join's.
+    clock.set(1_100);
+    wait_until(10, "the orders before 6 s", || rows.len() == 2).await;
+    assert_eq!(rows.take(), [(2_000, Some(7)), (5_000, Some(7))]);
+    assert_eq!(counters.snapshot().watermark, 5_999);
+    end.notify_one();
+    rates_end.notify_one();
+    let report = within(10, "the job", job).await.unwrap().unwrap();
+    assert_eq!(rows.take(), [(6_000, Some(7))]);
+    assert!(report.counters.identity_holds(), "{:?}", report.counters);
 }
