@@ -109,12 +109,7 @@ async fn a_stalled_job_does_not_make_partitions_with_data_idle() {
         .emit(batch_at(1_200, vec![rec(1, 2, 3_000)]))
         .emit(SourceEvent::Progress(SourceProgress { time_ms: 1_300, behind: vec![] }))
         .wait(&resume);
-    let mut runner = Runner::new(RunnerConfig {
-        channel_capacity: 4,
-        tick_interval: Duration::from_millis(5),
-        clock: Arc::new(clock.clone()),
-        ..RunnerConfig::default()
-    });
+    let mut runner = common::runner_on(&clock);
     let counters = runner.counters();
     let (sink, rows) = CollectSink::with_handle();
     let job = tokio::spawn(async move {
@@ -148,12 +143,7 @@ async fn a_partition_the_source_has_not_caught_up_with_never_turns_idle() {
         .emit(SourceEvent::Progress(SourceProgress { time_ms: 10_000, behind: vec![1] }))
         .emit(SourceEvent::Progress(SourceProgress { time_ms: 18_000, behind: vec![1] }))
         .emit(batch_at(20_000, vec![rec(0, 1, 50_000)]));
-    let mut runner = Runner::new(RunnerConfig {
-        channel_capacity: 4,
-        tick_interval: Duration::from_millis(5),
-        clock: Arc::new(ManualClock::new(0)),
-        ..RunnerConfig::default()
-    });
+    let mut runner = common::runner_on(&ManualClock::new(0));
     let counters = runner.counters();
     let (sink, rows) = CollectSink::with_handle();
     let go = Arc::new(Notify::new());

@@ -100,11 +100,7 @@ fn priced_orders(
         )
         .key_by(|e| Key::from(e.as_ref().either(|o| &o.0, |r| &r.0)))
         .temporal_join(join.with_input_names("orders", "rates"));
-    let mut runner = Runner::new(RunnerConfig {
-        tick_interval: Duration::from_millis(5),
-        clock: Arc::new(clock.clone()),
-        ..RunnerConfig::default()
-    });
+    let mut runner = common::runner_on(clock);
     let counters = runner.counters();
     let (sink, rows) = CollectSink::with_handle();
     let job = tokio::spawn(async move {

@@ -47,12 +47,7 @@ async fn each_partition_follows_its_own_watermark_and_an_idle_one_follows_the_jo
     let (go, end) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let source =
         ScriptedSource::over(data).assign(vec![0, 1]).read(0, 10).read(1, 1).wait(&go).read(0, 1).wait(&end);
-    let mut runner = Runner::new(RunnerConfig {
-        channel_capacity: 4,
-        tick_interval: Duration::from_millis(5),
-        clock: Arc::new(clock.clone()),
-        ..RunnerConfig::default()
-    });
+    let mut runner = common::runner_on(&clock);
     let counters = runner.counters();
     let sink = CollectSink::new();
     let rows = sink.handle();

@@ -499,12 +499,7 @@ async fn idle_partition_stops_holding_the_watermark() {
         )
         .key_by(|_: &i64| Key::from("k"))
         .window(WindowSpec::tumbling(Duration::from_secs(10)).unwrap(), Count);
-    let mut runner = Runner::new(RunnerConfig {
-        channel_capacity: 4,
-        tick_interval: Duration::from_millis(5),
-        clock: Arc::new(clock.clone()),
-        ..RunnerConfig::default()
-    });
+    let mut runner = common::runner_on(&clock);
     let counters = runner.counters();
     let sink = CollectSink::new();
     let rows = sink.handle();
