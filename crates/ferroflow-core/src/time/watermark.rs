@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, duration_ms, non_negative_ms};
 use crate::record::{PartitionId, Timestamp};
+use crate::source::RIGHT_PARTITIONS;
 
 /// A point in event time: no more records at or before it are expected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -55,25 +56,39 @@ pub struct WatermarkStrategy {
     idle_timeout_ms: Option<i64>,
     #[serde(default)]
     max_time_ahead_ms: Option<i64>,
+    /// The second input's bound and idle timeout (its partitions, from
+    /// [`RIGHT_PARTITIONS`] on), when it has its own.
+    #[serde(default)]
+    second_input: Option<(i64, Option<i64>)>,
 }
 
 impl Default for WatermarkStrategy {
     /// 5 s of out-of-orderness, partitions idle after 60 s.
     fn default() -> Self {
-        Self { out_of_orderness_ms: 5_000, idle_timeout_ms: Some(60_000), max_time_ahead_ms: None }
+        Self {
+            out_of_orderness_ms: 5_000,
+            idle_timeout_ms: Some(60_000),
+            max_time_ahead_ms: None,
+            second_input: None,
+        }
     }
 }
 
 impl WatermarkStrategy {
     /// Records may arrive up to `bound` behind the highest event time seen on their partition.
     pub fn bounded_out_of_orderness(bound: Duration) -> Self {
-        Self { out_of_orderness_ms: duration_ms(bound), idle_timeout_ms: None, max_time_ahead_ms: None }
+        Self {
+            out_of_orderness_ms: duration_ms(bound),
+            idle_timeout_ms: None,
+            max_time_ahead_ms: None,
+            second_input: None,
+        }
     }
 
     /// Bound 0, for input in event-time order per partition: the watermark is the highest event
     /// time seen minus 1 ms, so further records at that same time are still on time.
     pub fn monotonous() -> Self {
-        Self { out_of_orderness_ms: 0, idle_timeout_ms: None, max_time_ahead_ms: None }
+        Self { out_of_orderness_ms: 0, idle_timeout_ms: None, max_time_ahead_ms: None, second_input: None }
     }
 
     /// A partition silent for `timeout` stops holding the watermark back. The timeout runs on
@@ -106,6 +121,39 @@ impl WatermarkStrategy {
         self
     }
 
+    /// Gives the second input of a [`UnionSource`](crate::source::UnionSource) (its partitions,
+    /// from [`RIGHT_PARTITIONS`] on) the out-of-orderness bound and idle timeout of `second`; the
+    /// first input's partitions keep this strategy's. Each input's partitions then make their
+    /// watermarks by their own rule (a changelog in order with bound 0 beside events 5 s out of
+    /// order, say), and the step after them sees the minimum, as before. The bound on time ahead
+    /// stays this strategy's, for both.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use ferroflow_core::source::RIGHT_PARTITIONS;
+    /// use ferroflow_core::time::{Watermark, WatermarkStrategy, WatermarkTracker};
+    /// let events = WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(5));
+    /// let table = WatermarkStrategy::monotonous().with_idleness(Duration::from_secs(1));
+    /// let mut t = WatermarkTracker::new(events.with_second_input(table));
+    /// t.observe(0, 10_000, 0);
+    /// t.observe(RIGHT_PARTITIONS, 3_000, 0);
+    /// assert_eq!(t.advance(0), Some(Watermark(2_999)), "the table's, bound 0");
+    /// assert_eq!(t.advance(1_000), Some(Watermark(4_999)), "the table is idle: the events', bound 5 s");
+    /// ```
+    pub fn with_second_input(mut self, second: WatermarkStrategy) -> Self {
+        self.second_input = Some((second.out_of_orderness_ms, second.idle_timeout_ms));
+        self
+    }
+
+    /// The bound and idle timeout of `partition`'s input.
+    fn timing(&self, partition: PartitionId) -> (i64, Option<i64>) {
+        match self.second_input {
+            Some(second) if partition >= RIGHT_PARTITIONS => second,
+            _ => (self.out_of_orderness_ms, self.idle_timeout_ms),
+        }
+    }
+
     /// The bound on event time ahead of processing time, in milliseconds, if one is set.
     pub fn max_time_ahead_ms(&self) -> Option<i64> {
         self.max_time_ahead_ms
@@ -118,7 +166,7 @@ impl WatermarkStrategy {
             Some(v) => Some(crate::error::positive_ms("idle_timeout", v)?),
             None => None,
         };
-        Ok(Self { out_of_orderness_ms, idle_timeout_ms, max_time_ahead_ms: None })
+        Ok(Self { out_of_orderness_ms, idle_timeout_ms, max_time_ahead_ms: None, second_input: None })
     }
 
     /// The out-of-orderness bound in milliseconds.
@@ -268,11 +316,15 @@ impl WatermarkTracker {
 
     /// Per-partition watermarks (finished partitions report [`Watermark::MAX`]).
     pub fn partition_watermarks(&self) -> Vec<(PartitionId, Watermark)> {
-        let bound = self.strategy.out_of_orderness_ms;
+        let strategy = self.strategy;
         let mut v: Vec<_> = self
             .partitions
             .iter()
-            .map(|(id, p)| (*id, if p.finished { Watermark::MAX } else { Watermark(p.watermark(bound)) }))
+            .map(|(id, p)| {
+                let w =
+                    if p.finished { Watermark::MAX } else { Watermark(p.watermark(strategy.timing(*id).0)) };
+                (*id, w)
+            })
             .collect();
         v.sort_unstable();
         v
@@ -280,15 +332,15 @@ impl WatermarkTracker {
 
     /// Re-evaluates idleness at `now_ms` and returns the new combined watermark if it moved forward.
     pub fn advance(&mut self, now_ms: Timestamp) -> Option<Watermark> {
-        let bound = self.strategy.out_of_orderness_ms;
-        let idle_after = self.strategy.idle_timeout_ms;
+        let strategy = self.strategy;
         let mut min: Option<Timestamp> = None;
         let mut all_finished = !self.partitions.is_empty();
-        for p in self.partitions.values_mut() {
+        for (id, p) in &mut self.partitions {
             if p.finished {
                 continue;
             }
             all_finished = false;
+            let (bound, idle_after) = strategy.timing(*id);
             if let Some(t) = idle_after
                 && now_ms.saturating_sub(p.last_activity_ms) >= t
             {
@@ -399,6 +451,22 @@ mod tests {
         assert_eq!(t.advance(100), None, "all idle: hold");
         t.finish(0);
         assert_eq!(t.advance(100), Some(Watermark::MAX));
+    }
+
+    #[test]
+    fn each_input_reports_its_partitions_by_its_own_bound_and_idles_by_its_own_timeout() {
+        let events = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(50));
+        let table = WatermarkStrategy::monotonous().with_idleness(Duration::from_millis(10));
+        let mut t = WatermarkTracker::new(events.with_second_input(table));
+        let right = RIGHT_PARTITIONS;
+        t.observe(0, 1_000, 0);
+        t.observe(right + 1, 500, 0);
+        assert_eq!(t.partition_watermarks(), [(0, Watermark(949)), (right + 1, Watermark(499))]);
+        assert_eq!(t.advance(5), Some(Watermark(499)));
+        // The first input has no idle timeout: silent for long, it still holds.
+        t.observe(right + 1, 2_000, 100);
+        assert_eq!(t.advance(100), Some(Watermark(949)));
+        assert_eq!(t.advance(1_000_000), None, "the table idles, the events never do: they hold at 949");
     }
 
     #[test]
