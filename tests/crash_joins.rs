@@ -1,14 +1,16 @@
 //! Crash consistency of a two-input job: an interval join (left outer) of two files read as one
 //! union, killed with SIGKILL at random moments and restarted from its last checkpoint several
 //! times, reports exactly the rows of an uninterrupted run: no pair lost or made up, no
-//! unmatched row for a record whose partner came before the crash.
+//! unmatched row for a record whose partner came before the crash. The same holds for the job
+//! run per partition, each input in two files partitioned by ad (co-partitioned): partition p's
+//! task joins partition p of both inputs, its state and both partitions' offsets in one checkpoint.
 #![cfg(all(feature = "rocksdb", feature = "checkpoints"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "common/crash.rs"]
 mod crash;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,6 +20,8 @@ use ferroflow::sink::JsonLinesSink;
 use ferroflow::source::{JsonLinesSource, UnionSource};
 
 const TEST_NAME: &str = "sigkill_and_restart_join_two_inputs_as_an_uninterrupted_run";
+const PER_PARTITION_TEST_NAME: &str =
+    "sigkill_and_restart_a_co_partitioned_join_per_partition_as_an_uninterrupted_run";
 
 /// (ad, event time).
 type Ad = (String, i64);
@@ -25,25 +29,31 @@ type Ad = (String, i64);
 type Row = (String, i64, Option<i64>);
 
 /// Impressions and clicks of 10 ads, each input in time order, 10 ms of event time apart; about
-/// half of the impressions get a click within 60 ms.
+/// half of the impressions get a click within 60 ms. Each input also in two files, the ads of
+/// even and of odd number (partitioned by the join key, as a producer would).
 fn write_inputs(dir: &Path) {
     let mut rng = 11u64;
     let mut next = move |n: u64| {
         rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         (rng >> 33) % n
     };
-    let (mut impressions, mut clicks) = (String::new(), String::new());
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
     for i in 0..3_000i64 {
-        impressions.push_str(&format!("[\"ad{}\",{}]\n", next(10), i * 10));
-        clicks.push_str(&format!("[\"ad{}\",{}]\n", next(10), i * 10 + 5));
+        for (input, t) in [("impressions", i * 10), ("clicks", i * 10 + 5)] {
+            let ad = next(10);
+            let line = format!("[\"ad{ad}\",{t}]\n");
+            files.entry(format!("{input}.jsonl")).or_default().push_str(&line);
+            files.entry(format!("{input}-{}.jsonl", ad % 2)).or_default().push_str(&line);
+        }
     }
-    std::fs::write(dir.join("impressions.jsonl"), impressions).unwrap();
-    std::fs::write(dir.join("clicks.jsonl"), clicks).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
 }
 
 /// The child: runs the job in `dir` (RocksDB state, checkpoints every 100 ms), resuming from the
-/// last checkpoint there.
-fn run_child(dir: &Path, pace_us: u64) {
+/// last checkpoint there; `per_partition`, as a job per partition over two files per input.
+fn run_child(dir: &Path, pace_us: u64, per_partition: bool) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let mut runner = Runner::builder()
@@ -52,27 +62,40 @@ fn run_child(dir: &Path, pace_us: u64) {
             .every(Duration::from_millis(100))
             .build()
             .unwrap();
-        let input =
-            |name: &str| JsonLinesSource::<Ad>::open([dir.join("..").join(name)]).with_chunk_size(1_024);
-        let source = UnionSource::new(input("impressions.jsonl"), input("clicks.jsonl"));
-        let join =
-            IntervalJoin::left_outer(0, 60, |i: &Ad, c: Option<&Ad>| (i.0.clone(), i.1, c.map(|c| c.1)))
-                .unwrap()
-                .with_input_names("impressions", "clicks");
-        let job = Stream::<Either<Ad, Ad>>::new()
-            .map(move |e: Either<Ad, Ad>| {
-                std::thread::sleep(Duration::from_micros(pace_us));
-                e
-            })
-            .assign_timestamps(
-                |e: &Either<Ad, Ad>| e.as_ref().either(|a| a.1, |a| a.1),
-                WatermarkStrategy::monotonous(),
-            )
-            .key_by(|e: &Either<Ad, Ad>| Key::from(e.as_ref().either(|a| &a.0, |a| &a.0)))
-            .interval_join(join)
-            .id("impressions-clicks");
+        let input = |name: &str| {
+            let files: Vec<_> = match per_partition {
+                true => (0..2).map(|p| dir.join("..").join(format!("{name}-{p}.jsonl"))).collect(),
+                false => vec![dir.join("..").join(format!("{name}.jsonl"))],
+            };
+            JsonLinesSource::<Ad>::open(files).with_chunk_size(1_024)
+        };
+        let source = UnionSource::new(input("impressions"), input("clicks"));
+        let job = move || {
+            let join =
+                IntervalJoin::left_outer(0, 60, |i: &Ad, c: Option<&Ad>| (i.0.clone(), i.1, c.map(|c| c.1)))
+                    .unwrap()
+                    .with_input_names("impressions", "clicks");
+            Stream::<Either<Ad, Ad>>::new()
+                .map(move |e: Either<Ad, Ad>| {
+                    std::thread::sleep(Duration::from_micros(pace_us));
+                    e
+                })
+                .assign_timestamps(
+                    |e: &Either<Ad, Ad>| e.as_ref().either(|a| a.1, |a| a.1),
+                    WatermarkStrategy::monotonous(),
+                )
+                .key_by(|e: &Either<Ad, Ad>| Key::from(e.as_ref().either(|a| &a.0, |a| &a.0)))
+                .interval_join(join)
+                .id("impressions-clicks")
+        };
         let sink = JsonLinesSink::append(dir.join("rows.jsonl")).await.unwrap();
-        let report = runner.job(source, job).sink(sink).discard_dead_letters().run().await.unwrap();
+        let report = match per_partition {
+            true => {
+                runner.job_per_partition(source, move |_| job()).sink(sink).discard_dead_letters().run().await
+            }
+            false => runner.job(source, job()).sink(sink).discard_dead_letters().run().await,
+        }
+        .unwrap();
         assert!(report.counters.identity_holds(), "{:?}", report.counters);
         assert_eq!(report.counters.records_dead_lettered, 0, "in-order inputs: nothing is late");
         if report.restored_from.is_some() {
@@ -91,13 +114,28 @@ fn rows(dir: &Path) -> BTreeSet<Row> {
 #[test]
 fn sigkill_and_restart_join_two_inputs_as_an_uninterrupted_run() {
     if let Some((dir, pace)) = crash::child() {
-        return run_child(&dir, pace);
+        return run_child(&dir, pace, false);
     }
+    crashes_change_nothing(TEST_NAME, 600);
+}
+
+#[test]
+fn sigkill_and_restart_a_co_partitioned_join_per_partition_as_an_uninterrupted_run() {
+    if let Some((dir, pace)) = crash::child() {
+        return run_child(&dir, pace, true);
+    }
+    // Two tasks on two workers sleep in parallel: twice the pace keeps the run as long.
+    crashes_change_nothing(PER_PARTITION_TEST_NAME, 1_200);
+}
+
+/// Runs `test`'s job once without crashes, then killed and restarted until it ends (sleeping
+/// `pace_us` per record so that kills land mid-run), and compares.
+fn crashes_change_nothing(test: &str, pace_us: u64) {
     let tmp = tempfile::tempdir().unwrap();
     write_inputs(tmp.path());
 
     let reference = run_dir(tmp.path(), "reference");
-    finish(spawn(TEST_NAME, &reference, 0));
+    finish(spawn(test, &reference, 0));
     let expected = rows(&reference);
     let (pairs, alone) =
         expected.iter().fold((0, 0), |(p, a), r| if r.2.is_some() { (p + 1, a) } else { (p, a + 1) });
@@ -107,7 +145,7 @@ fn sigkill_and_restart_join_two_inputs_as_an_uninterrupted_run() {
     );
 
     let crashy = run_dir(tmp.path(), "crashy");
-    let (seed, kills) = kill_and_restart(TEST_NAME, &crashy, 600);
+    let (seed, kills) = kill_and_restart(test, &crashy, pace_us);
     assert_eq!(crash::restores(&crashy), 1, "the last run started from a checkpoint (CRASH_SEED={seed})");
     let got = rows(&crashy);
     let missing: Vec<_> = expected.difference(&got).take(5).collect();

@@ -63,18 +63,80 @@ async fn a_record_is_late_only_behind_the_lower_of_both_inputs_watermarks() {
     assert!(report.counters.identity_holds(), "{:?}", report.counters);
 }
 
-#[tokio::test]
-async fn a_job_per_partition_refuses_a_union_whose_inputs_would_never_meet() {
-    let source = UnionSource::new(MemorySource::of([1u8]), MemorySource::of([2u8]));
-    let factory = |_| Stream::<Either<u8, u8>>::new();
-    let err = Runner::default()
-        .job_per_partition(source, factory)
-        .sink(CollectSink::new())
+/// A view or click of key `a` at time `t`, read from partition `p` of its own input.
+fn ad(p: PartitionId, t: i64, offset: u64) -> Record<(String, i64)> {
+    Record::new(("a".to_owned(), t), 0).with_position(SourcePosition::new(p, offset))
+}
+
+/// Partition `p`'s task: views joined with the clicks 0-5 s after them, tagged with `p`.
+fn co_partitioned_join(
+    p: PartitionId,
+) -> impl IntoOperator<Op: Operator<In = Ev, Out = (PartitionId, i64, i64)>> {
+    let join = IntervalJoin::inner(0, 5_000, |l: &(String, i64), r: &(String, i64)| (l.1, r.1)).unwrap();
+    Stream::<Ev>::new()
+        .assign_timestamps(
+            |e| e.as_ref().either(|l| l.1, |r| r.1),
+            WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(1)),
+        )
+        .key_by(|e| Key::from(e.as_ref().either(|l| &l.0, |r| &r.0)))
+        .interval_join(join)
+        .map(move |(l, r)| (p, l, r))
+}
+
+/// Runs [`co_partitioned_join`] per partition over `views` and `clicks`: its rows, sorted, and
+/// how the run ended.
+async fn run_co_partitioned(
+    runner: &mut Runner,
+    views: ScriptedSource<(String, i64)>,
+    clicks: ScriptedSource<(String, i64)>,
+) -> (Vec<(PartitionId, i64, i64)>, Result<JobReport, JobError>) {
+    let (sink, rows) = CollectSink::with_handle();
+    let report = runner
+        .job_per_partition(UnionSource::new(views, clicks), co_partitioned_join)
+        .sink(sink)
         .discard_dead_letters()
         .run()
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("would never meet"), "{err}");
+        .await;
+    let mut rows = rows.take();
+    rows.sort_unstable();
+    (rows, report)
+}
+
+#[tokio::test]
+async fn a_job_per_partition_joins_partition_p_of_one_input_with_partition_p_of_the_other() {
+    for workers in [1, 2] {
+        // Key `a` in both partitions of both inputs: a task must see its own partition of each.
+        let views = ScriptedSource::new()
+            .assign(vec![0, 1])
+            .records(vec![ad(0, 1_000, 0), ad(1, 2_000, 0)])
+            .finish(0)
+            .finish(1);
+        let clicks = ScriptedSource::new()
+            .assign(vec![0, 1])
+            .records(vec![ad(0, 1_500, 0), ad(1, 2_500, 0), ad(0, 2_200, 1)])
+            .finish(0)
+            .finish(1);
+        let mut runner = Runner::builder().workers(workers).build().unwrap();
+        let (rows, report) = run_co_partitioned(&mut runner, views, clicks).await;
+        let report = report.unwrap();
+        assert_eq!(rows, [(0, 1_000, 1_500), (0, 1_000, 2_200), (1, 2_000, 2_500)], "{workers} workers");
+        // One watermark per partition of each input, two tasks.
+        let partitions: Vec<u32> = report.counters.partitions.iter().map(|s| s.partition).collect();
+        assert_eq!(partitions, [0, 1, RIGHT_PARTITIONS, RIGHT_PARTITIONS + 1]);
+        assert!(report.counters.identity_holds(), "{:?}", report.counters);
+    }
+}
+
+#[tokio::test]
+async fn a_job_per_partition_over_inputs_with_other_partitions_fails_and_says_how_to_fix_it() {
+    let views = ScriptedSource::new().assign(vec![0, 1, 2]).records(vec![ad(2, 1_000, 0)]).finish(2);
+    let clicks = ScriptedSource::new().assign(vec![0, 1]).records(vec![ad(0, 1_500, 0)]).finish(0);
+    let (rows, report) = run_co_partitioned(&mut Runner::default(), views, clicks).await;
+    let message = report.unwrap_err().to_string();
+    assert!(message.contains("not co-partitioned"), "{message}");
+    assert!(message.contains("only in the first: [2]"), "{message}");
+    assert!(message.contains("--partitions"), "{message}");
+    assert!(rows.is_empty(), "nothing joined before the check");
 }
 
 /// Orders (left: key, time) priced with the rate (right: key, time, rate) valid at their time.

@@ -31,13 +31,16 @@ pub fn spawn(test: &str, dir: &Path, pace_us: u64) -> Child {
         .unwrap()
 }
 
-/// Waits (up to 60 s) until `dir` holds a checkpoint's manifest (a `.json` file, written last).
+/// Waits (up to 60 s) until `dir` holds a checkpoint's manifest (a `.json` file, written last;
+/// not a writer's claim under `writers/`, which a run writes before its first checkpoint).
 pub fn wait_for_checkpoint(dir: &Path) {
     fn any_manifest(dir: &Path) -> bool {
         std::fs::read_dir(dir).is_ok_and(|entries| {
             entries.flatten().any(|e| {
                 let path = e.path();
-                path.extension().is_some_and(|x| x == "json") || (path.is_dir() && any_manifest(&path))
+                let claims = path.file_name().is_some_and(|n| n == "writers");
+                path.extension().is_some_and(|x| x == "json")
+                    || (path.is_dir() && !claims && any_manifest(&path))
             })
         })
     }
@@ -99,6 +102,8 @@ pub fn kill_and_restart(test: &str, dir: &Path, pace_us: u64) -> (u64, u32) {
         kills += 1;
     }
     assert!(kills >= 4, "only {kills} kills landed while the job was running (CRASH_SEED={seed})");
+    // A run that ended before its kill noted its restore too: only the last run's counts.
+    let _ = std::fs::remove_file(dir.join("restores"));
     finish(spawn(test, dir, 0));
     (seed, kills)
 }

@@ -6,6 +6,11 @@
 //! records: the same whichever instance runs it, which is what lets partitions move between
 //! instances. A task whose partition is idle follows the other tasks' combined watermark instead,
 //! so its windows still close.
+//!
+//! A source of two inputs (a [`UnionSource`](crate::source::UnionSource)) is co-partitioned: the
+//! task of partition `p` runs partition `p` of both inputs (the second's is `RIGHT_PARTITIONS + p`),
+//! as Kafka Streams runs one task per partition number over every topic it joins. The task's
+//! watermark is then the minimum of its two partitions', and its state holds both sides.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,11 +20,20 @@ use crate::error::{JobError, StateError};
 use crate::metrics::PartitionStatus;
 use crate::operator::{Context, ExchangeHub, Operator, Signal, key_owner};
 use crate::record::{PartitionId, Record};
+use crate::source::RIGHT_PARTITIONS;
 use crate::state::{PartitionState, StateBackend, delete_partition};
 use crate::time::Watermark;
 
 /// The live backend (owned by the runner, so `'static`: reborrows in loops keep its type).
 pub(crate) type Backend = dyn StateBackend + 'static;
+
+/// The task that runs source partition `p`: `p` itself, or for a second input's partition the
+/// first input's partition of the same number (co-partitioning). Sources of one input number
+/// their partitions below [`RIGHT_PARTITIONS`], so for them a task is its partition.
+#[inline]
+pub(crate) fn task_of(p: PartitionId) -> PartitionId {
+    p % RIGHT_PARTITIONS
+}
 
 /// Builds the chain of one partition's task.
 pub(crate) type Factory<C> = Box<dyn FnMut(PartitionId) -> C + Send>;
@@ -310,9 +324,10 @@ impl<C: Operator> Chains<C> {
         if *announced {
             return Err(not_assigned(at));
         }
-        let mut chain = factory(at.partition);
+        let task = task_of(at.partition);
+        let mut chain = factory(task);
         if let Some(state) = state {
-            chain.restore_state(&PartitionState::reader(state, at.partition))?;
+            chain.restore_state(&PartitionState::reader(state, task))?;
         }
         Ok(Task::new(chain))
     }
@@ -355,7 +370,7 @@ impl<C: Operator> Chains<C> {
             }
             Mode::PerPartition { factory, tasks, announced } => {
                 for r in records.drain(..) {
-                    let p = r.position.partition;
+                    let p = task_of(r.position.partition);
                     let task = match tasks.get_mut(&p) {
                         Some(t) => t,
                         None if *announced => return Err(not_assigned(r.position)),
@@ -395,17 +410,18 @@ impl<C: Operator> Chains<C> {
                 Signal::PartitionsAssigned(ps) => {
                     *announced = true;
                     for &p in ps {
-                        if !tasks.contains_key(&p) {
-                            create(tasks, factory, p, state.as_deref_mut())?;
+                        let t = task_of(p);
+                        if !tasks.contains_key(&t) {
+                            create(tasks, factory, t, state.as_deref_mut())?;
                         }
-                        if let Some(task) = tasks.get_mut(&p) {
+                        if let Some(task) = tasks.get_mut(&t) {
                             task.chain.on_signal(&Signal::PartitionsAssigned(vec![p]), ctx);
                             self.status_changed |= task.settle(ctx, out, &mut self.status);
                         }
                     }
                 }
                 Signal::PartitionFinished(p) => {
-                    if let Some(task) = tasks.get_mut(p) {
+                    if let Some(task) = tasks.get_mut(&task_of(*p)) {
                         task.chain.on_signal(signal, ctx);
                         self.status_changed |= task.settle(ctx, out, &mut self.status);
                     }
@@ -414,7 +430,7 @@ impl<C: Operator> Chains<C> {
                 Signal::PartitionsRevoked(_) => {}
                 Signal::PartitionsActive(ps) => {
                     for p in ps {
-                        if let Some(task) = tasks.get_mut(p) {
+                        if let Some(task) = tasks.get_mut(&task_of(*p)) {
                             task.chain.on_signal(&Signal::PartitionsActive(vec![*p]), ctx);
                             self.status_changed |= task.settle(ctx, out, &mut self.status);
                         }
@@ -453,14 +469,18 @@ impl<C: Operator> Chains<C> {
             Mode::Copies(_) => return Err(copies_run_on_workers()),
             Mode::PerPartition { tasks, announced, .. } => {
                 *announced = true;
-                for p in partitions {
-                    tasks.remove(p);
-                    self.status.remove(p);
+                // A task goes with either of its partitions: co-partitioned inputs are assigned
+                // and revoked together (a record of the other one would then be refused).
+                let gone: std::collections::BTreeSet<PartitionId> =
+                    partitions.iter().map(|&p| task_of(p)).collect();
+                for &t in &gone {
+                    tasks.remove(&t);
+                    self.status.retain(|&p, _| task_of(p) != t);
                     self.status_changed = true;
                 }
                 if let Some(state) = state {
-                    for &p in partitions {
-                        delete_partition(state, p)?;
+                    for &t in &gone {
+                        delete_partition(state, t)?;
                     }
                 }
             }

@@ -314,6 +314,13 @@ impl Runner {
     /// moving the state along. Keyed state is per partition: a key seen in two partitions has two
     /// windows.
     ///
+    /// Over a [`UnionSource`](crate::source::UnionSource) the job is co-partitioned: partition `p`'s
+    /// task runs partition `p` of both inputs (Kafka Streams' rule for joined topics), with the
+    /// minimum of their watermarks and both sides' state under one prefix. The inputs must
+    /// announce the same partition numbers, or the job fails at the start with what to change;
+    /// both topics must also put a key in the same partition number (same partitioner and count).
+    /// Such a job runs as one instance for now (the hand-over moves one partition at a time).
+    ///
     /// # Examples
     /// ```
     /// use ferroflow_core::prelude::*;
@@ -371,12 +378,18 @@ impl Runner {
             return Err(crate::error::ConfigError::Invalid(m.to_owned()).into());
         }
         if chains.partitioned() && source.inputs() > 1 {
-            return Err(crate::error::ConfigError::Invalid(format!(
-                "a job per partition runs each partition on its own, so the {} inputs of this source \
-                 (a union) would never meet in one step; run it with `Runner::job` or `Runner::parallel_job`",
-                source.inputs()
-            ))
-            .into());
+            // Partition p's task runs partition p of both inputs; the hand-over between instances
+            // still moves partitions one by one, not a task's two together.
+            if self.checkpointing.as_ref().is_some_and(|c| c.runs_as_instances()) {
+                return Err(crate::error::ConfigError::Invalid(
+                    "a job per partition over two inputs cannot yet run as several instances: the \
+                     hand-over moves one partition at a time, and partition p of both inputs must move \
+                     together; run one instance, or use `Runner::job`"
+                        .into(),
+                )
+                .into());
+            }
+            source.require_co_partitioning();
         }
         let ids = chains.state_ids();
         if let Some(dup) = ids.iter().enumerate().find_map(|(i, id)| ids[..i].contains(id).then_some(id)) {

@@ -316,7 +316,7 @@ impl<C: Operator> Workers<C> {
         let mut new_tasks: Vec<Tasks<C>> = (0..self.senders.len()).map(|_| Tasks::new()).collect();
         let mut last: Option<(PartitionId, usize, usize)> = None; // partition, worker, part index
         for r in records {
-            let p = r.position.partition;
+            let p = super::chains::task_of(r.position.partition);
             let (w, i) = match last {
                 Some((lp, w, i)) if lp == p => (w, i),
                 _ => {
@@ -405,7 +405,7 @@ impl<C: Operator> Workers<C> {
             Signal::PartitionsActive(ps) => {
                 let mut by_worker: BTreeMap<usize, Vec<PartitionId>> = BTreeMap::new();
                 for p in ps {
-                    if let Some(&w) = self.owner.get(p) {
+                    if let Some(&w) = self.owner.get(&super::chains::task_of(*p)) {
                         by_worker.entry(w).or_default().push(*p);
                     }
                 }
@@ -764,7 +764,7 @@ impl<C: Operator> Worker<C> {
             // Partition tasks each take their own partition; a copy of a chain takes them all.
             Signal::PartitionsActive(ps) if self.breaker.is_none() => {
                 for p in ps {
-                    if let Some(task) = self.tasks.get_mut(p) {
+                    if let Some(task) = self.tasks.get_mut(&super::chains::task_of(*p)) {
                         task.chain.on_signal(&Signal::PartitionsActive(vec![*p]), &mut self.ctx);
                         task.settle(&mut self.ctx, &mut self.out, &mut self.status);
                     }

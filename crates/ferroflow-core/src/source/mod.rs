@@ -124,6 +124,13 @@ pub trait Source<T>: Send + 'static {
         1
     }
 
+    /// Asks a source of several inputs to check, once every input has announced its partitions,
+    /// that they announced the same partition numbers, and to fail otherwise (a job per
+    /// partition calls it: its task for partition `p` runs partition `p` of every input, so a
+    /// partition without its counterpart would silently join with nothing). Sources of one input
+    /// have nothing to check.
+    fn require_co_partitioning(&mut self) {}
+
     /// Resumes reading at `offsets` (per partition, the offset of the next record to deliver),
     /// after a restore. Sources that cannot resume keep the default, which refuses: resuming from
     /// the start would count records twice.

@@ -70,6 +70,50 @@ pub struct UnionSource<A, B, SA, SB> {
     clocks: [Option<i64>; 2],
     /// The clock the union last reported: it never goes back.
     reported_clock: Option<i64>,
+    /// Check at the start that both inputs announced the same partition numbers (see
+    /// [`Source::require_co_partitioning`]); `None` once checked or when not asked.
+    co_partitioning: Option<CoPartitioning>,
+}
+
+/// The partitions each input announced at the start (its own numbers), for the co-partitioning
+/// check. An input that announces none (files, memory: it only delivers records) is not checked.
+#[derive(Debug, Default)]
+struct CoPartitioning {
+    announced: [Option<BTreeSet<PartitionId>>; 2],
+}
+
+impl CoPartitioning {
+    fn note(&mut self, input: usize, union_partitions: &[PartitionId]) {
+        if let Some(set) = self.announced.get_mut(input) {
+            set.get_or_insert_with(BTreeSet::new)
+                .extend(union_partitions.iter().map(|&p| input_partition(p).1));
+        }
+    }
+
+    /// Fails when both inputs announced partitions and their numbers differ.
+    fn check(&self) -> Result<(), SourceError> {
+        let [Some(left), Some(right)] = &self.announced else { return Ok(()) };
+        if left == right {
+            return Ok(());
+        }
+        let only = |a: &BTreeSet<PartitionId>, b: &BTreeSet<PartitionId>| {
+            a.difference(b).copied().collect::<Vec<_>>()
+        };
+        Err(SourceError::External {
+            message: format!(
+                "the two inputs of a job per partition are not co-partitioned: the first has partitions {left:?}, \
+                 the second {right:?} (only in the first: {:?}, only in the second: {:?}). Partition p's task \
+                 joins partition p of both inputs, so both topics need the same number of partitions and the \
+                 same partitioner for the join key: repartition one of them (for Kafka, `kafka-topics.sh \
+                 --alter --partitions N` on the smaller one, then re-key what it already holds, or write it \
+                 again to a new topic with N partitions), or run the job with `Runner::job` or \
+                 `Runner::parallel_job`, which key by the join key whatever the partitions",
+                only(left, right),
+                only(right, left)
+            ),
+            retry: RetryHint::NoRetry,
+        })
+    }
 }
 
 impl<A, B, SA, SB> std::fmt::Debug for UnionSource<A, B, SA, SB> {
@@ -213,6 +257,7 @@ where
             ended: [false; 2],
             clocks: [None; 2],
             reported_clock: None,
+            co_partitioning: None,
         }
     }
 
@@ -267,6 +312,9 @@ where
         }
         loop {
             let starting = !self.started.iter().all(|s| *s);
+            if !starting && let Some(check) = self.co_partitioning.take() {
+                check.check()?;
+            }
             if !starting
                 && let Some(event) = self.held_signals.pop_front().or_else(|| self.held_batches.pop_front())
             {
@@ -288,8 +336,11 @@ where
                 // idle while the gate holds its records back.
                 match event {
                     SourceEvent::Progress(_) => {}
-                    SourceEvent::PartitionsAssigned(_) => {
+                    SourceEvent::PartitionsAssigned(ref ps) => {
                         self.started[input] = true;
+                        if let Some(check) = &mut self.co_partitioning {
+                            check.note(input, ps);
+                        }
                         self.held_signals.push_back(event);
                     }
                     SourceEvent::Batch(mut b) => {
@@ -319,6 +370,10 @@ where
 
     fn inputs(&self) -> usize {
         2
+    }
+
+    fn require_co_partitioning(&mut self) {
+        self.co_partitioning = Some(CoPartitioning::default());
     }
 
     fn seek(&mut self, offsets: &BTreeMap<PartitionId, u64>) -> Result<(), SourceError> {

@@ -25,6 +25,10 @@ impl Checkpointing {
         match *self {}
     }
 
+    pub(crate) fn runs_as_instances(&self) -> bool {
+        match *self {}
+    }
+
     pub(crate) async fn restore<C: Operator, S: Source<C::In>>(
         &mut self,
         _chains: &mut Chains<C>,

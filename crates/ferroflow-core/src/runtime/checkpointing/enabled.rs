@@ -61,6 +61,11 @@ impl Checkpointing {
         self.settings.config.interval
     }
 
+    /// This runner is one instance of a job run as several (partitions move between them).
+    pub(crate) fn runs_as_instances(&self) -> bool {
+        self.settings.instance.is_some()
+    }
+
     /// The live state backend.
     pub(crate) fn state(&mut self) -> &mut Backend {
         &mut *self.settings.state
