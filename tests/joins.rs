@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{wait_until, within};
+use ferroflow::metrics::InputCounts;
 use ferroflow::prelude::*;
 use ferroflow::source::{RIGHT_PARTITIONS, UnionSource};
 use ferroflow::testing::ScriptedSource;
@@ -61,6 +62,57 @@ async fn a_record_is_late_only_behind_the_lower_of_both_inputs_watermarks() {
     assert_eq!(dead[0].position, SourcePosition::new(right, 2));
     assert_eq!(report.counters.records_in, 5);
     assert!(report.counters.identity_holds(), "{:?}", report.counters);
+}
+
+#[tokio::test]
+async fn each_input_of_a_union_accounts_for_its_own_records() {
+    let source = UnionSource::new(MemorySource::of([1u64, 2, 3, 4]), MemorySource::of([10u64, 11, 12]));
+    // The second input's odd records are filtered out, its 12 refused; each of the first's
+    // becomes two.
+    let job = Stream::<Either<u64, u64>>::new()
+        .filter(|e: &Either<u64, u64>| !matches!(e, Either::Right(x) if x % 2 == 1))
+        .try_map(|e: &Either<u64, u64>| match e {
+            Either::Right(12) => Err(Rejection::decode("twelve")),
+            other => Ok(*other),
+        })
+        .flat_map(|e: Either<u64, u64>| match e {
+            Either::Left(x) => vec![x, x],
+            Either::Right(x) => vec![x],
+        });
+    let (sink, rows) = CollectSink::with_handle();
+    let report = Runner::default().job(source, job).sink(sink).discard_dead_letters().run().await.unwrap();
+    assert_eq!(rows.len(), 9);
+    let first = InputCounts { records_in: 4, records_expanded: 4, records_out: 8, ..Default::default() };
+    let second = InputCounts {
+        records_in: 3,
+        records_filtered: 1,
+        records_dead_lettered: 1,
+        records_out: 1,
+        ..Default::default()
+    };
+    assert_eq!(report.counters.inputs, Some([first, second]));
+    assert!(report.counters.identity_holds(), "{:?}", report.counters);
+}
+
+#[tokio::test]
+async fn each_input_accounts_for_its_duplicates_and_windowed_records() {
+    let ids = |ids: &[&str]| MemorySource::of(ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+    let source = UnionSource::new(ids(&["a", "b", "b", "c"]), ids(&["x", "x", "y"]));
+    let job = Stream::<Either<String, String>>::new()
+        .assign_timestamps(|_| 1_000, WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO))
+        .dedup_by(Duration::from_secs(60), |e: &Either<String, String>| {
+            e.as_ref().either(String::as_str, String::as_str)
+        })
+        .key_by(|_| Key::from("all"))
+        .window(WindowSpec::tumbling(Duration::from_secs(10)).unwrap(), Count);
+    let (sink, rows) = CollectSink::with_handle();
+    let report = Runner::default().job(source, job).sink(sink).discard_dead_letters().run().await.unwrap();
+    assert_eq!(rows.take().iter().map(|r| r.value).collect::<Vec<_>>(), [5]);
+    let first =
+        InputCounts { records_in: 4, records_deduplicated: 1, records_windowed: 3, ..Default::default() };
+    let second =
+        InputCounts { records_in: 3, records_deduplicated: 1, records_windowed: 2, ..Default::default() };
+    assert_eq!(report.counters.inputs, Some([first, second]));
 }
 
 /// A view or click of key `a` at time `t`, read from partition `p` of its own input.
@@ -120,6 +172,9 @@ async fn a_job_per_partition_joins_partition_p_of_one_input_with_partition_p_of_
         let (rows, report) = run_co_partitioned(&mut runner, views, clicks).await;
         let report = report.unwrap();
         assert_eq!(rows, [(0, 1_000, 1_500), (0, 1_000, 2_200), (1, 2_000, 2_500)], "{workers} workers");
+        let views = InputCounts { records_in: 2, records_processed: 2, ..Default::default() };
+        let clicks = InputCounts { records_in: 3, records_processed: 3, ..Default::default() };
+        assert_eq!(report.counters.inputs, Some([views, clicks]), "{workers} workers");
         // One watermark per partition of each input, two tasks.
         let partitions: Vec<u32> = report.counters.partitions.iter().map(|s| s.partition).collect();
         assert_eq!(partitions, [0, 1, RIGHT_PARTITIONS, RIGHT_PARTITIONS + 1]);

@@ -37,6 +37,93 @@ pub struct LocalCounters {
     pub window_rows_emitted: u64,
     /// The latest window end among the rows emitted in this batch (event time, ms).
     pub newest_window_end: Option<i64>,
+    /// The share of the counts above that records of a union's second input make up (counted
+    /// only in jobs with two inputs).
+    pub second_input: InputCounts,
+}
+
+/// One input's share of the accounting terms in a job with two inputs (a
+/// [`UnionSource`](crate::source::UnionSource)): each record is counted for the input it was read
+/// from, and each input's own identity holds.
+///
+/// A record that a step turns into another (a map, a join's output row from a keyed function)
+/// keeps its source position, so it stays its input's; a join consumes records of both inputs
+/// (each counted as processed for its own input) and what it emits are results.
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::metrics::InputCounts;
+/// let clicks = InputCounts { records_in: 5, records_processed: 4, records_dead_lettered: 1, ..Default::default() };
+/// assert!(clicks.identity_holds());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct InputCounts {
+    /// Records of the input that entered the job.
+    pub records_in: u64,
+    /// Records added by `flat_map` steps beyond one per record of the input.
+    pub records_expanded: u64,
+    /// Records of the input accepted into windows.
+    pub records_windowed: u64,
+    /// Records of the input consumed by keyed process functions (joins among them).
+    pub records_processed: u64,
+    /// Records of the input that reached the sink of a job without a window.
+    pub records_out: u64,
+    /// Records of the input filtered out on purpose.
+    pub records_filtered: u64,
+    /// Records of the input dropped as duplicates.
+    pub records_deduplicated: u64,
+    /// Dead letters of records of the input.
+    pub records_dead_lettered: u64,
+}
+
+impl InputCounts {
+    /// True when every record of the input is accounted for (the job's identity, for one input).
+    pub fn identity_holds(&self) -> bool {
+        self.records_in.checked_add(self.records_expanded)
+            == self
+                .records_windowed
+                .checked_add(self.records_processed)
+                .and_then(|n| n.checked_add(self.records_out))
+                .and_then(|n| n.checked_add(self.records_filtered))
+                .and_then(|n| n.checked_add(self.records_deduplicated))
+                .and_then(|n| n.checked_add(self.records_dead_lettered))
+    }
+
+    fn terms(&self) -> [u64; 8] {
+        [
+            self.records_in,
+            self.records_expanded,
+            self.records_windowed,
+            self.records_processed,
+            self.records_out,
+            self.records_filtered,
+            self.records_deduplicated,
+            self.records_dead_lettered,
+        ]
+    }
+
+    fn from_terms(t: [u64; 8]) -> Self {
+        let [
+            records_in,
+            records_expanded,
+            records_windowed,
+            records_processed,
+            records_out,
+            records_filtered,
+            records_deduplicated,
+            records_dead_lettered,
+        ] = t;
+        Self {
+            records_in,
+            records_expanded,
+            records_windowed,
+            records_processed,
+            records_out,
+            records_filtered,
+            records_deduplicated,
+            records_dead_lettered,
+        }
+    }
 }
 
 impl LocalCounters {
@@ -78,6 +165,10 @@ struct Shared {
     records_out: AtomicU64,
     records_filtered: AtomicU64,
     records_deduplicated: AtomicU64,
+    /// The second input's share of the terms (in [`InputCounts::terms`] order).
+    second_input: [AtomicU64; 8],
+    /// The job reads two inputs: snapshots split the terms by input.
+    two_inputs: std::sync::atomic::AtomicBool,
     dead_letters: [AtomicU64; REASONS],
     window_rows_emitted: AtomicU64,
     watermark: AtomicI64,
@@ -157,6 +248,9 @@ impl JobCounters {
         for (a, v) in s.dead_letters.iter().zip(l.dead_letters) {
             add(a, v);
         }
+        for (a, v) in s.second_input.iter().zip(l.second_input.terms()) {
+            add(a, v);
+        }
         add(&s.window_rows_emitted, l.window_rows_emitted);
         if let Some(end) = l.newest_window_end {
             // Event-time lag of emitted windows: how long after its end (by the wall clock) a
@@ -167,6 +261,12 @@ impl JobCounters {
             s.window_emit_lag_ms.store(now.saturating_sub(end), Ordering::Relaxed);
         }
         s.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes that the job reads two inputs: snapshots then split the accounting by input (the
+    /// runner does this at the start).
+    pub fn set_two_inputs(&self) {
+        self.inner.two_inputs.store(true, Ordering::Relaxed);
     }
 
     /// Records the job's current combined watermark.
@@ -299,6 +399,24 @@ impl JobCounters {
             operators: s.operators.lock().map(|o| o.clone()).unwrap_or_default(),
             state: s.state.lock().ok().and_then(|st| *st),
             state_budget: s.budget.lock().ok().and_then(|b| b.as_ref().map(crate::state::StateBudget::stats)),
+            inputs: s.two_inputs.load(Ordering::Relaxed).then(|| {
+                let second = InputCounts::from_terms(s.second_input.each_ref().map(get));
+                let total = [
+                    get(&s.records_in),
+                    get(&s.records_expanded),
+                    get(&s.records_windowed),
+                    get(&s.records_processed),
+                    get(&s.records_out),
+                    get(&s.records_filtered),
+                    get(&s.records_deduplicated),
+                    dead_letters.iter().sum(),
+                ];
+                let mut first = [0u64; 8];
+                for ((f, t), s) in first.iter_mut().zip(total).zip(second.terms()) {
+                    *f = t.saturating_sub(s);
+                }
+                [InputCounts::from_terms(first), second]
+            }),
         }
     }
 }
@@ -355,6 +473,8 @@ pub struct CountersSnapshot {
     pub state: Option<crate::state::StateStats>,
     /// The state memory budget's figures, now (`None` without a budget).
     pub state_budget: Option<crate::state::BudgetStats>,
+    /// Each input's share of the accounting terms, in a job with two inputs (`None` otherwise).
+    pub inputs: Option<[InputCounts; 2]>,
 }
 
 impl CountersSnapshot {
@@ -365,13 +485,15 @@ impl CountersSnapshot {
 
     /// True when every record that came in is accounted for:
     /// `in + expanded == windowed + processed + out + filtered + deduplicated + dead_lettered`.
+    /// In a job with two inputs it also holds for each input's share ([`inputs`](Self::inputs)).
     pub fn identity_holds(&self) -> bool {
-        self.records_in + self.records_expanded
-            == self.records_windowed
-                + self.records_processed
-                + self.records_out
-                + self.records_filtered
-                + self.records_deduplicated
-                + self.records_dead_lettered
+        self.inputs.is_none_or(|inputs| inputs.iter().all(InputCounts::identity_holds))
+            && self.records_in + self.records_expanded
+                == self.records_windowed
+                    + self.records_processed
+                    + self.records_out
+                    + self.records_filtered
+                    + self.records_deduplicated
+                    + self.records_dead_lettered
     }
 }

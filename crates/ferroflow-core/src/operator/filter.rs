@@ -43,11 +43,14 @@ impl<T: Send + 'static, F: FnMut(&T) -> bool + Send + 'static> Operator for Filt
     #[inline]
     fn process_batch(&mut self, input: &mut Vec<Record<T>>, ctx: &mut Context, out: &mut Vec<Record<T>>) {
         let before = input.len();
+        let second_before = ctx.second_input_share(input);
         let start = out.len();
         let f = &mut self.f;
         out.extend(input.drain(..).filter(|r| f(&r.payload)));
         let kept = out.len() - start;
         ctx.count_filtered((before - kept) as u64);
+        let second_kept = ctx.second_input_share(out.get(start..).unwrap_or_default());
+        ctx.count_second_input(|c| &mut c.records_filtered, second_before.saturating_sub(second_kept));
     }
 
     fn name(&self) -> &'static str {

@@ -53,6 +53,7 @@ where
         out: &mut Vec<Record<I::Item>>,
     ) {
         let (mut empty, mut extra) = (0u64, 0u64);
+        let (mut second_empty, mut second_extra) = (0u64, 0u64);
         for r in input.drain(..) {
             let (key, event_time, position) = (r.key, r.event_time, r.position);
             let mut n = 0u64;
@@ -60,14 +61,18 @@ where
                 out.push(Record { key: key.clone(), event_time, position, payload });
                 n += 1;
             }
-            if n == 0 {
-                empty += 1;
-            } else {
-                extra += n - 1;
+            let (e, x) = if n == 0 { (1, 0) } else { (0, n - 1) };
+            empty += e;
+            extra += x;
+            if ctx.is_second_input(position) {
+                second_empty += e;
+                second_extra += x;
             }
         }
         ctx.count_filtered(empty);
         ctx.count_expanded(extra);
+        ctx.count_second_input(|c| &mut c.records_filtered, second_empty);
+        ctx.count_second_input(|c| &mut c.records_expanded, second_extra);
     }
 
     fn name(&self) -> &'static str {

@@ -429,9 +429,10 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
             self.tables.preload(&keys);
         }
         // A rejected record is counted as a dead letter, the others as processed.
-        let mut processed = 0u64;
+        let (mut processed, mut second_processed) = (0u64, 0u64);
         for r in input.drain(..) {
             let Record { key, event_time, position, payload } = r;
+            let second = ctx.is_second_input(position);
             let mut kctx = KeyedContext {
                 key: &key,
                 timestamp: event_time,
@@ -444,7 +445,10 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
             };
             let emitted = kctx.out.len();
             match self.f.process(payload, &mut kctx) {
-                Ok(()) => processed += 1,
+                Ok(()) => {
+                    processed += 1;
+                    second_processed += u64::from(second);
+                }
                 Err(rejection) => {
                     // A refused record emits nothing (what it changed in state stays changed).
                     out.truncate(emitted);
@@ -453,6 +457,7 @@ impl<F: KeyedFunction> Operator for KeyedProcess<F> {
             }
         }
         ctx.count_processed(processed);
+        ctx.count_second_input(|c| &mut c.records_processed, second_processed);
         self.tables.spill();
         self.timers.spill();
         self.tables.report_failure(ctx);

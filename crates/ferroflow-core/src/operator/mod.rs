@@ -91,6 +91,9 @@ pub struct Context {
     /// False downstream of a window: those steps see results, not source records, so they are
     /// kept out of the record accounting.
     counting: bool,
+    /// The job reads two inputs: counts are also kept for the second input's records (see
+    /// [`InputCounts`](crate::metrics::InputCounts)).
+    per_input: bool,
     /// The bytes the current batch's records were read from, for their dead letters.
     originals: originals::Originals,
     /// The chain is one of several copies, each on a share of the batch: timestamp steps note
@@ -142,6 +145,7 @@ impl Context {
             partitions: None,
             steps: Vec::new(),
             counting: true,
+            per_input: false,
             originals: originals::Originals::default(),
             observing: false,
             observations: Vec::new(),
@@ -244,8 +248,43 @@ impl Context {
     pub fn dead_letter(&mut self, dead_letter: DeadLetter) {
         if self.counting {
             self.counters.dead_letter(dead_letter.reason);
+            if self.is_second_input(dead_letter.position) {
+                self.counters.second_input.records_dead_lettered += 1;
+            }
         }
         self.dead_letters.push(dead_letter);
+    }
+
+    /// Keeps counts per input from now on (the runner does, for a job with two inputs).
+    pub(crate) fn count_per_input(&mut self) {
+        self.per_input = true;
+    }
+
+    /// True when counts are kept per input and `at` is a position of the second input.
+    #[inline]
+    pub(crate) fn is_second_input(&self, at: SourcePosition) -> bool {
+        self.per_input && at.partition >= crate::source::RIGHT_PARTITIONS
+    }
+
+    /// How many of `records` come from the second input (0 unless counts are kept per input).
+    #[inline]
+    pub(crate) fn second_input_share<T>(&self, records: &[Record<T>]) -> u64 {
+        if !self.per_input {
+            return 0;
+        }
+        records.iter().filter(|r| r.position.partition >= crate::source::RIGHT_PARTITIONS).count() as u64
+    }
+
+    /// Adds `n` to the second input's share of one accounting term (`term` picks it).
+    #[inline]
+    pub(crate) fn count_second_input(
+        &mut self,
+        term: fn(&mut crate::metrics::InputCounts) -> &mut u64,
+        n: u64,
+    ) {
+        if self.counting && n > 0 {
+            *term(&mut self.counters.second_input) += n;
+        }
     }
 
     /// Counts `n` records dropped on purpose.

@@ -88,16 +88,26 @@ where
 
     fn process_batch(&mut self, input: &mut Vec<Record<T>>, ctx: &mut Context, out: &mut Vec<Record<U>>) {
         let (mut empty, mut extra) = (0u64, 0u64);
+        let (mut second_empty, mut second_extra) = (0u64, 0u64);
         for r in input.drain(..) {
+            let second = ctx.is_second_input(r.position);
             let mut po = ProcessOutput { out: &mut *out, ctx: &mut *ctx, emitted: 0, _t: PhantomData };
             (self.f)(r, &mut po);
-            match po.emitted {
-                0 => empty += 1,
-                n => extra += n - 1,
+            let (e, x) = match po.emitted {
+                0 => (1, 0),
+                n => (0, n - 1),
+            };
+            empty += e;
+            extra += x;
+            if second {
+                second_empty += e;
+                second_extra += x;
             }
         }
         ctx.count_filtered(empty);
         ctx.count_expanded(extra);
+        ctx.count_second_input(|c| &mut c.records_filtered, second_empty);
+        ctx.count_second_input(|c| &mut c.records_expanded, second_extra);
     }
 
     fn name(&self) -> &'static str {

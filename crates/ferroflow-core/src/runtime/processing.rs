@@ -145,8 +145,12 @@ impl<'r, C: Operator> Processing<'r, C> {
         outputs: Outputs<C::Out>,
         workers: Option<Workers<C>>,
     ) -> Self {
-        let Outputs { results: out_tx, dead_letters: dlq_tx, .. } = outputs;
-        let ctx = Context::new(clock.now_ms());
+        let Outputs { results: out_tx, dead_letters: dlq_tx, per_input, .. } = outputs;
+        let mut ctx = Context::new(clock.now_ms());
+        if per_input {
+            ctx.count_per_input();
+            counters.set_two_inputs();
+        }
         let last_tick = ctx.idle_time();
         Self {
             chains,
@@ -345,6 +349,10 @@ impl<'r, C: Operator> Processing<'r, C> {
         // The workers count the records they run; the source's own dead letters are counted here.
         let running_here = if self.workers.is_some() { 0 } else { batch.records.len() };
         self.ctx.counters.records_in += (running_here + batch.dead_letters.len()) as u64;
+        let second_here =
+            if self.workers.is_some() { 0 } else { self.ctx.second_input_share(&batch.records) };
+        let second_dead = batch.dead_letters.iter().filter(|d| self.ctx.is_second_input(d.position)).count();
+        self.ctx.count_second_input(|c| &mut c.records_in, second_here + second_dead as u64);
         for dl in batch.dead_letters {
             self.ctx.dead_letter(dl);
         }
@@ -426,6 +434,8 @@ impl<'r, C: Operator> Processing<'r, C> {
         }
         if !self.chains.consumes_records() {
             self.ctx.counters.records_out += self.output.len() as u64;
+            let second = self.ctx.second_input_share(&self.output);
+            self.ctx.count_second_input(|c| &mut c.records_out, second);
         }
         let mut open = true;
         if !self.output.is_empty() {

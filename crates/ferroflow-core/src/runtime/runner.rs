@@ -377,7 +377,8 @@ impl Runner {
         if let Some(m) = chains.mismatch() {
             return Err(crate::error::ConfigError::Invalid(m.to_owned()).into());
         }
-        if chains.partitioned() && source.inputs() > 1 {
+        let two_inputs = source.inputs() > 1;
+        if chains.partitioned() && two_inputs {
             // Partition p's task runs partition p of both inputs; the hand-over between instances
             // still moves partitions one by one, not a task's two together.
             if self.checkpointing.as_ref().is_some_and(|c| c.runs_as_instances()) {
@@ -421,6 +422,7 @@ impl Runner {
             dead_letters: dlq_tx,
             counters: self.counters.clone(),
             consumes_records: chains.consumes_records(),
+            per_input: two_inputs,
         };
         let workers = if chains.partitioned() {
             Some(Workers::start(self.config.workers, cap, &outputs, None)?)

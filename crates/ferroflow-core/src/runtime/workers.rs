@@ -182,6 +182,8 @@ pub(super) struct Outputs<O> {
     pub(super) counters: JobCounters,
     /// The chains end in a window: their output is not source records.
     pub(super) consumes_records: bool,
+    /// The job reads two inputs: counts are also kept per input.
+    pub(super) per_input: bool,
 }
 
 impl<O> Clone for Outputs<O> {
@@ -191,6 +193,7 @@ impl<O> Clone for Outputs<O> {
             dead_letters: self.dead_letters.clone(),
             counters: self.counters.clone(),
             consumes_records: self.consumes_records,
+            per_input: self.per_input,
         }
     }
 }
@@ -578,10 +581,14 @@ impl<C: Operator> Worker<C> {
         gather: Option<Arc<Gather<Note>>>,
         key_steps: usize,
     ) -> Self {
+        let mut ctx = Context::new(0);
+        if outputs.per_input {
+            ctx.count_per_input();
+        }
         Self {
             index,
             tasks: Tasks::new(),
-            ctx: Context::new(0),
+            ctx,
             out: Vec::new(),
             status: BTreeMap::new(),
             outputs,
@@ -695,6 +702,8 @@ impl<C: Operator> Worker<C> {
             return;
         };
         self.ctx.counters.records_in += records.len() as u64;
+        let second = self.ctx.second_input_share(&records);
+        self.ctx.count_second_input(|c| &mut c.records_in, second);
         task.chain.process_batch(&mut records, &mut self.ctx, &mut self.out);
         task.settle(&mut self.ctx, &mut self.out, &mut self.status);
     }
@@ -709,6 +718,8 @@ impl<C: Operator> Worker<C> {
             return;
         };
         self.ctx.counters.records_in += records.len() as u64;
+        let second = self.ctx.second_input_share(&records);
+        self.ctx.count_second_input(|c| &mut c.records_in, second);
         // Every note taken before the first key step: its round trades them (the same for every
         // copy: it depends on the chain's shape only). Otherwise the copies meet once more.
         let at_exchange = *self.notes_at_exchange.get_or_insert_with(|| notes_at_exchange(&task.chain));
@@ -819,6 +830,8 @@ impl<C: Operator> Worker<C> {
         let o = &self.outputs;
         if !o.consumes_records {
             self.ctx.counters.records_out += self.out.len() as u64;
+            let second = self.ctx.second_input_share(&self.out);
+            self.ctx.count_second_input(|c| &mut c.records_out, second);
         }
         let mut open = true;
         if !self.out.is_empty() {

@@ -219,16 +219,20 @@ where
         out: &mut Vec<Record<WindowResult<A::Output>>>,
     ) {
         self.finish_firing(ctx, out);
-        let mut accepted = 0u64;
+        let (mut accepted, mut second_accepted) = (0u64, 0u64);
         self.windows.before_batch(input);
         for r in input.drain(..) {
             let res = self.windows.add(&self.agg, &r);
             match res {
-                Ok(()) => accepted += 1,
+                Ok(()) => {
+                    accepted += 1;
+                    second_accepted += u64::from(ctx.is_second_input(r.position));
+                }
                 Err(rejection) => ctx.reject(r.position, Some(r.event_time), rejection),
             }
         }
         ctx.count_windowed(accepted);
+        ctx.count_second_input(|c| &mut c.records_windowed, second_accepted);
         let mut em = Emitter { out, emitted: 0, newest_end: None };
         self.windows.flush_updates(&self.agg, &mut em);
         ctx.count_window_rows(em.emitted);

@@ -326,6 +326,7 @@ where
     #[inline]
     fn process_batch(&mut self, input: &mut Vec<Record<T>>, ctx: &mut Context, out: &mut Vec<Record<T>>) {
         let mut dropped = 0u64;
+        let mut second_dropped = 0u64;
         let (ttl, watermark, tracking) = (self.ttl_ms, self.watermark, self.tracking);
         // Under a budget, the ids not in memory are looked up on disk first, all in one read
         // (memory cannot lose an id within a batch: spilling and eviction come after it).
@@ -357,6 +358,7 @@ where
             };
             if let Some(mut e) = in_memory {
                 dropped += 1;
+                second_dropped += u64::from(ctx.is_second_input(r.position));
                 let s = e.get_mut();
                 if t > s.at {
                     // Seen again later: remembered for `ttl` from this sighting.
@@ -385,6 +387,7 @@ where
                 // latest (to be checkpointed), else with the one on disk (already noted).
                 Some(at) => {
                     dropped += 1;
+                    second_dropped += u64::from(ctx.is_second_input(r.position));
                     Some((t.max(at), tracking && t > at))
                 }
                 // Already past its memory: remembering it would only last until the next
@@ -403,6 +406,7 @@ where
             }
         }
         ctx.count_deduplicated(dropped);
+        ctx.count_second_input(|c| &mut c.records_deduplicated, second_dropped);
         // An id seen again and again before the watermark moves leaves one stale entry per
         // sighting: rebuild from the live entries once stale ones outnumber them, so the heap stays
         // within twice the remembered ids (amortised: a rebuild follows at least as many pushes).
