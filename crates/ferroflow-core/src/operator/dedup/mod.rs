@@ -42,6 +42,10 @@ struct Seen {
 /// they are rebuilt).
 const ID_COST: usize = 3 * (std::mem::size_of::<(IdHash, Seen)>() + 1) + 2 * std::mem::size_of::<IdHash>();
 
+/// Ids spilled per write: a write sorts its rows and holds them with the ids, about 100 bytes per
+/// id; spilling a tenth of a large budget at once would hold that much again for a moment.
+const SPILL_CHUNK: usize = 1 << 16;
+
 /// Drops records whose dedup key was already seen within `ttl` of event time; every dropped record
 /// is counted as deduplicated ([`Context::count_deduplicated`]).
 ///
@@ -220,9 +224,24 @@ impl<T, F, K: ?Sized> Dedup<T, F, K> {
     }
 
     /// Moves the `n` ids seen earliest from memory to the spill store (those whose memory ended
-    /// just go). The write comes first: a failed one keeps them in memory.
+    /// just go), in chunks of [`SPILL_CHUNK`]: what a write needs besides the ids (their rows,
+    /// sorted) stays small however much spills at once. Each chunk's write comes first: a failed
+    /// one keeps its ids in memory (earlier chunks are on disk).
     fn spill(&mut self, n: usize) -> Result<(), StateError> {
-        let Some(spilled) = &mut self.spilled else { return Ok(()) };
+        let mut left = n;
+        while left > 0 {
+            let chunk = left.min(SPILL_CHUNK);
+            if !self.spill_chunk(chunk)? {
+                break;
+            }
+            left -= chunk;
+        }
+        Ok(())
+    }
+
+    /// Spills up to `n` ids; false when fewer were left in memory.
+    fn spill_chunk(&mut self, n: usize) -> Result<bool, StateError> {
+        let Some(spilled) = &mut self.spilled else { return Ok(false) };
         let mut taken = Vec::with_capacity(n.min(self.seen.len()));
         while taken.len() < n {
             let Some((start, mut ids)) = self.by_time.pop_first() else { break };
@@ -250,7 +269,7 @@ impl<T, F, K: ?Sized> Dedup<T, F, K> {
             }
             return Err(e);
         }
-        Ok(())
+        Ok(taken.len() == n)
     }
 
     /// Remembers a sighting read from a checkpoint (an id may have rows in several buckets: the
