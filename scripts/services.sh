@@ -80,7 +80,14 @@ TOML
     sleep 0.2
   done
   [[ -n "$node" ]] || { tail -20 "$DIR/garage/server.log" >&2; log "garage did not start"; exit 1; }
-  "$GARAGE" -c "$(garage_cfg)" layout assign -z dc1 -c 1G "$node" >/dev/null
+  # `node id` reads a local file and answers before the RPC listener is up: the first layout
+  # command can find nobody listening, so it is retried.
+  local assigned=""
+  for _ in $(seq 1 50); do
+    "$GARAGE" -c "$(garage_cfg)" layout assign -z dc1 -c 1G "$node" >/dev/null 2>&1 && assigned=1 && break
+    sleep 0.2
+  done
+  [[ -n "$assigned" ]] || { tail -20 "$DIR/garage/server.log" >&2; log "garage did not take its layout"; exit 1; }
   "$GARAGE" -c "$(garage_cfg)" layout apply --version 1 >/dev/null
   for _ in $(seq 1 50); do
     "$GARAGE" -c "$(garage_cfg)" bucket create "$S3_BUCKET" >/dev/null 2>&1 && break
