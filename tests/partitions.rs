@@ -363,3 +363,20 @@ async fn windows_fired_by_a_revocation_reach_the_sink() {
         assert_eq!(per_minute, expected, "copies: {copies:?}");
     }
 }
+
+#[tokio::test]
+async fn a_job_per_partition_over_two_inputs_refuses_to_run_as_one_of_several_instances() {
+    // The hand-over moves one partition at a time; task p's two partitions must move together.
+    let scratch = tempfile::tempdir().unwrap();
+    let base = CheckpointStore::from_url("memory://", &S3Options::default()).unwrap();
+    let one = || ScriptedSource::<i64>::new().assign(vec![0]).finish(0);
+    let source = ferroflow::source::UnionSource::new(one(), one());
+    let err = instance(&base, "a", scratch.path())
+        .job_per_partition(source, |_| Stream::<ferroflow::prelude::Either<i64, i64>>::new())
+        .sink(CollectSink::new())
+        .discard_dead_letters()
+        .run()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot yet run as several instances"), "{err}");
+}
