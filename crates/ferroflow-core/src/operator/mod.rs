@@ -272,7 +272,7 @@ impl Context {
         if !self.per_input {
             return 0;
         }
-        records.iter().filter(|r| r.position.partition >= crate::source::RIGHT_PARTITIONS).count() as u64
+        records.iter().filter(|r| self.is_second_input(r.position)).count() as u64
     }
 
     /// Adds `n` to the second input's share of one accounting term (`term` picks it).
