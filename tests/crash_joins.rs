@@ -4,6 +4,9 @@
 //! unmatched row for a record whose partner came before the crash. The same holds for the job
 //! run per partition, each input in two files partitioned by ad (co-partitioned): partition p's
 //! task joins partition p of both inputs, its state and both partitions' offsets in one checkpoint.
+//! And for impressions joined with a broadcast table of each ad's campaign as of their time: the
+//! table is read again from its start on every restart, the waiting impressions come back from
+//! the checkpoint.
 #![cfg(all(feature = "rocksdb", feature = "checkpoints"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -22,6 +25,18 @@ use ferroflow::source::{JsonLinesSource, UnionSource};
 const TEST_NAME: &str = "sigkill_and_restart_join_two_inputs_as_an_uninterrupted_run";
 const PER_PARTITION_TEST_NAME: &str =
     "sigkill_and_restart_a_co_partitioned_join_per_partition_as_an_uninterrupted_run";
+const BROADCAST_TEST_NAME: &str = "sigkill_and_restart_a_broadcast_table_join_as_an_uninterrupted_run";
+
+/// Which job a child runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Job {
+    /// The interval join over one file per input.
+    Interval,
+    /// The interval join per partition over two files per input.
+    IntervalPerPartition,
+    /// Impressions with the campaign of their ad as of their time, from a broadcast table.
+    Broadcast,
+}
 
 /// (ad, event time).
 type Ad = (String, i64);
@@ -46,14 +61,19 @@ fn write_inputs(dir: &Path) {
             files.entry(format!("{input}-{}.jsonl", ad % 2)).or_default().push_str(&line);
         }
     }
+    // Every 200 ms of event time, a new campaign for one of the ads: (ad, from, campaign).
+    let campaigns: String =
+        (0..150i64).map(|i| format!("[\"ad{}\",{},{}]\n", next(10), i * 200 + 3, i)).collect();
+    files.insert("campaigns.jsonl".to_owned(), campaigns);
     for (name, text) in files {
         std::fs::write(dir.join(name), text).unwrap();
     }
 }
 
 /// The child: runs the job in `dir` (RocksDB state, checkpoints every 100 ms), resuming from the
-/// last checkpoint there; `per_partition`, as a job per partition over two files per input.
-fn run_child(dir: &Path, pace_us: u64, per_partition: bool) {
+/// last checkpoint there.
+fn run_child(dir: &Path, pace_us: u64, job: Job) {
+    let per_partition = job == Job::IntervalPerPartition;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let mut runner = Runner::builder()
@@ -89,6 +109,34 @@ fn run_child(dir: &Path, pace_us: u64, per_partition: bool) {
                 .id("impressions-clicks")
         };
         let sink = JsonLinesSink::append(dir.join("rows.jsonl")).await.unwrap();
+        if job == Job::Broadcast {
+            let campaigns = BroadcastTable::new("campaigns");
+            let table =
+                JsonLinesSource::<(String, i64, i64)>::open(vec![dir.join("..").join("campaigns.jsonl")])
+                    .with_chunk_size(64);
+            let source = campaigns
+                .loaded_from(table, |c| Key::from(c.0.as_str()), |c| c.1, WatermarkStrategy::monotonous())
+                .gating(input("impressions"));
+            let join = BroadcastJoin::left_outer(&campaigns, |i: &Ad, c: Option<&(String, i64, i64)>| {
+                (i.0.clone(), i.1, c.map(|c| c.2))
+            });
+            let job = Stream::<Ad>::new()
+                .map(move |a: Ad| {
+                    std::thread::sleep(Duration::from_micros(pace_us));
+                    a
+                })
+                .assign_timestamps(|a: &Ad| a.1, WatermarkStrategy::monotonous())
+                .key_by(|a: &Ad| Key::from(a.0.as_str()))
+                .broadcast_join(join)
+                .id("impressions-campaigns");
+            let report = runner.job(source, job).sink(sink).discard_dead_letters().run().await.unwrap();
+            assert!(report.counters.identity_holds(), "{:?}", report.counters);
+            assert_eq!(report.counters.records_dead_lettered, 0, "in-order inputs: nothing is late");
+            if report.restored_from.is_some() {
+                crash::note_restore(dir);
+            }
+            return;
+        }
         let report = match per_partition {
             true => {
                 runner.job_per_partition(source, move |_| job()).sink(sink).discard_dead_letters().run().await
@@ -114,7 +162,7 @@ fn rows(dir: &Path) -> BTreeSet<Row> {
 #[test]
 fn sigkill_and_restart_join_two_inputs_as_an_uninterrupted_run() {
     if let Some((dir, pace)) = crash::child() {
-        return run_child(&dir, pace, false);
+        return run_child(&dir, pace, Job::Interval);
     }
     crashes_change_nothing(TEST_NAME, 600);
 }
@@ -122,10 +170,19 @@ fn sigkill_and_restart_join_two_inputs_as_an_uninterrupted_run() {
 #[test]
 fn sigkill_and_restart_a_co_partitioned_join_per_partition_as_an_uninterrupted_run() {
     if let Some((dir, pace)) = crash::child() {
-        return run_child(&dir, pace, true);
+        return run_child(&dir, pace, Job::IntervalPerPartition);
     }
     // Two tasks on two workers sleep in parallel: twice the pace keeps the run as long.
     crashes_change_nothing(PER_PARTITION_TEST_NAME, 1_200);
+}
+
+#[test]
+fn sigkill_and_restart_a_broadcast_table_join_as_an_uninterrupted_run() {
+    if let Some((dir, pace)) = crash::child() {
+        return run_child(&dir, pace, Job::Broadcast);
+    }
+    // One input: twice the pace keeps the run as long as the two-input one.
+    crashes_change_nothing(BROADCAST_TEST_NAME, 1_200);
 }
 
 /// Runs `test`'s job once without crashes, then killed and restarted until it ends (sleeping

@@ -15,7 +15,7 @@ pub use std::time::Duration;
 
 pub use crate::dead_letter::{DeadLetter, DeadLetterReason, Rejection};
 pub use crate::error::{ConfigError, ErrorDomain, JobError, RetryHint, SinkError, SourceError};
-pub use crate::join::{Either, IntervalJoin, TemporalJoin, WindowJoin};
+pub use crate::join::{BroadcastJoin, BroadcastTable, Either, IntervalJoin, TemporalJoin, WindowJoin};
 pub use crate::operator::{
     Context, IntoOperator, KeyedContext, KeyedFunction, ListState, MapState, Operator, ProcessOutput,
     StateDeclarations, StateTtl, TimeDomain, ValueState,

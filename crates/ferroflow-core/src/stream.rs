@@ -1,7 +1,7 @@
 //! The job builder: `Stream::<T>::new().filter(..).map(..).window(..)`.
 
 use crate::dead_letter::Rejection;
-use crate::join::{IntervalJoin, TemporalJoin, WindowJoin};
+use crate::join::{BroadcastJoin, IntervalJoin, TemporalJoin, WindowJoin};
 use crate::operator::{
     AssignTimestamps, Chain, Dedup, Filter, FlatMap, KeyBy, KeyedFunction, KeyedProcess, Map, Operator,
     Process, ProcessOutput, SourceInput, StatefulOperator, TryMap,
@@ -226,6 +226,23 @@ impl<Op: Operator> Stream<Op::In, Op, Keyed> {
     {
         let id = self.position_id("keyed_process");
         self.then(KeyedProcess::new(id, f))
+    }
+}
+
+impl<Op: Operator> Stream<Op::In, Op, Keyed>
+where
+    Op::Out: crate::operator::StateValue,
+{
+    /// Enriches each record with a [`BroadcastTable`](crate::join::BroadcastTable)'s value of its
+    /// key valid at its time. See [`BroadcastJoin`] for the semantics; the job's source must be
+    /// the table's feed [gating](crate::join::TableFeed::gating) the events' source. Give it a stable
+    /// id with [`.id("…")`](Stream::id) so that savepoints survive changes to the job.
+    pub fn broadcast_join<V: Send + Sync + 'static, O: Send + 'static>(
+        self,
+        join: BroadcastJoin<Op::Out, V, O>,
+    ) -> Then<Op, KeyedProcess<BroadcastJoin<Op::Out, V, O>>, Keyed> {
+        let id = self.position_id("broadcast_join");
+        self.then(KeyedProcess::new(id, join))
     }
 }
 

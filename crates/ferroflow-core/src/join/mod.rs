@@ -12,16 +12,24 @@
 //! - [`TemporalJoin`]: each left event with the right input's value for its key that was valid
 //!   at the event's time (Flink's event-time temporal join, Kafka Streams' versioned-table join),
 //!   or with the latest value seen (`latest`: Kafka Streams' KStream-KTable join).
+//! - [`BroadcastJoin`]: each event with a [`BroadcastTable`]'s value valid at its time: a small
+//!   table every task holds whole, filled from an input of its own and read again on every start,
+//!   so the stream need not be partitioned by its key (Kafka Streams' GlobalKTable, looked up as of
+//!   the event's time; the table's input holds the job's watermark back).
 //! - [`WindowJoin`]: the pairs of one key in each tumbling, sliding or session window (Flink's
 //!   window join), with the window operator's allowed lateness.
 //!
 //! Join state is keyed state ([`crate::operator::KeyedProcess`]): it counts against the memory
 //! budget and spills beyond it, and checkpoints write only what changed.
 
+mod broadcast;
 mod interval;
 mod temporal;
 mod window;
 
+pub use broadcast::{
+    BroadcastJoin, BroadcastTable, DEFAULT_HISTORY, HistoryGone, TableFeed, TableGated, TableReader,
+};
 pub use either::Either;
 pub use interval::IntervalJoin;
 pub use temporal::TemporalJoin;

@@ -22,7 +22,7 @@ use crate::operator::{Context, ExchangeHub, Operator, Signal, key_owner};
 use crate::record::{PartitionId, Record};
 use crate::source::RIGHT_PARTITIONS;
 use crate::state::{PartitionState, StateBackend, delete_partition};
-use crate::time::Watermark;
+use crate::time::{Watermark, WatermarkCeiling};
 
 /// The live backend (owned by the runner, so `'static`: reborrows in loops keep its type).
 pub(crate) type Backend = dyn StateBackend + 'static;
@@ -46,14 +46,25 @@ pub(crate) struct Task<C: Operator> {
     /// The task's partition is idle: it follows the other tasks' watermark.
     pub(crate) idle: bool,
     input: Vec<Record<C::In>>,
+    /// The highest watermark proposed to the task; it gets the lower of this and the ceiling.
+    proposed: Watermark,
+    /// What the source's records wait for (a broadcast table's input), if anything.
+    ceiling: Option<WatermarkCeiling>,
 }
 
 /// Partition tasks by partition.
 pub(crate) type Tasks<C> = BTreeMap<PartitionId, Task<C>>;
 
 impl<C: Operator> Task<C> {
-    fn new(chain: C) -> Self {
-        Self { chain, watermark: Watermark::MIN, idle: false, input: Vec::new() }
+    fn new(chain: C, ceiling: Option<WatermarkCeiling>) -> Self {
+        Self {
+            chain,
+            watermark: Watermark::MIN,
+            idle: false,
+            input: Vec::new(),
+            proposed: Watermark::MIN,
+            ceiling,
+        }
     }
 
     /// Delivers the watermark the chain proposed, if it moved, and notes the partition report.
@@ -63,8 +74,11 @@ impl<C: Operator> Task<C> {
         out: &mut Vec<Record<C::Out>>,
         status: &mut BTreeMap<PartitionId, PartitionStatus>,
     ) -> bool {
-        if let Some(w) = ctx.take_watermark() {
-            self.advance(w, ctx, out);
+        match ctx.take_watermark() {
+            Some(w) => self.advance(w, ctx, out),
+            // The ceiling may have risen since: what was proposed below it goes through now.
+            None if self.ceiling.is_some() => self.advance(self.proposed, ctx, out),
+            None => {}
         }
         match ctx.partitions.take() {
             Some(report) => {
@@ -97,6 +111,11 @@ impl<C: Operator> Task<C> {
     }
 
     pub(crate) fn advance(&mut self, w: Watermark, ctx: &mut Context, out: &mut Vec<Record<C::Out>>) {
+        self.proposed = self.proposed.max(w);
+        let w = match &self.ceiling {
+            Some(c) => self.proposed.min(c.get()),
+            None => self.proposed,
+        };
         if w > self.watermark {
             self.watermark = w;
             self.chain.on_watermark(w, ctx, out);
@@ -135,13 +154,15 @@ pub(crate) struct Chains<C: Operator> {
     key_steps: usize,
     /// Copies: the copies' chains differ (the factory built different chains).
     mismatch: Option<String>,
+    /// The limit the source puts on every task's watermark (see [`WatermarkCeiling`]).
+    ceiling: Option<WatermarkCeiling>,
 }
 
 impl<C: Operator> Chains<C> {
     /// One chain for the whole job.
     pub(crate) fn job(chain: C) -> Self {
         let shape = Shape::of(&chain);
-        Self::with_mode(Mode::Job(Task::new(chain)), shape)
+        Self::with_mode(Mode::Job(Task::new(chain, None)), shape)
     }
 
     /// One chain per source partition, each built by `factory` when its partition first shows up.
@@ -171,7 +192,7 @@ impl<C: Operator> Chains<C> {
                     steps.unwrap_or_default()
                 ));
             }
-            tasks.insert(PartitionId::try_from(i).ok()?, Task::new(chain));
+            tasks.insert(PartitionId::try_from(i).ok()?, Task::new(chain, None));
         }
         let mut chains = Self::with_mode(Mode::Copies(tasks), shape);
         chains.breaker = Some(hub.breaker());
@@ -213,6 +234,7 @@ impl<C: Operator> Chains<C> {
             breaker: None,
             key_steps: 0,
             mismatch: None,
+            ceiling: None,
             mode,
             status: BTreeMap::new(),
             status_changed: false,
@@ -221,6 +243,19 @@ impl<C: Operator> Chains<C> {
             state_ids: shape.state_ids,
             consumes_records: shape.consumes_records,
         }
+    }
+
+    /// Holds every task's watermark, present and to come, at or below `ceiling`.
+    pub(crate) fn set_ceiling(&mut self, ceiling: WatermarkCeiling) {
+        match &mut self.mode {
+            Mode::Job(task) => task.ceiling = Some(ceiling.clone()),
+            Mode::Copies(tasks) | Mode::PerPartition { tasks, .. } => {
+                for task in tasks.values_mut() {
+                    task.ceiling = Some(ceiling.clone());
+                }
+            }
+        }
+        self.ceiling = Some(ceiling);
     }
 
     /// True when each partition has a task of its own.
@@ -329,7 +364,7 @@ impl<C: Operator> Chains<C> {
         if let Some(state) = state {
             chain.restore_state(&PartitionState::reader(state, task))?;
         }
-        Ok(Task::new(chain))
+        Ok(Task::new(chain, self.ceiling.clone()))
     }
 
     /// Takes what worker threads reported: each worker's lowest watermark among its tasks that
@@ -374,7 +409,7 @@ impl<C: Operator> Chains<C> {
                     let task = match tasks.get_mut(&p) {
                         Some(t) => t,
                         None if *announced => return Err(not_assigned(r.position)),
-                        None => create(tasks, factory, p, state.as_deref_mut())?,
+                        None => create(tasks, factory, p, state.as_deref_mut(), self.ceiling.as_ref())?,
                     };
                     task.input.push(r);
                 }
@@ -412,7 +447,7 @@ impl<C: Operator> Chains<C> {
                     for &p in ps {
                         let t = task_of(p);
                         if !tasks.contains_key(&t) {
-                            create(tasks, factory, t, state.as_deref_mut())?;
+                            create(tasks, factory, t, state.as_deref_mut(), self.ceiling.as_ref())?;
                         }
                         if let Some(task) = tasks.get_mut(&t) {
                             task.chain.on_signal(&Signal::PartitionsAssigned(vec![p]), ctx);
@@ -584,12 +619,13 @@ fn create<'t, C: Operator>(
     factory: &mut Factory<C>,
     p: PartitionId,
     state: Option<&mut Backend>,
+    ceiling: Option<&WatermarkCeiling>,
 ) -> Result<&'t mut Task<C>, StateError> {
     let mut chain = factory(p);
     if let Some(state) = state {
         chain.restore_state(&PartitionState::reader(state, p))?;
     }
-    Ok(tasks.entry(p).or_insert(Task::new(chain)))
+    Ok(tasks.entry(p).or_insert(Task::new(chain, ceiling.cloned())))
 }
 
 /// A record of a partition this instance does not hold: the source delivered it after the

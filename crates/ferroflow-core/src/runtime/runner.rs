@@ -392,6 +392,9 @@ impl Runner {
             }
             source.require_co_partitioning();
         }
+        if let Some(ceiling) = source.watermark_ceiling() {
+            chains.set_ceiling(ceiling);
+        }
         let ids = chains.state_ids();
         if let Some(dup) = ids.iter().enumerate().find_map(|(i, id)| ids[..i].contains(id).then_some(id)) {
             return Err(crate::error::ConfigError::Invalid(format!(

@@ -131,6 +131,13 @@ pub trait Source<T>: Send + 'static {
     /// have nothing to check.
     fn require_co_partitioning(&mut self) {}
 
+    /// A limit the job's watermark may not pass (see [`WatermarkCeiling`](crate::time::WatermarkCeiling)): sources whose
+    /// records wait for another input's progress (a [`BroadcastTable`](crate::join::BroadcastTable)'s)
+    /// return one, taken before the source moves to its task. The default has none.
+    fn watermark_ceiling(&self) -> Option<crate::time::WatermarkCeiling> {
+        None
+    }
+
     /// Resumes reading at `offsets` (per partition, the offset of the next record to deliver),
     /// after a restore. Sources that cannot resume keep the default, which refuses: resuming from
     /// the start would count records twice.

@@ -389,6 +389,11 @@ where
         Ok(())
     }
 
+    fn watermark_ceiling(&self) -> Option<crate::time::WatermarkCeiling> {
+        let (left, right) = self.inputs.as_ref()?;
+        crate::time::WatermarkCeiling::either(left.watermark_ceiling(), right.watermark_ceiling())
+    }
+
     fn checkpoint_listener(&self) -> Option<Arc<dyn CheckpointListener>> {
         let (left, right) = self.inputs.as_ref()?;
         let listeners = [left.checkpoint_listener(), right.checkpoint_listener()];

@@ -1,0 +1,168 @@
+//! The join of a keyed stream with a broadcast table.
+
+use super::table::{BroadcastTable, TableReader};
+use crate::dead_letter::{DeadLetterReason, Rejection};
+use crate::join::late;
+use crate::operator::{KeyedContext, KeyedFunction, MapState, StateDeclarations, StateValue};
+use crate::record::Timestamp;
+
+/// What the join makes of an event and the table's value (`None`: no value); `None` emits nothing.
+type LookupFn<L, V, O> = Box<dyn FnMut(&L, Option<&V>) -> Option<O> + Send>;
+
+/// Enriches each event with the [`BroadcastTable`]'s value of the event's key that was valid at
+/// the event's time (an as-of lookup, as [`TemporalJoin`](crate::join::TemporalJoin) does, but on a
+/// table every task holds whole, so the stream need not be partitioned by the table's key).
+///
+/// Run it with [`Stream::broadcast_join`](crate::Stream::broadcast_join) on a stream keyed by
+/// the table's key, whose source the table's feed [gates](super::TableFeed::gating). Semantics:
+/// - An event waits in keyed state until the job's watermark reaches its time. The table's input
+///   holds the job's watermark back, so by then every version up to the event's time has arrived;
+///   the event is then joined and emitted at its own time.
+/// - An event at or below the watermark is late and goes to the dead letters (`late_event`).
+/// - An event whose version the table no longer keeps (it lies more than the table's history
+///   behind every other reader: a partition taken over from an old checkpoint) goes to the dead
+///   letters (`processing_error`), never joined with a wrong version.
+/// - [`inner`](Self::inner) emits nothing for an event whose key had no version yet;
+///   [`left_outer`](Self::left_outer) emits it with `None`. [`latest`](Self::latest) joins at once
+///   with the latest version loaded (Kafka Streams' GlobalKTable join).
+///
+/// # Examples
+/// ```
+/// use ferroflow_core::join::{BroadcastJoin, BroadcastTable};
+/// use ferroflow_core::operator::KeyedProcess;
+/// use ferroflow_core::time::Watermark;
+/// use ferroflow_core::{Context, Key, Operator, Record};
+///
+/// let tiers: BroadcastTable<&'static str> = BroadcastTable::new("tiers");
+/// tiers.insert(Key::from("u1"), 100, "free");
+/// tiers.insert(Key::from("u1"), 200, "pro");
+/// let join = BroadcastJoin::left_outer(&tiers, |clicks: &u32, tier: Option<&&str>| (*clicks, tier.copied()));
+/// let mut op = KeyedProcess::new("tiered", join);
+/// let mut input = vec![Record::new(3u32, 150).with_key(Key::from("u1"))];
+/// let (mut ctx, mut out) = (Context::default(), Vec::new());
+/// op.process_batch(&mut input, &mut ctx, &mut out);
+/// assert!(out.is_empty(), "the event waits for the watermark");
+/// op.on_watermark(Watermark(150), &mut ctx, &mut out);
+/// assert_eq!(out[0].payload, (3, Some("free")));
+/// ```
+pub struct BroadcastJoin<L, V, O> {
+    table: BroadcastTable<V>,
+    reader: TableReader,
+    latest: bool,
+    join: LookupFn<L, V, O>,
+    name: String,
+    waiting: MapState<Timestamp, Vec<L>>,
+    /// Rows of the firing at hand, emitted once the state is let go.
+    found: Vec<(O, Timestamp)>,
+}
+
+impl<L, V, O> std::fmt::Debug for BroadcastJoin<L, V, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastJoin")
+            .field("table", &self.table.shared.name)
+            .field("latest", &self.latest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> BroadcastJoin<L, V, O> {
+    /// An inner join: `f(event, value)` for each event whose key had a value at its time.
+    pub fn inner(table: &BroadcastTable<V>, mut f: impl FnMut(&L, &V) -> O + Send + 'static) -> Self {
+        Self::build(table, Box::new(move |l, v| v.map(|v| f(l, v))))
+    }
+
+    /// A left-outer join: `f(event, value)` for every event, `None` when its key had no value at
+    /// its time.
+    pub fn left_outer(
+        table: &BroadcastTable<V>,
+        mut f: impl FnMut(&L, Option<&V>) -> O + Send + 'static,
+    ) -> Self {
+        Self::build(table, Box::new(move |l, v| Some(f(l, v))))
+    }
+
+    fn build(table: &BroadcastTable<V>, join: LookupFn<L, V, O>) -> Self {
+        Self {
+            table: table.clone(),
+            reader: table.reader(),
+            latest: false,
+            join,
+            name: "events".to_owned(),
+            waiting: MapState::new("waiting"),
+            found: Vec::new(),
+        }
+    }
+
+    /// Joins each event at once with its key's latest version loaded, whatever its time (Kafka
+    /// Streams' GlobalKTable join): nothing waits and nothing is late, and results depend on how
+    /// far the table has loaded.
+    pub fn latest(mut self) -> Self {
+        self.latest = true;
+        self
+    }
+
+    /// Names the events' input in the dead letters of its late records (`events` unless named).
+    pub fn with_input_name(mut self, events: impl Into<String>) -> Self {
+        self.name = events.into();
+        self
+    }
+}
+
+impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction for BroadcastJoin<L, V, O> {
+    type In = L;
+    type Out = O;
+
+    fn declare(&self, states: &mut StateDeclarations) {
+        states.map(self.waiting);
+    }
+
+    fn process(&mut self, input: L, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
+        let (t, watermark) = (ctx.timestamp(), ctx.watermark());
+        if self.latest {
+            let join = &mut self.join;
+            if let Some(o) = self.table.with_latest(ctx.key(), |v| join(&input, v)) {
+                ctx.emit_at(o, t);
+            }
+            return Ok(());
+        }
+        // Every timer at or below the watermark has fired: this step looks nothing up below it.
+        self.reader.settled(watermark);
+        if t <= watermark {
+            return Err(late("a broadcast join", &self.name, t, watermark));
+        }
+        ctx.map(self.waiting)?.get_or_insert_with(t, Vec::new).push(input);
+        ctx.register_event_time_timer(t);
+        Ok(())
+    }
+
+    /// Joins the events whose time the watermark has reached with the values valid then.
+    fn on_timer(&mut self, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
+        let at = ctx.timestamp();
+        self.reader.joined(at);
+        let due = ctx.map(self.waiting)?.remove_range(..=at);
+        let mut gone = None;
+        for (t, events) in due {
+            let (join, found) = (&mut self.join, &mut self.found);
+            let looked_up = self.table.with_value(ctx.key(), t, |v| {
+                found.extend(events.iter().filter_map(|l| join(l, v)).map(|o| (o, t)));
+            });
+            if let Err(g) = looked_up {
+                gone = Some((t, events.len(), g.oldest_kept));
+            }
+        }
+        for (o, t) in self.found.drain(..) {
+            ctx.emit_at(o, t);
+        }
+        match gone {
+            None => Ok(()),
+            Some((t, n, oldest)) => Err(Rejection::new(
+                DeadLetterReason::ProcessingError,
+                format!(
+                    "{n} event(s) at {t}: broadcast table '{}' no longer keeps the version valid then (its \
+                     oldest kept is at {oldest}); this step's watermark lies more than the table's history \
+                     behind the other readers': raise `BroadcastTable::with_history`",
+                    self.table.name()
+                ),
+            )),
+        }
+    }
+}

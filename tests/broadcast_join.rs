@@ -1,0 +1,408 @@
+//! The broadcast table join: events enriched with the version of a table every task holds whole,
+//! as of their time; the table's input holds the job's watermark back, idles, ends, fails; a
+//! snapshot in the middle restores to the same rows; and, for any arrival order within the
+//! bounds, on one worker or two, per partition or not, the rows equal an as-of oracle.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::{wait_until, within};
+use ferroflow::error::{RetryHint, SourceError};
+use ferroflow::join::TableFeed;
+use ferroflow::prelude::*;
+use ferroflow::source::{MemorySource, Source, SourceBatch, SourceEvent};
+use ferroflow::state::MemoryStateBackend;
+use ferroflow::testing::{OperatorHarness, ScriptedSource};
+use ferroflow::time::{ManualClock, Watermark};
+use proptest::prelude::*;
+use tokio::sync::Notify;
+
+/// A click: (user, event time).
+type Click = (String, i64);
+/// A version of a user's tier: (user, valid from, tier).
+type Tier = (String, i64, String);
+/// A click with the user's tier then.
+type Row = (String, i64, Option<String>);
+
+fn click(user: &str, t: i64, partition: PartitionId, offset: u64) -> Record<Click> {
+    Record::new((user.to_owned(), t), 0).with_position(SourcePosition::new(partition, offset))
+}
+
+fn tier(user: &str, t: i64, name: &str, offset: u64) -> Record<Tier> {
+    Record::new((user.to_owned(), t, name.to_owned()), 0).with_position(SourcePosition::new(0, offset))
+}
+
+/// Clicks with the tier of their user at their time.
+fn tiered(
+    tiers: &BroadcastTable<Tier>,
+    bound_ms: u64,
+) -> impl IntoOperator<Op: Operator<In = Click, Out = Row>> + use<> {
+    let join = BroadcastJoin::left_outer(tiers, |c: &Click, t: Option<&Tier>| {
+        (c.0.clone(), c.1, t.map(|t| t.2.clone()))
+    });
+    Stream::<Click>::new()
+        .assign_timestamps(
+            |c| c.1,
+            WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(bound_ms)),
+        )
+        .key_by(|c| Key::from(c.0.as_str()))
+        .broadcast_join(join)
+        .id("tiered-clicks")
+}
+
+fn feed<S: Source<Tier>>(
+    tiers: &BroadcastTable<Tier>,
+    source: S,
+    strategy: WatermarkStrategy,
+) -> TableFeed<Tier> {
+    tiers.loaded_from(source, |t| Key::from(t.0.as_str()), |t| t.1, strategy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_waits_until_the_table_has_every_version_up_to_its_time() {
+    let (clicks_end, more, tiers_end) =
+        (Arc::new(Notify::new()), Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let clicks = ScriptedSource::new()
+        .assign(vec![0])
+        .records(vec![click("u1", 2_000, 0, 0), click("u1", 5_000, 0, 1)])
+        .wait(&clicks_end)
+        .finish(0);
+    let versions = ScriptedSource::new()
+        .assign(vec![0])
+        .records(vec![tier("u1", 1_000, "free", 0)])
+        .wait(&more)
+        .records(vec![tier("u1", 1_500, "pro", 1)])
+        .wait(&tiers_end)
+        .finish(0);
+    let clock = ManualClock::new(0);
+    let tiers = BroadcastTable::new("tiers").with_clock(Arc::new(clock.clone()));
+    let source = feed(&tiers, versions, WatermarkStrategy::monotonous()).gating(clicks);
+    let mut runner = common::runner_on(&clock);
+    let counters = runner.counters();
+    let (sink, rows) = CollectSink::with_handle();
+    let job = tiered(&tiers, 0);
+    let job =
+        tokio::spawn(async move { runner.job(source, job).sink(sink).discard_dead_letters().run().await });
+
+    wait_until(10, "both clicks", || counters.snapshot().records_in == 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // ~20 ticks
+    assert!(rows.is_empty(), "a version before 2 s may still come");
+    assert_eq!(counters.snapshot().watermark, 999, "held at the table's watermark, not the clicks' 4 999");
+
+    more.notify_one();
+    wait_until(10, "the second version", || tiers.versions() == 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(rows.is_empty(), "the table's watermark (1 499) is still below the click at 2 s");
+
+    tiers_end.notify_one();
+    wait_until(10, "the click at 2 s", || rows.len() == 1).await;
+    assert_eq!(rows.take(), [("u1".to_owned(), 2_000, Some("pro".to_owned()))], "the version that came last");
+    assert_eq!(counters.snapshot().watermark, 4_999, "the table is complete: the clicks' own watermark");
+
+    clicks_end.notify_one();
+    let report = within(10, "the job", job).await.unwrap().unwrap();
+    assert_eq!(rows.take(), [("u1".to_owned(), 5_000, Some("pro".to_owned()))]);
+    assert!(report.counters.identity_holds(), "{:?}", report.counters);
+    assert_eq!(tiers.late_versions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_table_holds_nothing_back_and_a_version_after_it_counts_as_late() {
+    let (clicks_more, clicks_end, tiers_more, tiers_end) =
+        (Arc::new(Notify::new()), Arc::new(Notify::new()), Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let clicks = ScriptedSource::new()
+        .assign(vec![0])
+        .records(vec![click("u1", 2_000, 0, 0), click("u1", 5_000, 0, 1)])
+        .wait(&clicks_more)
+        .records(vec![click("u1", 9_000, 0, 2)])
+        .wait(&clicks_end)
+        .finish(0);
+    let versions = ScriptedSource::new()
+        .assign(vec![0])
+        .records(vec![tier("u1", 1_000, "free", 0)])
+        .wait(&tiers_more)
+        .records(vec![tier("u1", 1_500, "pro", 1)])
+        .wait(&tiers_end)
+        .finish(0);
+    let clock = ManualClock::new(0);
+    let tiers = BroadcastTable::new("tiers").with_clock(Arc::new(clock.clone()));
+    let idle = WatermarkStrategy::monotonous().with_idleness(Duration::from_secs(1));
+    let source = feed(&tiers, versions, idle).gating(clicks);
+    let mut runner = common::runner_on(&clock);
+    let counters = runner.counters();
+    let (sink, rows) = CollectSink::with_handle();
+    let job = tiered(&tiers, 0);
+    let job =
+        tokio::spawn(async move { runner.job(source, job).sink(sink).discard_dead_letters().run().await });
+
+    wait_until(10, "both clicks", || counters.snapshot().records_in == 2).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(rows.is_empty(), "the table is not idle yet");
+    // Silent for 1.1 s on the table's clock: idle, and the clicks' own watermark holds.
+    clock.set(1_100);
+    wait_until(10, "the click at 2 s", || rows.len() == 1).await;
+    assert_eq!(rows.take(), [("u1".to_owned(), 2_000, Some("free".to_owned()))]);
+    assert_eq!(counters.snapshot().watermark, 4_999);
+
+    // A version at 1.5 s after the click at 2 s joined: kept for what comes, counted as late.
+    tiers_more.notify_one();
+    wait_until(10, "the version at 1.5 s", || tiers.versions() == 2).await;
+    assert_eq!(tiers.late_versions(), 1);
+    clock.set(2_500); // idle again
+    clicks_more.notify_one();
+    wait_until(10, "the click at 5 s", || rows.len() == 1).await;
+    assert_eq!(rows.take(), [("u1".to_owned(), 5_000, Some("pro".to_owned()))], "it sees the late version");
+    tiers_end.notify_one();
+    clicks_end.notify_one();
+    let report = within(10, "the job", job).await.unwrap().unwrap();
+    assert_eq!(rows.take(), [("u1".to_owned(), 9_000, Some("pro".to_owned()))]);
+    assert!(report.counters.identity_holds(), "{:?}", report.counters);
+}
+
+#[tokio::test]
+async fn a_late_event_goes_to_the_dead_letters_naming_its_input() {
+    let clicks = ScriptedSource::new()
+        .assign(vec![0])
+        .records(vec![click("u1", 5_000, 0, 0)])
+        .records(vec![click("u1", 1_000, 0, 1)])
+        .finish(0);
+    let tiers = BroadcastTable::new("tiers");
+    let source = feed(
+        &tiers,
+        MemorySource::of([("u1".to_owned(), 0, "free".to_owned())]),
+        WatermarkStrategy::monotonous(),
+    )
+    .gating(clicks);
+    let join =
+        BroadcastJoin::inner(&tiers, |c: &Click, t: &Tier| (c.1, t.2.clone())).with_input_name("clicks");
+    let job = Stream::<Click>::new()
+        .assign_timestamps(|c| c.1, WatermarkStrategy::monotonous())
+        .key_by(|c| Key::from(c.0.as_str()))
+        .broadcast_join(join);
+    let (sink, rows) = CollectSink::with_handle();
+    let (dlq, dead) = CollectSink::with_handle();
+    let report = Runner::default().job(source, job).sink(sink).dead_letters(dlq).run().await.unwrap();
+    assert_eq!(rows.take(), [(5_000, "free".to_owned())]);
+    let dead = dead.take();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].reason, DeadLetterReason::LateEvent);
+    assert!(dead[0].detail.contains("'clicks'"), "{}", dead[0].detail);
+    assert_eq!(dead[0].position, SourcePosition::new(0, 1));
+    assert!(report.counters.identity_holds(), "{:?}", report.counters);
+}
+
+/// A table input that fails after its first version.
+struct Failing(bool);
+
+impl Source<Tier> for Failing {
+    async fn next_event(&mut self) -> Result<Option<SourceEvent<Tier>>, SourceError> {
+        if std::mem::replace(&mut self.0, true) {
+            return Err(SourceError::External {
+                message: "users topic gone".into(),
+                retry: RetryHint::WithBackoff,
+            });
+        }
+        Ok(Some(SourceEvent::Batch(SourceBatch::of(vec![tier("u1", 1_000, "free", 0)]))))
+    }
+}
+
+#[tokio::test]
+async fn the_table_input_failing_fails_the_job_with_its_error() {
+    let wait = Arc::new(Notify::new());
+    let clicks = ScriptedSource::new().assign(vec![0]).records(vec![click("u1", 2_000, 0, 0)]).wait(&wait);
+    let tiers = BroadcastTable::new("tiers");
+    let source = feed(&tiers, Failing(false), WatermarkStrategy::monotonous()).gating(clicks);
+    let (sink, rows) = CollectSink::with_handle();
+    let err = within(
+        10,
+        "the job",
+        Runner::default().job(source, tiered(&tiers, 0)).sink(sink).discard_dead_letters().run(),
+    )
+    .await
+    .unwrap_err();
+    // The clicks wait for more: the error must not wait for their next record.
+    drop(wait);
+    assert!(err.to_string().contains("users topic gone"), "{err}");
+    assert!(rows.is_empty(), "nothing joined against a table that never got its watermark");
+}
+
+#[test]
+fn a_snapshot_while_events_wait_restores_to_the_same_rows() {
+    let tiers: BroadcastTable<Tier> = BroadcastTable::new("tiers");
+    for (t, name) in [(1_000, "free"), (3_000, "pro")] {
+        tiers.insert(Key::from("u1"), t, ("u1".to_owned(), t, name.to_owned()));
+    }
+    let events = || vec![click("u1", 2_000, 0, 0), click("u1", 4_000, 0, 1), click("u1", 500, 0, 2)];
+    let keyed = |recs: Vec<Record<Click>>| -> Vec<Record<Click>> {
+        recs.into_iter()
+            .map(|r| {
+                let key = Key::from(r.payload.0.as_str());
+                Record::new(r.payload.clone(), r.payload.1).with_key(key).with_position(r.position)
+            })
+            .collect()
+    };
+    let op = || {
+        ferroflow::operator::KeyedProcess::new(
+            "tiered",
+            BroadcastJoin::left_outer(&tiers, |c: &Click, t: Option<&Tier>| (c.1, t.map(|t| t.2.clone()))),
+        )
+    };
+    let mut whole = OperatorHarness::new(op());
+    whole.process(keyed(events())).advance_watermark(Watermark::MAX);
+
+    let mut first = OperatorHarness::new(op());
+    first.process(keyed(events()));
+    assert!(first.outputs().is_empty(), "every event waits for the watermark");
+    let mut state = MemoryStateBackend::new();
+    first.snapshot(&mut state).unwrap();
+    drop(first);
+    let mut second = OperatorHarness::new(op());
+    second.restore(&state).unwrap();
+    second.advance_watermark(Watermark::MAX);
+    assert_eq!(second.payloads(), whole.payloads());
+    assert_eq!(
+        second.payloads(),
+        [(500, None), (2_000, Some("free".to_owned())), (4_000, Some("pro".to_owned()))]
+    );
+}
+
+// For any arrival order within the bounds: the rows equal an as-of oracle.
+
+/// A generated case: clicks (user, time, partition) and versions (user, time, tier), each in
+/// arrival order within its bound of out-of-orderness.
+#[derive(Debug, Clone)]
+struct Case {
+    clicks: Vec<(u8, i64, PartitionId)>,
+    versions: Vec<(u8, i64, u8)>,
+    bound: i64,
+}
+
+fn within_bound(mut items: Vec<(i64, i64)>, bound: i64) -> Vec<usize> {
+    // (time, delay): arrival at time + delay, ties by time: each item is at most `bound` behind
+    // the highest time before it.
+    items.iter_mut().for_each(|(_, d)| *d = (*d).rem_euclid(bound + 1));
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| (items[i].0 + items[i].1, items[i].0));
+    order
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        prop::collection::vec((0u8..4, 0i64..5_000, 0u32..3, 0i64..1_000), 1..60),
+        prop::collection::vec((0u8..4, 0i64..5_000, 0u8..5, 0i64..1_000), 0..30),
+        0i64..300,
+    )
+        .prop_map(|(clicks, versions, bound)| {
+            let order = within_bound(clicks.iter().map(|c| (c.1, c.3)).collect(), bound);
+            let clicks = order.into_iter().map(|i| (clicks[i].0, clicks[i].1, clicks[i].2)).collect();
+            let order = within_bound(versions.iter().map(|v| (v.1, v.3)).collect(), bound);
+            let versions = order.into_iter().map(|i| (versions[i].0, versions[i].1, versions[i].2)).collect();
+            Case { clicks, versions, bound }
+        })
+}
+
+fn user(u: u8) -> String {
+    format!("u{u}")
+}
+
+/// For each click, the latest version of its user at or before its time (the last to arrive of
+/// those at one time wins, as it replaces the others).
+fn oracle(case: &Case) -> Vec<Row> {
+    let mut rows: Vec<Row> = case
+        .clicks
+        .iter()
+        .map(|&(u, t, _)| {
+            let mut valid: Option<(i64, u8)> = None;
+            for &(vu, vt, tier) in &case.versions {
+                if vu == u && vt <= t && valid.is_none_or(|(at, _)| vt >= at) {
+                    valid = Some((vt, tier));
+                }
+            }
+            (user(u), t, valid.map(|(_, tier)| format!("t{tier}")))
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// A source that takes `1 ms` before each event: the table loads slower than the clicks arrive,
+/// so only the watermark's wait keeps an event from joining before its versions are in.
+struct Slow<S>(S);
+
+impl<T: Send + 'static, S: Source<T>> Source<T> for Slow<S> {
+    async fn next_event(&mut self) -> Result<Option<SourceEvent<T>>, SourceError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.0.next_event().await
+    }
+}
+
+fn run_case(case: &Case, workers: usize, per_partition: bool) -> (Vec<Row>, JobReport) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut offsets: BTreeMap<PartitionId, u64> = BTreeMap::new();
+        let clicks: Vec<Record<Click>> = case
+            .clicks
+            .iter()
+            .map(|&(u, t, p)| {
+                let offset = offsets.entry(p).or_default();
+                *offset += 1;
+                click(&user(u), t, p, *offset - 1)
+            })
+            .collect();
+        let partitions: Vec<PartitionId> = offsets.keys().copied().collect();
+        let mut script = ScriptedSource::new().assign(partitions.clone());
+        for chunk in clicks.chunks(7) {
+            script = script.records(chunk.to_vec());
+        }
+        for p in partitions {
+            script = script.finish(p);
+        }
+        let versions: Vec<Record<Tier>> = case
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, &(u, t, n))| tier(&user(u), t, &format!("t{n}"), i as u64))
+            .collect();
+        let mut table = ScriptedSource::new().assign(vec![0]);
+        for chunk in versions.chunks(3) {
+            table = table.records(chunk.to_vec());
+        }
+        let table = table.finish(0);
+        let tiers = BroadcastTable::new("tiers");
+        let strategy = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(case.bound as u64));
+        let source = feed(&tiers, Slow(table), strategy).gating(script);
+        let bound = case.bound as u64;
+        let mut runner = Runner::builder().workers(workers).build().unwrap();
+        let (sink, rows) = CollectSink::with_handle();
+        let report = match per_partition {
+            true => {
+                let tiers = tiers.clone();
+                runner
+                    .job_per_partition(source, move |_| tiered(&tiers, bound))
+                    .sink(sink)
+                    .discard_dead_letters()
+                    .run()
+                    .await
+            }
+            false => runner.job(source, tiered(&tiers, bound)).sink(sink).discard_dead_letters().run().await,
+        }
+        .unwrap();
+        let mut rows = rows.take();
+        rows.sort();
+        (rows, report)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn the_broadcast_join_equals_an_as_of_oracle(case in case(), workers in 1usize..=2, per_partition: bool) {
+        let (rows, report) = run_case(&case, workers, per_partition);
+        prop_assert_eq!(report.counters.records_dead_lettered, 0, "within the bounds nothing is late");
+        prop_assert!(report.counters.identity_holds(), "{:?}", report.counters);
+        prop_assert_eq!(rows, oracle(&case));
+    }
+}
