@@ -1,7 +1,8 @@
 //! The broadcast table join: events enriched with the version of a table every task holds whole,
 //! as of their time; the table's input holds the job's watermark back, idles, ends, fails; a
 //! snapshot in the middle restores to the same rows; and, for any arrival order within the
-//! bounds, on one worker or two, per partition or not, the rows equal an as-of oracle.
+//! bounds, on one worker or two, as one chain, per partition or as copies keyed across workers,
+//! the rows equal an as-of oracle.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -19,6 +20,14 @@ use ferroflow::testing::{OperatorHarness, ScriptedSource};
 use ferroflow::time::{ManualClock, Watermark};
 use proptest::prelude::*;
 use tokio::sync::Notify;
+
+#[path = "../examples/user_segments.rs"]
+mod user_segments_example;
+
+#[test]
+fn the_user_segments_example_counts_views_by_the_segment_of_their_time() {
+    user_segments_example::main().unwrap();
+}
 
 /// A click: (user, event time).
 type Click = (String, i64);
@@ -269,6 +278,141 @@ fn a_snapshot_while_events_wait_restores_to_the_same_rows() {
     );
 }
 
+/// Instance `name` of a partition-scoped job on the shared checkpoint base (checkpoints only at
+/// revocations and at the end).
+fn instance(base: &ferroflow::checkpoint::CheckpointStore, name: &str, scratch: &std::path::Path) -> Runner {
+    Runner::builder()
+        .workers(2)
+        .checkpoint_store(base.clone())
+        .job_id("job")
+        .scratch_dir(scratch.join(name))
+        .every(Duration::from_secs(3600))
+        .instance(name)
+        .state(MemoryStateBackend::new())
+        .build()
+        .unwrap()
+}
+
+/// Runs the tiered clicks per partition over `clicks`, the table filled from `versions` by a
+/// table of this run's own: its rows.
+async fn run_instance(
+    runner: &mut Runner,
+    clicks: ScriptedSource<Click>,
+    versions: Vec<Tier>,
+) -> (Vec<Row>, JobReport) {
+    let tiers = BroadcastTable::new("tiers");
+    let source = feed(&tiers, MemorySource::of(versions), WatermarkStrategy::monotonous()).gating(clicks);
+    let (sink, rows) = CollectSink::with_handle();
+    let report = runner
+        .job_per_partition(source, move |_| tiered(&tiers, 5_000))
+        .sink(sink)
+        .discard_dead_letters()
+        .run()
+        .await
+        .unwrap();
+    (rows.take(), report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_waiting_in_a_revoked_partition_join_on_the_next_instance_with_its_own_table() {
+    let scratch = tempfile::tempdir().unwrap();
+    let base = ferroflow::checkpoint::CheckpointStore::from_url("memory://", &Default::default()).unwrap();
+    // A click a second per partition for a minute (users u0 and u1 alternating).
+    let data: BTreeMap<PartitionId, Vec<Click>> = (0..2)
+        .map(|p| (p, (0..60).map(|s| (format!("u{}", s % 2), s * 1_000 + i64::from(p))).collect()))
+        .collect();
+    let versions: Vec<Tier> =
+        [("u0", 0, "free"), ("u1", 0, "free"), ("u0", 20_000, "pro"), ("u1", 33_000, "pro")]
+            .into_iter()
+            .map(|(u, t, n)| (u.to_owned(), t, n.to_owned()))
+            .collect();
+
+    let all =
+        ScriptedSource::over(data.clone()).assign(vec![0, 1]).read(0, 100).read(1, 100).finish(0).finish(1);
+    let (mut expected, _) = run_instance(&mut Runner::default(), all, versions.clone()).await;
+    expected.sort();
+    assert_eq!(expected.len(), 120);
+
+    // Instance a reads part of each partition: the last 5 s of each wait in the join when both
+    // partitions are taken away.
+    let script =
+        ScriptedSource::over(data.clone()).assign(vec![0, 1]).read(0, 25).read(1, 37).revoke(vec![0, 1]);
+    let (rows_a, report_a) =
+        run_instance(&mut instance(&base, "a", scratch.path()), script, versions.clone()).await;
+    assert!(report_a.checkpoints_taken >= 1, "the revoke took a checkpoint");
+    assert!(rows_a.len() < 25 + 37, "some clicks were still waiting: {}", rows_a.len());
+
+    let source_b =
+        ScriptedSource::over(data.clone()).assign(vec![0, 1]).read(0, 100).read(1, 100).finish(0).finish(1);
+    let answers = source_b.hook_answers();
+    let (rows_b, _) = run_instance(&mut instance(&base, "b", scratch.path()), source_b, versions).await;
+    assert_eq!(*answers.lock().unwrap(), vec![BTreeMap::from([(0, 25), (1, 37)])], "resumed at a's offsets");
+    let mut together: Vec<Row> = rows_a.into_iter().chain(rows_b).collect();
+    together.sort();
+    assert_eq!(together, expected, "every click once, with the tier of its time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restore_events_held_by_the_table_join_once_it_catches_up_without_new_events() {
+    let scratch = tempfile::tempdir().unwrap();
+    let base = ferroflow::checkpoint::CheckpointStore::from_url("memory://", &Default::default()).unwrap();
+    let runner = |name: &str| {
+        Runner::builder()
+            .checkpoint_store(base.clone())
+            .job_id("job")
+            .scratch_dir(scratch.path().join(name))
+            .every(Duration::from_secs(3600))
+            .state(MemoryStateBackend::new())
+            .build()
+            .unwrap()
+    };
+    // First run: the clicks' watermark reaches 4 999, the table holds the job at 999; stopped.
+    let quiet = Arc::new(Notify::new());
+    let clicks =
+        ScriptedSource::over(BTreeMap::from([(0, vec![("u1".to_owned(), 2_000), ("u1".to_owned(), 5_000)])]))
+            .assign(vec![0])
+            .read(0, 2)
+            .wait(&quiet);
+    let held = ScriptedSource::new().assign(vec![0]).records(vec![tier("u1", 1_000, "free", 0)]).wait(&quiet);
+    let tiers = BroadcastTable::new("tiers");
+    let source = feed(&tiers, held, WatermarkStrategy::monotonous()).gating(clicks);
+    let mut first = runner("first");
+    let (counters, stop) = (first.counters(), first.shutdown_handle());
+    let (sink, rows) = CollectSink::with_handle();
+    let job = tiered(&tiers, 0);
+    let job =
+        tokio::spawn(async move { first.job(source, job).sink(sink).discard_dead_letters().run().await });
+    wait_until(10, "both clicks", || counters.snapshot().records_in == 2).await;
+    wait_until(10, "the table's watermark", || counters.snapshot().watermark == 999).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(counters.snapshot().watermark, 999, "held by the table");
+    stop.stop();
+    within(10, "the first run", job).await.unwrap().unwrap();
+    assert!(rows.is_empty());
+
+    // Second run: no click comes any more; the table reloads and is complete, and the clicks'
+    // restored watermark (4 999) lets the click at 2 s go.
+    let clicks =
+        ScriptedSource::over(BTreeMap::from([(0, vec![("u1".to_owned(), 2_000), ("u1".to_owned(), 5_000)])]))
+            .assign(vec![0])
+            .read(0, 2)
+            .wait(&quiet);
+    let tiers = BroadcastTable::new("tiers");
+    let versions = MemorySource::of([("u1".to_owned(), 1_000, "free".to_owned())]);
+    let source = feed(&tiers, versions, WatermarkStrategy::monotonous()).gating(clicks);
+    let mut second = runner("second");
+    let stop = second.shutdown_handle();
+    let (sink, rows) = CollectSink::with_handle();
+    let job = tiered(&tiers, 0);
+    let job =
+        tokio::spawn(async move { second.job(source, job).sink(sink).discard_dead_letters().run().await });
+    wait_until(10, "the click at 2 s", || rows.len() == 1).await;
+    assert_eq!(rows.take(), [("u1".to_owned(), 2_000, Some("free".to_owned()))]);
+    stop.stop();
+    let report = within(10, "the second run", job).await.unwrap().unwrap();
+    assert!(report.restored_from.is_some());
+}
+
 // For any arrival order within the bounds: the rows equal an as-of oracle.
 
 /// A generated case: clicks (user, time, partition) and versions (user, time, tier), each in
@@ -339,7 +483,15 @@ impl<T: Send + 'static, S: Source<T>> Source<T> for Slow<S> {
     }
 }
 
-fn run_case(case: &Case, workers: usize, per_partition: bool) -> (Vec<Row>, JobReport) {
+/// How a case's job runs: one chain, one per partition, or copies on every worker keyed across.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Job,
+    PerPartition,
+    Parallel,
+}
+
+fn run_case(case: &Case, workers: usize, mode: Mode) -> (Vec<Row>, JobReport) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let mut offsets: BTreeMap<PartitionId, u64> = BTreeMap::new();
@@ -377,8 +529,8 @@ fn run_case(case: &Case, workers: usize, per_partition: bool) -> (Vec<Row>, JobR
         let bound = case.bound as u64;
         let mut runner = Runner::builder().workers(workers).build().unwrap();
         let (sink, rows) = CollectSink::with_handle();
-        let report = match per_partition {
-            true => {
+        let report = match mode {
+            Mode::PerPartition => {
                 let tiers = tiers.clone();
                 runner
                     .job_per_partition(source, move |_| tiered(&tiers, bound))
@@ -387,7 +539,18 @@ fn run_case(case: &Case, workers: usize, per_partition: bool) -> (Vec<Row>, JobR
                     .run()
                     .await
             }
-            false => runner.job(source, tiered(&tiers, bound)).sink(sink).discard_dead_letters().run().await,
+            Mode::Parallel => {
+                let tiers = tiers.clone();
+                runner
+                    .parallel_job(source, move || tiered(&tiers, bound))
+                    .sink(sink)
+                    .discard_dead_letters()
+                    .run()
+                    .await
+            }
+            Mode::Job => {
+                runner.job(source, tiered(&tiers, bound)).sink(sink).discard_dead_letters().run().await
+            }
         }
         .unwrap();
         let mut rows = rows.take();
@@ -397,10 +560,14 @@ fn run_case(case: &Case, workers: usize, per_partition: bool) -> (Vec<Row>, JobR
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
     #[test]
-    fn the_broadcast_join_equals_an_as_of_oracle(case in case(), workers in 1usize..=2, per_partition: bool) {
-        let (rows, report) = run_case(&case, workers, per_partition);
+    fn the_broadcast_join_equals_an_as_of_oracle(
+        case in case(),
+        workers in 1usize..=2,
+        mode in prop::sample::select(vec![Mode::Job, Mode::PerPartition, Mode::Parallel]),
+    ) {
+        let (rows, report) = run_case(&case, workers, mode);
         prop_assert_eq!(report.counters.records_dead_lettered, 0, "within the bounds nothing is late");
         prop_assert!(report.counters.identity_holds(), "{:?}", report.counters);
         prop_assert_eq!(rows, oracle(&case));

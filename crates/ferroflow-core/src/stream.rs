@@ -1,7 +1,7 @@
 //! The job builder: `Stream::<T>::new().filter(..).map(..).window(..)`.
 
 use crate::dead_letter::Rejection;
-use crate::join::{BroadcastJoin, IntervalJoin, TemporalJoin, WindowJoin};
+use crate::join::{BroadcastJoin, BroadcastJoinStep, IntervalJoin, TemporalJoin, WindowJoin};
 use crate::operator::{
     AssignTimestamps, Chain, Dedup, Filter, FlatMap, KeyBy, KeyedFunction, KeyedProcess, Map, Operator,
     Process, ProcessOutput, SourceInput, StatefulOperator, TryMap,
@@ -240,7 +240,7 @@ where
     pub fn broadcast_join<V: Send + Sync + 'static, O: Send + 'static>(
         self,
         join: BroadcastJoin<Op::Out, V, O>,
-    ) -> Then<Op, KeyedProcess<BroadcastJoin<Op::Out, V, O>>, Keyed> {
+    ) -> Then<Op, BroadcastJoinStep<Op::Out, V, O>, Keyed> {
         let id = self.position_id("broadcast_join");
         self.then(KeyedProcess::new(id, join))
     }

@@ -8,3 +8,6 @@ mod table;
 pub use feed::{TableFeed, TableGated};
 pub use lookup::BroadcastJoin;
 pub use table::{BroadcastTable, DEFAULT_HISTORY, HistoryGone, TableReader};
+
+/// The step [`Stream::broadcast_join`](crate::Stream::broadcast_join) appends.
+pub type BroadcastJoinStep<L, V, O> = crate::operator::KeyedProcess<BroadcastJoin<L, V, O>>;

@@ -28,7 +28,8 @@ mod temporal;
 mod window;
 
 pub use broadcast::{
-    BroadcastJoin, BroadcastTable, DEFAULT_HISTORY, HistoryGone, TableFeed, TableGated, TableReader,
+    BroadcastJoin, BroadcastJoinStep, BroadcastTable, DEFAULT_HISTORY, HistoryGone, TableFeed, TableGated,
+    TableReader,
 };
 pub use either::Either;
 pub use interval::IntervalJoin;

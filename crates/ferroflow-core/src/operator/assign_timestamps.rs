@@ -60,6 +60,9 @@ impl<T: Send + 'static, F: FnMut(&T) -> Timestamp + Send + 'static> AssignTimest
             self.restored = false;
             let snapshot = self.tracker.export();
             self.tracker.import(&snapshot, ctx.idle_time());
+            // The restored watermark again: the task may not have reached it before the
+            // checkpoint (a watermark ceiling held it back), and the tracker proposes only moves.
+            ctx.propose_watermark(self.tracker.current());
         }
         if let Some(w) = self.tracker.advance(ctx.idle_time()) {
             ctx.propose_watermark(w);

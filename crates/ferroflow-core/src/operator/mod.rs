@@ -125,6 +125,9 @@ pub struct Context {
     pub(crate) round_in_flight: bool,
     /// A pipelined key step passed on a round this batch, and set the clocks of its share.
     pub(crate) round_taken: bool,
+    /// The highest watermark a task may reach now (see [`WatermarkCeiling`](crate::time::WatermarkCeiling)):
+    /// sampled once per event by the runner, so that copies of a chain all see the same one.
+    pub(crate) ceiling: Watermark,
 }
 
 impl Default for Context {
@@ -158,6 +161,7 @@ impl Context {
             draining: false,
             round_in_flight: false,
             round_taken: false,
+            ceiling: Watermark::MAX,
         }
     }
 

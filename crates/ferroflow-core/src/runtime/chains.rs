@@ -46,25 +46,17 @@ pub(crate) struct Task<C: Operator> {
     /// The task's partition is idle: it follows the other tasks' watermark.
     pub(crate) idle: bool,
     input: Vec<Record<C::In>>,
-    /// The highest watermark proposed to the task; it gets the lower of this and the ceiling.
+    /// The highest watermark proposed to the task; it gets the lower of this and the context's
+    /// ceiling (what the source's records wait for, a broadcast table's input).
     proposed: Watermark,
-    /// What the source's records wait for (a broadcast table's input), if anything.
-    ceiling: Option<WatermarkCeiling>,
 }
 
 /// Partition tasks by partition.
 pub(crate) type Tasks<C> = BTreeMap<PartitionId, Task<C>>;
 
 impl<C: Operator> Task<C> {
-    fn new(chain: C, ceiling: Option<WatermarkCeiling>) -> Self {
-        Self {
-            chain,
-            watermark: Watermark::MIN,
-            idle: false,
-            input: Vec::new(),
-            proposed: Watermark::MIN,
-            ceiling,
-        }
+    fn new(chain: C) -> Self {
+        Self { chain, watermark: Watermark::MIN, idle: false, input: Vec::new(), proposed: Watermark::MIN }
     }
 
     /// Delivers the watermark the chain proposed, if it moved, and notes the partition report.
@@ -76,8 +68,8 @@ impl<C: Operator> Task<C> {
     ) -> bool {
         match ctx.take_watermark() {
             Some(w) => self.advance(w, ctx, out),
-            // The ceiling may have risen since: what was proposed below it goes through now.
-            None if self.ceiling.is_some() => self.advance(self.proposed, ctx, out),
+            // The ceiling may have risen since: what was held below it goes through now.
+            None if self.proposed > self.watermark => self.advance(self.proposed, ctx, out),
             None => {}
         }
         match ctx.partitions.take() {
@@ -112,10 +104,7 @@ impl<C: Operator> Task<C> {
 
     pub(crate) fn advance(&mut self, w: Watermark, ctx: &mut Context, out: &mut Vec<Record<C::Out>>) {
         self.proposed = self.proposed.max(w);
-        let w = match &self.ceiling {
-            Some(c) => self.proposed.min(c.get()),
-            None => self.proposed,
-        };
+        let w = self.proposed.min(ctx.ceiling);
         if w > self.watermark {
             self.watermark = w;
             self.chain.on_watermark(w, ctx, out);
@@ -162,7 +151,7 @@ impl<C: Operator> Chains<C> {
     /// One chain for the whole job.
     pub(crate) fn job(chain: C) -> Self {
         let shape = Shape::of(&chain);
-        Self::with_mode(Mode::Job(Task::new(chain, None)), shape)
+        Self::with_mode(Mode::Job(Task::new(chain)), shape)
     }
 
     /// One chain per source partition, each built by `factory` when its partition first shows up.
@@ -192,7 +181,7 @@ impl<C: Operator> Chains<C> {
                     steps.unwrap_or_default()
                 ));
             }
-            tasks.insert(PartitionId::try_from(i).ok()?, Task::new(chain, None));
+            tasks.insert(PartitionId::try_from(i).ok()?, Task::new(chain));
         }
         let mut chains = Self::with_mode(Mode::Copies(tasks), shape);
         chains.breaker = Some(hub.breaker());
@@ -245,17 +234,15 @@ impl<C: Operator> Chains<C> {
         }
     }
 
-    /// Holds every task's watermark, present and to come, at or below `ceiling`.
+    /// Holds every task's watermark at or below `ceiling` (see [`sample_ceiling`](Self::sample_ceiling)).
     pub(crate) fn set_ceiling(&mut self, ceiling: WatermarkCeiling) {
-        match &mut self.mode {
-            Mode::Job(task) => task.ceiling = Some(ceiling.clone()),
-            Mode::Copies(tasks) | Mode::PerPartition { tasks, .. } => {
-                for task in tasks.values_mut() {
-                    task.ceiling = Some(ceiling.clone());
-                }
-            }
-        }
         self.ceiling = Some(ceiling);
+    }
+
+    /// The ceiling now, for the context of the event at hand ([`Watermark::MAX`]: none). Read
+    /// once per event and handed to every worker with it: copies of a chain must see the same.
+    pub(crate) fn sample_ceiling(&self) -> Watermark {
+        self.ceiling.as_ref().map_or(Watermark::MAX, WatermarkCeiling::get)
     }
 
     /// True when each partition has a task of its own.
@@ -364,7 +351,7 @@ impl<C: Operator> Chains<C> {
         if let Some(state) = state {
             chain.restore_state(&PartitionState::reader(state, task))?;
         }
-        Ok(Task::new(chain, self.ceiling.clone()))
+        Ok(Task::new(chain))
     }
 
     /// Takes what worker threads reported: each worker's lowest watermark among its tasks that
@@ -409,7 +396,7 @@ impl<C: Operator> Chains<C> {
                     let task = match tasks.get_mut(&p) {
                         Some(t) => t,
                         None if *announced => return Err(not_assigned(r.position)),
-                        None => create(tasks, factory, p, state.as_deref_mut(), self.ceiling.as_ref())?,
+                        None => create(tasks, factory, p, state.as_deref_mut())?,
                     };
                     task.input.push(r);
                 }
@@ -447,7 +434,7 @@ impl<C: Operator> Chains<C> {
                     for &p in ps {
                         let t = task_of(p);
                         if !tasks.contains_key(&t) {
-                            create(tasks, factory, t, state.as_deref_mut(), self.ceiling.as_ref())?;
+                            create(tasks, factory, t, state.as_deref_mut())?;
                         }
                         if let Some(task) = tasks.get_mut(&t) {
                             task.chain.on_signal(&Signal::PartitionsAssigned(vec![p]), ctx);
@@ -619,13 +606,12 @@ fn create<'t, C: Operator>(
     factory: &mut Factory<C>,
     p: PartitionId,
     state: Option<&mut Backend>,
-    ceiling: Option<&WatermarkCeiling>,
 ) -> Result<&'t mut Task<C>, StateError> {
     let mut chain = factory(p);
     if let Some(state) = state {
         chain.restore_state(&PartitionState::reader(state, p))?;
     }
-    Ok(tasks.entry(p).or_insert(Task::new(chain, ceiling.cloned())))
+    Ok(tasks.entry(p).or_insert(Task::new(chain)))
 }
 
 /// A record of a partition this instance does not hold: the source delivered it after the

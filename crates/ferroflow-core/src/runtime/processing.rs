@@ -212,6 +212,7 @@ impl<'r, C: Operator> Processing<'r, C> {
     /// Handles one wake-up; `Some` ends the loop.
     async fn handle(&mut self, wake: Wake<C::In>) -> Option<Exit> {
         self.ctx.set_processing_time(self.clock.now_ms());
+        self.ctx.ceiling = self.chains.sample_ceiling();
         let end = matches!(wake, Wake::End);
         let handled = match wake {
             Wake::Request(StopRequest::Savepoint(name)) => {

@@ -105,16 +105,19 @@ pub(super) struct Clocks {
     pub(super) idle_ms: i64,
     /// The job's watermark: idle tasks follow it.
     pub(super) job_watermark: Watermark,
+    /// The watermark ceiling the coordinator read for this event (the same for every worker).
+    pub(super) ceiling: Watermark,
 }
 
 impl Clocks {
     pub(super) fn of(ctx: &Context, job_watermark: Watermark) -> Self {
-        Self { now_ms: ctx.processing_time(), idle_ms: ctx.idle_time(), job_watermark }
+        Self { now_ms: ctx.processing_time(), idle_ms: ctx.idle_time(), job_watermark, ceiling: ctx.ceiling }
     }
 
     fn apply(self, ctx: &mut Context) {
         ctx.set_processing_time(self.now_ms);
         ctx.set_idle_clock(self.idle_ms);
+        ctx.ceiling = self.ceiling;
     }
 }
 

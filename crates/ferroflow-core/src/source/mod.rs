@@ -1,6 +1,7 @@
 //! Sources: where records come from. A source yields batches of records, partition lifecycle
 //! events, and (for sources that decode) dead letters for input it could not read.
 
+mod decoded;
 mod file;
 mod memory;
 mod union;
@@ -9,6 +10,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
+pub use decoded::DecodedSource;
 pub use file::JsonLinesSource;
 pub use memory::MemorySource;
 pub use union::{RIGHT_PARTITIONS, UnionSource};

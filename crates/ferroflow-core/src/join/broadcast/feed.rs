@@ -162,6 +162,7 @@ impl<T: Send + 'static, S: Source<T>, V: Send + Sync + 'static> TableGated<T, S,
 impl<T: Send + 'static, S: Source<T>, V: Send + Sync + 'static> Source<T> for TableGated<T, S, V> {
     async fn next_event(&mut self) -> Result<Option<SourceEvent<T>>, SourceError> {
         if let Some(loader) = self.loader.take() {
+            self.table.restart();
             self.running.push(AbortOnDrop(tokio::spawn(loader)));
         }
         if let Some(event) = self.next_of_main().await? {
@@ -244,6 +245,9 @@ async fn load<V, S>(
     V: Send + Sync + 'static,
     S: Source<V>,
 {
+    // A loader that stops other than through its input's end or failure (a panic in `key_of`
+    // or `time_of`) fails the table: its readers must not wait for a watermark that never comes.
+    let mut guard = LoadGuard(Some(table.clone()));
     // The source reads on a task of its own: waiting on a channel can be interrupted by the
     // idleness check, waiting on the source itself could lose what it was reading.
     let (tx, mut rx) = mpsc::channel(1);
@@ -268,21 +272,35 @@ async fn load<V, S>(
                 source_clock = apply(&table, &mut tracker, event, &key_of, &time_of, now).or(source_clock);
             }
             Some(Ok(None)) => {
+                guard.0 = None;
                 table.complete();
                 return;
             }
             Some(Err(e)) => {
+                guard.0 = None;
                 tracing::error!(table = %table.name(), error = %e, "the input of a broadcast table failed");
                 table.fail(e);
                 return;
             }
-            None => {
-                table.fail(SourceError::External {
-                    message: format!("the reader of broadcast table '{}' stopped", table.name()),
-                    retry: RetryHint::WithBackoff,
-                });
-                return;
-            }
+            // The reader stopped without a word: the guard says so.
+            None => return,
+        }
+    }
+}
+
+/// Fails the table when the loader stops before its input ended or failed.
+struct LoadGuard<V: Send + Sync + 'static>(Option<BroadcastTable<V>>);
+
+impl<V: Send + Sync + 'static> Drop for LoadGuard<V> {
+    fn drop(&mut self) {
+        if let Some(table) = self.0.take() {
+            table.fail(SourceError::External {
+                message: format!(
+                    "the loader of broadcast table '{}' stopped before its input ended",
+                    table.name()
+                ),
+                retry: RetryHint::WithBackoff,
+            });
         }
     }
 }
@@ -325,7 +343,9 @@ fn apply<V: Send + Sync + 'static>(
                     "broadcast table input the table could not read"
                 );
             }
-            let furthest = table.shared.furthest_reader();
+            // Late: behind a time a reader already joined, and behind what the table held back
+            // (versions read again after a restart are behind the readers, not late).
+            let furthest = table.shared.furthest_reader().min(table.watermark().0);
             let mut late = 0u64;
             let versions: Vec<_> = batch
                 .records

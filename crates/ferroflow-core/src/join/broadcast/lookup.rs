@@ -47,7 +47,8 @@ type LookupFn<L, V, O> = Box<dyn FnMut(&L, Option<&V>) -> Option<O> + Send>;
 /// ```
 pub struct BroadcastJoin<L, V, O> {
     table: BroadcastTable<V>,
-    reader: TableReader,
+    /// Holds the table's history back to what this step may still look up (none for `latest`).
+    reader: Option<TableReader>,
     latest: bool,
     join: LookupFn<L, V, O>,
     name: String,
@@ -83,7 +84,7 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> BroadcastJoin<L
     fn build(table: &BroadcastTable<V>, join: LookupFn<L, V, O>) -> Self {
         Self {
             table: table.clone(),
-            reader: table.reader(),
+            reader: Some(table.reader()),
             latest: false,
             join,
             name: "events".to_owned(),
@@ -97,6 +98,7 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> BroadcastJoin<L
     /// far the table has loaded.
     pub fn latest(mut self) -> Self {
         self.latest = true;
+        self.reader = None;
         self
     }
 
@@ -117,6 +119,16 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
 
     fn process(&mut self, input: L, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
         let (t, watermark) = (ctx.timestamp(), ctx.watermark());
+        if !self.table.is_fed() {
+            return Err(Rejection::new(
+                DeadLetterReason::ProcessingError,
+                format!(
+                    "broadcast table '{}' has no input: gate the job's source with \
+                     `table.loaded_from(..).gating(source)`",
+                    self.table.name()
+                ),
+            ));
+        }
         if self.latest {
             let join = &mut self.join;
             if let Some(o) = self.table.with_latest(ctx.key(), |v| join(&input, v)) {
@@ -125,7 +137,9 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
             return Ok(());
         }
         // Every timer at or below the watermark has fired: this step looks nothing up below it.
-        self.reader.settled(watermark);
+        if let Some(reader) = &self.reader {
+            reader.settled(watermark);
+        }
         if t <= watermark {
             return Err(late("a broadcast join", &self.name, t, watermark));
         }
@@ -137,7 +151,11 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
     /// Joins the events whose time the watermark has reached with the values valid then.
     fn on_timer(&mut self, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
         let at = ctx.timestamp();
-        self.reader.joined(at);
+        if let Some(reader) = &self.reader {
+            // Timers fire in time order: every lookup to come is at `at` or later.
+            reader.settled(at.saturating_sub(1));
+            reader.joined(at);
+        }
         let due = ctx.map(self.waiting)?.remove_range(..=at);
         let mut gone = None;
         for (t, events) in due {

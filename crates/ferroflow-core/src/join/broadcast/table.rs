@@ -1,7 +1,7 @@
 //! The table itself: every key's versions by time, shared by every task of the instance.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -87,13 +87,16 @@ pub(super) struct Shared<V> {
     pub(super) unreadable: AtomicU64,
     pub(super) load: watch::Sender<Load>,
     failure: Mutex<Option<SourceError>>,
+    /// An input started filling the table (or a version was put in by hand).
+    fed: AtomicBool,
 }
 
 /// One key's versions, oldest first.
 struct History<V> {
     versions: Vec<(Timestamp, V)>,
-    /// Older versions were dropped: a lookup before the oldest kept one cannot be answered.
-    pruned: bool,
+    /// Versions before this time were dropped: a lookup before it cannot be answered, and a
+    /// version before it that comes late is not kept (it would answer lookups in the gap wrongly).
+    floor: Option<Timestamp>,
 }
 
 /// A lookup before the oldest version the table still keeps of a key, which older ones were
@@ -123,14 +126,16 @@ impl<V: Send + Sync + 'static> BroadcastTable<V> {
                 unreadable: AtomicU64::new(0),
                 load: watch::channel(Load::Reading).0,
                 failure: Mutex::new(None),
+                fed: AtomicBool::new(false),
             }),
         }
     }
 
-    /// Keeps versions for `history` below the lowest watermark of the steps reading the table
-    /// (default [`DEFAULT_HISTORY`]). A step whose watermark lies further behind (one restored
-    /// from an old checkpoint after a hand-over) may find the version it needs gone: the join sends
-    /// such events to the dead letters, never a wrong answer. Call it before the table is shared.
+    /// Keeps versions for `history` below the lowest watermark the steps reading the table have
+    /// reported (default [`DEFAULT_HISTORY`]). A step whose watermark lies further behind (one
+    /// restored from an old checkpoint after a hand-over, an idle one that never reported) may find
+    /// the version it needs gone: the join sends such events to the dead letters, never a wrong
+    /// answer. Call it before the table is shared (cloned, fed or read).
     pub fn with_history(self, history: Duration) -> Self {
         let history_ms = i64::try_from(history.as_millis()).unwrap_or(i64::MAX);
         self.configure(|shared| shared.history_ms = history_ms)
@@ -150,7 +155,10 @@ impl<V: Send + Sync + 'static> BroadcastTable<V> {
                 f(&mut shared);
                 Self { shared: Arc::new(shared) }
             }
-            Err(shared) => Self { shared },
+            Err(shared) => {
+                tracing::warn!(table = %shared.name, "a broadcast table's setting changed after it was shared: ignored");
+                Self { shared }
+            }
         }
     }
 
@@ -201,18 +209,27 @@ impl<V: Send + Sync + 'static> BroadcastTable<V> {
 
     /// Adds versions as [`insert`](Self::insert) does, under one lock.
     pub(super) fn insert_all(&self, versions: impl IntoIterator<Item = (Key, Timestamp, V)>) {
+        self.shared.fed.store(true, Ordering::Release);
         let horizon = self.shared.horizon();
-        let (mut added, mut dropped) = (0u64, 0u64);
+        let (mut added, mut dropped, mut below_floor) = (0u64, 0u64, 0u64);
         let mut rows = self.shared.rows.write().unwrap_or_else(PoisonError::into_inner);
         for (key, at, value) in versions {
-            let history = rows.entry(key).or_insert_with(|| History { versions: Vec::new(), pruned: false });
-            let (new, gone) = history.insert(at, value, horizon);
-            added = added.saturating_add(u64::from(new));
-            dropped = dropped.saturating_add(gone);
+            let history = rows.entry(key).or_insert_with(|| History { versions: Vec::new(), floor: None });
+            match history.insert(at, value, horizon) {
+                Some((new, gone)) => {
+                    added = added.saturating_add(u64::from(new));
+                    dropped = dropped.saturating_add(gone);
+                }
+                None => below_floor = below_floor.saturating_add(1),
+            }
         }
         drop(rows);
         self.shared.versions.fetch_add(added, Ordering::Relaxed);
         self.shared.versions.fetch_sub(dropped, Ordering::Relaxed);
+        if below_floor > 0 {
+            // No reader can look them up: their time is below what every reader has settled.
+            self.shared.late.fetch_add(below_floor, Ordering::Relaxed);
+        }
     }
 
     /// `key`'s value valid at `at`: the version with the latest time at or before it (`None`: the
@@ -237,14 +254,11 @@ impl<V: Send + Sync + 'static> BroadcastTable<V> {
     ) -> Result<R, HistoryGone> {
         let rows = self.shared.rows.read().unwrap_or_else(PoisonError::into_inner);
         let Some(history) = rows.get(key) else { return Ok(f(None)) };
-        let valid = history.versions.partition_point(|(t, _)| *t <= at);
-        match valid.checked_sub(1).and_then(|i| history.versions.get(i)) {
-            Some((_, v)) => Ok(f(Some(v))),
-            None if history.pruned => {
-                Err(HistoryGone { oldest_kept: history.versions.first().map_or(Timestamp::MAX, |(t, _)| *t) })
-            }
-            None => Ok(f(None)),
+        if let Some(floor) = history.floor.filter(|floor| at < *floor) {
+            return Err(HistoryGone { oldest_kept: floor });
         }
+        let valid = history.versions.partition_point(|(t, _)| *t <= at);
+        Ok(f(valid.checked_sub(1).and_then(|i| history.versions.get(i)).map(|(_, v)| v)))
     }
 
     /// `key`'s latest version, whatever its time.
@@ -259,6 +273,22 @@ impl<V: Send + Sync + 'static> BroadcastTable<V> {
         let marks = Arc::new(Marks { settled: AtomicI64::new(i64::MIN), joined: AtomicI64::new(i64::MIN) });
         self.shared.readers.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::clone(&marks));
         TableReader { marks, readers: Arc::downgrade(&self.shared) as std::sync::Weak<dyn Readers> }
+    }
+
+    /// True once an input started filling the table, or a version was inserted.
+    pub(super) fn is_fed(&self) -> bool {
+        self.shared.fed.load(Ordering::Acquire)
+    }
+
+    /// Empties the table for a new read of its input from the start (a job starting again in
+    /// the same process after a failure reads everything again, as a new process would).
+    pub(super) fn restart(&self) {
+        self.shared.rows.write().unwrap_or_else(PoisonError::into_inner).clear();
+        self.shared.versions.store(0, Ordering::Relaxed);
+        *self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.hold_at(Watermark::MIN);
+        self.shared.load.send_replace(Load::Reading);
+        self.shared.fed.store(true, Ordering::Release);
     }
 
     /// Sets how far the table holds the watermark of its readers.
@@ -299,11 +329,15 @@ impl<V> Shared<V> {
         readers.iter().map(|r| r.joined.load(Ordering::Acquire)).max().unwrap_or(Timestamp::MIN)
     }
 
-    /// The time before which versions may go: the lowest reader watermark, less the history
-    /// kept. No reader yet: nothing goes (the first may start anywhere).
+    /// The time before which versions may go: the lowest watermark readers have reported, less
+    /// the history kept. Readers that never reported (no event reached them yet: an idle
+    /// partition's task, one just taken over) do not hold it; the history is their margin. No
+    /// report yet: nothing goes.
     fn horizon(&self) -> Timestamp {
         let readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-        match readers.iter().map(|r| r.settled.load(Ordering::Acquire)).min() {
+        let reported =
+            readers.iter().map(|r| r.settled.load(Ordering::Acquire)).filter(|s| *s > Timestamp::MIN);
+        match reported.min() {
             Some(low) => low.saturating_sub(self.history_ms),
             None => Timestamp::MIN,
         }
@@ -312,8 +346,11 @@ impl<V> Shared<V> {
 
 impl<V> History<V> {
     /// Adds a version (true) or replaces the one at the same time (false); returns that and how
-    /// many older versions were dropped.
-    fn insert(&mut self, at: Timestamp, value: V, horizon: Timestamp) -> (bool, u64) {
+    /// many older versions were dropped, or `None` for a version below the floor (not kept).
+    fn insert(&mut self, at: Timestamp, value: V, horizon: Timestamp) -> Option<(bool, u64)> {
+        if self.floor.is_some_and(|floor| at < floor) {
+            return None;
+        }
         let i = self.versions.partition_point(|(t, _)| *t < at);
         let added = match self.versions.get_mut(i) {
             Some((t, v)) if *t == at => {
@@ -329,9 +366,9 @@ impl<V> History<V> {
         let drop = self.versions.partition_point(|(t, _)| *t <= horizon).saturating_sub(1);
         if drop > 0 {
             self.versions.drain(..drop);
-            self.pruned = true;
+            self.floor = self.versions.first().map(|(t, _)| *t);
         }
-        (added, u64::try_from(drop).unwrap_or(u64::MAX))
+        Some((added, u64::try_from(drop).unwrap_or(u64::MAX)))
     }
 }
 
@@ -444,6 +481,33 @@ mod tests {
         assert_eq!(table.get(&key(), 450), Ok(Some(400)));
         assert_eq!(table.get(&key(), 150), Err(HistoryGone { oldest_kept: 400 }));
         assert_eq!(table.versions(), 3);
+    }
+
+    #[test]
+    fn a_late_version_below_dropped_history_is_not_kept_and_lookups_there_say_gone() {
+        let table = BroadcastTable::new("t").with_history(Duration::ZERO);
+        let reader = table.reader();
+        reader.settled(600);
+        for t in [100, 350, 500] {
+            table.insert(key(), t, t);
+        }
+        assert_eq!(table.versions(), 1, "only the version valid at 600");
+        drop(reader); // a reader taken over from elsewhere would not report yet either
+        table.insert(key(), 300, 300);
+        assert_eq!(table.late_versions(), 1);
+        assert_eq!(table.get(&key(), 400), Err(HistoryGone { oldest_kept: 500 }), "350 was dropped, not 300");
+        assert_eq!(table.get(&key(), 550), Ok(Some(500)));
+    }
+
+    #[test]
+    fn readers_that_never_reported_do_not_hold_history() {
+        let table = BroadcastTable::new("t").with_history(Duration::ZERO);
+        let (_idle, busy) = (table.reader(), table.reader());
+        busy.settled(1_000);
+        for t in [100, 500, 1_200] {
+            table.insert(key(), t, t);
+        }
+        assert_eq!(table.versions(), 2, "the version valid at 1 000 and the later one");
     }
 
     #[test]
