@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferroflow::join::Either;
 use ferroflow::operator::ProcessOutput;
 use ferroflow::sink::{CollectSink, JsonLinesSink, Sink};
 use ferroflow::source::{JsonLinesSource, MemorySource, Source, SourceBatch, SourceEvent};
@@ -19,8 +20,8 @@ use ferroflow::testing::ScriptedSource;
 use ferroflow::time::{ManualClock, Watermark, WatermarkStrategy};
 use ferroflow::window::{Count, WindowResult, WindowSpec};
 use ferroflow::{
-    DeadLetter, DeadLetterReason, JobError, Key, Record, RetryHint, Runner, RunnerConfig, SinkError,
-    SourceError, SourcePosition, Stream,
+    DeadLetter, DeadLetterReason, JobError, Key, Operator, Record, RetryHint, Runner, RunnerConfig,
+    SinkError, SourceError, SourcePosition, Stream,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -767,4 +768,56 @@ async fn a_split_sink_sends_each_row_of_one_job_to_one_of_two_sinks() {
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert!(rows.iter().all(|r| r.value == 3));
     assert!(report.counters.identity_holds());
+}
+
+/// Counts per key and 10 s window, with or without a filter in front (a stage a setting turns
+/// on), as one job type.
+fn counts(skip_empty: bool) -> impl Operator<In = (String, i64), Out = WindowResult<u64>> {
+    let window = || WindowSpec::tumbling(Duration::from_secs(10)).unwrap();
+    let timestamps = || WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO);
+    match skip_empty {
+        true => Either::Left(
+            Stream::<(String, i64)>::new()
+                .filter(|e: &(String, i64)| !e.0.is_empty())
+                .assign_timestamps(|e: &(String, i64)| e.1, timestamps())
+                .key_by(|e: &(String, i64)| Key::from(e.0.as_str()))
+                .window(window(), Count)
+                .id("counts")
+                .into_operator(),
+        ),
+        false => Either::Right(
+            Stream::<(String, i64)>::new()
+                .assign_timestamps(|e: &(String, i64)| e.1, timestamps())
+                .key_by(|e: &(String, i64)| Key::from(e.0.as_str()))
+                .window(window(), Count)
+                .id("counts")
+                .into_operator(),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_job_chosen_at_run_time_runs_the_chain_it_holds_with_its_state_and_accounting() {
+    let events =
+        || MemorySource::of([("a".to_owned(), 1_000), (String::new(), 2_000), ("a".to_owned(), 3_000)]);
+    for skip_empty in [true, false] {
+        let (sink, rows) = CollectSink::with_handle();
+        let report = Runner::default()
+            .job(events(), counts(skip_empty))
+            .sink(sink)
+            .discard_dead_letters()
+            .run()
+            .await
+            .unwrap();
+        let mut got: Vec<(String, u64)> =
+            rows.take().into_iter().map(|r| (r.key.to_string(), r.value)).collect();
+        got.sort();
+        let expected = match skip_empty {
+            true => vec![("a".to_owned(), 2)],
+            false => vec![(String::new(), 1), ("a".to_owned(), 2)],
+        };
+        assert_eq!(got, expected);
+        assert_eq!(report.counters.records_filtered, u64::from(skip_empty));
+        assert!(report.counters.identity_holds(), "{:?}", report.counters);
+    }
 }

@@ -11,6 +11,7 @@
 mod assign_timestamps;
 mod chain;
 mod dedup;
+mod either;
 mod exchange;
 mod filter;
 mod flat_map;
