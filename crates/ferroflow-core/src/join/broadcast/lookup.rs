@@ -1,8 +1,7 @@
 //! The join of a keyed stream with a broadcast table.
 
-use super::table::{BroadcastTable, TableReader};
+use super::table::{BroadcastTable, HistoryGone, TableReader};
 use crate::dead_letter::{DeadLetterReason, Rejection};
-use crate::join::late;
 use crate::operator::{KeyedContext, KeyedFunction, MapState, StateDeclarations, StateValue};
 use crate::record::Timestamp;
 
@@ -18,7 +17,10 @@ type LookupFn<L, V, O> = Box<dyn FnMut(&L, Option<&V>) -> Option<O> + Send>;
 /// - An event waits in keyed state until the job's watermark reaches its time. The table's input
 ///   holds the job's watermark back, so by then every version up to the event's time has arrived;
 ///   the event is then joined and emitted at its own time.
-/// - An event at or below the watermark is late and goes to the dead letters (`late_event`).
+/// - An event at or below the watermark (late for the job) is joined at once: the table's
+///   watermark is at least the job's, so every version up to its time is in. Steps after the join
+///   judge its lateness (a window's allowed lateness takes it or dead-letters it); the table's
+///   history must reach back as far as they accept late events.
 /// - An event whose version the table no longer keeps (it lies more than the table's history
 ///   behind every other reader: a partition taken over from an old checkpoint) goes to the dead
 ///   letters (`processing_error`), never joined with a wrong version.
@@ -141,7 +143,16 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
             reader.settled(watermark);
         }
         if t <= watermark {
-            return Err(late("a broadcast join", &self.name, t, watermark));
+            // Behind the watermark, so behind the table's: every version up to `t` is in, and the
+            // answer is final now. Steps after the join judge its lateness (a window's allowed
+            // lateness takes it, or dead-letters it).
+            let join = &mut self.join;
+            let row =
+                self.table.with_value(ctx.key(), t, |v| join(&input, v)).map_err(|g| self.gone(t, 1, g))?;
+            if let Some(o) = row {
+                ctx.emit_at(o, t);
+            }
+            return Ok(());
         }
         ctx.map(self.waiting)?.get_or_insert_with(t, Vec::new).push(input);
         ctx.register_event_time_timer(t);
@@ -164,7 +175,7 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
                 found.extend(events.iter().filter_map(|l| join(l, v)).map(|o| (o, t)));
             });
             if let Err(g) = looked_up {
-                gone = Some((t, events.len(), g.oldest_kept));
+                gone = Some((t, events.len(), g));
             }
         }
         for (o, t) in self.found.drain(..) {
@@ -172,15 +183,23 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
         }
         match gone {
             None => Ok(()),
-            Some((t, n, oldest)) => Err(Rejection::new(
-                DeadLetterReason::ProcessingError,
-                format!(
-                    "{n} event(s) at {t}: broadcast table '{}' no longer keeps the version valid then (its \
-                     oldest kept is at {oldest}); this step's watermark lies more than the table's history \
-                     behind the other readers': raise `BroadcastTable::with_history`",
-                    self.table.name()
-                ),
-            )),
+            Some((t, n, g)) => Err(self.gone(t, n, g)),
         }
+    }
+}
+
+impl<L, V: Send + Sync + 'static, O> BroadcastJoin<L, V, O> {
+    /// The dead letter of `n` events at `t` whose version the table no longer keeps.
+    fn gone(&self, t: Timestamp, n: usize, g: HistoryGone) -> Rejection {
+        Rejection::new(
+            DeadLetterReason::ProcessingError,
+            format!(
+                "{n} event(s) at {t}: broadcast table '{}' no longer keeps the version valid then (its oldest \
+                 kept is at {}); this step lies more than the table's history behind the other readers: raise \
+                 `BroadcastTable::with_history`",
+                self.table.name(),
+                g.oldest_kept
+            ),
+        )
     }
 }
