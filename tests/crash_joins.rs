@@ -72,8 +72,8 @@ fn write_inputs(dir: &Path) {
 
 /// The child: runs the job in `dir` (RocksDB state, checkpoints every 100 ms), resuming from the
 /// last checkpoint there.
-fn run_child(dir: &Path, pace_us: u64, job: Job) {
-    let per_partition = job == Job::IntervalPerPartition;
+fn run_child(dir: &Path, pace_us: u64, kind: Job) {
+    let per_partition = kind == Job::IntervalPerPartition;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let mut runner = Runner::builder()
@@ -109,7 +109,7 @@ fn run_child(dir: &Path, pace_us: u64, job: Job) {
                 .id("impressions-clicks")
         };
         let sink = JsonLinesSink::append(dir.join("rows.jsonl")).await.unwrap();
-        if job == Job::Broadcast {
+        if kind == Job::Broadcast {
             let campaigns = BroadcastTable::new("campaigns");
             let table =
                 JsonLinesSource::<(String, i64, i64)>::open(vec![dir.join("..").join("campaigns.jsonl")])
