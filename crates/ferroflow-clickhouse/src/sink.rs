@@ -80,6 +80,8 @@ pub struct ClickHouseSink<R: TableRow> {
     client: Client,
     server: ServerInfo,
     dedup_effective: bool,
+    /// The table's engine, with its sorting key (`system.tables.engine_full`).
+    engine: String,
     buffer: Vec<R>,
     /// Processing time of the first buffered row, ms.
     first_buffered_ms: Option<i64>,
@@ -144,7 +146,8 @@ impl<R: TableRow> ClickHouseSink<R> {
         let raw: String = run.fetch_one(|| queries.query("SELECT version()"), "SELECT version()").await?;
         let version: ServerVersion = raw.parse().map_err(ClickHouseError::Version)?;
         let capabilities = Capabilities::for_version(version);
-        let dedup_effective = table::ensure_table::<R>(&queries, &config, capabilities, &run).await?;
+        let (dedup_effective, engine) =
+            table::ensure_table::<R>(&queries, &config, capabilities, &run).await?;
 
         let mut client = base.with_compression(Compression::Lz4);
         if capabilities.async_insert_setting {
@@ -168,6 +171,7 @@ impl<R: TableRow> ClickHouseSink<R> {
             client,
             server: ServerInfo { version, capabilities },
             dedup_effective,
+            engine,
             first_buffered_ms: None,
             epoch: 0,
             chunk: 0,
@@ -191,6 +195,12 @@ impl<R: TableRow> ClickHouseSink<R> {
     /// The server's version and the features in use.
     pub fn server(&self) -> ServerInfo {
         self.server
+    }
+
+    /// The table's engine clause as the server shows it (`system.tables.engine_full`: engine,
+    /// `ORDER BY`, settings), for callers that depend on how rows collapse.
+    pub fn table_engine(&self) -> &str {
+        &self.engine
     }
 
     /// Whether the server drops replayed chunks by token: tokens are supported and the table

@@ -48,6 +48,15 @@ pub trait TableRow: clickhouse::RowOwned + clickhouse::RowWrite + serde::Seriali
     /// The struct's columns in field order; an existing table must have each of them (as a
     /// column that accepts inserts) and no other column without a default.
     fn columns() -> &'static [&'static str];
+
+    /// Columns the row type gained after tables were created for it, each with the clause that
+    /// adds it (`"segment String DEFAULT '' AFTER key"`): the sink adds those an existing table
+    /// lacks (`ALTER TABLE … ADD COLUMN`) before checking it, so that a table of an earlier
+    /// version keeps working. The default value must mean what the earlier version wrote. None
+    /// unless the row type says so.
+    fn added_columns() -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
 }
 
 /// How many recent INSERTs a non-replicated table created by the sink remembers for
@@ -99,6 +108,15 @@ pub(crate) fn create_statement(qualified_table: &str, definition: &str, caps: Ca
     sql
 }
 
+/// The clauses of `added` whose column `table` lacks, in order.
+pub(crate) fn missing_added_columns(table: &[ColumnInfo], added: &[(&str, &str)]) -> Vec<String> {
+    added
+        .iter()
+        .filter(|(name, _)| !table.iter().any(|c| c.name == *name))
+        .map(|(_, clause)| (*clause).to_owned())
+        .collect()
+}
+
 /// Checks an existing table's columns against the row's: the first problem found, or `None`.
 pub(crate) fn column_mismatch(table: &[ColumnInfo], row: &[&str]) -> Option<(String, String)> {
     for name in row {
@@ -128,13 +146,13 @@ pub(crate) fn column_mismatch(table: &[ColumnInfo], row: &[&str]) -> Option<(Str
 }
 
 /// Creates the table when missing (if allowed) and verifies it; returns whether inserts into it
-/// are deduplicated by token.
+/// are deduplicated by token, and its engine as `system.tables` shows it (`engine_full`).
 pub(crate) async fn ensure_table<R: TableRow>(
     client: &Client,
     config: &ClickHouseConfig,
     caps: Capabilities,
     run: &crate::retry::Requests<'_>,
-) -> Result<bool, ClickHouseError> {
+) -> Result<(bool, String), ClickHouseError> {
     let qualified = config.qualified_table();
     let shown = format!("{}.{}", config.database, config.table);
     let lookup = || {
@@ -163,17 +181,22 @@ pub(crate) async fn ensure_table<R: TableRow>(
             message: "missing right after creating it".into(),
         });
     };
-    let columns = run
-        .fetch_all::<ColumnInfo>(
-            || {
-                client
-                    .query("SELECT name, type, default_kind FROM system.columns WHERE database = ? AND table = ?")
-                    .bind(config.database.as_str())
-                    .bind(config.table.as_str())
-            },
-            "reading the table's columns",
-        )
-        .await?;
+    let read_columns = || {
+        client
+            .query("SELECT name, type, default_kind FROM system.columns WHERE database = ? AND table = ?")
+            .bind(config.database.as_str())
+            .bind(config.table.as_str())
+    };
+    let mut columns = run.fetch_all::<ColumnInfo>(read_columns, "reading the table's columns").await?;
+    let missing = missing_added_columns(&columns, R::added_columns());
+    if !missing.is_empty() {
+        for clause in &missing {
+            let sql = format!("ALTER TABLE {qualified} ADD COLUMN {clause}").replace('?', "??");
+            run.execute(|| client.query(&sql), "ALTER TABLE ADD COLUMN").await?;
+            tracing::info!(table = %shown, column = %clause, "added a column the row type gained");
+        }
+        columns = run.fetch_all::<ColumnInfo>(read_columns, "reading the table's columns").await?;
+    }
     if let Some((column, problem)) = column_mismatch(&columns, R::columns()) {
         return Err(ClickHouseError::SchemaMismatch { table: shown, column, problem });
     }
@@ -187,7 +210,7 @@ pub(crate) async fn ensure_table<R: TableRow>(
              MODIFY SETTING non_replicated_deduplication_window = {DEDUP_WINDOW}"
         );
     }
-    Ok(dedup)
+    Ok((dedup, info.engine_full))
 }
 
 #[cfg(test)]
@@ -201,6 +224,16 @@ mod tests {
 
     fn col(name: &str, kind: &str) -> ColumnInfo {
         ColumnInfo { name: name.into(), r#type: "String".into(), default_kind: kind.into() }
+    }
+
+    #[test]
+    fn only_the_added_columns_a_table_lacks_are_added() {
+        let added = [("segment", "segment String DEFAULT '' AFTER key"), ("v", "v UInt64")];
+        assert_eq!(
+            missing_added_columns(&[col("key", ""), col("v", "")], &added),
+            ["segment String DEFAULT '' AFTER key"]
+        );
+        assert!(missing_added_columns(&[col("segment", "DEFAULT"), col("v", "")], &added).is_empty());
     }
 
     #[test]

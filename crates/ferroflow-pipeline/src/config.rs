@@ -47,6 +47,8 @@ pub struct PipelineConfig {
     pub watermarks: WatermarkSection,
     /// The aggregation window.
     pub window: WindowSection,
+    /// The users' segment at each event's time, added to the window key (off by default).
+    pub enrichment: EnrichmentSection,
     /// The result table.
     pub clickhouse: ClickHouseConfig,
     /// Where results go.
@@ -73,6 +75,7 @@ impl Default for PipelineConfig {
             dedup: DedupSection::default(),
             watermarks: WatermarkSection::default(),
             window: WindowSection::default(),
+            enrichment: EnrichmentSection::default(),
             clickhouse: ClickHouseConfig::default(),
             output: OutputSection::default(),
             state: StateSection::default(),
@@ -155,6 +158,42 @@ pub struct WatermarkSection {
 impl Default for WatermarkSection {
     fn default() -> Self {
         Self { out_of_orderness_ms: 5_000, idle_timeout_ms: 30_000, max_time_ahead_ms: 3_600_000 }
+    }
+}
+
+/// Point-in-time enrichment: each event gets its user's segment as it was at the event's time,
+/// from a changelog topic every instance reads whole (a broadcast table), and the window key
+/// becomes (key, segment). Off by default: the job is then exactly the one without it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrichmentSection {
+    /// Turns the stage on.
+    pub enabled: bool,
+    /// The users changelog: JSON `{"user_id": "u1", "ts": <ms or RFC 3339>, "segment": "pro"}`,
+    /// one record per change (a compacted topic keyed by user), read from its start by every
+    /// instance on every start, on the `kafka` section's brokers and properties.
+    pub users_topic: String,
+    /// How far behind the newest change time a change may arrive, ms.
+    pub out_of_orderness_ms: u64,
+    /// A users partition silent this long stops holding events back (required: the users topic
+    /// is quiet most of the time, and its watermark holds the job's), ms.
+    pub idle_timeout_ms: u64,
+    /// How far below the slowest partition's watermark old versions are kept, ms.
+    pub history_ms: u64,
+    /// The segment of an event whose user had none at its time.
+    pub unknown_segment: String,
+}
+
+impl Default for EnrichmentSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            users_topic: "users".into(),
+            out_of_orderness_ms: 5_000,
+            idle_timeout_ms: 10_000,
+            history_ms: 3_600_000,
+            unknown_segment: "unknown".into(),
+        }
     }
 }
 
@@ -418,6 +457,23 @@ impl PipelineConfig {
         }
         if self.kafka.topic == self.dead_letters.topic {
             return bad("dead_letters.topic must differ from kafka.topic");
+        }
+        let e = &self.enrichment;
+        if e.enabled {
+            if e.users_topic.is_empty()
+                || e.users_topic == self.kafka.topic
+                || e.users_topic == self.dead_letters.topic
+            {
+                return bad(
+                    "enrichment.users_topic must be set and differ from kafka.topic and dead_letters.topic",
+                );
+            }
+            if e.idle_timeout_ms == 0 {
+                return bad(
+                    "enrichment.idle_timeout_ms must be greater than 0: the users topic is quiet most of the time, \
+                     and without idleness its watermark would hold every window back",
+                );
+            }
         }
         Ok(())
     }

@@ -21,7 +21,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferroflow_clickhouse::{ClickHouseSink, TableRow};
 use ferroflow_core::checkpoint::{CheckpointConfig, CheckpointStore};
+use ferroflow_core::join::{BroadcastJoin, BroadcastTable, Either, TableFeed};
 use ferroflow_core::sink::{JsonLinesSink, Sink};
+use ferroflow_core::source::Source;
 use ferroflow_core::time::WatermarkStrategy;
 use ferroflow_core::window::{Stats, StatsValue, WindowResult, WindowSpec};
 use ferroflow_core::{
@@ -34,6 +36,7 @@ use crate::config::{KeyField, OutputKind, PipelineConfig, StateKind};
 use crate::contract::{Contract, ContractStats};
 pub use crate::distinct::DistinctUsers;
 use crate::event::Event;
+use crate::users::UserVersion;
 
 /// One row of the result table: one key's aggregates for one window, over one Kafka partition.
 ///
@@ -51,6 +54,8 @@ pub struct WindowRow {
     pub partition: u32,
     /// The group key (`event_type` by default).
     pub key: String,
+    /// The users' segment at the events' time (the enrichment stage); empty without it.
+    pub segment: String,
     /// Window start, seconds since the epoch (`DateTime`).
     pub window_start: u32,
     /// Window end (exclusive), seconds since the epoch.
@@ -75,16 +80,17 @@ pub struct WindowRow {
 
 impl TableRow for WindowRow {
     fn table_definition() -> &'static str {
-        "(partition UInt32, key String, window_start DateTime, window_end DateTime, events UInt64, \
-         amount_sum Float64, amount_min Float64, amount_max Float64, distinct_users UInt64, revision UInt32, \
-         is_final UInt8, version UInt64) ENGINE = ReplacingMergeTree(version) \
-         PARTITION BY toYYYYMM(window_start) ORDER BY (key, window_start, partition)"
+        "(partition UInt32, key String, segment String DEFAULT '', window_start DateTime, window_end DateTime, \
+         events UInt64, amount_sum Float64, amount_min Float64, amount_max Float64, distinct_users UInt64, \
+         revision UInt32, is_final UInt8, version UInt64) ENGINE = ReplacingMergeTree(version) \
+         PARTITION BY toYYYYMM(window_start) ORDER BY (key, segment, window_start, partition)"
     }
 
     fn columns() -> &'static [&'static str] {
         &[
             "partition",
             "key",
+            "segment",
             "window_start",
             "window_end",
             "events",
@@ -97,18 +103,31 @@ impl TableRow for WindowRow {
             "version",
         ]
     }
+
+    /// Tables created before the enrichment stage: their rows have no segment (the empty one).
+    /// Their sorting key lacks it, so the enrichment stage refuses them (see [`prepare`]).
+    fn added_columns() -> &'static [(&'static str, &'static str)] {
+        &[("segment", "segment String DEFAULT '' AFTER key")]
+    }
 }
 
 impl WindowRow {
-    /// Converts a window result of `partition`'s task.
-    pub fn from_result(partition: PartitionId, r: &WindowResult<(StatsValue, u64)>) -> Self {
+    /// Converts a window result of `partition`'s task; `segmented`: its key holds a segment too
+    /// (see [`segmented_key`]).
+    pub fn from_result(partition: PartitionId, r: &WindowResult<(StatsValue, u64)>, segmented: bool) -> Self {
         let (stats, users) = &r.value;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let (key, segment) = match segmented {
+            true => {
+                let (key, segment) = split_segmented_key(r.key.as_bytes());
+                (text(key), text(segment))
+            }
+            false => (text(r.key.as_bytes()), String::new()),
+        };
         Self {
             partition,
-            key: r
-                .key
-                .as_str()
-                .map_or_else(|| String::from_utf8_lossy(r.key.as_bytes()).into_owned(), str::to_string),
+            key,
+            segment,
             window_start: (r.window_start.div_euclid(1000)).clamp(0, i64::from(u32::MAX)) as u32,
             window_end: (r.window_end.div_euclid(1000)).clamp(0, i64::from(u32::MAX)) as u32,
             events: stats.count,
@@ -123,6 +142,31 @@ impl WindowRow {
     }
 }
 
+/// The window key of an enriched event: its group key and its segment, the first's length in
+/// front (either may hold any byte, a separator could not be told from the data).
+///
+/// # Examples
+/// ```
+/// use ferroflow_pipeline::job::{segmented_key, split_segmented_key};
+/// let key = segmented_key("purchase", "pro");
+/// assert_eq!(split_segmented_key(key.as_bytes()), (&b"purchase"[..], &b"pro"[..]));
+/// ```
+pub fn segmented_key(key: &str, segment: &str) -> Key {
+    let mut bytes = Vec::with_capacity(4 + key.len() + segment.len());
+    bytes.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    bytes.extend_from_slice(key.as_bytes());
+    bytes.extend_from_slice(segment.as_bytes());
+    Key::from_bytes(&bytes)
+}
+
+/// The group key and the segment of a [`segmented_key`] (a key too short for its length prefix
+/// is taken whole as the group key).
+pub fn split_segmented_key(bytes: &[u8]) -> (&[u8], &[u8]) {
+    let Some((len, rest)) = bytes.split_first_chunk::<4>() else { return (bytes, &[]) };
+    let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX).min(rest.len());
+    rest.split_at(len)
+}
+
 /// One key's aggregates for one window over every partition: what the result table serves.
 ///
 /// Counts and sums add up; minimum and maximum combine. `distinct_users` adds up the partitions'
@@ -133,6 +177,8 @@ impl WindowRow {
 pub struct WindowTotal {
     /// The group key.
     pub key: String,
+    /// The users' segment (empty without the enrichment stage).
+    pub segment: String,
     /// Window start, seconds since the epoch.
     pub window_start: u32,
     /// Window end (exclusive), seconds since the epoch.
@@ -154,31 +200,34 @@ pub struct WindowTotal {
 }
 
 impl WindowTotal {
-    /// The query that reads the table's totals, one row per key and window, in this struct's
-    /// field order (`FINAL` keeps each partition's newest row first).
+    /// The query that reads the table's totals, one row per key, segment and window, in this
+    /// struct's field order (`FINAL` keeps each partition's newest row first).
     pub fn query(table: &str) -> String {
         format!(
-            "SELECT key, toUInt32(window_start), toUInt32(any(window_end)), sum(events), sum(amount_sum), \
+            "SELECT key, segment, toUInt32(window_start), toUInt32(any(window_end)), sum(events), sum(amount_sum), \
              min(amount_min), max(amount_max), sum(distinct_users), count(), min(is_final) \
-             FROM {table} FINAL GROUP BY key, window_start"
+             FROM {table} FINAL GROUP BY key, segment, window_start"
         )
     }
 
-    /// Adds up rows (keeping each partition's highest `version`, as `FINAL` does), by (key, window start).
+    /// Adds up rows (keeping each partition's highest `version`, as `FINAL` does), by (key,
+    /// segment, window start).
     pub fn of_rows<'a>(
         rows: impl IntoIterator<Item = &'a WindowRow>,
-    ) -> BTreeMap<(String, u32), WindowTotal> {
-        let mut newest: BTreeMap<(String, u32, u32), &WindowRow> = BTreeMap::new();
+    ) -> BTreeMap<(String, String, u32), WindowTotal> {
+        let mut newest: BTreeMap<(String, String, u32, u32), &WindowRow> = BTreeMap::new();
         for r in rows {
-            let e = newest.entry((r.key.clone(), r.window_start, r.partition)).or_insert(r);
+            let e =
+                newest.entry((r.key.clone(), r.segment.clone(), r.window_start, r.partition)).or_insert(r);
             if r.version >= e.version {
                 *e = r;
             }
         }
-        let mut out: BTreeMap<(String, u32), WindowTotal> = BTreeMap::new();
-        for ((key, start, _), r) in newest {
-            let t = out.entry((key.clone(), start)).or_insert_with(|| WindowTotal {
+        let mut out: BTreeMap<(String, String, u32), WindowTotal> = BTreeMap::new();
+        for ((key, segment, start, _), r) in newest {
+            let t = out.entry((key.clone(), segment.clone(), start)).or_insert_with(|| WindowTotal {
                 key,
+                segment,
                 window_start: start,
                 window_end: r.window_end,
                 events: 0,
@@ -216,6 +265,8 @@ pub struct TaskSpec {
     watermarks: WatermarkStrategy,
     window: WindowSpec,
     dedup_ttl: Duration,
+    /// The enrichment stage's table and the segment of users without one.
+    users: Option<(BroadcastTable<UserVersion>, Arc<str>)>,
 }
 
 impl std::fmt::Debug for TaskSpec {
@@ -255,7 +306,15 @@ impl TaskSpec {
             watermarks,
             window,
             dedup_ttl: Duration::from_millis(config.dedup.ttl_ms),
+            users: None,
         })
+    }
+
+    /// Adds the enrichment stage: events get their user's segment from `users` (fed by
+    /// [`crate::users::feed`] gating the job's source), and the window key becomes (key, segment).
+    pub fn with_users(mut self, users: BroadcastTable<UserVersion>, unknown_segment: &str) -> Self {
+        self.users = Some((users, Arc::from(unknown_segment)));
+        self
     }
 
     /// The operator chain of `partition`'s task.
@@ -267,7 +326,7 @@ impl TaskSpec {
         let (contract, contract_stats) = (Arc::clone(&self.contract), self.contract_stats.clone());
         let (drop_prefixes, drop_types) = (self.drop_prefixes.clone(), self.drop_types.clone());
         let key_field = self.key_field;
-        Stream::<Bytes>::new()
+        let valid = Stream::<Bytes>::new()
             .try_map(move |b: &Bytes| Event::decode_checked(b, &contract, &contract_stats))
             .filter(move |e: &Event| {
                 !drop_types.contains(&e.event_type)
@@ -276,14 +335,50 @@ impl TaskSpec {
             .assign_timestamps(|e: &Event| e.ts, self.watermarks)
             // After event time is set: ids are forgotten by event time, deterministically on replay.
             .dedup_by(self.dedup_ttl, event_id)
-            .id("dedup-event-id")
-            .key_by(move |e: &Event| match key_field {
-                KeyField::EventType => Key::from(e.event_type.as_str()),
-                KeyField::UserId => Key::from(e.user_id.as_str()),
-            })
-            .window(self.window, (Stats::of(|e: &Event| e.amount), DistinctUsers))
-            .id("windows")
-            .map(move |r: WindowResult<(StatsValue, u64)>| WindowRow::from_result(partition, &r))
+            .id("dedup-event-id");
+        fn group(key_field: KeyField, e: &Event) -> &str {
+            match key_field {
+                KeyField::EventType => e.event_type.as_str(),
+                KeyField::UserId => e.user_id.as_str(),
+            }
+        }
+        let aggregates = || (Stats::of(|e: &Event| e.amount), DistinctUsers);
+        match &self.users {
+            None => Either::Left(
+                valid
+                    .key_by(move |e: &Event| Key::from(group(key_field, e)))
+                    .window(self.window, aggregates())
+                    .id("windows")
+                    .map(move |r: WindowResult<(StatsValue, u64)>| {
+                        WindowRow::from_result(partition, &r, false)
+                    })
+                    .into_operator(),
+            ),
+            Some((users, unknown)) => {
+                let unknown = Arc::clone(unknown);
+                let with_segment =
+                    BroadcastJoin::left_outer(users, move |e: &Event, u: Option<&UserVersion>| {
+                        let key =
+                            segmented_key(group(key_field, e), u.map_or(&*unknown, |u| u.segment.as_str()));
+                        (e.clone(), key)
+                    })
+                    .with_input_name("events");
+                Either::Right(
+                    valid
+                        .key_by(|e: &Event| Key::from(e.user_id.as_str()))
+                        .broadcast_join(with_segment)
+                        .id("users-segment")
+                        .key_by(|(_, key): &(Event, Key)| key.clone())
+                        .map(|(e, _): (Event, Key)| e)
+                        .window(self.window, aggregates())
+                        .id("windows")
+                        .map(move |r: WindowResult<(StatsValue, u64)>| {
+                            WindowRow::from_result(partition, &r, true)
+                        })
+                        .into_operator(),
+                )
+            }
+        }
     }
 }
 
@@ -297,8 +392,8 @@ pub enum ResultTarget {
 }
 
 /// The newest row of every window of every partition a run emitted (highest `version`), by
-/// (key, window start, partition), kept by the demo to show and check its results.
-pub type ResultTap = Arc<Mutex<BTreeMap<(String, u32, u32), WindowRow>>>;
+/// (key, segment, window start, partition), kept by the demo to show and check its results.
+pub type ResultTap = Arc<Mutex<BTreeMap<(String, String, u32, u32), WindowRow>>>;
 
 /// Rows ClickHouse refused, as `sink_rejected` dead letters waiting to be produced (filled by
 /// the sink's rejection callback, drained by [`ResultSink`] after every call into the sink).
@@ -336,7 +431,8 @@ impl Sink<WindowRow> for ResultSink {
             && let Ok(mut t) = tap.lock()
         {
             for r in &batch {
-                let e = t.entry((r.key.clone(), r.window_start, r.partition)).or_insert_with(|| r.clone());
+                let key = (r.key.clone(), r.segment.clone(), r.window_start, r.partition);
+                let e = t.entry(key).or_insert_with(|| r.clone());
                 if r.version >= e.version {
                     *e = r.clone();
                 }
@@ -386,6 +482,8 @@ pub struct JobHandles {
     pub sink: Option<ferroflow_clickhouse::SinkStats>,
     /// True when results go to ClickHouse, false for the file.
     pub to_clickhouse: bool,
+    /// The users table, when the enrichment stage is on.
+    pub users: Option<BroadcastTable<UserVersion>>,
 }
 
 /// A job ready to run.
@@ -397,6 +495,8 @@ pub struct PreparedJob {
     sink: ResultSink,
     dlq: KafkaDeadLetterSink,
     contract: Arc<Contract>,
+    /// The enrichment stage's table and its input.
+    users: Option<(BroadcastTable<UserVersion>, TableFeed<UserVersion>)>,
 }
 
 /// Connects everything (contract, Kafka, ClickHouse or file, checkpoint store) and restores
@@ -474,6 +574,27 @@ pub async fn prepare(config: &PipelineConfig) -> anyhow::Result<PreparedJob> {
         ResultTarget::ClickHouse(s) => (Some(s.stats()), true),
         ResultTarget::File(_) => (None, false),
     };
+    let users = match config.enrichment.enabled {
+        true => {
+            if let ResultTarget::ClickHouse(s) = &sink
+                && !sorts_by_segment(s.table_engine())
+            {
+                anyhow::bail!(
+                    "enrichment is on, but the ClickHouse table {}.{} was created before it: its sorting key \
+                     ({}) lacks `segment`, so rows of one key and window in different segments would replace \
+                     each other. Point clickhouse.table at a new table (the job creates it), or move the rows \
+                     to a table created with the job's definition",
+                    config.clickhouse.database,
+                    config.clickhouse.table,
+                    s.table_engine()
+                );
+            }
+            let table = crate::users::table(config);
+            let feed = crate::users::feed(config, &table).context("connecting to the users topic")?;
+            Some((table, feed))
+        }
+        false => None,
+    };
     let sink = ResultSink { target: sink, tap: None, rejected: rejected_rows, rejected_sink };
     Ok(PreparedJob {
         handles: JobHandles {
@@ -481,11 +602,13 @@ pub async fn prepare(config: &PipelineConfig) -> anyhow::Result<PreparedJob> {
             contract: contract_stats,
             sink: sink_stats,
             to_clickhouse,
+            users: users.as_ref().map(|(table, _)| table.clone()),
         },
         source,
         sink,
         dlq,
         contract,
+        users,
     })
 }
 
@@ -533,14 +656,42 @@ impl PreparedJob {
     /// shutdown handle stops it. `runner` comes from [`PreparedJob::runner`].
     pub async fn run(self, config: &PipelineConfig, mut runner: Runner) -> anyhow::Result<JobReport> {
         let spec = TaskSpec::new(config, Arc::clone(&self.contract), self.handles.contract.clone())?;
-        let report = runner
-            .job_per_partition(self.source, move |p| spec.stream(p))
-            .sink(self.sink)
-            .dead_letters(self.dlq)
-            .run()
-            .await;
+        let report = match self.users {
+            None => run_tasks(&mut runner, self.source, spec, self.sink, self.dlq).await,
+            Some((table, feed)) => {
+                let spec = spec.with_users(table, &config.enrichment.unknown_segment);
+                run_tasks(&mut runner, feed.gating(self.source), spec, self.sink, self.dlq).await
+            }
+        };
         Ok(report?)
     }
+}
+
+/// Runs a task per partition of `source` until it ends or the runner is stopped.
+async fn run_tasks<S: Source<Bytes>>(
+    runner: &mut Runner,
+    source: S,
+    spec: TaskSpec,
+    sink: ResultSink,
+    dlq: KafkaDeadLetterSink,
+) -> Result<JobReport, ferroflow_core::JobError> {
+    runner.job_per_partition(source, move |p| spec.stream(p)).sink(sink).dead_letters(dlq).run().await
+}
+
+/// True when a table's engine clause (`system.tables.engine_full`) sorts by `segment`: rows of
+/// different segments are then kept apart by ReplacingMergeTree.
+///
+/// # Examples
+/// ```
+/// use ferroflow_pipeline::job::sorts_by_segment;
+/// assert!(sorts_by_segment("ReplacingMergeTree(version) ORDER BY (key, segment, window_start, partition) SETTINGS index_granularity = 8192"));
+/// assert!(!sorts_by_segment("ReplacingMergeTree(version) ORDER BY (key, window_start, partition) SETTINGS segment = 1"));
+/// ```
+pub fn sorts_by_segment(engine_full: &str) -> bool {
+    let Some(at) = engine_full.find("ORDER BY") else { return false };
+    let order = &engine_full[at..];
+    let order = order.find(" SETTINGS").map_or(order, |end| &order[..end]);
+    order.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|word| word == "segment")
 }
 
 /// Starts the HTTP endpoint for a job (metrics from the engine, Kafka, the contract and the sink);
@@ -556,6 +707,7 @@ pub async fn serve_endpoint(
         kafka: Some(handles.kafka.clone()),
         contract: Some(handles.contract.clone()),
         sink: handles.sink.clone(),
+        users: handles.users.clone(),
     })?;
     let h = handles.clone();
     let status = crate::http::StatusFn(Box::new(move || status_document(&counters, &h)));
@@ -590,6 +742,13 @@ pub fn status_document(counters: &ferroflow_core::JobCounters, h: &JobHandles) -
             })
         }),
         "output": if h.to_clickhouse { "clickhouse" } else { "file" },
+        "enrichment": h.users.as_ref().map(|users| serde_json::json!({
+            "versions": users.versions(),
+            "watermark": users.watermark().0,
+            "complete": users.is_complete(),
+            "late_versions": users.late_versions(),
+            "unreadable": users.unreadable(),
+        })),
     })
 }
 

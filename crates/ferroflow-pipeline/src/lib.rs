@@ -20,5 +20,6 @@ pub mod job;
 pub mod metrics;
 pub mod paced;
 pub mod traffic;
+pub mod users;
 
 pub use ferroflow_core as core;

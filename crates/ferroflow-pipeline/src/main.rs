@@ -282,6 +282,10 @@ struct GenerateArgs {
     /// Pause between rounds with --repeat, milliseconds.
     #[arg(long, default_value_t = 1_000)]
     pause_ms: u64,
+    /// Also produce the users changelog that goes with each round's events to this topic (one
+    /// partition, created if missing), for the enrichment stage (`[enrichment]`).
+    #[arg(long)]
+    users_topic: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -510,6 +514,9 @@ async fn run_job(a: RunArgs) -> anyhow::Result<()> {
 async fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     use ferroflow_pipeline::traffic::TrafficConfig;
     ferroflow_kafka::ensure_topic(&a.brokers, &Default::default(), &a.topic, a.partitions as i32).await?;
+    if let Some(users) = &a.users_topic {
+        ferroflow_kafka::ensure_topic(&a.brokers, &Default::default(), users, 1).await?;
+    }
     let mut round = 0u64;
     loop {
         let traffic = TrafficConfig {
@@ -520,6 +527,21 @@ async fn generate(a: GenerateArgs) -> anyhow::Result<()> {
             dirty: !a.clean,
             ..Default::default()
         };
+        if let Some(users) = &a.users_topic {
+            // Before the events: the changes of their time are in the table when they come.
+            let changes: Vec<ferroflow_pipeline::traffic::Generated> = traffic
+                .user_changes()
+                .iter()
+                .map(|c| ferroflow_pipeline::traffic::Generated {
+                    partition: 0,
+                    payload: c.payload(),
+                    fate: ferroflow_pipeline::traffic::Fate::Windowed,
+                    fields: None,
+                })
+                .collect();
+            let n = ferroflow_pipeline::demo::produce(&a.brokers, users, &changes).await?;
+            println!("produced {n} user changes to {users} (round {round})");
+        }
         let events = traffic.generate();
         let n = ferroflow_pipeline::demo::produce(&a.brokers, &a.topic, &events).await?;
         println!("produced {n} events to {} (round {round})", a.topic);

@@ -15,6 +15,8 @@ use prometheus::{
 };
 
 use crate::contract::ContractStats;
+use crate::users::UserVersion;
+use ferroflow_core::join::BroadcastTable;
 
 /// Where the figures come from.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +29,8 @@ pub struct MetricSources {
     pub contract: Option<ContractStats>,
     /// The ClickHouse sink, when results go there.
     pub sink: Option<SinkStats>,
+    /// The users table of the enrichment stage, when it is on.
+    pub users: Option<BroadcastTable<UserVersion>>,
 }
 
 /// The registry and the metrics it holds.
@@ -41,6 +45,7 @@ pub struct PipelineMetrics {
 struct Metrics {
     records_in: IntCounter,
     records_windowed: IntCounter,
+    records_processed: IntCounter,
     records_filtered: IntCounter,
     records_deduplicated: IntCounter,
     dead_letters: IntCounterVec,
@@ -84,6 +89,10 @@ struct Metrics {
     sink_latency: prometheus::Histogram,
     /// Inserts already observed into `sink_latency`.
     sink_seen: std::sync::atomic::AtomicU64,
+    users_versions: IntGauge,
+    users_watermark: IntGauge,
+    users_late: IntCounter,
+    users_unreadable: IntCounter,
 }
 
 /// Registers a metric and hands it back.
@@ -129,6 +138,11 @@ impl PipelineMetrics {
                 &r,
                 "ferroflow_records_windowed_total",
                 "Records accepted into windows.",
+            )?,
+            records_processed: counter(
+                &r,
+                "ferroflow_records_processed_total",
+                "Records taken by a join (the enrichment stage) on their way to the windows.",
             )?,
             records_filtered: counter(
                 &r,
@@ -374,6 +388,30 @@ impl PipelineMetrics {
                 vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
             )?,
             sink_seen: std::sync::atomic::AtomicU64::new(0),
+            users_versions: reg(
+                &r,
+                IntGauge::new(
+                    "ferroflow_enrichment_table_versions",
+                    "Versions the enrichment stage's users table holds (over every user).",
+                )?,
+            )?,
+            users_watermark: reg(
+                &r,
+                IntGauge::new(
+                    "ferroflow_enrichment_table_watermark_ms",
+                    "How far the users table lets the job's watermark go, ms since the epoch (its input's watermark; the largest value once every users partition is idle or ended).",
+                )?,
+            )?,
+            users_late: counter(
+                &r,
+                "ferroflow_enrichment_late_versions_total",
+                "Users changes that came after events of their time were joined (kept for later events).",
+            )?,
+            users_unreadable: counter(
+                &r,
+                "ferroflow_enrichment_unreadable_total",
+                "Users changelog messages the table could not decode (logged with their position).",
+            )?,
         };
         Ok(Self { registry: r, sources, m: Mutex::new(m) })
     }
@@ -403,6 +441,7 @@ impl PipelineMetrics {
         let s = self.sources.job.snapshot();
         set(&m.records_in, s.records_in);
         set(&m.records_windowed, s.records_windowed);
+        set(&m.records_processed, s.records_processed);
         set(&m.records_filtered, s.records_filtered);
         set(&m.records_deduplicated, s.records_deduplicated);
         for (reason, n) in &s.dead_letters_by_reason {
@@ -479,6 +518,12 @@ impl PipelineMetrics {
             set(&m.kafka_stray, k.stray_messages());
             set(&m.kafka_offset_gaps, k.offset_gaps());
             set(&m.headers_evicted, k.headers_evicted());
+        }
+        if let Some(users) = &self.sources.users {
+            m.users_versions.set(i64::try_from(users.versions()).unwrap_or(i64::MAX));
+            m.users_watermark.set(users.watermark().0);
+            set(&m.users_late, users.late_versions());
+            set(&m.users_unreadable, users.unreadable());
         }
         if let Some(c) = &self.sources.contract {
             for (rule, n) in c.snapshot() {

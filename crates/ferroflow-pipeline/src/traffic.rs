@@ -52,6 +52,40 @@ pub enum Fate {
     TooLate,
 }
 
+/// Users per partition the traffic draws its events' users from.
+const USERS_PER_PARTITION: u64 = 200;
+
+/// The segments of the users changelog.
+pub const SEGMENTS: [&str; 3] = ["free", "pro", "business"];
+
+/// A change of a user's segment: one message of the users changelog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserChange {
+    /// The user.
+    pub user_id: String,
+    /// From when the segment holds, ms.
+    pub ts: i64,
+    /// The segment.
+    pub segment: String,
+}
+
+impl UserChange {
+    /// The changelog message.
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_pipeline::traffic::UserChange;
+    /// let c = UserChange { user_id: "u1".into(), ts: 5, segment: "pro".into() };
+    /// assert_eq!(c.payload(), r#"{"user_id": "u1", "ts": 5, "segment": "pro"}"#);
+    /// ```
+    pub fn payload(&self) -> String {
+        format!(
+            "{{\"user_id\": \"{}\", \"ts\": {}, \"segment\": \"{}\"}}",
+            self.user_id, self.ts, self.segment
+        )
+    }
+}
+
 /// A valid event's fields, as the oracle needs them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fields {
@@ -220,13 +254,43 @@ impl TrafficConfig {
         self.start_ms + self.span_ms + 5 * 60_000
     }
 
+    /// The users changelog that goes with this traffic (the enrichment stage's input), in time
+    /// order: most users get a segment a minute before the traffic starts, one in eleven none
+    /// (their events count under the unknown segment until their first change), and one in five
+    /// changes segment once during the traffic.
+    pub fn user_changes(&self) -> Vec<UserChange> {
+        let mut rng = Rng(self.seed.wrapping_mul(7_919).wrapping_add(13));
+        let mut changes = Vec::new();
+        for n in 0..USERS_PER_PARTITION * u64::from(self.partitions.max(1)) {
+            let user_id = format!("u{n}");
+            let segment = |rng: &mut Rng| SEGMENTS[rng.below(SEGMENTS.len() as u64) as usize].to_owned();
+            if n % 11 != 0 {
+                let first = UserChange {
+                    user_id: user_id.clone(),
+                    ts: self.start_ms - 60_000,
+                    segment: segment(&mut rng),
+                };
+                changes.push(first);
+            }
+            if n % 5 == 0 {
+                let at = self.start_ms + rng.below(self.span_ms.max(1) as u64) as i64;
+                changes.push(UserChange { user_id, ts: at, segment: segment(&mut rng) });
+            }
+        }
+        changes.sort_by_key(|c| c.ts);
+        changes
+    }
+
     fn valid_fields(&self, rng: &mut Rng, p: u32, i: u64, ts: i64) -> Fields {
         Fields {
             event_id: format!("{}-p{p}-{i}", self.seed),
             // The topic is keyed by user, as producers usually write it: each user's events go to
             // one partition (user ids ≡ partition mod partitions), which is what makes distinct
             // users summed over partitions exact.
-            user_id: format!("u{}", rng.below(200) * u64::from(self.partitions.max(1)) + u64::from(p)),
+            user_id: format!(
+                "u{}",
+                rng.below(USERS_PER_PARTITION) * u64::from(self.partitions.max(1)) + u64::from(p)
+            ),
             event_type: EVENT_TYPES[rng.below(EVENT_TYPES.len() as u64) as usize].to_string(),
             ts,
             amount: rng.below(40_000) as f64 * 0.25,
@@ -324,6 +388,26 @@ pub struct Oracle {
 impl Oracle {
     /// Aggregates `events` into `window_ms` tumbling windows keyed by `event_type`.
     pub fn of(events: &[Generated], window_ms: i64) -> Self {
+        Self::keyed(events, window_ms, |f| f.event_type.clone())
+    }
+
+    /// What the pipeline with the enrichment stage makes of `events`: windows keyed by
+    /// `event_type/segment`, the segment being the user's latest change at or before the event's
+    /// time in `changes` (`unknown` without one).
+    pub fn enriched(events: &[Generated], window_ms: i64, changes: &[UserChange], unknown: &str) -> Self {
+        let mut by_user: BTreeMap<&str, Vec<&UserChange>> = BTreeMap::new();
+        for c in changes {
+            by_user.entry(c.user_id.as_str()).or_default().push(c);
+        }
+        Self::keyed(events, window_ms, |f| {
+            let valid = by_user
+                .get(f.user_id.as_str())
+                .and_then(|cs| cs.iter().filter(|c| c.ts <= f.ts).max_by_key(|c| c.ts));
+            format!("{}/{}", f.event_type, valid.map_or(unknown, |c| c.segment.as_str()))
+        })
+    }
+
+    fn keyed(events: &[Generated], window_ms: i64, key: impl Fn(&Fields) -> String) -> Self {
         let mut o = Oracle::default();
         for g in events {
             *o.fates.entry(g.fate).or_default() += 1;
@@ -341,7 +425,7 @@ impl Oracle {
             }
             let Some(f) = &g.fields else { continue };
             let start = f.ts.div_euclid(window_ms) * window_ms;
-            let w = o.windows.entry((f.event_type.clone(), start)).or_insert_with(|| ExpectedWindow {
+            let w = o.windows.entry((key(f), start)).or_insert_with(|| ExpectedWindow {
                 min: f64::INFINITY,
                 max: f64::NEG_INFINITY,
                 ..Default::default()

@@ -8,7 +8,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Pipeline, Services, clickhouse_final, diff, positions, produce, read_dlq, unique};
+use common::{
+    Pipeline, Services, clickhouse_columns, clickhouse_execute, clickhouse_final, diff, positions, produce,
+    read_dlq, unique,
+};
 use ferroflow_pipeline::traffic::{Fate, Generated, Oracle, TrafficConfig};
 
 const WINDOW_MS: i64 = 60_000;
@@ -30,6 +33,25 @@ fn converge(
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// Fails with the first differences and `p`'s logs unless ClickHouse converges to `expected`
+/// within 30 s.
+fn assert_converges(
+    services: &Services,
+    table: &str,
+    expected: &BTreeMap<(String, i64), ferroflow_pipeline::traffic::ExpectedWindow>,
+    closed_by_ms: i64,
+    p: &Pipeline,
+) {
+    let problems = converge(services, table, expected, closed_by_ms, Duration::from_secs(30));
+    assert!(
+        problems.is_empty(),
+        "{} differences, first: {:?}\n{}",
+        problems.len(),
+        &problems[..problems.len().min(5)],
+        p.logs()
+    );
 }
 
 fn traffic(events_per_partition: u64, seed: u64) -> TrafficConfig {
@@ -84,15 +106,7 @@ fn results_dead_letters_and_accounting_match_an_independent_oracle() {
     // ClickHouse converges to exactly the oracle's windows.
     let expected = oracle.windows_ending_by(t.last_closed_window_end(), WINDOW_MS);
     assert!(expected.len() > 100, "the traffic spans many windows");
-    let problems =
-        converge(&services, &table, &expected, t.last_closed_window_end(), Duration::from_secs(30));
-    assert!(
-        problems.is_empty(),
-        "{} differences, first: {:?}\n{}",
-        problems.len(),
-        &problems[..problems.len().min(5)],
-        p.logs()
-    );
+    assert_converges(&services, &table, &expected, t.last_closed_window_end(), &p);
 
     // The dead-letter topic holds exactly the bad records, with the right reasons and bytes.
     let pos = positions(&main, t.partitions);
@@ -314,4 +328,80 @@ fn a_clickhouse_outage_loses_nothing() {
     assert_eq!(status["identity_holds"], true, "{status}");
     assert_eq!(status["counters"]["records_in"].as_u64(), Some(events.len() as u64), "{status}");
     assert_eq!(p.terminate(Duration::from_secs(30)), Some(0), "{}", p.logs());
+}
+
+#[test]
+#[ignore = "needs Kafka and ClickHouse: scripts/services.sh start (FERROFLOW_KAFKA_BROKERS, FERROFLOW_CLICKHOUSE_URL)"]
+fn enrichment_counts_each_event_under_its_users_segment_at_its_time() {
+    let services = Services::from_env();
+    let (topic, users, table) = (unique("e2e_enriched"), unique("e2e_users"), unique("e2e_segments"));
+    let t = traffic(1_000, 23);
+    let main = t.generate();
+    let changes = t.user_changes();
+    assert!(changes.iter().any(|c| c.ts > t.start_ms), "some users change segment during the traffic");
+    let oracle = Oracle::enriched(&main, WINDOW_MS, &changes, "unknown");
+
+    // The changelog first, as a compacted users topic holds it; one partition.
+    let changelog: Vec<Generated> = changes
+        .iter()
+        .map(|c| Generated { partition: 0, payload: c.payload(), fate: Fate::Windowed, fields: None })
+        .collect();
+    produce(&services, &users, 1, &changelog);
+    produce(&services, &topic, t.partitions, &main);
+    let extra = format!("[enrichment]\nenabled = true\nusers_topic = \"{users}\"\nidle_timeout_ms = 2000\n");
+    let mut p = Pipeline::new(&services, &topic, &table, "group", &extra);
+    p.start();
+    let total = main.len() as u64;
+    let status = p.wait_status("the traffic to be consumed", Duration::from_secs(120), |s| {
+        s["counters"]["records_in"].as_u64() >= Some(total)
+    });
+    assert_eq!(status["identity_holds"], true, "{status}");
+    // The join takes every valid event (its rows, not source records, reach the window).
+    assert_eq!(
+        status["counters"]["records_processed"].as_u64(),
+        Some(oracle.count(Fate::Windowed)),
+        "{status}"
+    );
+    assert_eq!(status["enrichment"]["versions"].as_u64(), Some(changes.len() as u64), "{status}");
+    let metrics = common::http_get(p.port, "/metrics").unwrap_or_default();
+    assert!(metrics.contains(&format!("ferroflow_enrichment_table_versions {}", changes.len())), "{metrics}");
+
+    let expected = oracle.windows_ending_by(t.last_closed_window_end(), WINDOW_MS);
+    let segments: BTreeSet<&str> =
+        expected.keys().filter_map(|(k, _)| k.split_once('/').map(|s| s.1)).collect();
+    assert!(
+        segments.contains("unknown") && segments.len() == 4,
+        "every segment and the unknown one: {segments:?}"
+    );
+    assert_converges(&services, &table, &expected, t.last_closed_window_end(), &p);
+    assert_eq!(p.terminate(Duration::from_secs(30)), Some(0), "{}", p.logs());
+}
+
+#[test]
+#[ignore = "needs Kafka and ClickHouse: scripts/services.sh start (FERROFLOW_KAFKA_BROKERS, FERROFLOW_CLICKHOUSE_URL)"]
+fn a_table_from_before_enrichment_gains_the_segment_column_and_the_stage_refuses_its_sorting_key() {
+    use ferroflow_pipeline::config::{OutputKind, PipelineConfig};
+    let services = Services::from_env();
+    let (topic, table) = (unique("e2e_old"), unique("e2e_old_windows"));
+    clickhouse_execute(
+        &services,
+        &format!(
+            "CREATE TABLE {table} (partition UInt32, key String, window_start DateTime, window_end DateTime, \
+             events UInt64, amount_sum Float64, amount_min Float64, amount_max Float64, distinct_users UInt64, \
+             revision UInt32, is_final UInt8, version UInt64) ENGINE = ReplacingMergeTree(version) \
+             PARTITION BY toYYYYMM(window_start) ORDER BY (key, window_start, partition)"
+        ),
+    );
+    let p = Pipeline::new(&services, &topic, &table, "group", "");
+    let mut config = PipelineConfig::load(Some(&p.config), &serde_json::json!({})).unwrap();
+    config.output.kind = OutputKind::Clickhouse;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(ferroflow_pipeline::job::prepare(&config)).unwrap();
+    let columns = clickhouse_columns(&services, &table);
+    assert_eq!(&columns[..3], ["partition", "key", "segment"], "added after key: {columns:?}");
+
+    config.enrichment.enabled = true;
+    let err = rt.block_on(ferroflow_pipeline::job::prepare(&config)).unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("sorting key") && message.contains("clickhouse.table"), "{message}");
 }

@@ -120,7 +120,7 @@ async fn a_second_instance_takes_over_partitions_with_their_state() {
     let matches = || {
         let got = WindowTotal::of_rows(rows(&a.tap).iter().chain(rows(&b.tap).iter()));
         expected.iter().all(|((key, start), w)| {
-            got.get(&(key.clone(), (start / 1000) as u32)).is_some_and(|t| {
+            got.get(&(key.clone(), String::new(), (start / 1000) as u32)).is_some_and(|t| {
                 t.events == w.count
                     && t.amount_sum == w.sum
                     && t.amount_min == w.min
@@ -142,7 +142,7 @@ async fn a_second_instance_takes_over_partitions_with_their_state() {
     let differ: Vec<_> = expected
         .iter()
         .filter(|((key, start), w)| {
-            got.get(&(key.clone(), (start / 1000) as u32)).is_none_or(|t| {
+            got.get(&(key.clone(), String::new(), (start / 1000) as u32)).is_none_or(|t| {
                 t.events != w.count || t.distinct_users != w.users.len() as u64 || t.is_final != 1
             })
         })
@@ -150,7 +150,7 @@ async fn a_second_instance_takes_over_partitions_with_their_state() {
             format!(
                 "{k:?}: expected {} events, got {:?}",
                 w.count,
-                got.get(&(k.0.clone(), (k.1 / 1000) as u32))
+                got.get(&(k.0.clone(), String::new(), (k.1 / 1000) as u32))
             )
         })
         .collect();

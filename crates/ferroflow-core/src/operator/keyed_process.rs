@@ -232,9 +232,21 @@ impl<O> KeyedContext<'_, O> {
 
     /// Emits `value` on the main output, keyed by this key, with event time `at`.
     pub fn emit_at(&mut self, value: O, at: Timestamp) {
-        let mut r = Record::new(value, at).with_position(self.position);
+        self.emit_from(value, at, self.position);
+    }
+
+    /// Emits `value` as [`emit_at`](Self::emit_at) does, carrying the source position of the
+    /// record it stands for (one the function kept in state and lets go from a timer): a step
+    /// after this one that refuses it then names that record in its dead letter.
+    pub fn emit_from(&mut self, value: O, at: Timestamp, position: SourcePosition) {
+        let mut r = Record::new(value, at).with_position(position);
         r.key = self.key.clone();
         self.out.push(r);
+    }
+
+    /// Where the record at hand was read from (the default position in a timer).
+    pub fn position(&self) -> SourcePosition {
+        self.position
     }
 }
 

@@ -350,14 +350,34 @@ fn clickhouse_client(services: &Services) -> clickhouse::Client {
         .with_validation(false)
 }
 
-/// The result table's totals over partitions (`FINAL`), keyed by (key, window start ms).
+/// Runs one statement on the test ClickHouse.
+pub fn clickhouse_execute(services: &Services, sql: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(clickhouse_client(services).query(sql).execute()).unwrap();
+}
+
+/// The columns of `table` on the test ClickHouse, in order.
+pub fn clickhouse_columns(services: &Services, table: &str) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let query = clickhouse_client(services)
+        .query("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = ?")
+        .bind(table);
+    rt.block_on(query.fetch_all::<String>()).unwrap()
+}
+
+/// The result table's totals over partitions (`FINAL`), keyed by (key, window start ms); with
+/// the enrichment stage the key is `key/segment`, as [`Oracle::enriched`](ferroflow_pipeline::traffic::Oracle::enriched) keys it.
 pub fn clickhouse_final(services: &Services, table: &str) -> BTreeMap<(String, i64), WindowTotal> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = clickhouse_client(services);
         match client.query(&WindowTotal::query(table)).fetch_all::<WindowTotal>().await {
             Ok(rows) => {
-                rows.into_iter().map(|r| ((r.key.clone(), i64::from(r.window_start) * 1000), r)).collect()
+                let key = |r: &WindowTotal| match r.segment.is_empty() {
+                    true => r.key.clone(),
+                    false => format!("{}/{}", r.key, r.segment),
+                };
+                rows.into_iter().map(|r| ((key(&r), i64::from(r.window_start) * 1000), r)).collect()
             }
             Err(_) => BTreeMap::new(), // the table does not exist yet
         }

@@ -3,7 +3,7 @@
 use super::table::{BroadcastTable, HistoryGone, TableReader};
 use crate::dead_letter::{DeadLetterReason, Rejection};
 use crate::operator::{KeyedContext, KeyedFunction, MapState, StateDeclarations, StateValue};
-use crate::record::Timestamp;
+use crate::record::{SourcePosition, Timestamp};
 
 /// What the join makes of an event and the table's value (`None`: no value); `None` emits nothing.
 type LookupFn<L, V, O> = Box<dyn FnMut(&L, Option<&V>) -> Option<O> + Send>;
@@ -16,7 +16,8 @@ type LookupFn<L, V, O> = Box<dyn FnMut(&L, Option<&V>) -> Option<O> + Send>;
 /// the table's key, whose source the table's feed [gates](super::TableFeed::gating). Semantics:
 /// - An event waits in keyed state until the job's watermark reaches its time. The table's input
 ///   holds the job's watermark back, so by then every version up to the event's time has arrived;
-///   the event is then joined and emitted at its own time.
+///   the event is then joined and emitted at its own time and with its source position (a step
+///   after the join that refuses it names the event's record).
 /// - An event at or below the watermark (late for the job) is joined at once: the table's
 ///   watermark is at least the job's, so every version up to its time is in. Steps after the join
 ///   judge its lateness (a window's allowed lateness takes it or dead-letters it); the table's
@@ -54,9 +55,10 @@ pub struct BroadcastJoin<L, V, O> {
     latest: bool,
     join: LookupFn<L, V, O>,
     name: String,
-    waiting: MapState<Timestamp, Vec<L>>,
+    /// Events waiting for the watermark, with the position they were read from.
+    waiting: MapState<Timestamp, Vec<(L, SourcePosition)>>,
     /// Rows of the firing at hand, emitted once the state is let go.
-    found: Vec<(O, Timestamp)>,
+    found: Vec<(O, Timestamp, SourcePosition)>,
 }
 
 impl<L, V, O> std::fmt::Debug for BroadcastJoin<L, V, O> {
@@ -154,7 +156,8 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
             }
             return Ok(());
         }
-        ctx.map(self.waiting)?.get_or_insert_with(t, Vec::new).push(input);
+        let position = ctx.position();
+        ctx.map(self.waiting)?.get_or_insert_with(t, Vec::new).push((input, position));
         ctx.register_event_time_timer(t);
         Ok(())
     }
@@ -172,14 +175,14 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
         for (t, events) in due {
             let (join, found) = (&mut self.join, &mut self.found);
             let looked_up = self.table.with_value(ctx.key(), t, |v| {
-                found.extend(events.iter().filter_map(|l| join(l, v)).map(|o| (o, t)));
+                found.extend(events.iter().filter_map(|(l, at)| join(l, v).map(|o| (o, t, *at))));
             });
             if let Err(g) = looked_up {
                 gone = Some((t, events.len(), g));
             }
         }
-        for (o, t) in self.found.drain(..) {
-            ctx.emit_at(o, t);
+        for (o, t, position) in self.found.drain(..) {
+            ctx.emit_from(o, t, position);
         }
         match gone {
             None => Ok(()),
