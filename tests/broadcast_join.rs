@@ -70,6 +70,33 @@ fn feed<S: Source<Tier>>(
     tiers.loaded_from(source, |t| Key::from(t.0.as_str()), |t| t.1, strategy)
 }
 
+/// A running job of tiered clicks: its table, the job, its rows and its counters.
+type Running = (
+    BroadcastTable<Tier>,
+    tokio::task::JoinHandle<Result<JobReport, JobError>>,
+    ferroflow::sink::Collected<Row>,
+    ferroflow::metrics::JobCounters,
+);
+
+/// Runs the tiered clicks over `clicks`, the table fed from `versions` by `strategy`, the runner
+/// and the table on `clock`.
+fn spawn_tiered<S: Source<Tier>>(
+    clicks: ScriptedSource<Click>,
+    versions: S,
+    strategy: WatermarkStrategy,
+    clock: &ManualClock,
+) -> Running {
+    let tiers = BroadcastTable::new("tiers").with_clock(Arc::new(clock.clone()));
+    let source = feed(&tiers, versions, strategy).gating(clicks);
+    let mut runner = common::runner_on(clock);
+    let counters = runner.counters();
+    let (sink, rows) = CollectSink::with_handle();
+    let job = tiered(&tiers, 0);
+    let job =
+        tokio::spawn(async move { runner.job(source, job).sink(sink).discard_dead_letters().run().await });
+    (tiers, job, rows, counters)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_waits_until_the_table_has_every_version_up_to_its_time() {
     let (clicks_end, more, tiers_end) =
@@ -87,14 +114,8 @@ async fn an_event_waits_until_the_table_has_every_version_up_to_its_time() {
         .wait(&tiers_end)
         .finish(0);
     let clock = ManualClock::new(0);
-    let tiers = BroadcastTable::new("tiers").with_clock(Arc::new(clock.clone()));
-    let source = feed(&tiers, versions, WatermarkStrategy::monotonous()).gating(clicks);
-    let mut runner = common::runner_on(&clock);
-    let counters = runner.counters();
-    let (sink, rows) = CollectSink::with_handle();
-    let job = tiered(&tiers, 0);
-    let job =
-        tokio::spawn(async move { runner.job(source, job).sink(sink).discard_dead_letters().run().await });
+    let (tiers, job, rows, counters) =
+        spawn_tiered(clicks, versions, WatermarkStrategy::monotonous(), &clock);
 
     wait_until(10, "both clicks", || counters.snapshot().records_in == 2).await;
     tokio::time::sleep(Duration::from_millis(100)).await; // ~20 ticks
@@ -137,15 +158,8 @@ async fn an_idle_table_holds_nothing_back_and_a_version_after_it_counts_as_late(
         .wait(&tiers_end)
         .finish(0);
     let clock = ManualClock::new(0);
-    let tiers = BroadcastTable::new("tiers").with_clock(Arc::new(clock.clone()));
     let idle = WatermarkStrategy::monotonous().with_idleness(Duration::from_secs(1));
-    let source = feed(&tiers, versions, idle).gating(clicks);
-    let mut runner = common::runner_on(&clock);
-    let counters = runner.counters();
-    let (sink, rows) = CollectSink::with_handle();
-    let job = tiered(&tiers, 0);
-    let job =
-        tokio::spawn(async move { runner.job(source, job).sink(sink).discard_dead_letters().run().await });
+    let (tiers, job, rows, counters) = spawn_tiered(clicks, versions, idle, &clock);
 
     wait_until(10, "both clicks", || counters.snapshot().records_in == 2).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -168,6 +182,26 @@ async fn an_idle_table_holds_nothing_back_and_a_version_after_it_counts_as_late(
     clicks_end.notify_one();
     let report = within(10, "the job", job).await.unwrap().unwrap();
     assert_eq!(rows.take(), [("u1".to_owned(), 9_000, Some("pro".to_owned()))]);
+    assert!(report.counters.identity_holds(), "{:?}", report.counters);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_input_without_partitions_holds_nothing_back_after_an_idle_timeout() {
+    let (never, end) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let clicks =
+        ScriptedSource::new().assign(vec![0]).records(vec![click("u1", 2_000, 0, 0)]).wait(&end).finish(0);
+    let clock = ManualClock::new(0);
+    let empty = ScriptedSource::<Tier>::new().wait(&never); // a topic that is missing
+    let idle = WatermarkStrategy::monotonous().with_idleness(Duration::from_secs(1));
+    let (_tiers, job, rows, counters) = spawn_tiered(clicks, empty, idle, &clock);
+    wait_until(10, "the click", || counters.snapshot().records_in == 1).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(counters.snapshot().watermark, i64::MIN, "held while the table may still get partitions");
+    clock.set(1_100);
+    wait_until(10, "the clicks' own watermark", || counters.snapshot().watermark == 1_999).await;
+    end.notify_one();
+    let report = within(10, "the job", job).await.unwrap().unwrap();
+    assert_eq!(rows.take(), [("u1".to_owned(), 2_000, None)]);
     assert!(report.counters.identity_holds(), "{:?}", report.counters);
 }
 
@@ -349,20 +383,49 @@ async fn events_waiting_in_a_revoked_partition_join_on_the_next_instance_with_it
     assert_eq!(together, expected, "every click once, with the tier of its time");
 }
 
+/// A runner checkpointing to `base` as job `job` (only when stopped), ticking every 5 ms.
+fn checkpointed(
+    base: &ferroflow::checkpoint::CheckpointStore,
+    scratch: &std::path::Path,
+    name: &str,
+) -> Runner {
+    Runner::builder()
+        .tick_interval(Duration::from_millis(5))
+        .checkpoint_store(base.clone())
+        .job_id("job")
+        .scratch_dir(scratch.join(name))
+        .every(Duration::from_secs(3600))
+        .state(MemoryStateBackend::new())
+        .build()
+        .unwrap()
+}
+
+/// Starts the tiered clicks on `runner` over `clicks`, with a table of its own fed from
+/// `versions` (monotonous): the running job, its rows, its counters and its stop handle.
+fn start_on<S: Source<Tier>>(
+    mut runner: Runner,
+    clicks: ScriptedSource<Click>,
+    versions: S,
+) -> (
+    tokio::task::JoinHandle<Result<JobReport, JobError>>,
+    ferroflow::sink::Collected<Row>,
+    ferroflow::metrics::JobCounters,
+    ferroflow::ShutdownHandle,
+) {
+    let tiers = BroadcastTable::new("tiers");
+    let source = feed(&tiers, versions, WatermarkStrategy::monotonous()).gating(clicks);
+    let (counters, stop) = (runner.counters(), runner.shutdown_handle());
+    let (sink, rows) = CollectSink::with_handle();
+    let job = tiered(&tiers, 0);
+    let job =
+        tokio::spawn(async move { runner.job(source, job).sink(sink).discard_dead_letters().run().await });
+    (job, rows, counters, stop)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restore_events_held_by_the_table_join_once_it_catches_up_without_new_events() {
     let scratch = tempfile::tempdir().unwrap();
     let base = ferroflow::checkpoint::CheckpointStore::from_url("memory://", &Default::default()).unwrap();
-    let runner = |name: &str| {
-        Runner::builder()
-            .checkpoint_store(base.clone())
-            .job_id("job")
-            .scratch_dir(scratch.path().join(name))
-            .every(Duration::from_secs(3600))
-            .state(MemoryStateBackend::new())
-            .build()
-            .unwrap()
-    };
     // First run: the clicks' watermark reaches 4 999, the table holds the job at 999; stopped.
     let quiet = Arc::new(Notify::new());
     let clicks =
@@ -371,14 +434,7 @@ async fn after_a_restore_events_held_by_the_table_join_once_it_catches_up_withou
             .read(0, 2)
             .wait(&quiet);
     let held = ScriptedSource::new().assign(vec![0]).records(vec![tier("u1", 1_000, "free", 0)]).wait(&quiet);
-    let tiers = BroadcastTable::new("tiers");
-    let source = feed(&tiers, held, WatermarkStrategy::monotonous()).gating(clicks);
-    let mut first = runner("first");
-    let (counters, stop) = (first.counters(), first.shutdown_handle());
-    let (sink, rows) = CollectSink::with_handle();
-    let job = tiered(&tiers, 0);
-    let job =
-        tokio::spawn(async move { first.job(source, job).sink(sink).discard_dead_letters().run().await });
+    let (job, rows, counters, stop) = start_on(checkpointed(&base, scratch.path(), "first"), clicks, held);
     wait_until(10, "both clicks", || counters.snapshot().records_in == 2).await;
     wait_until(10, "the table's watermark", || counters.snapshot().watermark == 999).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -394,20 +450,48 @@ async fn after_a_restore_events_held_by_the_table_join_once_it_catches_up_withou
             .assign(vec![0])
             .read(0, 2)
             .wait(&quiet);
-    let tiers = BroadcastTable::new("tiers");
     let versions = MemorySource::of([("u1".to_owned(), 1_000, "free".to_owned())]);
-    let source = feed(&tiers, versions, WatermarkStrategy::monotonous()).gating(clicks);
-    let mut second = runner("second");
-    let stop = second.shutdown_handle();
-    let (sink, rows) = CollectSink::with_handle();
-    let job = tiered(&tiers, 0);
-    let job =
-        tokio::spawn(async move { second.job(source, job).sink(sink).discard_dead_letters().run().await });
+    let (job, rows, _, stop) = start_on(checkpointed(&base, scratch.path(), "second"), clicks, versions);
     wait_until(10, "the click at 2 s", || rows.len() == 1).await;
     assert_eq!(rows.take(), [("u1".to_owned(), 2_000, Some("free".to_owned()))]);
     stop.stop();
     let report = within(10, "the second run", job).await.unwrap().unwrap();
     assert!(report.restored_from.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restore_a_late_event_waits_for_the_reloading_table_instead_of_joining_a_half_table() {
+    let scratch = tempfile::tempdir().unwrap();
+    let base = ferroflow::checkpoint::CheckpointStore::from_url("memory://", &Default::default()).unwrap();
+    let data = BTreeMap::from([(
+        0,
+        vec![("u1".to_owned(), 2_000), ("u1".to_owned(), 5_000), ("u1".to_owned(), 1_500)],
+    )]);
+    let versions = || vec![tier("u1", 1_000, "free", 0), tier("u1", 1_200, "pro", 1)];
+    let quiet = Arc::new(Notify::new());
+
+    // First run: the table is complete, the job's watermark reaches 4 999; stopped.
+    let clicks = ScriptedSource::over(data.clone()).assign(vec![0]).read(0, 2).wait(&quiet);
+    let table = ScriptedSource::new().assign(vec![0]).records(versions()).finish(0);
+    let (job, rows, counters, stop) = start_on(checkpointed(&base, scratch.path(), "first"), clicks, table);
+    wait_until(10, "the click at 2 s", || rows.len() == 1).await;
+    wait_until(10, "the watermark", || counters.snapshot().watermark == 4_999).await;
+    stop.stop();
+    within(10, "the first run", job).await.unwrap().unwrap();
+
+    // Second run: a click at 1.5 s, behind the restored watermark, while the table reloads.
+    let (go, quiet2) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let clicks = ScriptedSource::over(data).assign(vec![0]).read(0, 3).wait(&quiet2);
+    let table = ScriptedSource::new().assign(vec![0]).wait(&go).records(versions()).finish(0);
+    let (job, rows, counters, stop) = start_on(checkpointed(&base, scratch.path(), "second"), clicks, table);
+    wait_until(10, "the click at 1.5 s", || counters.snapshot().records_in == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(rows.is_empty(), "the table has no version yet: {:?}", rows.take());
+    go.notify_one();
+    wait_until(10, "the click at 1.5 s joined", || rows.len() == 1).await;
+    assert_eq!(rows.take(), [("u1".to_owned(), 1_500, Some("pro".to_owned()))]);
+    stop.stop();
+    within(10, "the second run", job).await.unwrap().unwrap();
 }
 
 // For any arrival order of the clicks (versions within their bound): the rows equal an as-of

@@ -191,8 +191,25 @@ pub(crate) async fn ensure_table<R: TableRow>(
     let missing = missing_added_columns(&columns, R::added_columns());
     if !missing.is_empty() {
         for clause in &missing {
-            let sql = format!("ALTER TABLE {qualified} ADD COLUMN {clause}").replace('?', "??");
-            run.execute(|| client.query(&sql), "ALTER TABLE ADD COLUMN").await?;
+            let sql = format!("ALTER TABLE {qualified} ADD COLUMN {clause}");
+            if !config.create_table {
+                return Err(ClickHouseError::SchemaMismatch {
+                    table: shown,
+                    column: clause.split_whitespace().next().unwrap_or_default().to_owned(),
+                    problem: format!(
+                        "is missing (the row type gained it; clickhouse.create_table is false, so run `{sql}`)"
+                    ),
+                });
+            }
+            let added = run.execute(|| client.query(&sql.replace('?', "??")), "ALTER TABLE ADD COLUMN").await;
+            if let Err(e) = added {
+                // Another instance starting at the same time may have added it first.
+                columns = run.fetch_all::<ColumnInfo>(read_columns, "reading the table's columns").await?;
+                if !missing_added_columns(&columns, R::added_columns()).contains(clause) {
+                    continue;
+                }
+                return Err(e);
+            }
             tracing::info!(table = %shown, column = %clause, "added a column the row type gained");
         }
         columns = run.fetch_all::<ColumnInfo>(read_columns, "reading the table's columns").await?;

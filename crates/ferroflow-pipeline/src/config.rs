@@ -468,6 +468,24 @@ impl PipelineConfig {
                     "enrichment.users_topic must be set and differ from kafka.topic and dead_letters.topic",
                 );
             }
+            if e.unknown_segment.is_empty() {
+                return bad(
+                    "enrichment.unknown_segment must not be empty: it would read as the job without the stage",
+                );
+            }
+            let needed = self
+                .window
+                .size_ms
+                .saturating_add(self.window.allowed_lateness_ms)
+                .saturating_add(self.watermarks.out_of_orderness_ms);
+            if e.history_ms < needed {
+                return Err(ConfigLoadError::Invalid(format!(
+                    "enrichment.history_ms = {} is shorter than window.size_ms + window.allowed_lateness_ms + \
+                     watermarks.out_of_orderness_ms = {needed}: a late event the window still takes could find its \
+                     user's segment of that time gone; raise it to at least {needed}",
+                    e.history_ms
+                )));
+            }
             if e.idle_timeout_ms == 0 {
                 return bad(
                     "enrichment.idle_timeout_ms must be greater than 0: the users topic is quiet most of the time, \

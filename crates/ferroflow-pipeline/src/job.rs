@@ -356,13 +356,16 @@ impl TaskSpec {
             ),
             Some((users, unknown)) => {
                 let unknown = Arc::clone(unknown);
+                let window = self.window;
                 let with_segment =
                     BroadcastJoin::left_outer(users, move |e: &Event, u: Option<&UserVersion>| {
                         let key =
                             segmented_key(group(key_field, e), u.map_or(&*unknown, |u| u.segment.as_str()));
                         (e.clone(), key)
                     })
-                    .with_input_name("events");
+                    .with_input_name("events")
+                    // The window's rule, applied where the event's bytes and counts are at hand.
+                    .late_when(move |t, w| window.is_late(t, w));
                 Either::Right(
                     valid
                         .key_by(|e: &Event| Key::from(e.user_id.as_str()))
@@ -371,7 +374,9 @@ impl TaskSpec {
                         .key_by(|(_, key): &(Event, Key)| key.clone())
                         .map(|(e, _): (Event, Key)| e)
                         .window(self.window, aggregates())
-                        .id("windows")
+                        // Its own id: a checkpoint of the job without the stage holds windows by
+                        // plain keys, which must not be read as keys with a segment.
+                        .id("windows-by-segment")
                         .map(move |r: WindowResult<(StatsValue, u64)>| {
                             WindowRow::from_result(partition, &r, true)
                         })

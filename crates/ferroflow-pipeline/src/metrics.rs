@@ -399,7 +399,7 @@ impl PipelineMetrics {
                 &r,
                 IntGauge::new(
                     "ferroflow_enrichment_table_watermark_ms",
-                    "How far the users table lets the job's watermark go, ms since the epoch (its input's watermark; the largest value once every users partition is idle or ended).",
+                    "How far the users table lets the job's watermark go (its input's watermark), ms since the epoch; unchanged while it holds nothing back.",
                 )?,
             )?,
             users_late: counter(
@@ -521,7 +521,10 @@ impl PipelineMetrics {
         }
         if let Some(users) = &self.sources.users {
             m.users_versions.set(i64::try_from(users.versions()).unwrap_or(i64::MAX));
-            m.users_watermark.set(users.watermark().0);
+            let w = users.watermark().0;
+            if w > i64::MIN && w < i64::MAX {
+                m.users_watermark.set(w);
+            }
             set(&m.users_late, users.late_versions());
             set(&m.users_unreadable, users.unreadable());
         }

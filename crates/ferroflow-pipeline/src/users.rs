@@ -60,8 +60,28 @@ pub fn feed(
     kafka.start_offset = StartOffset::Earliest;
     kafka.commit_offsets = false;
     kafka.group_id = format!("{}-users-{}", config.kafka.group_id, config.instance());
-    let source = DecodedSource::new(KafkaSource::new(&kafka)?, UserVersion::decode);
+    // A change stamped far ahead would move the table's watermark there for good (and every
+    // later change would be late): refused as the events' are, by `watermarks.max_time_ahead_ms`.
+    let ahead = i64::try_from(config.watermarks.max_time_ahead_ms).unwrap_or(i64::MAX);
+    let decode = move |bytes: &Bytes| {
+        let change = UserVersion::decode(bytes)?;
+        let latest = wall_clock_ms().saturating_add(ahead);
+        match ahead > 0 && change.ts > latest {
+            true => Err(Rejection::new(
+                ferroflow_core::DeadLetterReason::EventTimeOutOfRange,
+                format!("users changelog: ts {} is more than {ahead} ms ahead of the wall clock", change.ts),
+            )),
+            false => Ok(change),
+        }
+    };
+    let source = DecodedSource::new(KafkaSource::new(&kafka)?, decode);
     let strategy = WatermarkStrategy::bounded_out_of_orderness(Duration::from_millis(e.out_of_orderness_ms))
         .with_idleness(Duration::from_millis(e.idle_timeout_ms));
     Ok(users.loaded_from(source, |u| Key::from(u.user_id.as_str()), |u| u.ts, strategy))
+}
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -339,7 +339,10 @@ fn enrichment_counts_each_event_under_its_users_segment_at_its_time() {
     let main = t.generate();
     let changes = t.user_changes();
     assert!(changes.iter().any(|c| c.ts > t.start_ms), "some users change segment during the traffic");
-    let oracle = Oracle::enriched(&main, WINDOW_MS, &changes, "unknown");
+    let late = t.too_late(10);
+    let mut all = main.clone();
+    all.extend(late.iter().cloned());
+    let oracle = Oracle::enriched(&all, WINDOW_MS, &changes, "unknown");
 
     // The changelog first, as a compacted users topic holds it; one partition.
     let changelog: Vec<Generated> = changes
@@ -351,8 +354,14 @@ fn enrichment_counts_each_event_under_its_users_segment_at_its_time() {
     let extra = format!("[enrichment]\nenabled = true\nusers_topic = \"{users}\"\nidle_timeout_ms = 2000\n");
     let mut p = Pipeline::new(&services, &topic, &table, "group", &extra);
     p.start();
-    let total = main.len() as u64;
-    let status = p.wait_status("the traffic to be consumed", Duration::from_secs(120), |s| {
+    let main_len = main.len() as u64;
+    p.wait_status("the main traffic to be consumed", Duration::from_secs(120), |s| {
+        s["counters"]["records_in"].as_u64() >= Some(main_len)
+    });
+    // Far-late events are late only once the watermark has moved past them: produce them now.
+    produce(&services, &topic, t.partitions, &late);
+    let total = all.len() as u64;
+    let status = p.wait_status("every event to be consumed", Duration::from_secs(60), |s| {
         s["counters"]["records_in"].as_u64() >= Some(total)
     });
     assert_eq!(status["identity_holds"], true, "{status}");
@@ -360,6 +369,12 @@ fn enrichment_counts_each_event_under_its_users_segment_at_its_time() {
     assert_eq!(
         status["counters"]["records_processed"].as_u64(),
         Some(oracle.count(Fate::Windowed)),
+        "{status}"
+    );
+    // The join refuses the far-late events by the window's rule: counted, as without the stage.
+    assert_eq!(
+        status["counters"]["records_dead_lettered"].as_u64(),
+        Some(oracle.dead_letters.values().sum::<u64>()),
         "{status}"
     );
     assert_eq!(status["enrichment"]["versions"].as_u64(), Some(changes.len() as u64), "{status}");

@@ -123,6 +123,32 @@ impl WindowSpec {
     pub fn allowed_lateness_ms(&self) -> i64 {
         self.allowed_lateness_ms
     }
+
+    /// True when a record at `t` would be late for these windows at `watermark`: every window
+    /// it belongs to (a session: the one it opens) ends, plus the allowed lateness, at or before
+    /// the watermark. A step before the window (a join) can refuse such a record itself, where
+    /// its bytes and counts are still at hand.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use ferroflow_core::window::WindowSpec;
+    /// let spec = WindowSpec::tumbling(Duration::from_secs(60)).unwrap().with_allowed_lateness(Duration::from_secs(10));
+    /// assert!(!spec.is_late(30_000, 69_998), "window [0, 60 s) takes it until its end plus 10 s");
+    /// assert!(spec.is_late(30_000, 69_999));
+    /// ```
+    pub fn is_late(&self, t: Timestamp, watermark: Timestamp) -> bool {
+        let end = match self.kind {
+            WindowKind::Tumbling { size_ms } => {
+                t.saturating_sub(t.rem_euclid(size_ms.max(1))).saturating_add(size_ms)
+            }
+            WindowKind::Sliding { size_ms, slide_ms } => {
+                t.saturating_sub(t.rem_euclid(slide_ms.max(1))).saturating_add(size_ms)
+            }
+            WindowKind::Session { gap_ms } => t.saturating_add(gap_ms),
+        };
+        end.saturating_sub(1).saturating_add(self.allowed_lateness_ms) <= watermark
+    }
 }
 
 /// The window kind as written in configuration files.

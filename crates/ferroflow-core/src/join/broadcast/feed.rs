@@ -258,18 +258,22 @@ async fn load<V, S>(
     // Idleness is measured on the source's clock once it reports one (it stands still while the
     // source cannot read), else on the table's clock.
     let mut source_clock: Option<Timestamp> = None;
+    let started = table.shared.clock.now_ms();
     loop {
         let event = tokio::select! {
             event = rx.recv() => event,
             _ = check.tick() => {
-                hold(&table, &mut tracker, source_clock.unwrap_or_else(|| table.shared.clock.now_ms()));
+                let now = table.shared.clock.now_ms();
+                hold(&table, &mut tracker, source_clock.unwrap_or(now), now.saturating_sub(started));
                 continue;
             }
         };
         match event {
             Some(Ok(Some(event))) => {
-                let now = source_clock.unwrap_or_else(|| table.shared.clock.now_ms());
+                let wall = table.shared.clock.now_ms();
+                let now = source_clock.unwrap_or(wall);
                 source_clock = apply(&table, &mut tracker, event, &key_of, &time_of, now).or(source_clock);
+                hold(&table, &mut tracker, source_clock.unwrap_or(wall), wall.saturating_sub(started));
             }
             Some(Ok(None)) => {
                 guard.0 = None;
@@ -328,7 +332,7 @@ fn apply<V: Send + Sync + 'static>(
     now: Timestamp,
 ) -> Option<Timestamp> {
     let mut clock = None;
-    let now = match event {
+    match event {
         SourceEvent::Batch(batch) => {
             clock = batch.progress.as_ref().map(|p| p.time_ms);
             let now = clock.unwrap_or(now);
@@ -363,42 +367,47 @@ fn apply<V: Send + Sync + 'static>(
                 table.shared.late.fetch_add(late, Ordering::Relaxed);
                 tracing::debug!(table = %table.name(), late, "versions behind a reader's watermark");
             }
-            now
         }
         SourceEvent::PartitionsAssigned(ps) => {
             for p in ps {
                 tracker.register(p, now);
             }
-            now
         }
         SourceEvent::PartitionsRevoked(ps) => {
             for p in ps {
                 tracker.remove(p);
             }
-            now
         }
-        SourceEvent::PartitionFinished(p) => {
-            tracker.finish(p);
-            now
-        }
+        SourceEvent::PartitionFinished(p) => tracker.finish(p),
         SourceEvent::Progress(progress) => {
             for p in &progress.behind {
                 tracker.touch(*p, progress.time_ms);
             }
             clock = Some(progress.time_ms);
-            progress.time_ms
         }
-    };
-    hold(table, tracker, now);
+    }
     clock
 }
 
 /// Sets how far the table holds its readers: its input's watermark, or nothing while every
-/// partition of the input is idle or finished (nothing is on its way).
-fn hold<V: Send + Sync + 'static>(table: &BroadcastTable<V>, tracker: &mut WatermarkTracker, now: Timestamp) {
+/// partition of the input is idle or finished (nothing is on its way), or while the input has
+/// announced no partition for an idle timeout since the start (a topic that is missing or has
+/// none: a table that stays empty must not hold the job for good).
+fn hold<V: Send + Sync + 'static>(
+    table: &BroadcastTable<V>,
+    tracker: &mut WatermarkTracker,
+    now: Timestamp,
+    running_ms: i64,
+) {
     let current = tracker.advance(now).unwrap_or(tracker.current());
     let marks = tracker.partition_watermarks();
     let idle = tracker.idle_partitions();
-    let quiet = !marks.is_empty() && marks.iter().all(|(p, w)| *w == Watermark::MAX || idle.contains(p));
+    let quiet = match marks.is_empty() {
+        true => tracker.strategy().idle_timeout_ms().is_some_and(|t| running_ms >= t),
+        false => marks.iter().all(|(p, w)| *w == Watermark::MAX || idle.contains(p)),
+    };
+    if quiet && marks.is_empty() && table.watermark() != Watermark::MAX {
+        tracing::warn!(table = %table.name(), "a broadcast table's input has no partitions: it holds nothing back");
+    }
     table.hold_at(if quiet { Watermark::MAX } else { current });
 }

@@ -2,11 +2,14 @@
 
 use super::table::{BroadcastTable, HistoryGone, TableReader};
 use crate::dead_letter::{DeadLetterReason, Rejection};
-use crate::operator::{KeyedContext, KeyedFunction, MapState, StateDeclarations, StateValue};
+use crate::operator::{KeyedContext, KeyedFunction, MapState, StateDeclarations, StateValue, TimeDomain};
 use crate::record::{SourcePosition, Timestamp};
 
 /// What the join makes of an event and the table's value (`None`: no value); `None` emits nothing.
 type LookupFn<L, V, O> = Box<dyn FnMut(&L, Option<&V>) -> Option<O> + Send>;
+
+/// Whether an event at `t` is late at `watermark` (see [`BroadcastJoin::late_when`]).
+type LatePredicate = Box<dyn Fn(Timestamp, Timestamp) -> bool + Send>;
 
 /// Enriches each event with the [`BroadcastTable`]'s value of the event's key that was valid at
 /// the event's time (an as-of lookup, as [`TemporalJoin`](crate::join::TemporalJoin) does, but on a
@@ -18,10 +21,11 @@ type LookupFn<L, V, O> = Box<dyn FnMut(&L, Option<&V>) -> Option<O> + Send>;
 ///   holds the job's watermark back, so by then every version up to the event's time has arrived;
 ///   the event is then joined and emitted at its own time and with its source position (a step
 ///   after the join that refuses it names the event's record).
-/// - An event at or below the watermark (late for the job) is joined at once: the table's
-///   watermark is at least the job's, so every version up to its time is in. Steps after the join
-///   judge its lateness (a window's allowed lateness takes it or dead-letters it); the table's
-///   history must reach back as far as they accept late events.
+/// - An event at or below the watermark (late for the job) is joined at once when the table is
+///   past its time (every version up to it is in; after a restart, while the table reloads, it
+///   waits instead). Steps after the join judge its lateness, or the join does with
+///   [`late_when`](Self::late_when); the table's history must reach back as far as late events
+///   are accepted.
 /// - An event whose version the table no longer keeps (it lies more than the table's history
 ///   behind every other reader: a partition taken over from an old checkpoint) goes to the dead
 ///   letters (`processing_error`), never joined with a wrong version.
@@ -55,6 +59,8 @@ pub struct BroadcastJoin<L, V, O> {
     latest: bool,
     join: LookupFn<L, V, O>,
     name: String,
+    /// Events behind the watermark this says are late go to the dead letters here.
+    late_when: Option<LatePredicate>,
     /// Events waiting for the watermark, with the position they were read from.
     waiting: MapState<Timestamp, Vec<(L, SourcePosition)>>,
     /// Rows of the firing at hand, emitted once the state is let go.
@@ -92,6 +98,7 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> BroadcastJoin<L
             latest: false,
             join,
             name: "events".to_owned(),
+            late_when: None,
             waiting: MapState::new("waiting"),
             found: Vec::new(),
         }
@@ -103,6 +110,16 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> BroadcastJoin<L
     pub fn latest(mut self) -> Self {
         self.latest = true;
         self.reader = None;
+        self
+    }
+
+    /// Refuses, as `late_event` dead letters, the events behind the watermark for which
+    /// `late(event_time, watermark)` holds, instead of joining them and leaving them to the next
+    /// step: give it that step's rule (a window's: [`WindowSpec::is_late`](crate::window::WindowSpec::is_late)).
+    /// Refused here, they keep their bytes and count in the accounting; a window after a join
+    /// sees the join's rows, not source records, and its dead letters have neither.
+    pub fn late_when(mut self, late: impl Fn(Timestamp, Timestamp) -> bool + Send + 'static) -> Self {
+        self.late_when = Some(Box::new(late));
         self
     }
 
@@ -145,32 +162,55 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
             reader.settled(watermark);
         }
         if t <= watermark {
-            // Behind the watermark, so behind the table's: every version up to `t` is in, and the
-            // answer is final now. Steps after the join judge its lateness (a window's allowed
-            // lateness takes it, or dead-letters it).
-            let join = &mut self.join;
-            let row =
-                self.table.with_value(ctx.key(), t, |v| join(&input, v)).map_err(|g| self.gone(t, 1, g))?;
-            if let Some(o) = row {
-                ctx.emit_at(o, t);
+            if self.late_when.as_ref().is_some_and(|late| late(t, watermark)) {
+                return Err(late_event(&self.name, t, watermark));
             }
-            return Ok(());
+            // Behind the job's watermark: once the table is past `t` too, every version up to it
+            // is in and the answer is final (after a restart the table may still be loading:
+            // then it waits like any event, and fires once the watermark moves).
+            if t <= self.table.watermark().0 {
+                let join = &mut self.join;
+                let row = self
+                    .table
+                    .with_value(ctx.key(), t, |v| join(&input, v))
+                    .map_err(|g| self.gone(t, 1, g))?;
+                if let Some(o) = row {
+                    ctx.emit_at(o, t);
+                }
+                return Ok(());
+            }
         }
         let position = ctx.position();
         ctx.map(self.waiting)?.get_or_insert_with(t, Vec::new).push((input, position));
+        if t <= watermark {
+            // Behind the watermark already, its event-time timer waits for the next move; the
+            // table catching up is no move of the watermark: look again at the next tick.
+            ctx.register_processing_time_timer(ctx.processing_time());
+        }
         ctx.register_event_time_timer(t);
         Ok(())
     }
 
     /// Joins the events whose time the watermark has reached with the values valid then.
     fn on_timer(&mut self, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
-        let at = ctx.timestamp();
+        let at = match ctx.timer_domain() {
+            // Events behind the watermark that waited for the table (see `process`): those the
+            // table has passed now.
+            Some(TimeDomain::ProcessingTime) => ctx.watermark().min(self.table.watermark().0),
+            _ => ctx.timestamp(),
+        };
         if let Some(reader) = &self.reader {
             // Timers fire in time order: every lookup to come is at `at` or later.
             reader.settled(at.saturating_sub(1));
             reader.joined(at);
         }
         let due = ctx.map(self.waiting)?.remove_range(..=at);
+        let watermark = ctx.watermark();
+        if ctx.timer_domain() == Some(TimeDomain::ProcessingTime)
+            && ctx.map(self.waiting)?.range(..=watermark).next().is_some()
+        {
+            ctx.register_processing_time_timer(ctx.processing_time().saturating_add(1));
+        }
         let mut gone = None;
         for (t, events) in due {
             let (join, found) = (&mut self.join, &mut self.found);
@@ -189,6 +229,16 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
             Some((t, n, g)) => Err(self.gone(t, n, g)),
         }
     }
+}
+
+/// The dead letter of an event the step after the join would refuse as late.
+fn late_event(input: &str, t: Timestamp, watermark: Timestamp) -> Rejection {
+    Rejection::new(
+        DeadLetterReason::LateEvent,
+        format!(
+            "input '{input}' of a broadcast join: event time {t} is too far behind the watermark {watermark}"
+        ),
+    )
 }
 
 impl<L, V: Send + Sync + 'static, O> BroadcastJoin<L, V, O> {
