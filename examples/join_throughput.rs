@@ -16,8 +16,12 @@
 //! `--table-keys` records (one version per key, spread over the same span of event time), left
 //! outer: each event with its key's version valid at its time.
 //!
+//! Broadcast join: the same events against the same table held whole as a broadcast table (the
+//! table's input read beside the events, its watermark holding theirs), left outer.
+//!
 //! Prints `interval_join_events_per_sec=<N> temporal_join_events_per_sec=<M> peak_rss_mb=<R>`
-//! (records of both inputs counted) and each join's own line before it.
+//! (records of both inputs counted), then `broadcast_join_events_per_sec=<B>` (the events only:
+//! the table is not a job input), and each join's own line before them.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::{BufWriter, Write};
@@ -119,6 +123,47 @@ where
     Ok((c.records_in as f64 / elapsed, rows))
 }
 
+/// Runs the events of `events` joined with a broadcast table read from `table`; returns (events
+/// per second, table load included, rows out).
+fn run_broadcast(events: &Path, table: &Path) -> Result<(f64, u64), Box<dyn std::error::Error>> {
+    use ferroflow::source::DecodedSource;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let sink = NullSink::new();
+    let rows = sink.counter();
+    let versions = BroadcastTable::new("table");
+    let strategy = WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(1));
+    let source = versions
+        .loaded_from(
+            DecodedSource::new(JsonLinesSource::raw([table]), decode),
+            |a| Key::from(a.ad),
+            |a| a.ts,
+            strategy,
+        )
+        .gating(JsonLinesSource::raw([events]));
+    let join = BroadcastJoin::left_outer(&versions, |e: &Ad, v: Option<&Ad>| (e.ad, v.map(|v| v.cost)));
+    let job = Stream::<Bytes>::new()
+        .try_map(decode)
+        .assign_timestamps(|a: &Ad| a.ts, strategy)
+        .key_by(|a: &Ad| Key::from(a.ad))
+        .broadcast_join(join)
+        .id("events-with-table");
+    let t0 = Instant::now();
+    let report =
+        runtime.block_on(Runner::default().job(source, job).sink(sink).discard_dead_letters().run())?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let c = &report.counters;
+    if !c.identity_holds() || c.records_dead_lettered > 0 {
+        return Err(format!("accounting failed: {c:?}").into());
+    }
+    let rows = rows.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "records_in={} table_versions={} rows={rows} elapsed={elapsed:.2}s",
+        c.records_in,
+        versions.versions()
+    );
+    Ok((c.records_in as f64 / elapsed, rows))
+}
+
 /// Both sides decoded, with timestamps, keyed by ad.
 fn decoded() -> Stream<Raw, impl Operator<In = Raw, Out = Either<Ad, Ad>>, Keyed> {
     Stream::<Either<Bytes, Bytes>>::new()
@@ -158,5 +203,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "interval_join_events_per_sec={interval:.0} temporal_join_events_per_sec={temporal:.0} peak_rss_mb={:.0}",
         events::peak_rss_mb(),
     );
+    let (broadcast, rows) = run_broadcast(&events, &table)?;
+    println!("broadcast_join: rows={rows}");
+    println!("broadcast_join_events_per_sec={broadcast:.0}");
     Ok(())
 }
