@@ -158,7 +158,7 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
             return Ok(());
         }
         // Every timer at or below the watermark has fired: this step looks nothing up below it.
-        if let Some(reader) = &self.reader {
+        if let Some(reader) = &mut self.reader {
             reader.settled(watermark);
         }
         if t <= watermark {
@@ -199,7 +199,7 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
             Some(TimeDomain::ProcessingTime) => ctx.watermark().min(self.table.watermark().0),
             _ => ctx.timestamp(),
         };
-        if let Some(reader) = &self.reader {
+        if let Some(reader) = &mut self.reader {
             // Timers fire in time order: every lookup to come is at `at` or later.
             reader.settled(at.saturating_sub(1));
             reader.joined(at);

@@ -272,7 +272,11 @@ impl<V: Send + Sync + 'static> BroadcastTable<V> {
     pub fn reader(&self) -> TableReader {
         let marks = Arc::new(Marks { settled: AtomicI64::new(i64::MIN), joined: AtomicI64::new(i64::MIN) });
         self.shared.readers.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::clone(&marks));
-        TableReader { marks, readers: Arc::downgrade(&self.shared) as std::sync::Weak<dyn Readers> }
+        TableReader {
+            marks,
+            readers: Arc::downgrade(&self.shared) as std::sync::Weak<dyn Readers>,
+            last_settled: Timestamp::MIN,
+        }
     }
 
     /// True once an input started filling the table, or a version was inserted.
@@ -397,6 +401,9 @@ impl<V: Send + Sync> Readers for Shared<V> {
 pub struct TableReader {
     marks: Arc<Marks>,
     readers: std::sync::Weak<dyn Readers>,
+    /// The watermark last reported: the step reports on every record, the table needs to hear
+    /// only when it moved.
+    last_settled: Timestamp,
 }
 
 impl std::fmt::Debug for TableReader {
@@ -408,7 +415,11 @@ impl std::fmt::Debug for TableReader {
 impl TableReader {
     /// Every lookup this step makes from now on is later than `watermark`.
     #[inline]
-    pub fn settled(&self, watermark: Timestamp) {
+    pub fn settled(&mut self, watermark: Timestamp) {
+        if watermark <= self.last_settled {
+            return;
+        }
+        self.last_settled = watermark;
         self.marks.settled.fetch_max(watermark, Ordering::Release);
         self.marks.joined.fetch_max(watermark, Ordering::Release);
     }
@@ -452,7 +463,7 @@ mod tests {
     #[test]
     fn versions_go_once_every_reader_is_past_their_successor_and_a_lookup_before_them_says_so() {
         let table = BroadcastTable::new("t").with_history(Duration::ZERO);
-        let (slow, fast) = (table.reader(), table.reader());
+        let (mut slow, mut fast) = (table.reader(), table.reader());
         for t in [100, 500, 900] {
             table.insert(key(), t, t);
         }
@@ -472,7 +483,7 @@ mod tests {
     #[test]
     fn history_keeps_versions_below_the_slowest_reader() {
         let table = BroadcastTable::new("t").with_history(Duration::from_millis(500));
-        let reader = table.reader();
+        let mut reader = table.reader();
         reader.settled(1_000);
         for t in [100, 400, 700, 1_100] {
             table.insert(key(), t, t);
@@ -486,7 +497,7 @@ mod tests {
     #[test]
     fn a_late_version_below_dropped_history_is_not_kept_and_lookups_there_say_gone() {
         let table = BroadcastTable::new("t").with_history(Duration::ZERO);
-        let reader = table.reader();
+        let mut reader = table.reader();
         reader.settled(600);
         for t in [100, 350, 500] {
             table.insert(key(), t, t);
@@ -502,7 +513,7 @@ mod tests {
     #[test]
     fn readers_that_never_reported_do_not_hold_history() {
         let table = BroadcastTable::new("t").with_history(Duration::ZERO);
-        let (_idle, busy) = (table.reader(), table.reader());
+        let (_idle, mut busy) = (table.reader(), table.reader());
         busy.settled(1_000);
         for t in [100, 500, 1_200] {
             table.insert(key(), t, t);
