@@ -11,8 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferroflow::checkpoint::{CheckpointStore, S3Options};
+use ferroflow::join::IntervalJoin;
 use ferroflow::operator::IntoOperator;
+use ferroflow::prelude::Either;
 use ferroflow::sink::CollectSink;
+use ferroflow::source::RIGHT_PARTITIONS;
 use ferroflow::state::MemoryStateBackend;
 use ferroflow::testing::ScriptedSource;
 use ferroflow::time::{ManualClock, WatermarkStrategy};
@@ -365,18 +368,171 @@ async fn windows_fired_by_a_revocation_reach_the_sink() {
 }
 
 #[tokio::test]
-async fn a_job_per_partition_over_two_inputs_refuses_to_run_as_one_of_several_instances() {
-    // The hand-over moves one partition at a time; task p's two partitions must move together.
+async fn a_job_per_partition_over_a_union_refuses_to_run_as_one_of_several_instances() {
+    // The inputs of a union change hands independently; task p's two partitions must move together.
     let scratch = tempfile::tempdir().unwrap();
     let base = CheckpointStore::from_url("memory://", &S3Options::default()).unwrap();
     let one = || ScriptedSource::<i64>::new().assign(vec![0]).finish(0);
     let source = ferroflow::source::UnionSource::new(one(), one());
     let err = instance(&base, "a", scratch.path())
-        .job_per_partition(source, |_| Stream::<ferroflow::prelude::Either<i64, i64>>::new())
+        .job_per_partition(source, |_| Stream::<Either<i64, i64>>::new())
         .sink(CollectSink::new())
         .discard_dead_letters()
         .run()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("cannot yet run as several instances"), "{err}");
+    assert!(err.to_string().contains("one consumer-group member reads both inputs"), "{err}");
+}
+
+/// (task, view time, click time) of a joined pair.
+type Pair = (PartitionId, i64, i64);
+
+/// Partition `p`'s task of a co-partitioned join: views (left) joined with the clicks (right)
+/// 0–5 s after them; every event of both inputs has key `a`, its value is its time.
+fn co_partitioned_join(p: PartitionId) -> impl IntoOperator<Op: Operator<In = Either<i64, i64>, Out = Pair>> {
+    let join = IntervalJoin::inner(0, 5_000, |l: &i64, r: &i64| (*l, *r)).unwrap();
+    Stream::<Either<i64, i64>>::new()
+        .assign_timestamps(
+            |e| e.as_ref().either(|l| *l, |r| *r),
+            WatermarkStrategy::bounded_out_of_orderness(Duration::from_secs(1)),
+        )
+        .key_by(|_| Key::from("a"))
+        .interval_join(join)
+        .map(move |(l, r)| (p, l, r))
+}
+
+/// A view a second for a minute in partitions 0 and 1 of the first input, a click 1.5 s after
+/// each in the same partitions of the second; then an event on each that closes every interval.
+fn views_and_clicks() -> BTreeMap<PartitionId, Vec<Either<i64, i64>>> {
+    let mut data = BTreeMap::new();
+    for p in 0..2 {
+        let views = (0..60).map(|s| Either::Left(s * 1_000)).chain([Either::Left(200_000)]);
+        let clicks = (0..60).map(|s| Either::Right(s * 1_000 + 1_500)).chain([Either::Right(200_000)]);
+        data.insert(p, views.collect());
+        data.insert(RIGHT_PARTITIONS + p, clicks.collect());
+    }
+    data
+}
+
+/// The pairs of [`co_partitioned_join`] over `data`, by a nested loop over each task's inputs.
+fn nested_loop(data: &BTreeMap<PartitionId, Vec<Either<i64, i64>>>) -> Vec<Pair> {
+    let mut pairs = Vec::new();
+    for (&p, views) in data.range(..RIGHT_PARTITIONS) {
+        let clicks = data.get(&(RIGHT_PARTITIONS + p)).map_or(&[][..], Vec::as_slice);
+        for v in views.iter().filter_map(|e| e.as_ref().left()) {
+            for c in clicks.iter().filter_map(|e| e.as_ref().right()) {
+                if *v <= *c && *c <= v + 5_000 {
+                    pairs.push((p, *v, *c));
+                }
+            }
+        }
+    }
+    pairs.sort_unstable();
+    pairs
+}
+
+/// Runs the co-partitioned join over `source` as `runner`'s job: its pairs, sorted, and report.
+async fn run_join(
+    mut runner: Runner,
+    source: ScriptedSource<Either<i64, i64>>,
+) -> (Vec<Pair>, ferroflow::JobReport) {
+    let (sink, rows) = CollectSink::with_handle();
+    let report = within(
+        30,
+        "the job",
+        runner.job_per_partition(source, co_partitioned_join).sink(sink).discard_dead_letters().run(),
+    )
+    .await
+    .unwrap();
+    let mut rows = rows.take();
+    rows.sort_unstable();
+    (rows, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_co_partitioned_join_moves_to_another_instance_with_both_inputs_and_its_buffered_sides() {
+    let scratch = tempfile::tempdir().unwrap();
+    let base = CheckpointStore::from_url("memory://", &S3Options::default()).unwrap();
+    let (r0, r1) = (RIGHT_PARTITIONS, RIGHT_PARTITIONS + 1);
+    let all = vec![0, 1, r0, r1];
+    let read_all =
+        |s: ScriptedSource<Either<i64, i64>>| s.read(0, 100).read(r0, 100).read(1, 100).read(r1, 100);
+
+    // The reference: one instance reads everything of a source of two inputs.
+    let reference = ScriptedSource::over(views_and_clicks()).with_inputs(2).assign(all.clone());
+    let (expected, _) = run_join(Runner::default(), read_all(reference)).await;
+    assert_eq!(expected, nested_loop(&views_and_clicks()), "the reference run is a correct join");
+
+    // Instance a reads each input of each task to a different point (views buffered waiting for
+    // their clicks, clicks ahead of their views), then the group moves task 1 to instance b.
+    let a = ScriptedSource::over(views_and_clicks())
+        .with_inputs(2)
+        .assign(all.clone())
+        .read(0, 25)
+        .read(r0, 30)
+        .read(1, 37)
+        .read(r1, 20)
+        .revoke(vec![1, r1])
+        .read(0, 100)
+        .read(r0, 100);
+    let (rows_a, report_a) = run_join(instance(&base, "a", scratch.path()), a).await;
+    assert!(report_a.checkpoints_taken >= 1, "the revoke took a checkpoint");
+
+    // Instance b is assigned task 1: both of its partitions resume where a released them, and
+    // the views a buffered join with clicks b reads.
+    let b = ScriptedSource::over(views_and_clicks())
+        .with_inputs(2)
+        .assign(vec![1, r1])
+        .read(1, 100)
+        .read(r1, 100);
+    let answers = b.hook_answers();
+    let (rows_b, report_b) = run_join(instance(&base, "b", scratch.path()), b).await;
+    assert_eq!(*answers.lock().unwrap(), vec![BTreeMap::from([(1, 37), (r1, 20)])], "resumed at a's offsets");
+    assert!(rows_b.iter().all(|r| r.0 == 1), "b ran task 1 only: {rows_b:?}");
+    assert!(
+        rows_b.iter().any(|&(_, view, click)| view < 20_000 && click >= 21_500),
+        "a buffered view joins in b"
+    );
+
+    let mut together: Vec<Pair> = rows_a.into_iter().chain(rows_b).collect();
+    together.sort_unstable();
+    assert_eq!(together, expected, "exactly the pairs of one uninterrupted run");
+    assert_eq!(report_a.counters.records_in + report_b.counters.records_in, 4 * 61, "nothing read twice");
+    assert!(report_b.counters.identity_holds(), "{:?}", report_b.counters);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_co_partitioned_task_assigned_back_resumes_both_inputs_from_its_released_state() {
+    let scratch = tempfile::tempdir().unwrap();
+    let base = CheckpointStore::from_url("memory://", &S3Options::default()).unwrap();
+    let r0 = RIGHT_PARTITIONS;
+    let data: BTreeMap<PartitionId, Vec<Either<i64, i64>>> =
+        views_and_clicks().into_iter().filter(|(p, _)| p % RIGHT_PARTITIONS == 0).collect();
+    let reference =
+        ScriptedSource::over(data.clone()).with_inputs(2).assign(vec![0, r0]).read(0, 100).read(r0, 100);
+    let (expected, _) = run_join(Runner::default(), reference).await;
+    assert_eq!(expected, nested_loop(&data));
+    // Revoked twice and assigned back each time: every return starts from the state released
+    // last, for both inputs of the task.
+    let script = ScriptedSource::over(data)
+        .with_inputs(2)
+        .assign(vec![0, r0])
+        .read(0, 20)
+        .read(r0, 10)
+        .revoke(vec![0, r0])
+        .assign(vec![0, r0])
+        .read(r0, 25)
+        .revoke(vec![0, r0])
+        .assign(vec![0, r0])
+        .read(0, 100)
+        .read(r0, 100);
+    let answers = script.hook_answers();
+    let (rows, report) = run_join(instance(&base, "a", scratch.path()), script).await;
+    assert_eq!(
+        *answers.lock().unwrap(),
+        vec![BTreeMap::new(), BTreeMap::from([(0, 20), (r0, 10)]), BTreeMap::from([(0, 20), (r0, 35)])],
+        "each return resumes both inputs where the task was released"
+    );
+    assert_eq!(report.counters.records_in, 2 * 61, "nothing read twice");
+    assert_eq!(rows, expected);
 }

@@ -91,6 +91,12 @@ pub struct KafkaSourceConfig {
     pub group_id: String,
     /// The topic to read.
     pub topic: String,
+    /// A second topic read with `topic` by the same consumer, co-partitioned with it (same
+    /// partition count, same partitioner for the join key): the second input of a job per
+    /// partition. Its partition `p` is the job's
+    /// [`RIGHT_PARTITIONS`](ferroflow_core::source::RIGHT_PARTITIONS)` + p`. The consumer then uses
+    /// the `range` assignor, which gives partition `p` of both topics to the same member.
+    pub co_topic: Option<String>,
     /// Most records delivered in one batch.
     pub batch_max_records: usize,
     /// Longest a partial batch waits for more records, in milliseconds.
@@ -121,6 +127,7 @@ impl Default for KafkaSourceConfig {
             brokers: "127.0.0.1:9092".into(),
             group_id: "ferroflow".into(),
             topic: "events".into(),
+            co_topic: None,
             batch_max_records: 4096,
             batch_max_wait_ms: 50,
             start_offset: StartOffset::Earliest,
@@ -133,6 +140,9 @@ impl Default for KafkaSourceConfig {
         }
     }
 }
+
+/// The consumer's assignor property; a source of two topics needs `range`.
+const ASSIGNOR: &str = "partition.assignment.strategy";
 
 /// Properties the source sets itself; overriding them would break the delivery guarantee.
 const RESERVED_CONSUMER: [&str; 4] =
@@ -152,6 +162,23 @@ impl KafkaSourceConfig {
         }
         if self.topic.trim().is_empty() {
             return bad("kafka.topic", "must not be empty");
+        }
+        if let Some(co) = &self.co_topic {
+            if co.trim().is_empty() || co == &self.topic {
+                return bad("kafka.co_topic", "must name a topic other than `topic`");
+            }
+            if self.assignment != Assignment::Group {
+                return bad(
+                    "kafka.co_topic",
+                    "needs `assignment = \"group\"`: it pairs partitions through the group's assignor",
+                );
+            }
+            if self.properties.0.get(ASSIGNOR).is_some_and(|v| v.trim() != "range") {
+                return bad(
+                    &format!("kafka.properties.\"{ASSIGNOR}\""),
+                    "must be `range` with a `co_topic`: other assignors may give partition p of the two topics to different members",
+                );
+            }
         }
         if self.batch_max_records == 0 {
             return bad("kafka.batch_max_records", "must be at least 1");
@@ -181,6 +208,9 @@ impl KafkaSourceConfig {
             .set("auto.offset.reset", "earliest");
         if self.statistics_interval_ms > 0 {
             c.set("statistics.interval.ms", self.statistics_interval_ms.to_string());
+        }
+        if self.co_topic.is_some() {
+            c.set(ASSIGNOR, "range");
         }
         for (k, v) in &self.properties.0 {
             c.set(k, v);

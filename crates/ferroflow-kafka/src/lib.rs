@@ -21,6 +21,7 @@ mod rebalance;
 mod shared;
 mod source;
 mod stats;
+mod topics;
 
 pub use admin::ensure_topic;
 pub use config::{

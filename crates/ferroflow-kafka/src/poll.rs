@@ -141,7 +141,8 @@ impl Poller {
     /// Self-assignment: assigns partitions of the topic this instance does not read yet, at
     /// their resume offsets.
     fn assign_new_partitions(&self, owned: &mut Vec<PartitionId>) -> Result<(), KafkaError> {
-        let topic_name = &self.shared.topic;
+        // Configuration refuses a second topic with self-assignment.
+        let topic_name = self.shared.topics.first();
         let md = self
             .consumer
             .fetch_metadata(Some(topic_name), Duration::from_secs(10))
@@ -161,7 +162,8 @@ impl Poller {
         }
         let mut tpl = TopicPartitionList::new();
         for (p, offset) in self.shared.start_offsets(&added) {
-            tpl.add_partition_offset(topic_name, p as i32, offset)
+            let Some((_, partition)) = self.shared.topics.of(p) else { continue };
+            tpl.add_partition_offset(topic_name, partition, offset)
                 .map_err(|e| KafkaError::client("building the assignment", e))?;
         }
         if let Err(e) = self.consumer.incremental_assign(&tpl) {

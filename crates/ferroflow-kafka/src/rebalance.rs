@@ -21,6 +21,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 
+use crate::error::KafkaError;
 use crate::shared::{Shared, lock};
 use crate::stats::{LogRange, PartitionLag};
 
@@ -37,11 +38,15 @@ pub struct SourceContext {
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.shared.topic) else { return };
+        let topics = &self.shared.topics;
         let (mut lags, mut ranges) = (BTreeMap::new(), BTreeMap::new());
-        for (p, s) in &topic.partitions {
+        let partitions =
+            topics.names().iter().filter_map(|name| statistics.topics.get(name).map(|t| (name, t)));
+        for (name, p, s) in
+            partitions.flat_map(|(name, t)| t.partitions.iter().map(move |(p, s)| (name, p, s)))
+        {
             // -1 is librdkafka's internal unassigned partition; unowned partitions report -1 lag.
-            let Ok(pid) = PartitionId::try_from(*p) else { continue };
+            let Some(pid) = topics.id(name, *p) else { continue };
             if s.hi_offset >= 0 {
                 let end = if s.ls_offset >= 0 { s.ls_offset.min(s.hi_offset) } else { s.hi_offset };
                 ranges.insert(pid, LogRange { start: s.lo_offset.max(0), end, app: s.app_offset });
@@ -74,11 +79,8 @@ impl ConsumerContext for SourceContext {
         use rdkafka::types::RDKafkaRespErr;
         self.shared.stats.rebalanced();
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
-        let partitions: Vec<PartitionId> = tpl
-            .elements_for_topic(&self.shared.topic)
-            .iter()
-            .filter_map(|e| PartitionId::try_from(e.partition()).ok())
-            .collect();
+        let partitions: Vec<PartitionId> =
+            tpl.elements().iter().filter_map(|e| self.shared.topics.id(e.topic(), e.partition())).collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.assign(consumer, cooperative, partitions, tpl)
@@ -113,15 +115,30 @@ impl SourceContext {
         partitions: Vec<PartitionId>,
         tpl: &mut TopicPartitionList,
     ) {
+        // Task p of a job over two topics runs partition p of both: an assignment that splits
+        // them (partition counts differ, or an assignor other than range) cannot run.
+        if let Some(why) = self.shared.topics.unpaired(&partitions) {
+            tracing::error!(topics = %self.shared.topics, ?partitions, %why, "the assignment is not co-partitioned");
+            self.shared.set_failure(KafkaError::Config {
+                setting: "kafka.co_topic".into(),
+                problem: format!(
+                    "the group assigned this member {why}: both topics need the same number of partitions \
+                     (and the `range` assignor, which the source sets), so that partition p of both lands \
+                     on one member"
+                ),
+            });
+            return;
+        }
         for (p, offset) in self.shared.start_offsets(&partitions) {
-            if let Err(e) = tpl.set_partition_offset(&self.shared.topic, p as i32, offset) {
-                tracing::error!(partition = p, error = %e, "cannot set the resume offset");
+            let Some((topic, partition)) = self.shared.topics.of(p) else { continue };
+            if let Err(e) = tpl.set_partition_offset(topic, partition, offset) {
+                tracing::error!(topic, partition, error = %e, "cannot set the resume offset");
             }
         }
         let res = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
         match res {
             Ok(()) => {
-                tracing::info!(topic = %self.shared.topic, ?partitions, "partitions assigned");
+                tracing::info!(topics = %self.shared.topics, ?partitions, "partitions assigned");
                 self.shared.enqueue(SourceEvent::PartitionsAssigned(partitions));
             }
             Err(e) => {
@@ -138,7 +155,7 @@ impl SourceContext {
         partitions: Vec<PartitionId>,
         tpl: &TopicPartitionList,
     ) {
-        tracing::info!(topic = %self.shared.topic, ?partitions, "partitions revoked");
+        tracing::info!(topics = %self.shared.topics, ?partitions, "partitions revoked");
         self.shared.enqueue(SourceEvent::PartitionsRevoked(partitions.clone()));
         // From here on their messages still in librdkafka's queues are dropped unread.
         self.shared.forget_partitions(&partitions);

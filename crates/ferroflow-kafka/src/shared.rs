@@ -30,6 +30,7 @@ use crate::error::KafkaError;
 use crate::headers::HeaderStash;
 use crate::rebalance::SourceContext;
 use crate::stats::SourceStats;
+use crate::topics::Topics;
 
 pub(crate) type Consumer_ = BaseConsumer<SourceContext>;
 
@@ -137,7 +138,7 @@ impl SourceClock {
 
 /// The state the poll thread and the rebalance callbacks share.
 pub(crate) struct Shared {
-    pub(crate) topic: String,
+    pub(crate) topics: Topics,
     pub(crate) start: StartOffset,
     pub(crate) on_data_loss: DataLossPolicy,
     /// librdkafka sends statistics (`statistics_interval_ms` > 0): partitions' log ranges come.
@@ -164,14 +165,14 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(
-        topic: String,
+        topics: Topics,
         start: StartOffset,
         on_data_loss: DataLossPolicy,
         headers: HeaderStash,
         stop: Arc<AtomicBool>,
     ) -> Self {
         Self {
-            topic,
+            topics,
             start,
             on_data_loss,
             statistics: true,
@@ -245,7 +246,7 @@ impl Shared {
             for p in partitions.iter().filter(|p| !decided.contains_key(p)) {
                 if let Some(stale) = resume.remove(p) {
                     tracing::warn!(
-                        topic = %self.topic,
+                        topics = %self.topics,
                         partition = p,
                         stale,
                         start = ?self.start,
@@ -285,10 +286,7 @@ impl Shared {
     /// queue across a revocation) are dropped: they belong to another owner now.
     pub(crate) fn append(&self, consumer: &Consumer_, m: &rdkafka::message::BorrowedMessage<'_>) {
         use rdkafka::message::Message as _;
-        if m.topic() != self.topic {
-            return;
-        }
-        let (Ok(p), Ok(o)) = (PartitionId::try_from(m.partition()), u64::try_from(m.offset())) else {
+        let (Some(p), Ok(o)) = (self.topics.id(m.topic(), m.partition()), u64::try_from(m.offset())) else {
             return;
         };
         if self.failed() {
@@ -341,13 +339,13 @@ impl Shared {
     /// and (by default) fails the source. False when the message must not be delivered.
     #[cold]
     fn offset_jump(&self, consumer: &Consumer_, p: PartitionId, expected: u64, delivered: u64) -> bool {
+        let (topic, partition) = self.topics.of(p).unwrap_or((self.topics.first(), -1));
         let start = (0..3).find_map(|attempt| {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_secs(1));
             }
-            let p = i32::try_from(p).ok()?;
             consumer
-                .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
                 .ok()
                 .and_then(|(low, _)| u64::try_from(low).ok())
         });
@@ -362,8 +360,8 @@ impl Shared {
             Some(low) if delivered > expected => {
                 self.stats.gap(delivered - expected);
                 tracing::info!(
-                    topic = %self.topic,
-                    partition = p,
+                    topic,
+                    partition,
                     expected,
                     delivered,
                     log_start = low,
@@ -376,14 +374,14 @@ impl Shared {
                 (delivered.saturating_sub(expected), "the broker did not say where the log starts".to_owned())
             }
         };
-        tracing::error!(topic = %self.topic, partition = p, expected, delivered, lost, %detail, "partition did not resume at its checkpointed offset");
+        tracing::error!(topic, partition, expected, delivered, lost, %detail, "partition did not resume at its checkpointed offset");
         self.stats.lost(p, lost);
         match self.on_data_loss {
             DataLossPolicy::Continue => true,
             DataLossPolicy::Fail => {
                 self.set_failure(KafkaError::DataLoss {
-                    topic: self.topic.clone(),
-                    partition: p,
+                    topic: topic.to_owned(),
+                    partition: u32::try_from(partition).unwrap_or(p),
                     expected,
                     delivered,
                     detail,
@@ -531,7 +529,7 @@ mod tests {
 
     fn shared(lifecycle: Option<Knows>) -> Shared {
         let s = Shared::new(
-            "t".into(),
+            crate::topics::Topics::new("t", None),
             StartOffset::Earliest,
             DataLossPolicy::Fail,
             HeaderStash::default(),

@@ -30,12 +30,19 @@ use crate::poll::Poller;
 use crate::rebalance::SourceContext;
 use crate::shared::{Consumer_, Shared, lock};
 use crate::stats::SourceStats;
+use crate::topics::Topics;
 
 /// Reads one topic as a member of a consumer group, in batches, resuming from checkpoints.
 ///
 /// Each Kafka partition is one ferroflow partition (its own watermark); a record's position is
 /// `(partition, offset)` and its payload the message value (a missing value is empty bytes and
 /// fails decoding downstream, as a dead letter).
+///
+/// With [`co_topic`](KafkaSourceConfig::co_topic) it reads two co-partitioned topics as one group
+/// member, the two inputs of a job per partition (a join): partition `p` of the second topic is
+/// the job's partition [`RIGHT_PARTITIONS`](ferroflow_core::source::RIGHT_PARTITIONS)` + p`, and
+/// the group gives partition `p` of both topics to the same instance, so the task that joins them
+/// moves between instances with both, as a Kafka Streams task does.
 ///
 /// # Examples
 /// ```no_run
@@ -66,7 +73,7 @@ impl KafkaSource {
         config.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut shared = Shared::new(
-            config.topic.clone(),
+            Topics::new(&config.topic, config.co_topic.as_deref()),
             config.start_offset,
             config.on_data_loss,
             HeaderStash::with_budget(config.header_stash_max_bytes),
@@ -80,7 +87,8 @@ impl KafkaSource {
             .create_with_context(SourceContext { shared: Arc::clone(&shared) })
             .map_err(|e| KafkaError::client("creating the consumer", e))?;
         if config.assignment == Assignment::Group {
-            consumer.subscribe(&[&config.topic]).map_err(|e| KafkaError::client("subscribing", e))?;
+            let topics: Vec<&str> = shared.topics.names().iter().map(String::as_str).collect();
+            consumer.subscribe(&topics).map_err(|e| KafkaError::client("subscribing", e))?;
         }
         Ok(Self {
             config: config.clone(),
@@ -148,6 +156,18 @@ impl Source<Bytes> for KafkaSource {
         }
     }
 
+    /// Two with a `co_topic`: partition p of the second topic is the job's
+    /// [`RIGHT_PARTITIONS`](ferroflow_core::source::RIGHT_PARTITIONS)` + p`.
+    fn inputs(&self) -> usize {
+        self.shared.topics.count()
+    }
+
+    /// One consumer reads both topics with the `range` assignor, and an assignment that splits a
+    /// partition number's two partitions stops the source.
+    fn assigns_inputs_together(&self) -> bool {
+        true
+    }
+
     fn seek(&mut self, offsets: &BTreeMap<PartitionId, u64>) -> Result<(), SourceError> {
         lock(&self.shared.resume).extend(offsets.iter().map(|(p, o)| (*p, *o)));
         Ok(())
@@ -161,7 +181,7 @@ impl Source<Bytes> for KafkaSource {
     fn checkpoint_listener(&self) -> Option<Arc<dyn CheckpointListener>> {
         Some(Arc::new(OffsetCommitter {
             consumer: Arc::clone(&self.consumer),
-            topic: self.config.topic.clone(),
+            topics: self.shared.topics.clone(),
             commit: self.config.commit_offsets,
             headers: self.shared.headers.clone(),
             stats: self.shared.stats.clone(),
@@ -174,7 +194,7 @@ impl Source<Bytes> for KafkaSource {
 /// from its checkpoints, not from these commits).
 struct OffsetCommitter {
     consumer: Arc<Consumer_>,
-    topic: String,
+    topics: Topics,
     commit: bool,
     headers: HeaderStash,
     stats: SourceStats,
@@ -188,8 +208,8 @@ impl CheckpointListener for OffsetCommitter {
         }
         let mut tpl = TopicPartitionList::new();
         for (p, o) in offsets {
-            let (Ok(p), Ok(o)) = (i32::try_from(*p), i64::try_from(*o)) else { continue };
-            if tpl.add_partition_offset(&self.topic, p, Offset::Offset(o)).is_err() {
+            let (Some((topic, p)), Ok(o)) = (self.topics.of(*p), i64::try_from(*o)) else { continue };
+            if tpl.add_partition_offset(topic, p, Offset::Offset(o)).is_err() {
                 continue;
             }
         }

@@ -86,26 +86,53 @@ impl PartitionHandOver {
 
     /// For each of `partitions` that any instance has checkpointed, the checkpoint with its
     /// highest offset (ties: the newest). Manifests in another state format are skipped.
+    ///
+    /// Partitions of one task (partition `p` of each input of a co-partitioned job, see
+    /// [`RIGHT_PARTITIONS`](crate::source::RIGHT_PARTITIONS)) share one state, so they are located
+    /// together: all of them in the checkpoint with the highest offsets for the task, compared
+    /// first input first. A partition that checkpoint has no offset for is left out (it had
+    /// delivered nothing there).
     pub async fn locate(
         &self,
         partitions: &[PartitionId],
     ) -> Result<BTreeMap<PartitionId, Located>, CheckpointError> {
-        let mut best: BTreeMap<PartitionId, Located> = BTreeMap::new();
+        let mut tasks: BTreeMap<PartitionId, Vec<PartitionId>> = BTreeMap::new();
+        for &p in partitions {
+            let members = tasks.entry(crate::source::task_of(p)).or_default();
+            if !members.contains(&p) {
+                members.push(p);
+            }
+        }
+        for members in tasks.values_mut() {
+            members.sort_unstable();
+        }
+        // Per task: the offsets of its partitions in the best manifest so far, and that manifest.
+        let mut best: BTreeMap<PartitionId, (Vec<Option<u64>>, String, Manifest)> = BTreeMap::new();
         for (instance, manifest) in self.manifests().await? {
-            for &p in partitions {
-                let Some(&offset) = manifest.source_offsets.get(&p) else { continue };
+            for (task, members) in &tasks {
+                let offsets: Vec<Option<u64>> =
+                    members.iter().map(|p| manifest.source_offsets.get(p).copied()).collect();
+                if offsets.iter().all(Option::is_none) {
+                    continue;
+                }
                 let better = best
-                    .get(&p)
-                    .is_none_or(|b| (offset, manifest.created_at_ms) > (b.offset, b.manifest.created_at_ms));
+                    .get(task)
+                    .is_none_or(|(o, _, m)| (&offsets, manifest.created_at_ms) > (o, m.created_at_ms));
                 if better {
-                    best.insert(
-                        p,
-                        Located { instance: instance.clone(), manifest: manifest.clone(), offset },
-                    );
+                    best.insert(*task, (offsets, instance.clone(), manifest.clone()));
                 }
             }
         }
-        Ok(best)
+        let mut out = BTreeMap::new();
+        for (task, (offsets, instance, manifest)) in best {
+            let Some(members) = tasks.get(&task) else { continue };
+            for (&p, offset) in members.iter().zip(offsets) {
+                if let Some(offset) = offset {
+                    out.insert(p, Located { instance: instance.clone(), manifest: manifest.clone(), offset });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Which of the partitions this instance carries without running them (`carried`: partition →
@@ -135,12 +162,13 @@ impl PartitionHandOver {
             if manifest.id / EPOCH_SPAN < epoch {
                 continue;
             }
-            for p in owned(manifest) {
-                let newer = manifest
-                    .source_offsets
-                    .get(&p)
-                    .zip(carried.get(&p))
-                    .is_some_and(|(theirs, ours)| theirs >= ours);
+            // `owned` lists tasks; a task's partitions are those of every input with its number.
+            let owned = owned(manifest);
+            for (&p, ours) in carried {
+                if !owned.contains(&crate::source::task_of(p)) {
+                    continue;
+                }
+                let newer = manifest.source_offsets.get(&p).is_some_and(|theirs| theirs >= ours);
                 if newer && !out.contains(&p) {
                     out.push(p);
                 }

@@ -20,20 +20,13 @@ use crate::error::{JobError, StateError};
 use crate::metrics::PartitionStatus;
 use crate::operator::{Context, ExchangeHub, Operator, Signal, key_owner};
 use crate::record::{PartitionId, Record};
-use crate::source::RIGHT_PARTITIONS;
 use crate::state::{PartitionState, StateBackend, delete_partition};
 use crate::time::{Watermark, WatermarkCeiling};
 
 /// The live backend (owned by the runner, so `'static`: reborrows in loops keep its type).
 pub(crate) type Backend = dyn StateBackend + 'static;
 
-/// The task that runs source partition `p`: `p` itself, or for a second input's partition the
-/// first input's partition of the same number (co-partitioning). Sources of one input number
-/// their partitions below [`RIGHT_PARTITIONS`], so for them a task is its partition.
-#[inline]
-pub(crate) fn task_of(p: PartitionId) -> PartitionId {
-    p % RIGHT_PARTITIONS
-}
+pub(crate) use crate::source::task_of;
 
 /// Builds the chain of one partition's task.
 pub(crate) type Factory<C> = Box<dyn FnMut(PartitionId) -> C + Send>;

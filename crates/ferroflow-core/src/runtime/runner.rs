@@ -379,13 +379,15 @@ impl Runner {
         }
         let two_inputs = source.inputs() > 1;
         if chains.partitioned() && two_inputs {
-            // Partition p's task runs partition p of both inputs; the hand-over between instances
-            // still moves partitions one by one, not a task's two together.
-            if self.checkpointing.as_ref().is_some_and(|c| c.runs_as_instances()) {
+            // Partition p's task runs partition p of both inputs: when the job runs as several
+            // instances, both must change hands together, with the task's state.
+            let instances = self.checkpointing.as_ref().is_some_and(|c| c.runs_as_instances());
+            if instances && !source.assigns_inputs_together() {
                 return Err(crate::error::ConfigError::Invalid(
-                    "a job per partition over two inputs cannot yet run as several instances: the \
-                     hand-over moves one partition at a time, and partition p of both inputs must move \
-                     together; run one instance, or use `Runner::job`"
+                    "a job per partition over two inputs runs as several instances only when one \
+                     consumer-group member reads both inputs, so that partition p of both moves between \
+                     instances together (a `KafkaSource` with `co_topic`); the inputs of a `UnionSource` \
+                     change hands independently: run one instance, or use `Runner::job`"
                         .into(),
                 )
                 .into());

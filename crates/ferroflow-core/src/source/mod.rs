@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use decoded::DecodedSource;
+pub use decoded::{Decode, DecodedSource, PerInput};
 pub use file::JsonLinesSource;
 pub use memory::MemorySource;
+pub(crate) use union::task_of;
 pub use union::{RIGHT_PARTITIONS, UnionSource};
 
 use crate::dead_letter::DeadLetter;
@@ -132,6 +133,17 @@ pub trait Source<T>: Send + 'static {
     /// partition without its counterpart would silently join with nothing). Sources of one input
     /// have nothing to check.
     fn require_co_partitioning(&mut self) {}
+
+    /// Whether partition `p` of every input is assigned to this instance, and revoked from it,
+    /// together, in one event (one consumer-group member reads every input, and the group's
+    /// assignor gives equal partition numbers of its topics to the same member, as Kafka's range
+    /// assignor does for topics of equal partition counts). A job per partition over several
+    /// inputs can then move between instances: a task's state follows all its partitions at once.
+    /// Sources of one input have nothing to keep together (true); the default for several inputs
+    /// is false, as for a [`UnionSource`], whose inputs change hands independently.
+    fn assigns_inputs_together(&self) -> bool {
+        self.inputs() <= 1
+    }
 
     /// A limit the job's watermark may not pass (see [`WatermarkCeiling`](crate::time::WatermarkCeiling)): sources whose
     /// records wait for another input's progress (a [`BroadcastTable`](crate::join::BroadcastTable)'s)

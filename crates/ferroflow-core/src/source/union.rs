@@ -157,6 +157,15 @@ fn union_partition(input: usize, p: PartitionId) -> Result<PartitionId, SourceEr
     Ok(if input == 0 { p } else { RIGHT_PARTITIONS + p })
 }
 
+/// The task that runs source partition `p` in a job per partition: `p` itself, or for a second
+/// input's partition the first input's partition of the same number (co-partitioning). Sources of
+/// one input number their partitions below [`RIGHT_PARTITIONS`], so for them a task is its
+/// partition. A task's partitions are checkpointed, handed over and released together.
+#[inline]
+pub(crate) fn task_of(p: PartitionId) -> PartitionId {
+    p % RIGHT_PARTITIONS
+}
+
 /// The input and its own id of the union's partition `p`.
 fn input_partition(p: PartitionId) -> (usize, PartitionId) {
     if p >= RIGHT_PARTITIONS { (1, p - RIGHT_PARTITIONS) } else { (0, p) }

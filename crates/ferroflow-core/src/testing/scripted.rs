@@ -59,6 +59,8 @@ pub struct ScriptedSource<T> {
     answers: HookAnswers,
     /// Revoked partitions the job has not released yet: the next step waits for them.
     releasing: Option<Vec<PartitionId>>,
+    /// How many inputs it reads as one group member (see [`with_inputs`](Self::with_inputs)).
+    inputs: usize,
 }
 
 impl<T> std::fmt::Debug for ScriptedSource<T> {
@@ -79,6 +81,7 @@ impl<T> Default for ScriptedSource<T> {
             lifecycle: None,
             answers: HookAnswers::default(),
             releasing: None,
+            inputs: 1,
         }
     }
 }
@@ -93,6 +96,16 @@ impl<T> ScriptedSource<T> {
     /// event time 0 (set it with `assign_timestamps`).
     pub fn over(data: BTreeMap<PartitionId, Vec<T>>) -> Self {
         Self { data, ..Self::default() }
+    }
+
+    /// Makes it a source of `inputs` inputs read by one consumer-group member, like a Kafka
+    /// consumer of two co-partitioned topics: partition `p` of the second input is
+    /// [`RIGHT_PARTITIONS`](crate::source::RIGHT_PARTITIONS)` + p` in the data and the script, and
+    /// the script assigns and revokes a task's partitions together
+    /// ([`Source::assigns_inputs_together`]).
+    pub fn with_inputs(mut self, inputs: usize) -> Self {
+        self.inputs = inputs.max(1);
+        self
     }
 
     /// Appends a read of the next `count` values of `partition` (see [`over`](Self::over)).
@@ -224,6 +237,14 @@ impl<T: Clone + Send + 'static> Source<T> for ScriptedSource<T> {
                 None => return Ok(None),
             }
         }
+    }
+
+    fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    fn assigns_inputs_together(&self) -> bool {
+        true
     }
 
     fn seek(&mut self, offsets: &BTreeMap<PartitionId, u64>) -> Result<(), SourceError> {

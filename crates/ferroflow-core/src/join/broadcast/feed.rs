@@ -190,6 +190,13 @@ impl<T: Send + 'static, S: Source<T>, V: Send + Sync + 'static> Source<T> for Ta
         }
     }
 
+    fn assigns_inputs_together(&self) -> bool {
+        match &self.main {
+            Main::Waiting(main) => main.assigns_inputs_together(),
+            _ => self.inputs <= 1,
+        }
+    }
+
     fn watermark_ceiling(&self) -> Option<WatermarkCeiling> {
         self.ceiling.clone()
     }

@@ -244,6 +244,8 @@ impl Checkpointing {
         h.forget_live(partitions);
         let state = self.settings.state.as_mut();
         let mut opened: Vec<(Arc<ScratchDir>, Box<dyn StateBackend>)> = Vec::new();
+        // The partitions of a co-partitioned task come from one checkpoint: copy its state once.
+        let mut copied = std::collections::BTreeSet::new();
         for (p, start) in starts {
             match start {
                 Start::Live { offset } => {
@@ -259,8 +261,13 @@ impl Checkpointing {
                             opened.len() - 1
                         }
                     };
-                    let keys = crate::state::copy_partition(opened[i].1.as_ref(), state, p)?;
-                    tracing::info!(partition = p, from = %from, offset, keys, "partition state handed over");
+                    let task = crate::source::task_of(p);
+                    if copied.insert(task) {
+                        let keys = crate::state::copy_partition(opened[i].1.as_ref(), state, task)?;
+                        tracing::info!(partition = p, from = %from, offset, keys, "partition state handed over");
+                    } else {
+                        tracing::info!(partition = p, from = %from, offset, "partition handed over with its task's state");
+                    }
                     job.offsets.insert(p, offset);
                 }
             }
@@ -279,8 +286,12 @@ impl Checkpointing {
                 return Ok(());
             }
         };
+        let tasks: std::collections::BTreeSet<PartitionId> =
+            done.iter().map(|&p| crate::source::task_of(p)).collect();
+        for t in tasks {
+            crate::state::delete_partition(self.settings.state.as_mut(), t)?;
+        }
         for p in &done {
-            crate::state::delete_partition(self.settings.state.as_mut(), *p)?;
             job.offsets.remove(p);
         }
         if !done.is_empty() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::checkpoint::{Located, PartitionHandOver};
 use crate::record::PartitionId;
-use crate::source::PartitionLifecycle;
+use crate::source::{PartitionLifecycle, task_of};
 
 /// Attempts at locating and downloading before the hand-over is declared failed.
 const ATTEMPTS: u32 = 5;
@@ -160,6 +160,16 @@ impl HandOverHooks {
             .into_iter()
             .filter(|p| book.live.get(p).is_some_and(|o| Some(o) == carried.get(p)))
             .collect();
+        // A task's state goes only once every partition of it carried here is checkpointed
+        // elsewhere: the partitions of a co-partitioned task share it.
+        let done: Vec<PartitionId> = done
+            .iter()
+            .copied()
+            .filter(|&p| {
+                let task = task_of(p);
+                book.live.keys().filter(|&&q| task_of(q) == task).all(|q| done.contains(q))
+            })
+            .collect();
         for p in &done {
             book.live.remove(p);
         }
@@ -192,35 +202,42 @@ impl HandOverHooks {
         let located = self.hand_over.locate(wanted).await.map_err(|e| e.to_string())?;
         let mut starts = BTreeMap::new();
         let mut downloads: BTreeMap<(String, u64), Download> = BTreeMap::new();
+        // The partitions of one task (one per input of a co-partitioned job) share its state:
+        // they start together, all from this instance's own state or all from one checkpoint.
+        let mut tasks: BTreeMap<PartitionId, Vec<PartitionId>> = BTreeMap::new();
+        for &p in wanted {
+            tasks.entry(task_of(p)).or_default().push(p);
+        }
         {
             let mut book = self.book();
-            for &p in wanted {
-                let live = book.live.get(&p).copied();
-                match (located.get(&p), live) {
-                    // This instance's own state is as new as any: no download.
-                    (Some(Located { offset, .. }), Some(own)) if own >= *offset => {
+            for members in tasks.values() {
+                let found: Vec<(PartitionId, &Located)> =
+                    members.iter().filter_map(|p| located.get(p).map(|l| (*p, l))).collect();
+                let own: Vec<(PartitionId, u64)> =
+                    members.iter().filter_map(|p| book.live.get(p).map(|o| (*p, *o))).collect();
+                // This instance's own state is as new as any: no download.
+                let own_is_newest = !own.is_empty()
+                    && found.iter().all(|(p, l)| book.live.get(p).is_some_and(|o| *o >= l.offset));
+                if own_is_newest {
+                    for (p, offset) in own {
                         book.live.remove(&p);
-                        starts.insert(p, Start::Live { offset: own });
+                        starts.insert(p, Start::Live { offset });
                     }
-                    (None, Some(own)) => {
-                        book.live.remove(&p);
-                        starts.insert(p, Start::Live { offset: own });
-                    }
-                    (Some(l), _) => {
-                        let key = (l.instance.clone(), l.manifest.id);
-                        let next = book.next_dir;
-                        let entry = downloads.entry(key).or_insert_with(|| {
-                            let dir = self.scratch.join(format!("{next:06}"));
-                            remove_leftovers(&dir);
-                            (Arc::new(ScratchDir(dir)), Vec::new())
-                        });
-                        if entry.1.is_empty() {
-                            book.next_dir += 1;
-                        }
-                        entry.1.push((p, l.offset));
-                    }
-                    (None, None) => {} // never checkpointed anywhere: the source's own start
+                    continue;
                 }
+                // Never checkpointed anywhere: the source's own start.
+                let Some((_, l)) = found.first() else { continue };
+                let key = (l.instance.clone(), l.manifest.id);
+                let next = book.next_dir;
+                let entry = downloads.entry(key).or_insert_with(|| {
+                    let dir = self.scratch.join(format!("{next:06}"));
+                    remove_leftovers(&dir);
+                    (Arc::new(ScratchDir(dir)), Vec::new())
+                });
+                if entry.1.is_empty() {
+                    book.next_dir += 1;
+                }
+                entry.1.extend(found.iter().map(|(p, l)| (*p, l.offset)));
             }
         }
         for ((instance, id), (dir, partitions)) in downloads {
@@ -318,6 +335,48 @@ mod tests {
         hooks.set_live([(3, 40)]);
         assert_eq!(hooks.assigning(&[3, 4]), BTreeMap::from([(3, 40)]));
         assert!(hooks.failure().is_none());
+    }
+
+    /// Instance `b`'s checkpoint, owning task 1, at `offsets`.
+    async fn b_checkpoints(base: &CheckpointStore, scratch: &Path, offsets: &[(PartitionId, u64)]) {
+        use crate::checkpoint::{
+            CheckpointConfig, CheckpointCoordinator, OWNED_PARTITIONS, coordinator_meta,
+        };
+        let store = PartitionHandOver::new(base.clone(), "b", 1).instance_store();
+        let mut b = CheckpointCoordinator::open(store, CheckpointConfig::new("job", scratch)).await.unwrap();
+        let mut meta = coordinator_meta(offsets);
+        meta.metadata.insert(OWNED_PARTITIONS.to_owned(), "1".to_owned());
+        b.take(&mut crate::state::MemoryStateBackend::new(), meta).await.unwrap();
+    }
+
+    /// The partitions of a co-partitioned task share its state: what instance `a` carries of it
+    /// goes only once another instance has checkpointed every one of them from at least where `a`
+    /// released them. Dropping the task when only the first input's partition had moved on
+    /// deleted the state the second one's offset still pointed into.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_co_partitioned_task_is_dropped_only_when_both_of_its_partitions_moved_on() {
+        use crate::source::RIGHT_PARTITIONS;
+        let dir = tempfile::tempdir().unwrap();
+        let base = CheckpointStore::from_url("memory://", &S3Options::default()).unwrap();
+        let hooks = HandOverHooks::new(
+            tokio::runtime::Handle::current(),
+            PartitionHandOver::new(base.clone(), "a", 1),
+            &dir.path().join("a"),
+        );
+        hooks.set_live([(1, 37), (RIGHT_PARTITIONS + 1, 20)]);
+        b_checkpoints(&base, &dir.path().join("b1"), &[(1, 40)]).await;
+        assert_eq!(
+            hooks.take_superseded().await.unwrap(),
+            Vec::<PartitionId>::new(),
+            "the second input's is not"
+        );
+        b_checkpoints(&base, &dir.path().join("b2"), &[(1, 41), (RIGHT_PARTITIONS + 1, 20)]).await;
+        assert_eq!(hooks.take_superseded().await.unwrap(), vec![1, RIGHT_PARTITIONS + 1]);
+        assert_eq!(
+            hooks.take_superseded().await.unwrap(),
+            Vec::<PartitionId>::new(),
+            "forgotten once dropped"
+        );
     }
 
     /// A process killed with SIGKILL leaves its hand-over downloads behind; the next run numbers
