@@ -536,3 +536,52 @@ async fn a_co_partitioned_task_assigned_back_resumes_both_inputs_from_its_releas
     assert_eq!(report.counters.records_in, 2 * 61, "nothing read twice");
     assert_eq!(rows, expected);
 }
+
+/// A task carried here and then taken from another instance's checkpoint that does not hold one
+/// of its partitions (a member the group had expelled wrote it while still running) restarts that
+/// partition from its start. The offset recorded for it before must not survive into the next
+/// checkpoint: the next owner would resume there and skip what was read again below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_taken_from_a_checkpoint_without_it_starts_over_and_forgets_its_old_offset() {
+    let scratch = tempfile::tempdir().unwrap();
+    let base = CheckpointStore::from_url("memory://", &S3Options::default()).unwrap();
+    let r1 = RIGHT_PARTITIONS + 1;
+    let data: BTreeMap<PartitionId, Vec<Either<i64, i64>>> =
+        views_and_clicks().into_iter().filter(|(p, _)| p % RIGHT_PARTITIONS == 1).collect();
+
+    // Instance a reads task 1 to views 41 and clicks 5, releases it, and later gets it back.
+    let go = Arc::new(Notify::new());
+    let a = ScriptedSource::over(data.clone())
+        .with_inputs(2)
+        .assign(vec![1, r1])
+        .read(1, 41)
+        .read(r1, 5)
+        .revoke(vec![1, r1])
+        .wait(&go)
+        .assign(vec![1, r1])
+        .read(r1, 2);
+    let a_answers = a.hook_answers();
+    let run_a = tokio::spawn(run_join(instance(&base, "a", scratch.path()), a));
+    let hand_over = ferroflow::checkpoint::PartitionHandOver::new(base.clone(), "probe", 1);
+    within(10, "a's release", async {
+        while !hand_over.locate(&[1]).await.unwrap().get(&1).is_some_and(|l| l.offset == 41) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // Meanwhile an expelled member, z, ran the views' partition alone from a's checkpoint.
+    let z = ScriptedSource::over(data.clone()).with_inputs(2).assign(vec![1]).read(1, 4);
+    run_join(instance(&base, "z", scratch.path()), z).await;
+
+    // a takes task 1 from z's newer checkpoint, which has no clicks offset: clicks start over.
+    go.notify_one();
+    within(30, "instance a", run_a).await.unwrap();
+    assert_eq!(a_answers.lock().unwrap().last(), Some(&BTreeMap::from([(1, 45)])));
+
+    // The next owner resumes the clicks where a read them to the second time, not at 5.
+    let b = ScriptedSource::over(data).with_inputs(2).assign(vec![1, r1]);
+    let b_answers = b.hook_answers();
+    run_join(instance(&base, "b", scratch.path()), b).await;
+    assert_eq!(*b_answers.lock().unwrap(), vec![BTreeMap::from([(1, 45), (r1, 2)])]);
+}

@@ -173,6 +173,12 @@ impl KafkaSourceConfig {
                     "needs `assignment = \"group\"`: it pairs partitions through the group's assignor",
                 );
             }
+            if self.properties.0.get("group.protocol").is_some_and(|v| v.trim() != "classic") {
+                return bad(
+                    "kafka.properties.\"group.protocol\"",
+                    "must be `classic` with a `co_topic`: the broker-side protocol assigns incrementally and may move one topic's partition alone",
+                );
+            }
             if self.properties.0.get(ASSIGNOR).is_some_and(|v| v.trim() != "range") {
                 return bad(
                     &format!("kafka.properties.\"{ASSIGNOR}\""),

@@ -81,6 +81,30 @@ impl ConsumerContext for SourceContext {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let partitions: Vec<PartitionId> =
             tpl.elements().iter().filter_map(|e| self.shared.topics.id(e.topic(), e.partition())).collect();
+        // Task p of a job over two topics runs partition p of both: an assignment or revocation
+        // that splits them (partition counts differ, an incremental protocol moving one alone)
+        // cannot run; the task's state would follow one side only.
+        let unpaired = self.shared.topics.unpaired(&partitions).or_else(|| {
+            (cooperative && self.shared.topics.count() > 1).then(|| {
+                "an incremental (cooperative) rebalance, which may move one topic's partition alone"
+                    .to_owned()
+            })
+        });
+        if let Some(why) = unpaired {
+            tracing::error!(topics = %self.shared.topics, ?partitions, %why, "the assignment is not co-partitioned");
+            self.shared.set_failure(KafkaError::Config {
+                setting: "kafka.co_topic".into(),
+                problem: format!(
+                    "the group gave this member {why}: both topics need the same number of partitions \
+                     and the eager `range` assignor (which the source sets), so that partition p of both \
+                     lands on one member"
+                ),
+            });
+            if matches!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+                let _ = consumer.unassign();
+            }
+            return;
+        }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.assign(consumer, cooperative, partitions, tpl)
@@ -115,20 +139,6 @@ impl SourceContext {
         partitions: Vec<PartitionId>,
         tpl: &mut TopicPartitionList,
     ) {
-        // Task p of a job over two topics runs partition p of both: an assignment that splits
-        // them (partition counts differ, or an assignor other than range) cannot run.
-        if let Some(why) = self.shared.topics.unpaired(&partitions) {
-            tracing::error!(topics = %self.shared.topics, ?partitions, %why, "the assignment is not co-partitioned");
-            self.shared.set_failure(KafkaError::Config {
-                setting: "kafka.co_topic".into(),
-                problem: format!(
-                    "the group assigned this member {why}: both topics need the same number of partitions \
-                     (and the `range` assignor, which the source sets), so that partition p of both lands \
-                     on one member"
-                ),
-            });
-            return;
-        }
         for (p, offset) in self.shared.start_offsets(&partitions) {
             let Some((topic, partition)) = self.shared.topics.of(p) else { continue };
             if let Err(e) = tpl.set_partition_offset(topic, partition, offset) {

@@ -242,6 +242,7 @@ async fn topics_with_different_partition_counts_stop_the_source_with_how_to_fix_
     .expect("the job stops");
     let message = result.unwrap_err().to_string();
     assert!(message.contains("partitions [2] of `views`"), "{message}");
+    assert!(message.contains("kafka.co_topic"), "{message}");
     assert!(message.contains("same number of partitions"), "{message}");
 }
 
@@ -250,6 +251,9 @@ fn a_second_topic_refuses_another_assignor_and_self_assignment() {
     let mut c = source_config("127.0.0.1:9092");
     c.properties.0.insert("partition.assignment.strategy".into(), "cooperative-sticky".into());
     assert!(c.validate().unwrap_err().to_string().contains("must be `range`"));
+    let mut c = source_config("127.0.0.1:9092");
+    c.properties.0.insert("group.protocol".into(), "consumer".into());
+    assert!(c.validate().unwrap_err().to_string().contains("must be `classic`"));
     let mut c = source_config("127.0.0.1:9092");
     c.assignment = ferroflow_kafka::Assignment::AllPartitions;
     assert!(c.validate().is_err());

@@ -198,6 +198,11 @@ impl<T: Clone + Send + 'static> ScriptedSource<T> {
                 retry: RetryHint::NoRetry,
             }
         })?;
+        // A partition the hook leaves out has no state anywhere: it starts over, as the Kafka
+        // source starts it from its start offset.
+        for p in partitions.iter().filter(|p| !offsets.contains_key(p)) {
+            self.resume.remove(p);
+        }
         self.resume.extend(offsets.iter().map(|(p, o)| (*p, *o)));
         if let Ok(mut answers) = self.answers.lock() {
             answers.push(offsets);

@@ -242,6 +242,13 @@ impl Checkpointing {
         }
         let starts = h.take_starts(partitions);
         h.forget_live(partitions);
+        // A partition without a decided start begins at the source's configured start: an offset
+        // this instance recorded for it earlier (a task carried here, then taken from another
+        // checkpoint that does not hold this partition) belongs to state that is gone, and would
+        // make the next checkpoint claim records it never read again.
+        for p in partitions.iter().filter(|p| !starts.iter().any(|(s, _)| s == *p)) {
+            job.offsets.remove(p);
+        }
         let state = self.settings.state.as_mut();
         let mut opened: Vec<(Arc<ScratchDir>, Box<dyn StateBackend>)> = Vec::new();
         // The partitions of a co-partitioned task come from one checkpoint: copy its state once.
