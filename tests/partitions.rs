@@ -564,7 +564,7 @@ async fn a_partition_taken_from_a_checkpoint_without_it_starts_over_and_forgets_
     let run_a = tokio::spawn(run_join(instance(&base, "a", scratch.path()), a));
     let hand_over = ferroflow::checkpoint::PartitionHandOver::new(base.clone(), "probe", 1);
     within(10, "a's release", async {
-        while !hand_over.locate(&[1]).await.unwrap().get(&1).is_some_and(|l| l.offset == 41) {
+        while hand_over.locate(&[1]).await.unwrap().get(&1).is_none_or(|l| l.offset != 41) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
