@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example join_throughput -- --events 10000000
 //! cargo run --release --example join_throughput -- --events 10000000 --keys 100000 --bound-ms 5000 --table-keys 1000000
+//! cargo run --release --example join_throughput -- --events 1000000 --only interval   # one join, for a profile
 //! ```
 //!
 //! Interval join: two JSON-lines files of `events / 2` records each (`{"ad":…,"ts":…,"cost":…}`,
@@ -54,10 +55,13 @@ struct Args {
     keys: u64,
     bound_ms: i64,
     table_keys: u64,
+    /// Run only this join (`interval`, `temporal` or `broadcast`), for profiling one of them.
+    only: Option<String>,
 }
 
 fn args() -> Result<Args, String> {
-    let mut a = Args { events: 10_000_000, keys: 100_000, bound_ms: 5_000, table_keys: 1_000_000 };
+    let mut a =
+        Args { events: 10_000_000, keys: 100_000, bound_ms: 5_000, table_keys: 1_000_000, only: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -67,6 +71,9 @@ fn args() -> Result<Args, String> {
             "--keys" => a.keys = value.parse::<u64>().map_err(bad)?.max(1),
             "--bound-ms" => a.bound_ms = value.parse().map_err(bad)?,
             "--table-keys" => a.table_keys = value.parse::<u64>().map_err(bad)?.max(1),
+            "--only" if ["interval", "temporal", "broadcast"].contains(&value.as_str()) => {
+                a.only = Some(value)
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -180,31 +187,44 @@ fn decoded() -> Stream<Raw, impl Operator<In = Raw, Out = Either<Ad, Ad>>, Keyed
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
+    let runs = |join: &str| args.only.as_deref().is_none_or(|o| o == join);
     let tmp = tempfile::tempdir()?;
     let (left, right) = (tmp.path().join("impressions.jsonl"), tmp.path().join("clicks.jsonl"));
     let per_input = args.events / 2;
-    write_input(&left, per_input, args.keys, 1, 1.0)?;
-    write_input(&right, per_input, args.keys, 2, 1.0)?;
-    let join =
-        IntervalJoin::inner(-args.bound_ms, args.bound_ms, |i: &Ad, c: &Ad| (i.ad, c.ts - i.ts, c.cost))?;
-    let job = decoded().interval_join(join).id("impressions-clicks");
-    let (interval, pairs) = run(&left, &right, job)?;
-    println!("interval_join: pairs={pairs}");
+    let mut interval = 0.0;
+    if runs("interval") {
+        write_input(&left, per_input, args.keys, 1, 1.0)?;
+        write_input(&right, per_input, args.keys, 2, 1.0)?;
+        let join =
+            IntervalJoin::inner(-args.bound_ms, args.bound_ms, |i: &Ad, c: &Ad| (i.ad, c.ts - i.ts, c.cost))?;
+        let job = decoded().interval_join(join).id("impressions-clicks");
+        let pairs;
+        (interval, pairs) = run(&left, &right, job)?;
+        println!("interval_join: pairs={pairs}");
+    }
 
     let (events, table) = (tmp.path().join("events.jsonl"), tmp.path().join("table.jsonl"));
     write_input(&events, args.events, args.table_keys, 3, 1.0)?;
     // The table's versions spread over the events' span of event time.
     write_input(&table, args.table_keys, args.table_keys, 4, args.events as f64 / args.table_keys as f64)?;
-    let join = TemporalJoin::left_outer(|e: &Ad, v: Option<&Ad>| (e.ad, v.map(|v| v.cost)));
-    let job = decoded().temporal_join(join).id("events-with-table");
-    let (temporal, rows) = run(&events, &table, job)?;
-    println!("temporal_join: rows={rows}");
-    println!(
-        "interval_join_events_per_sec={interval:.0} temporal_join_events_per_sec={temporal:.0} peak_rss_mb={:.0}",
-        events::peak_rss_mb(),
-    );
-    let (broadcast, rows) = run_broadcast(&events, &table)?;
-    println!("broadcast_join: rows={rows}");
-    println!("broadcast_join_events_per_sec={broadcast:.0}");
+    let mut temporal = 0.0;
+    if runs("temporal") {
+        let join = TemporalJoin::left_outer(|e: &Ad, v: Option<&Ad>| (e.ad, v.map(|v| v.cost)));
+        let job = decoded().temporal_join(join).id("events-with-table");
+        let rows;
+        (temporal, rows) = run(&events, &table, job)?;
+        println!("temporal_join: rows={rows}");
+    }
+    if args.only.is_none() {
+        println!(
+            "interval_join_events_per_sec={interval:.0} temporal_join_events_per_sec={temporal:.0} peak_rss_mb={:.0}",
+            events::peak_rss_mb(),
+        );
+    }
+    if runs("broadcast") {
+        let (broadcast, rows) = run_broadcast(&events, &table)?;
+        println!("broadcast_join: rows={rows}");
+        println!("broadcast_join_events_per_sec={broadcast:.0}");
+    }
     Ok(())
 }

@@ -170,13 +170,15 @@ impl Timers {
 
     pub(crate) fn register(&mut self, at: Timestamp, key: &Key) {
         let timer = (at, key.clone());
+        // A copy for the changes only when they are tracked (incremental checkpoints).
+        let copy = self.tracking.then(|| timer.clone());
         let added = match self.firing {
             Some(w) if at <= w => {
-                !self.due.contains(&timer) && !self.due_on_disk(&timer) && self.deferred.insert(timer.clone())
+                !self.due.contains(&timer) && !self.due_on_disk(&timer) && self.deferred.insert(timer)
             }
-            _ => self.due.insert(timer.clone()),
+            _ => self.due.insert(timer),
         };
-        if added {
+        if added && let Some(timer) = copy {
             self.touch(timer);
         }
     }
