@@ -40,28 +40,27 @@ impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
         let topics = &self.shared.topics;
         let (mut lags, mut ranges) = (BTreeMap::new(), BTreeMap::new());
-        let partitions =
-            topics.names().iter().filter_map(|name| statistics.topics.get(name).map(|t| (name, t)));
-        for (name, p, s) in
-            partitions.flat_map(|(name, t)| t.partitions.iter().map(move |(p, s)| (name, p, s)))
-        {
-            // -1 is librdkafka's internal unassigned partition; unowned partitions report -1 lag.
-            let Some(pid) = topics.id(name, *p) else { continue };
-            if s.hi_offset >= 0 {
-                let end = if s.ls_offset >= 0 { s.ls_offset.min(s.hi_offset) } else { s.hi_offset };
-                ranges.insert(pid, LogRange { start: s.lo_offset.max(0), end, app: s.app_offset });
+        for name in topics.names() {
+            let Some(topic) = statistics.topics.get(name) else { continue };
+            for (p, s) in &topic.partitions {
+                // -1 is librdkafka's internal unassigned partition; unowned partitions report -1 lag.
+                let Some(pid) = topics.id(name, *p) else { continue };
+                if s.hi_offset >= 0 {
+                    let end = if s.ls_offset >= 0 { s.ls_offset.min(s.hi_offset) } else { s.hi_offset };
+                    ranges.insert(pid, LogRange { start: s.lo_offset.max(0), end, app: s.app_offset });
+                }
+                if s.consumer_lag < 0 {
+                    continue;
+                }
+                lags.insert(
+                    pid,
+                    PartitionLag {
+                        high_watermark: s.hi_offset,
+                        position: s.hi_offset - s.consumer_lag,
+                        lag: s.consumer_lag,
+                    },
+                );
             }
-            if s.consumer_lag < 0 {
-                continue;
-            }
-            lags.insert(
-                pid,
-                PartitionLag {
-                    high_watermark: s.hi_offset,
-                    position: s.hi_offset - s.consumer_lag,
-                    lag: s.consumer_lag,
-                },
-            );
         }
         self.shared.stats.set_lag(lags);
         self.shared.stats.set_log_range(ranges);
