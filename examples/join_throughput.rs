@@ -39,6 +39,10 @@ use serde::{Deserialize, Serialize};
 #[path = "support/events.rs"]
 mod events;
 
+/// The pipeline binary's allocator, as in the other benchmarks.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One side's record.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Ad {

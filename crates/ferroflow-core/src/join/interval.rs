@@ -2,6 +2,7 @@
 
 use either::Either;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::{JoinFn, late};
 use crate::dead_letter::Rejection;
@@ -18,8 +19,12 @@ struct Waiting<T> {
     joined: bool,
 }
 
+/// The records of one side and key waiting at one event time: mostly one, held in the key's
+/// state without an allocation of its own (written as a `Vec` is).
+type Waiters<T> = SmallVec<[Waiting<T>; 1]>;
+
 /// One side's waiting records of a key, by event time.
-type Buffer<T> = MapState<Timestamp, Vec<Waiting<T>>>;
+type Buffer<T> = MapState<Timestamp, Waiters<T>>;
 
 /// Joins the left and right records of one key whose event times satisfy
 /// `left.ts + lower <= right.ts <= left.ts + upper` (bounds included, in ms, either may be
@@ -216,8 +221,8 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
 }
 
 /// Adds `w` to the records waiting at `t`.
-fn wait<T: StateValue>(buffer: &mut MapAccess<'_, Timestamp, Vec<Waiting<T>>>, t: Timestamp, w: Waiting<T>) {
-    buffer.get_or_insert_with(t, Vec::new).push(w);
+fn wait<T: StateValue>(buffer: &mut MapAccess<'_, Timestamp, Waiters<T>>, t: Timestamp, w: Waiting<T>) {
+    buffer.get_or_insert_with(t, SmallVec::new).push(w);
 }
 
 impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for IntervalJoin<L, R, O> {

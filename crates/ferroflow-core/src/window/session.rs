@@ -70,6 +70,9 @@ impl<Acc: Serialize + serde::de::DeserializeOwned + Send + 'static> Cell for Ses
     fn retain_live(&mut self, _: &dyn Fn(Timestamp) -> bool) -> (bool, bool) {
         (false, self.0.is_empty()) // no time to live: sessions go with their clean-up timers
     }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Timers fired between two spills of the sessions read back for them.
@@ -134,8 +137,8 @@ impl<Acc: Clone + Serialize + serde::de::DeserializeOwned + Send + 'static> Sess
                 self.spill();
                 return;
             }
-            let fire = self.fire_timers.peek_due().cloned();
-            let cleanup = self.cleanup_timers.peek_due().cloned();
+            let fire = self.fire_timers.peek_due().map(|(at, key)| (at, key.clone()));
+            let cleanup = self.cleanup_timers.peek_due().map(|(at, key)| (at, key.clone()));
             // A timer whose sessions are on disk reads those of the timers after it too, in one
             // go; not more often than every few timers (the others may all be in memory).
             let next = match (&fire, &cleanup) {

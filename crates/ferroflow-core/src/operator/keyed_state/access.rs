@@ -4,6 +4,7 @@ use std::borrow::Borrow;
 use std::ops::{Bound, RangeBounds};
 
 use super::StateValue;
+use super::small_map::well_formed;
 use super::table::{KeyedTable, ListCell, MapCell, Stamped, ValueCell};
 use super::ttl::{Now, StateTtl};
 use crate::record::{Key, Timestamp};
@@ -16,17 +17,6 @@ fn stamp(ttl: Option<StateTtl>, now: &Now) -> Timestamp {
 /// The bounds of `range`, borrowed (a range to scan twice).
 fn bounds<Q: ?Sized, R: RangeBounds<Q>>(range: &R) -> (Bound<&Q>, Bound<&Q>) {
     (range.start_bound(), range.end_bound())
-}
-
-/// False for a range that starts after it ends (or is empty between two excluded equal bounds),
-/// which a `BTreeMap` refuses with a panic: such a range holds no entries.
-fn well_formed<Q: Ord + ?Sized, R: RangeBounds<Q>>(range: &R) -> bool {
-    match (range.start_bound(), range.end_bound()) {
-        (Bound::Included(s), Bound::Included(e)) => s <= e,
-        (Bound::Included(s), Bound::Excluded(e)) | (Bound::Excluded(s), Bound::Included(e)) => s <= e,
-        (Bound::Excluded(s), Bound::Excluded(e)) => s < e,
-        _ => true,
-    }
 }
 
 /// A stamp never moves back: a record older than the one that last wrote or read a value (out of
@@ -263,7 +253,7 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
                     m.insert(k, Stamped { at, v: value });
                 }
             },
-            None => self.table.insert(self.key, MapCell::from([(k, Stamped { at, v: value })])),
+            None => self.table.insert(self.key, MapCell::from_iter([(k, Stamped { at, v: value })])),
         }
     }
 
@@ -274,9 +264,8 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
         let at = stamp(self.table.ttl, &self.now);
         let e = self
             .table
-            .get_or_insert_with(self.key, MapCell::new)
-            .entry(k)
-            .or_insert_with(|| Stamped { at, v: make() });
+            .get_or_insert_with(self.key, MapCell::default)
+            .get_or_insert_with(k, || Stamped { at, v: make() });
         restamp(&mut e.at, at);
         &mut e.v
     }
@@ -399,20 +388,17 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
         R: RangeBounds<Q>,
     {
         self.table.drop_expired(self.key, &self.now);
-        let Some(m) = self.table.get(self.key).filter(|_| well_formed(&range)) else { return Vec::new() };
-        let keys: Vec<K> = m.range(range).map(|(k, _)| k.clone()).collect();
-        if keys.is_empty() {
+        if !well_formed(&range) {
             return Vec::new();
         }
-        let mut removed = Vec::with_capacity(keys.len());
-        let emptied = self.table.get_mut(self.key).is_some_and(|m| {
-            removed.extend(keys.into_iter().filter_map(|k| m.remove::<K>(&k).map(|e| (k, e.v))));
-            m.is_empty()
-        });
-        if emptied {
-            self.table.remove(self.key);
-        }
-        removed
+        // One probe of the key's cell.
+        self.table
+            .update(self.key, |m| {
+                let mut removed = Vec::new();
+                let n = m.remove_range(range, |k, e| removed.push((k, e.v)));
+                (removed, n > 0)
+            })
+            .unwrap_or_default()
     }
 
     /// How many entries [`iter`](Self::iter) gives.

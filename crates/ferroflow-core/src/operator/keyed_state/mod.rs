@@ -5,6 +5,7 @@
 mod access;
 mod rows;
 mod schema;
+mod small_map;
 mod spilled_timers;
 mod table;
 mod tables;

@@ -71,8 +71,8 @@ impl SpilledTimers {
 
     /// Disk may hold a timer due at `up_to` that sorts at or before `next`, the earliest timer in
     /// memory: it has to be read before `next` fires.
-    pub(super) fn holds_before(&self, next: Option<&Timer>, up_to: Timestamp) -> bool {
-        self.low.as_ref().is_some_and(|low| low.0 <= up_to && next.is_none_or(|n| low <= n))
+    pub(super) fn holds_before(&self, next: Option<(Timestamp, &Key)>, up_to: Timestamp) -> bool {
+        self.low.as_ref().is_some_and(|low| low.0 <= up_to && next.is_none_or(|n| (low.0, &low.1) <= n))
     }
 
     /// Notes that `timer`, removed from memory, is to be deleted from disk too.

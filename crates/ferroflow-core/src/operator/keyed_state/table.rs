@@ -2,13 +2,13 @@
 //! and the time-to-live clean-up.
 
 use std::any::Any;
-use std::collections::BTreeMap;
 
 use ahash::{AHashMap, AHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::StateValue;
 use super::rows;
+use super::small_map::SmallMap;
 use super::tier::Tier;
 use super::ttl::{Now, StateTtl};
 use crate::error::StateError;
@@ -30,7 +30,7 @@ pub(in crate::operator) type ValueCell<T> = Stamped<T>;
 /// What one key holds in a list state, in the order the elements were added.
 pub(in crate::operator) type ListCell<T> = Vec<Stamped<T>>;
 /// What one key holds in a map state.
-pub(in crate::operator) type MapCell<K, V> = BTreeMap<K, Stamped<V>>;
+pub(in crate::operator) type MapCell<K, V> = SmallMap<K, Stamped<V>>;
 
 /// What a key holds in one kind of state, written as one row.
 pub(crate) trait Cell: StateValue {
@@ -39,6 +39,9 @@ pub(crate) trait Cell: StateValue {
     /// Keeps the parts whose stamp `live` accepts; returns (something was removed, nothing is
     /// left).
     fn retain_live(&mut self, live: &dyn Fn(Timestamp) -> bool) -> (bool, bool);
+
+    /// It holds nothing (a key whose cell empties holds no value: its row goes).
+    fn is_empty(&self) -> bool;
 
     /// Reads a row of the first format (value state only, a bare postcard value without a
     /// stamp), stamped `at`; `None` for a kind that format did not have.
@@ -57,6 +60,9 @@ impl<T: StateValue> Cell for Stamped<T> {
         let dead = !live(self.at);
         (dead, dead)
     }
+    fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 impl<T: StateValue> Cell for Vec<Stamped<T>> {
@@ -66,14 +72,20 @@ impl<T: StateValue> Cell for Vec<Stamped<T>> {
         self.retain(|e| live(e.at));
         (self.len() != before, self.is_empty())
     }
+    fn is_empty(&self) -> bool {
+        <[Stamped<T>]>::is_empty(self)
+    }
 }
 
-impl<K: StateValue + Ord, V: StateValue> Cell for BTreeMap<K, Stamped<V>> {
+impl<K: StateValue + Ord, V: StateValue> Cell for SmallMap<K, Stamped<V>> {
     const KIND: &'static str = "map";
     fn retain_live(&mut self, live: &dyn Fn(Timestamp) -> bool) -> (bool, bool) {
         let before = self.len();
         self.retain(|_, e| live(e.at));
         (self.len() != before, self.is_empty())
+    }
+    fn is_empty(&self) -> bool {
+        SmallMap::is_empty(self)
     }
 }
 
@@ -267,6 +279,20 @@ impl<C: Cell> KeyedTable<C> {
             tier.resized.push(key.clone());
         }
         Some(&mut hot.cell)
+    }
+
+    /// Runs `f` on the key's cell, if it has one: `f` returns what it found and whether it
+    /// changed the cell. A change is noted, and a cell left empty is removed.
+    pub(crate) fn update<R>(&mut self, key: &Key, f: impl FnOnce(&mut C) -> (R, bool)) -> Option<R> {
+        let hot = self.cells.get_mut(key)?;
+        hot.referenced = true;
+        let (found, changed) = f(&mut hot.cell);
+        if changed && hot.cell.is_empty() {
+            self.remove(key);
+        } else if changed {
+            let _ = self.get_mut(key); // notes the change (a second probe, of a slot just read)
+        }
+        Some(found)
     }
 
     /// The key's cell, to change, first set to `make()` if the key has none: one probe of the

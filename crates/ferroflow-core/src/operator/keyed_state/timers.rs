@@ -1,9 +1,10 @@
 //! Event-time and processing-time timers of a keyed step, as Flink's timer service keeps them;
 //! under a memory budget, the latest of them wait on disk.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use ahash::AHashSet;
+use smallvec::SmallVec;
 
 use super::rows;
 use super::spilled_timers::{SpilledTimers, Timer};
@@ -22,65 +23,96 @@ fn cost(key: &Key) -> usize {
     StateBudget::entry_cost(std::mem::size_of::<Timer>(), key, 0)
 }
 
-/// An ordered set of timers that knows what it costs.
+/// The keys of the timers at one time, sorted: mostly one or two, held in the time's entry.
+type Bucket = SmallVec<[Key; 2]>;
+
+/// An ordered set of timers that knows what it costs: a B-tree by time, each time's keys sorted
+/// beside it. Comparing times is all a new timer's search costs (a set of `(time, key)` pairs
+/// compares keys too, by their bytes), and a time's keys share its entry.
 #[derive(Debug, Default)]
 struct Queue {
-    set: BTreeSet<Timer>,
+    by_time: BTreeMap<Timestamp, Bucket>,
+    len: usize,
     bytes: usize,
 }
 
 impl Queue {
-    fn insert(&mut self, timer: Timer) -> bool {
-        let bytes = cost(&timer.1);
-        let added = self.set.insert(timer);
-        if added {
-            self.bytes = self.bytes.saturating_add(bytes);
-        }
-        added
+    fn insert(&mut self, (at, key): Timer) -> bool {
+        let bucket = self.by_time.entry(at).or_default();
+        let Err(i) = bucket.binary_search(&key) else { return false };
+        self.bytes = self.bytes.saturating_add(cost(&key));
+        bucket.insert(i, key);
+        self.len = self.len.saturating_add(1);
+        true
     }
 
-    fn remove(&mut self, timer: &Timer) -> bool {
-        let removed = self.set.remove(timer);
-        if removed {
-            self.bytes = self.bytes.saturating_sub(cost(&timer.1));
+    fn remove(&mut self, (at, key): &Timer) -> bool {
+        let Some(bucket) = self.by_time.get_mut(at) else { return false };
+        let Ok(i) = bucket.binary_search(key) else { return false };
+        bucket.remove(i);
+        if bucket.is_empty() {
+            self.by_time.remove(at);
         }
-        removed
+        self.len = self.len.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(cost(key));
+        true
     }
 
     fn pop_first(&mut self) -> Option<Timer> {
-        let timer = self.set.pop_first()?;
-        self.bytes = self.bytes.saturating_sub(cost(&timer.1));
-        Some(timer)
+        let mut first = self.by_time.first_entry()?;
+        let at = *first.key();
+        let bucket = first.get_mut();
+        // No bucket is left empty.
+        let key = (!bucket.is_empty()).then(|| bucket.remove(0))?;
+        if bucket.is_empty() {
+            first.remove();
+        }
+        self.len = self.len.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(cost(&key));
+        Some((at, key))
     }
 
-    fn first(&self) -> Option<&Timer> {
-        self.set.first()
+    fn first(&self) -> Option<(Timestamp, &Key)> {
+        self.by_time.first_key_value().and_then(|(at, bucket)| Some((*at, bucket.first()?)))
     }
 
-    fn contains(&self, timer: &Timer) -> bool {
-        self.set.contains(timer)
+    fn contains(&self, (at, key): &Timer) -> bool {
+        self.by_time.get(at).is_some_and(|bucket| bucket.binary_search(key).is_ok())
+    }
+
+    /// Every timer, in time order, then key order.
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (Timestamp, &Key)> {
+        self.by_time.iter().flat_map(|(at, bucket)| bucket.iter().map(move |key| (*at, key)))
     }
 
     /// Moves `other`'s timers here (one by one: `other` is the small one).
     fn append(&mut self, other: &mut Queue) {
-        for t in std::mem::take(&mut other.set) {
-            self.insert(t);
+        for (at, bucket) in std::mem::take(&mut other.by_time) {
+            for key in bucket {
+                self.insert((at, key));
+            }
         }
+        other.len = 0;
         other.bytes = 0;
     }
 
     fn retain(&mut self, keep: &dyn Fn(&Key) -> bool) {
-        self.set.retain(|(_, k)| keep(k));
-        self.bytes = self.set.iter().map(|t| cost(&t.1)).sum();
+        self.by_time.retain(|_, bucket| {
+            bucket.retain(|key| keep(key));
+            !bucket.is_empty()
+        });
+        self.len = self.by_time.values().map(|b| b.len()).sum();
+        self.bytes = self.iter().map(|(_, key)| cost(key)).sum();
     }
 
     fn clear(&mut self) {
-        self.set.clear();
+        self.by_time.clear();
+        self.len = 0;
         self.bytes = 0;
     }
 
     fn len(&self) -> usize {
-        self.set.len()
+        self.len
     }
 }
 
@@ -223,7 +255,7 @@ impl Timers {
 
     /// The earliest timer due at the watermark being fired, left in place; `None` once none is
     /// left, which ends the firing (timers deferred meanwhile wait for the next watermark).
-    pub(crate) fn peek_due(&mut self) -> Option<&Timer> {
+    pub(crate) fn peek_due(&mut self) -> Option<(Timestamp, &Key)> {
         let w = self.firing?;
         // Timers on disk that sort before the earliest in memory come back first.
         while let Some(disk) = &mut self.disk
@@ -245,7 +277,7 @@ impl Timers {
                 }
             }
         }
-        if self.due.first().is_none_or(|(at, _)| *at > w) {
+        if self.due.first().is_none_or(|(at, _)| at > w) {
             self.end_firing();
             return None;
         }
@@ -256,12 +288,7 @@ impl Timers {
     /// before they fire).
     pub(crate) fn upcoming(&self, n: usize) -> impl Iterator<Item = &Key> {
         let w = self.firing.unwrap_or(i64::MIN);
-        self.due
-            .set
-            .iter()
-            .take_while(move |(at, _)| self.firing.is_some() && *at <= w)
-            .take(n)
-            .map(|(_, k)| k)
+        self.due.iter().take_while(move |(at, _)| self.firing.is_some() && *at <= w).take(n).map(|(_, k)| k)
     }
 
     /// Removes and returns the earliest timer due at the watermark being fired; `None` once none
@@ -269,7 +296,9 @@ impl Timers {
     pub(crate) fn pop_due(&mut self) -> Option<Timer> {
         self.peek_due()?;
         let timer = self.due.pop_first()?;
-        self.touch(timer.clone());
+        if self.tracking {
+            self.touch(timer.clone());
+        }
         // Fired timers are noted as changes, and timers set meanwhile wait: a firing of millions
         // spills as it goes.
         self.popped = self.popped.wrapping_add(1);
@@ -305,12 +334,12 @@ impl Timers {
         let want = disk.budget.share_of_excess(disk.charged);
         let mut freed = 0usize;
         let mut out: Vec<Timer> = Vec::new();
-        for t in self.due.set.iter().rev() {
-            if freed >= want || firing.is_some_and(|w| t.0 <= w) {
+        for (at, key) in self.due.iter().rev() {
+            if freed >= want || firing.is_some_and(|w| at <= w) {
                 break;
             }
-            freed = freed.saturating_add(cost(&t.1));
-            out.push(t.clone());
+            freed = freed.saturating_add(cost(key));
+            out.push((at, key.clone()));
         }
         out.reverse();
         // Changes not yet in a checkpoint go to disk as notes, so that they do not pile up in
@@ -359,8 +388,8 @@ impl Timers {
         let mut buf = Vec::new();
         let tag = self.tag;
         if !self.tracking {
-            for (at, key) in self.due.set.iter().chain(&self.deferred.set) {
-                rows::timer_key(&mut buf, tag, *at, key);
+            for (at, key) in self.due.iter().chain(self.deferred.iter()) {
+                rows::timer_key(&mut buf, tag, at, key);
                 state.put(ns, &buf, &[])?;
             }
             if let Some(disk) = &mut self.disk {
