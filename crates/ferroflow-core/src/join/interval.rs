@@ -7,7 +7,7 @@ use smallvec::SmallVec;
 use super::{JoinFn, late};
 use crate::dead_letter::Rejection;
 use crate::error::{ConfigError, StateError};
-use crate::operator::{KeyedContext, KeyedFunction, MapAccess, MapState, StateDeclarations, StateValue};
+use crate::operator::{KeyedContext, KeyedFunction, MapState, StateDeclarations, StateValue};
 use crate::record::Timestamp;
 
 /// A record waiting in a join for partners that may still come.
@@ -23,8 +23,32 @@ struct Waiting<T> {
 /// state without an allocation of its own (written as a `Vec` is).
 type Waiters<T> = SmallVec<[Waiting<T>; 1]>;
 
-/// One side's waiting records of a key, by event time.
-type Buffer<T> = MapState<Timestamp, Waiters<T>>;
+/// A key's records of both sides waiting at one event time.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound(deserialize = "L: Deserialize<'de>, R: Deserialize<'de>"))]
+struct Sides<L, R> {
+    #[serde(deserialize_with = "waiters")]
+    left: Waiters<L>,
+    #[serde(deserialize_with = "waiters")]
+    right: Waiters<R>,
+}
+
+/// Reads waiting records as a `Vec` does: a length read from a damaged row does not reserve
+/// memory up front beyond a bound (a `SmallVec` reserves what the row says).
+fn waiters<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Waiters<T>, D::Error> {
+    Vec::<Waiting<T>>::deserialize(d).map(SmallVec::from_vec)
+}
+
+impl<L, R> Default for Sides<L, R> {
+    fn default() -> Self {
+        Self { left: SmallVec::new(), right: SmallVec::new() }
+    }
+}
+
+/// A key's waiting records of both sides, by event time: one state, so that a record's partners
+/// and its own place are found with one look-up of the key, and a timer lets go of both sides in
+/// one pass.
+type Buffer<L, R> = MapState<Timestamp, Sides<L, R>>;
 
 /// Joins the left and right records of one key whose event times satisfy
 /// `left.ts + lower <= right.ts <= left.ts + upper` (bounds included, in ms, either may be
@@ -74,8 +98,7 @@ pub struct IntervalJoin<L, R, O> {
     outer: bool,
     join: JoinFn<L, R, O>,
     names: [String; 2],
-    left: Buffer<L>,
-    right: Buffer<R>,
+    waiting: Buffer<L, R>,
     /// Pairs found for the record at hand, emitted once its side's state is let go.
     found: Vec<(O, Timestamp)>,
 }
@@ -149,8 +172,7 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
             outer,
             join,
             names: ["left".to_owned(), "right".to_owned()],
-            left: MapState::new("left"),
-            right: MapState::new("right"),
+            waiting: MapState::new("waiting"),
             found: Vec::new(),
         })
     }
@@ -163,10 +185,12 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
     }
 
     fn left_arrives(&mut self, l: L, t: Timestamp, ctx: &mut KeyedContext<'_, O>) -> Result<(), StateError> {
+        let watermark = ctx.watermark();
+        let mut waiting = ctx.map(self.waiting)?;
         let mut joined = false;
         if let Some((from, to)) = shifted(t, i128::from(self.lower), i128::from(self.upper)) {
-            for (&rt, waiting) in ctx.map(self.right)?.range(from..=to) {
-                for w in waiting {
+            for (&rt, sides) in waiting.range(from..=to) {
+                for w in &sides.right {
                     joined = true;
                     if let Some(o) = (self.join)(&l, Some(&w.value)) {
                         self.found.push((o, t.max(rt)));
@@ -174,24 +198,29 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
                 }
             }
         }
-        self.emit_found(ctx);
         // A partner can still come while the watermark is below `t + upper`.
         let wait_until = i128::from(t) + i128::from(self.upper);
-        if wait_until > i128::from(ctx.watermark()) {
-            wait(&mut ctx.map(self.left)?, t, Waiting { value: l, joined });
-            ctx.register_event_time_timer(clamp(wait_until));
+        let waits = wait_until > i128::from(watermark);
+        if waits {
+            waiting.get_or_insert_with(t, Sides::default).left.push(Waiting { value: l, joined });
         } else if !joined && let Some(o) = (self.join)(&l, None) {
-            ctx.emit_at(o, t);
+            self.found.push((o, t));
+        }
+        self.emit_found(ctx);
+        if waits {
+            ctx.register_event_time_timer(clamp(wait_until));
         }
         Ok(())
     }
 
     fn right_arrives(&mut self, r: R, t: Timestamp, ctx: &mut KeyedContext<'_, O>) -> Result<(), StateError> {
+        let watermark = ctx.watermark();
+        let mut waiting = ctx.map(self.waiting)?;
         // Left partners lie in `[t - upper, t - lower]`.
         if let Some((from, to)) = shifted(t, -i128::from(self.upper), -i128::from(self.lower)) {
             let mut unmarked = false;
-            for (&lt, waiting) in ctx.map(self.left)?.range(from..=to) {
-                for w in waiting {
+            for (&lt, sides) in waiting.range(from..=to) {
+                for w in &sides.left {
                     unmarked |= !w.joined;
                     if let Some(o) = (self.join)(&w.value, Some(&r)) {
                         self.found.push((o, lt.max(t)));
@@ -199,15 +228,18 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
                 }
             }
             if self.outer && unmarked {
-                for (_, waiting) in ctx.map(self.left)?.range_mut(from..=to) {
-                    waiting.iter_mut().for_each(|w| w.joined = true);
+                for (_, sides) in waiting.range_mut(from..=to) {
+                    sides.left.iter_mut().for_each(|w| w.joined = true);
                 }
             }
         }
-        self.emit_found(ctx);
         let wait_until = i128::from(t) - i128::from(self.lower);
-        if wait_until > i128::from(ctx.watermark()) {
-            wait(&mut ctx.map(self.right)?, t, Waiting { value: r, joined: false });
+        let waits = wait_until > i128::from(watermark);
+        if waits {
+            waiting.get_or_insert_with(t, Sides::default).right.push(Waiting { value: r, joined: false });
+        }
+        self.emit_found(ctx);
+        if waits {
             ctx.register_event_time_timer(clamp(wait_until));
         }
         Ok(())
@@ -220,18 +252,12 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
     }
 }
 
-/// Adds `w` to the records waiting at `t`.
-fn wait<T: StateValue>(buffer: &mut MapAccess<'_, Timestamp, Waiters<T>>, t: Timestamp, w: Waiting<T>) {
-    buffer.get_or_insert_with(t, SmallVec::new).push(w);
-}
-
 impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for IntervalJoin<L, R, O> {
     type In = Either<L, R>;
     type Out = O;
 
     fn declare(&self, states: &mut StateDeclarations) {
-        states.map(self.left);
-        states.map(self.right);
+        states.map(self.waiting);
     }
 
     fn process(&mut self, input: Either<L, R>, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
@@ -246,13 +272,14 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for Interval
         Ok(())
     }
 
-    /// Lets go of the records whose wait is over (a timer stands for every record of its key
-    /// whose interval ends at its time; earlier ones went with earlier timers), emitting the
-    /// unmatched left ones of a left-outer join.
+    /// Lets go of the records whose wait is over, emitting the unmatched left ones of a
+    /// left-outer join. A timer stands for the records of its key whose wait ends at its time:
+    /// the left ones at `at - upper` and the right ones at `at + lower`, two entries looked up by
+    /// time (the records of earlier times went with earlier timers, later ones are still
+    /// waiting: a scan of every time up to `at` would pass the same waiting records again at
+    /// each timer). At the end of time every record goes (a wait beyond `i64::MAX` ends there).
     fn on_timer(&mut self, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
         let at = ctx.timestamp();
-        // Left records with `lt + upper <= at`, right ones with `rt - lower <= at`; at the end of
-        // time every record (a wait beyond `i64::MAX` ends there too).
         let due = |shift: i128| -> Option<Timestamp> {
             if at == Timestamp::MAX {
                 return Some(Timestamp::MAX);
@@ -260,21 +287,33 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for Interval
             let bound = i128::from(at) + shift;
             (bound >= i128::from(Timestamp::MIN)).then(|| clamp(bound))
         };
-        if let Some(left_due) = due(-i128::from(self.upper)) {
-            for (lt, waiting) in ctx.map(self.left)?.remove_range(..=left_due) {
+        let (left_due, right_due) = (due(-i128::from(self.upper)), due(i128::from(self.lower)));
+        let (upper, join, found) = (self.upper, &mut self.join, &mut self.found);
+        let mut let_go = |&ts: &Timestamp, sides: &mut Sides<L, R>| {
+            if left_due.is_some_and(|due| ts <= due) {
                 // Final once the interval has passed: emitted at its end, so that a step after
                 // the join, whose watermark is still below it, does not take it for late.
-                let final_at = clamp(i128::from(lt) + i128::from(self.upper)).max(lt);
-                for w in waiting.into_iter().filter(|w| !w.joined) {
-                    if let Some(o) = (self.join)(&w.value, None) {
-                        ctx.emit_at(o, final_at);
+                let final_at = clamp(i128::from(ts) + i128::from(upper)).max(ts);
+                for w in sides.left.drain(..).filter(|w| !w.joined) {
+                    if let Some(o) = join(&w.value, None) {
+                        found.push((o, final_at));
                     }
                 }
             }
+            if right_due.is_some_and(|due| ts <= due) {
+                sides.right.clear();
+            }
+            !(sides.left.is_empty() && sides.right.is_empty())
+        };
+        let mut waiting = ctx.map(self.waiting)?;
+        if at == Timestamp::MAX {
+            waiting.retain_range(.., &mut let_go);
+        } else {
+            for ts in [left_due, right_due.filter(|r| Some(*r) != left_due)].into_iter().flatten() {
+                waiting.retain_range(ts..=ts, &mut let_go);
+            }
         }
-        if let Some(right_due) = due(i128::from(self.lower)) {
-            ctx.map(self.right)?.remove_range(..=right_due);
-        }
+        self.emit_found(ctx);
         Ok(())
     }
 }

@@ -108,8 +108,14 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> TemporalJoin<L, R, O> {
     /// `upto` (every event to come is later than `upto`).
     fn prune(&self, upto: Timestamp, ctx: &mut KeyedContext<'_, O>) -> Result<(), StateError> {
         let mut versions = ctx.map(self.versions)?;
-        let valid = versions.range(..=upto).next_back().map(|(t, _)| *t);
-        if let Some(valid) = valid {
+        // Most keys hold one version: nothing below it, and no second look-up.
+        let (valid, older) = {
+            let mut at_or_below = versions.range(..=upto).rev().map(|(t, _)| *t);
+            (at_or_below.next(), at_or_below.next().is_some())
+        };
+        if let Some(valid) = valid
+            && older
+        {
             versions.remove_range(..valid);
         }
         Ok(())

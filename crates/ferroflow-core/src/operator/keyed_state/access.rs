@@ -401,6 +401,57 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
             .unwrap_or_default()
     }
 
+    /// Calls `f` on each entry whose map key lies in `range`, in key order, to change it, and
+    /// removes the entries it returns false for (expired ones are dropped first, unless the TTL
+    /// returns them): one pass that lets go of part of an entry and all of others, as a join
+    /// lets go of what the watermark has passed. Each entry it is given counts as written.
+    ///
+    /// # Examples
+    /// ```
+    /// use ferroflow_core::operator::{KeyedContext, KeyedFunction, MapState, StateDeclarations};
+    /// use ferroflow_core::Rejection;
+    ///
+    /// /// Keeps the values of the last 10 ms of each key, halving older ones' weights first.
+    /// struct Decay;
+    /// const WEIGHTS: MapState<i64, u32> = MapState::new("weights");
+    ///
+    /// impl KeyedFunction for Decay {
+    ///     type In = u32;
+    ///     type Out = u32;
+    ///     fn declare(&self, states: &mut StateDeclarations) {
+    ///         states.map(WEIGHTS);
+    ///     }
+    ///     fn process(&mut self, w: u32, ctx: &mut KeyedContext<'_, u32>) -> Result<(), Rejection> {
+    ///         let t = ctx.timestamp();
+    ///         let mut weights = ctx.map(WEIGHTS)?;
+    ///         weights.retain_range(..t.saturating_sub(10), |_, w| {
+    ///             *w /= 2;
+    ///             *w > 0
+    ///         });
+    ///         weights.put(t, w);
+    ///         ctx.emit(w);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub fn retain_range<Q, R>(&mut self, range: R, mut f: impl FnMut(&K, &mut V) -> bool)
+    where
+        K: Borrow<Q> + Clone,
+        Q: Ord + ?Sized,
+        R: RangeBounds<Q>,
+    {
+        self.table.drop_expired(self.key, &self.now);
+        let at = stamp(self.table.ttl, &self.now);
+        self.table.update(self.key, |m| {
+            let given = m.retain_range(range, |k, e| {
+                let keep = f(k, &mut e.v);
+                restamp(&mut e.at, at);
+                keep
+            });
+            ((), given)
+        });
+    }
+
     /// How many entries [`iter`](Self::iter) gives.
     pub fn len(&mut self) -> usize {
         self.table.drop_expired(self.key, &self.now);

@@ -203,6 +203,49 @@ impl<K: Ord, V> SmallMap<K, V> {
         }
     }
 
+    /// Calls `keep` on the entries with keys in `range`, in key order, and removes those it
+    /// returns false for; whether it was called at all.
+    pub(crate) fn retain_range<Q, R>(&mut self, range: R, mut keep: impl FnMut(&K, &mut V) -> bool) -> bool
+    where
+        K: Borrow<Q> + Clone,
+        Q: Ord + ?Sized,
+        R: RangeBounds<Q>,
+    {
+        match self {
+            Self::Small(v) => {
+                let std::ops::Range { start, mut end } = span(v, &range);
+                let given = start < end;
+                let mut i = start;
+                while i < end {
+                    let Some((k, e)) = v.get_mut(i) else { break };
+                    if keep(k, e) {
+                        i += 1;
+                    } else {
+                        v.remove(i);
+                        end -= 1;
+                    }
+                }
+                given
+            }
+            Self::Large(m) => {
+                if !well_formed(&range) {
+                    return false;
+                }
+                let (mut given, mut gone) = (false, Vec::new());
+                for (k, e) in m.range_mut(range) {
+                    given = true;
+                    if !keep(k, e) {
+                        gone.push(k.clone());
+                    }
+                }
+                for k in gone {
+                    m.remove::<K>(&k);
+                }
+                given
+            }
+        }
+    }
+
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         match self {
             Self::Small(v) => v.retain(|(k, e)| keep(k, e)),
@@ -394,6 +437,7 @@ mod tests {
         GetOrInsert(i8, u16),
         Remove(i8),
         RemoveRange(Bound<i8>, Bound<i8>),
+        RetainRange(Bound<i8>, Bound<i8>, u16),
         Bump(Bound<i8>, Bound<i8>),
         Retain(i8),
     }
@@ -412,6 +456,7 @@ mod tests {
             2 => (any::<i8>(), any::<u16>()).prop_map(|(k, v)| Op::GetOrInsert(k, v)),
             2 => any::<i8>().prop_map(Op::Remove),
             1 => (bound(), bound()).prop_map(|(a, b)| Op::RemoveRange(a, b)),
+            1 => (bound(), bound(), any::<u16>()).prop_map(|(a, b, m)| Op::RetainRange(a, b, m)),
             1 => (bound(), bound()).prop_map(|(a, b)| Op::Bump(a, b)),
             1 => any::<i8>().prop_map(Op::Retain),
         ]
@@ -447,6 +492,27 @@ mod tests {
                         let n = ours.remove_range(r, |k, v| removed.push((k, v)));
                         prop_assert_eq!(n, removed.len());
                         prop_assert_eq!(removed, expected);
+                    }
+                    Op::RetainRange(a, b, below) => {
+                        // Changes every entry it is given, keeps the small ones.
+                        let r = (a, b);
+                        let given = ours.retain_range(r, |_, v| {
+                            *v = v.wrapping_add(1);
+                            *v < below
+                        });
+                        let mut expected_given = false;
+                        if ok(&r) {
+                            let keys: Vec<i8> = theirs.range(r).map(|(k, _)| *k).collect();
+                            expected_given = !keys.is_empty();
+                            for k in keys {
+                                let v = theirs.get_mut(&k).unwrap();
+                                *v = v.wrapping_add(1);
+                                if *v >= below {
+                                    theirs.remove(&k);
+                                }
+                            }
+                        }
+                        prop_assert_eq!(given, expected_given);
                     }
                     Op::Bump(a, b) => {
                         let r = (a, b);
