@@ -2,8 +2,8 @@
 
 use either::Either;
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 
+use super::arrivals::Arrivals;
 use super::{JoinFn, late};
 use crate::dead_letter::Rejection;
 use crate::error::{ConfigError, StateError};
@@ -19,29 +19,19 @@ struct Waiting<T> {
     joined: bool,
 }
 
-/// The records of one side and key waiting at one event time: mostly one, held in the key's
-/// state without an allocation of its own (written as a `Vec` is).
-type Waiters<T> = SmallVec<[Waiting<T>; 1]>;
+/// The records of one side and key waiting at one event time.
+type Waiters<T> = Arrivals<Waiting<T>>;
 
 /// A key's records of both sides waiting at one event time.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(bound(deserialize = "L: Deserialize<'de>, R: Deserialize<'de>"))]
 struct Sides<L, R> {
-    #[serde(deserialize_with = "waiters")]
     left: Waiters<L>,
-    #[serde(deserialize_with = "waiters")]
     right: Waiters<R>,
-}
-
-/// Reads waiting records as a `Vec` does: a length read from a damaged row does not reserve
-/// memory up front beyond a bound (a `SmallVec` reserves what the row says).
-fn waiters<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Waiters<T>, D::Error> {
-    Vec::<Waiting<T>>::deserialize(d).map(SmallVec::from_vec)
 }
 
 impl<L, R> Default for Sides<L, R> {
     fn default() -> Self {
-        Self { left: SmallVec::new(), right: SmallVec::new() }
+        Self { left: Arrivals::default(), right: Arrivals::default() }
     }
 }
 
@@ -294,7 +284,7 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for Interval
                 // Final once the interval has passed: emitted at its end, so that a step after
                 // the join, whose watermark is still below it, does not take it for late.
                 let final_at = clamp(i128::from(ts) + i128::from(upper)).max(ts);
-                for w in sides.left.drain(..).filter(|w| !w.joined) {
+                for w in sides.left.drain().filter(|w| !w.joined) {
                     if let Some(o) = join(&w.value, None) {
                         found.push((o, final_at));
                     }

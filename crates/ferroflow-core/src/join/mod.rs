@@ -22,6 +22,7 @@
 //! Join state is keyed state ([`crate::operator::KeyedProcess`]): it counts against the memory
 //! budget and spills beyond it, and checkpoints write only what changed.
 
+mod arrivals;
 mod broadcast;
 mod interval;
 mod temporal;

@@ -2,6 +2,7 @@
 
 use either::Either;
 
+use super::arrivals::Arrivals;
 use super::{JoinFn, late};
 use crate::dead_letter::Rejection;
 use crate::error::StateError;
@@ -52,7 +53,7 @@ pub struct TemporalJoin<L, R, O> {
     join: JoinFn<L, R, O>,
     names: [String; 2],
     versions: MapState<Timestamp, R>,
-    waiting: MapState<Timestamp, Vec<L>>,
+    waiting: MapState<Timestamp, Arrivals<L>>,
     /// Rows of the firing at hand, emitted once the state is let go.
     found: Vec<(O, Timestamp)>,
 }
@@ -155,7 +156,7 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for Temporal
         }
         match input {
             Either::Left(l) => {
-                ctx.map(self.waiting)?.get_or_insert_with(t, Vec::new).push(l);
+                ctx.map(self.waiting)?.get_or_insert_with(t, Arrivals::default).push(l);
                 ctx.register_event_time_timer(t);
             }
             Either::Right(r) => {

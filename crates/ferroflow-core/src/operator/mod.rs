@@ -33,6 +33,8 @@ pub use filter::Filter;
 pub use flat_map::FlatMap;
 pub use key_by::KeyBy;
 pub use keyed_process::{KeyedContext, KeyedFunction, KeyedProcess, TimeDomain};
+#[cfg(test)]
+pub(crate) use keyed_state::state_shape;
 pub(crate) use keyed_state::{Cell, KeyedTable, Timers};
 pub use keyed_state::{
     ListAccess, ListState, MapAccess, MapState, StateDeclarations, StateTtl, StateValue, TtlTime, TtlUpdate,

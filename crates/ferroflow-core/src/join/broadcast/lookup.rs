@@ -2,6 +2,7 @@
 
 use super::table::{BroadcastTable, HistoryGone, TableReader};
 use crate::dead_letter::{DeadLetterReason, Rejection};
+use crate::join::arrivals::Arrivals;
 use crate::operator::{KeyedContext, KeyedFunction, MapState, StateDeclarations, StateValue, TimeDomain};
 use crate::record::{SourcePosition, Timestamp};
 
@@ -62,7 +63,7 @@ pub struct BroadcastJoin<L, V, O> {
     /// Events behind the watermark this says are late go to the dead letters here.
     late_when: Option<LatePredicate>,
     /// Events waiting for the watermark, with the position they were read from.
-    waiting: MapState<Timestamp, Vec<(L, SourcePosition)>>,
+    waiting: MapState<Timestamp, Arrivals<(L, SourcePosition)>>,
     /// Rows of the firing at hand, emitted once the state is let go.
     found: Vec<(O, Timestamp, SourcePosition)>,
 }
@@ -181,7 +182,7 @@ impl<L: StateValue, V: Send + Sync + 'static, O: Send + 'static> KeyedFunction f
             }
         }
         let position = ctx.position();
-        ctx.map(self.waiting)?.get_or_insert_with(t, Vec::new).push((input, position));
+        ctx.map(self.waiting)?.get_or_insert_with(t, Arrivals::default).push((input, position));
         if t <= watermark {
             // Behind the watermark already, its event-time timer waits for the next move; the
             // table catching up is no move of the watermark: look again at the next tick.

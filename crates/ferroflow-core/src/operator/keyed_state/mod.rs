@@ -5,6 +5,8 @@
 mod access;
 mod rows;
 mod schema;
+#[cfg(test)]
+pub(crate) use schema::shape as state_shape;
 mod small_map;
 mod spilled_timers;
 mod table;

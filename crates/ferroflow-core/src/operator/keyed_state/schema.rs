@@ -16,7 +16,7 @@ use serde_reflection::{ContainerFormat, Format, Named, Registry, Tracer, TracerC
 pub(super) const UNKNOWN: &str = "?";
 
 /// The structure of `T`'s postcard rows, or [`UNKNOWN`].
-pub(super) fn shape<T: DeserializeOwned>() -> String {
+pub(crate) fn shape<T: DeserializeOwned>() -> String {
     // A pass traces one variant of each enum inside the type. An enum marked incomplete is traced
     // again until all its variants are seen; enums found only in a later variant send the tracing
     // round once more, knowing their names.
