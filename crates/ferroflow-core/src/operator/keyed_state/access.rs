@@ -299,7 +299,7 @@ impl<'a, K: StateValue + Ord, V: StateValue> MapAccess<'a, K, V> {
                 restamp(&mut e.at, ttl.stamp(&self.now));
             }
         }
-        self.table.get(self.key).into_iter().flatten().map(|(k, e)| (k, &e.v))
+        self.table.get(self.key).map(|m| m.iter()).into_iter().flatten().map(|(k, e)| (k, &e.v))
     }
 
     /// The entries whose map key lies in `range`, in key order (expired ones left out, unless the

@@ -8,9 +8,9 @@
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
-use std::collections::btree_map;
 use std::ops::{Bound, RangeBounds};
 
+use either::Either;
 use smallvec::SmallVec;
 
 /// Entries a map holds in its sorted vector; one more turns it into a B-tree (inserting into the
@@ -255,21 +255,21 @@ impl<K: Ord, V> SmallMap<K, V> {
 
     /// The entries with keys in `range`, in key order (none for a range that starts after it
     /// ends).
-    pub(crate) fn range<Q, R>(&self, range: R) -> Iter<'_, K, V>
+    pub(crate) fn range<Q, R>(&self, range: R) -> impl DoubleEndedIterator<Item = (&K, &V)>
     where
         K: Borrow<Q>,
         Q: Ord + ?Sized,
         R: RangeBounds<Q>,
     {
         match self {
-            Self::Small(v) => Iter::Small(v.get(span(v, &range)).unwrap_or_default().iter()),
-            Self::Large(m) if well_formed(&range) => Iter::Large(m.range(range)),
-            Self::Large(_) => Iter::Small([].iter()),
+            Self::Small(v) => Either::Left(pairs(v.get(span(v, &range)).unwrap_or_default())),
+            Self::Large(m) if well_formed(&range) => Either::Right(m.range(range)),
+            Self::Large(_) => Either::Left(pairs(&[])),
         }
     }
 
     /// The entries with keys in `range`, in key order, to change.
-    pub(crate) fn range_mut<Q, R>(&mut self, range: R) -> IterMut<'_, K, V>
+    pub(crate) fn range_mut<Q, R>(&mut self, range: R) -> impl DoubleEndedIterator<Item = (&K, &mut V)>
     where
         K: Borrow<Q>,
         Q: Ord + ?Sized,
@@ -278,27 +278,29 @@ impl<K: Ord, V> SmallMap<K, V> {
         match self {
             Self::Small(v) => {
                 let span = span(v, &range);
-                IterMut::Small(v.get_mut(span).unwrap_or_default().iter_mut())
+                Either::Left(pairs_mut(v.get_mut(span).unwrap_or_default()))
             }
-            Self::Large(m) if well_formed(&range) => IterMut::Large(m.range_mut(range)),
-            Self::Large(_) => IterMut::Small([].iter_mut()),
+            Self::Large(m) if well_formed(&range) => Either::Right(m.range_mut(range)),
+            Self::Large(_) => Either::Left(pairs_mut(&mut [])),
         }
     }
 
-    pub(crate) fn iter(&self) -> Iter<'_, K, V> {
-        match self {
-            Self::Small(v) => Iter::Small(v.iter()),
-            Self::Large(m) => Iter::Large(m.range::<K, _>(..)),
-        }
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = (&K, &V)> {
+        self.range::<K, _>(..)
     }
 
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        match self {
-            Self::Small(v) => IterMut::Small(v.iter_mut()),
-            Self::Large(m) => IterMut::Large(m.range_mut::<K, _>(..)),
-        }
-        .map(|(_, e)| e)
+        self.range_mut::<K, _>(..).map(|(_, e)| e)
     }
+}
+
+/// Sorted entries as a map's iterator gives them.
+fn pairs<K, V>(entries: &[(K, V)]) -> impl DoubleEndedIterator<Item = (&K, &V)> {
+    entries.iter().map(|(k, v)| (k, v))
+}
+
+fn pairs_mut<K, V>(entries: &mut [(K, V)]) -> impl DoubleEndedIterator<Item = (&K, &mut V)> {
+    entries.iter_mut().map(|(k, v)| (&*k, v))
 }
 
 impl<K: Ord, V> FromIterator<(K, V)> for SmallMap<K, V> {
@@ -308,78 +310,6 @@ impl<K: Ord, V> FromIterator<(K, V)> for SmallMap<K, V> {
             map.insert(k, v);
         }
         map
-    }
-}
-
-impl<'a, K: Ord, V> IntoIterator for &'a SmallMap<K, V> {
-    type Item = (&'a K, &'a V);
-    type IntoIter = Iter<'a, K, V>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
-/// Entries of a [`SmallMap`], in key order.
-#[derive(Debug)]
-pub(crate) enum Iter<'a, K, V> {
-    Small(std::slice::Iter<'a, (K, V)>),
-    Large(btree_map::Range<'a, K, V>),
-}
-
-impl<'a, K, V> Iterator for Iter<'a, K, V> {
-    type Item = (&'a K, &'a V);
-    fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            Self::Small(it) => it.next().map(|(k, v)| (k, v)),
-            Self::Large(it) => it.next(),
-        }
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        match self {
-            Self::Small(it) => it.size_hint(),
-            Self::Large(it) => it.size_hint(),
-        }
-    }
-}
-
-impl<K, V> DoubleEndedIterator for Iter<'_, K, V> {
-    fn next_back(&mut self) -> Option<Self::Item> {
-        match self {
-            Self::Small(it) => it.next_back().map(|(k, v)| (k, v)),
-            Self::Large(it) => it.next_back(),
-        }
-    }
-}
-
-/// Entries of a [`SmallMap`], in key order, to change.
-#[derive(Debug)]
-pub(crate) enum IterMut<'a, K, V> {
-    Small(std::slice::IterMut<'a, (K, V)>),
-    Large(btree_map::RangeMut<'a, K, V>),
-}
-
-impl<'a, K, V> Iterator for IterMut<'a, K, V> {
-    type Item = (&'a K, &'a mut V);
-    fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            Self::Small(it) => it.next().map(|(k, v)| (&*k, v)),
-            Self::Large(it) => it.next(),
-        }
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        match self {
-            Self::Small(it) => it.size_hint(),
-            Self::Large(it) => it.size_hint(),
-        }
-    }
-}
-
-impl<K, V> DoubleEndedIterator for IterMut<'_, K, V> {
-    fn next_back(&mut self) -> Option<Self::Item> {
-        match self {
-            Self::Small(it) => it.next_back().map(|(k, v)| (&*k, v)),
-            Self::Large(it) => it.next_back(),
-        }
     }
 }
 
