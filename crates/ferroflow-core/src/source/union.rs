@@ -22,7 +22,9 @@ type Delivery<A, B> = (usize, Result<Option<SourceEvent<Either<A, B>>>, SourceEr
 
 /// Reads two sources as one, records of the first as [`Either::Left`], of the second as
 /// [`Either::Right`], in the order they come (each source on a task of its own, so a slow or
-/// silent one never holds the other back).
+/// silent one never holds the other back). When both have something ready, they take turns: two
+/// inputs of the same pace stay level, where a random pick would let one drift ahead of the
+/// other, and a join's state and results wait on the one behind.
 ///
 /// Each input keeps its partitions: the second's are renumbered from [`RIGHT_PARTITIONS`], so
 /// every partition of both has its own watermark, its own idleness and its own offset in a
@@ -73,6 +75,8 @@ pub struct UnionSource<A, B, SA, SB> {
     /// Check at the start that both inputs announced the same partition numbers (see
     /// [`Source::require_co_partitioning`]); `None` once checked or when not asked.
     co_partitioning: Option<CoPartitioning>,
+    /// The input whose turn it is, when both have something ready.
+    turn: usize,
 }
 
 /// The partitions each input announced at the start (its own numbers), for the co-partitioning
@@ -267,6 +271,7 @@ where
             clocks: [None; 2],
             reported_clock: None,
             co_partitioning: None,
+            turn: 0,
         }
     }
 
@@ -278,12 +283,24 @@ where
         let [left, right] = self.receivers.as_mut_slice() else {
             return Err(stopped());
         };
-        let next = tokio::select! {
-            d = left.recv(), if l => d,
-            d = right.recv(), if r => d,
-            else => None,
+        let next = if self.turn == 0 {
+            tokio::select! {
+                biased;
+                d = left.recv(), if l => d,
+                d = right.recv(), if r => d,
+                else => None,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                d = right.recv(), if r => d,
+                d = left.recv(), if l => d,
+                else => None,
+            }
         };
-        next.ok_or_else(stopped)
+        let next = next.ok_or_else(stopped)?;
+        self.turn = 1 - next.0.min(1);
+        Ok(next)
     }
 
     fn not_started(&mut self) -> Result<&mut (SA, SB), SourceError> {
@@ -525,6 +542,17 @@ mod tests {
         let seen = trace(UnionSource::new(bare, slow)).await;
         let expected_start = ["A[3]".to_owned(), format!("A[{RIGHT_PARTITIONS}]"), "B[3]".to_owned()];
         assert_eq!(seen[..3], expected_start, "{seen:?}");
+    }
+
+    /// Two inputs that always have a batch ready stay level: a random pick lets one run ahead.
+    #[tokio::test]
+    async fn inputs_with_batches_ready_take_turns() {
+        let input = || MemorySource::of(0..12u32).with_batch_size(1);
+        let seen = trace(UnionSource::new(input(), input())).await;
+        let batches: Vec<&String> = seen.iter().filter(|e| e.starts_with('B')).collect();
+        let (left, right) = ("B[0]".to_owned(), format!("B[{RIGHT_PARTITIONS}]"));
+        let expected: Vec<&String> = std::iter::repeat_n([&left, &right], 12).flatten().collect();
+        assert_eq!(batches, expected, "{seen:?}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod spilled_timers;
 mod table;
 mod tables;
 mod tier;
+mod timer_queue;
 mod timers;
 mod ttl;
 

@@ -1,13 +1,11 @@
 //! Event-time and processing-time timers of a keyed step, as Flink's timer service keeps them;
 //! under a memory budget, the latest of them wait on disk.
 
-use std::collections::BTreeMap;
-
 use ahash::AHashSet;
-use smallvec::SmallVec;
 
 use super::rows;
 use super::spilled_timers::{SpilledTimers, Timer};
+use super::timer_queue::{Queue, cost};
 use crate::error::StateError;
 use crate::record::{Key, Timestamp};
 use crate::state::{SpillFailure, StateBackend, StateBudget};
@@ -17,104 +15,6 @@ const LOAD: usize = 4_096;
 
 /// Checkpoint rows a restore reads between two checks of the budget.
 const RESTORE_CHUNK: usize = 16_384;
-
-/// What a timer costs in memory, as the budget counts it (an entry of an ordered set).
-fn cost(key: &Key) -> usize {
-    StateBudget::entry_cost(std::mem::size_of::<Timer>(), key, 0)
-}
-
-/// The keys of the timers at one time, sorted: mostly one or two, held in the time's entry.
-type Bucket = SmallVec<[Key; 2]>;
-
-/// An ordered set of timers that knows what it costs: a B-tree by time, each time's keys sorted
-/// beside it. Comparing times is all a new timer's search costs (a set of `(time, key)` pairs
-/// compares keys too, by their bytes), and a time's keys share its entry.
-#[derive(Debug, Default)]
-struct Queue {
-    by_time: BTreeMap<Timestamp, Bucket>,
-    len: usize,
-    bytes: usize,
-}
-
-impl Queue {
-    fn insert(&mut self, (at, key): Timer) -> bool {
-        let bucket = self.by_time.entry(at).or_default();
-        let Err(i) = bucket.binary_search(&key) else { return false };
-        self.bytes = self.bytes.saturating_add(cost(&key));
-        bucket.insert(i, key);
-        self.len = self.len.saturating_add(1);
-        true
-    }
-
-    fn remove(&mut self, (at, key): &Timer) -> bool {
-        let Some(bucket) = self.by_time.get_mut(at) else { return false };
-        let Ok(i) = bucket.binary_search(key) else { return false };
-        bucket.remove(i);
-        if bucket.is_empty() {
-            self.by_time.remove(at);
-        }
-        self.len = self.len.saturating_sub(1);
-        self.bytes = self.bytes.saturating_sub(cost(key));
-        true
-    }
-
-    fn pop_first(&mut self) -> Option<Timer> {
-        let mut first = self.by_time.first_entry()?;
-        let at = *first.key();
-        let bucket = first.get_mut();
-        // No bucket is left empty.
-        let key = (!bucket.is_empty()).then(|| bucket.remove(0))?;
-        if bucket.is_empty() {
-            first.remove();
-        }
-        self.len = self.len.saturating_sub(1);
-        self.bytes = self.bytes.saturating_sub(cost(&key));
-        Some((at, key))
-    }
-
-    fn first(&self) -> Option<(Timestamp, &Key)> {
-        self.by_time.first_key_value().and_then(|(at, bucket)| Some((*at, bucket.first()?)))
-    }
-
-    fn contains(&self, (at, key): &Timer) -> bool {
-        self.by_time.get(at).is_some_and(|bucket| bucket.binary_search(key).is_ok())
-    }
-
-    /// Every timer, in time order, then key order.
-    fn iter(&self) -> impl DoubleEndedIterator<Item = (Timestamp, &Key)> {
-        self.by_time.iter().flat_map(|(at, bucket)| bucket.iter().map(move |key| (*at, key)))
-    }
-
-    /// Moves `other`'s timers here (one by one: `other` is the small one).
-    fn append(&mut self, other: &mut Queue) {
-        for (at, bucket) in std::mem::take(&mut other.by_time) {
-            for key in bucket {
-                self.insert((at, key));
-            }
-        }
-        other.len = 0;
-        other.bytes = 0;
-    }
-
-    fn retain(&mut self, keep: &dyn Fn(&Key) -> bool) {
-        self.by_time.retain(|_, bucket| {
-            bucket.retain(|key| keep(key));
-            !bucket.is_empty()
-        });
-        self.len = self.by_time.values().map(|b| b.len()).sum();
-        self.bytes = self.iter().map(|(_, key)| cost(key)).sum();
-    }
-
-    fn clear(&mut self) {
-        self.by_time.clear();
-        self.len = 0;
-        self.bytes = 0;
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-}
 
 /// One domain's timers: at most one per (time, key), fired in time order, then key order.
 #[derive(Debug)]
