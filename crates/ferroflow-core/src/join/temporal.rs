@@ -54,6 +54,8 @@ pub struct TemporalJoin<L, R, O> {
     names: [String; 2],
     versions: MapState<Timestamp, R>,
     waiting: MapState<Timestamp, Arrivals<L>>,
+    /// The events a timer lets go of (kept for the next timer, so that none allocates).
+    due: Vec<(Timestamp, Arrivals<L>)>,
     /// Rows of the firing at hand, emitted once the state is let go.
     found: Vec<(O, Timestamp)>,
 }
@@ -87,6 +89,7 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> TemporalJoin<L, R, O> {
             names: ["events".to_owned(), "table".to_owned()],
             versions: MapState::new("versions"),
             waiting: MapState::new("waiting"),
+            due: Vec::new(),
             found: Vec::new(),
         }
     }
@@ -170,20 +173,56 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for Temporal
     /// Joins the events whose time the watermark has reached with the versions valid then.
     fn on_timer(&mut self, ctx: &mut KeyedContext<'_, O>) -> Result<(), Rejection> {
         let at = ctx.timestamp();
-        let due = ctx.map(self.waiting)?.remove_range(..=at);
+        let mut due = std::mem::take(&mut self.due);
+        ctx.map(self.waiting)?.retain_range(..=at, |t, events| {
+            due.push((*t, std::mem::take(events)));
+            false
+        });
         let mut versions = ctx.map(self.versions)?;
-        for (t, events) in due {
-            let version = versions.range(..=t).next_back().map(|(_, v)| v);
-            for l in &events {
-                if let Some(o) = (self.join)(l, version) {
-                    self.found.push((o, t));
+        let mut pruned = false;
+        if let [(t, _)] = due.as_slice()
+            && *t == at
+        {
+            // Mostly the events of one time, the timer's: the version valid then, and whether an
+            // older one is left to drop, in one look-up.
+            let (valid, older) = {
+                let mut at_or_below = versions.range(..=at).rev();
+                let version = at_or_below.next();
+                let older = at_or_below.next().is_some();
+                for (t, events) in &due {
+                    for l in events {
+                        if let Some(o) = (self.join)(l, version.map(|(_, v)| v)) {
+                            self.found.push((o, *t));
+                        }
+                    }
+                }
+                (version.map(|(t, _)| *t), older)
+            };
+            pruned = !older;
+            if let Some(valid) = valid
+                && older
+            {
+                versions.remove_range(..valid);
+                pruned = true;
+            }
+        } else {
+            for (t, events) in &due {
+                let version = versions.range(..=*t).next_back().map(|(_, v)| v);
+                for l in events {
+                    if let Some(o) = (self.join)(l, version) {
+                        self.found.push((o, *t));
+                    }
                 }
             }
         }
+        due.clear();
+        self.due = due;
         for (o, t) in self.found.drain(..) {
             ctx.emit_at(o, t);
         }
-        self.prune(at, ctx)?;
+        if !pruned {
+            self.prune(at, ctx)?;
+        }
         Ok(())
     }
 }
