@@ -7,7 +7,9 @@ use super::arrivals::Arrivals;
 use super::{JoinFn, late};
 use crate::dead_letter::Rejection;
 use crate::error::{ConfigError, StateError};
-use crate::operator::{KeyedContext, KeyedFunction, MapState, StateDeclarations, StateValue};
+use crate::operator::{
+    KeyedContext, KeyedFunction, MapState, StateDeclarations, StateTtl, StateValue, TtlVisibility,
+};
 use crate::record::Timestamp;
 
 /// A record waiting in a join for partners that may still come.
@@ -51,7 +53,11 @@ type Buffer<L, R> = MapState<Timestamp, Sides<L, R>>;
 ///   two (as Flink does).
 /// - Each record waits in keyed state while a partner can still arrive: a left record until the
 ///   watermark reaches `ts + upper`, a right one until it reaches `ts - lower`. A record whose
-///   wait is already over when it arrives joins with what is waiting and is not kept.
+///   wait is already over when it arrives joins with what is waiting and is not kept. A
+///   left-outer join lets go of each record with a timer at the end of its wait; an inner one,
+///   which emits nothing then, with a clean-up of its state as the watermark moves (an
+///   event-time TTL of `max(upper, -lower)`, swept at least every quarter of it, and at the end
+///   of time): no timer per record.
 /// - A record at or below the watermark is late: its partners may be gone, so it goes to the
 ///   dead letters (`late_event`, naming its input) instead of joining with some of them.
 /// - [`left_outer`](Self::left_outer) also emits each left record that met no partner, alone,
@@ -156,13 +162,26 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
                 "an interval join's lower bound ({lower} ms) is above its upper bound ({upper} ms)"
             )));
         }
+        let waiting = MapState::new("waiting");
+        // An inner join emits nothing when a record's wait ends: its records are let go by a
+        // clean-up that walks the state as the watermark moves, instead of a timer per record
+        // that looks its key up a second time. Every record waits at most `max(upper, -lower)`
+        // past its own time, the time its entry is stamped with. One that waits longer matches
+        // nothing: a partner of it would be late.
+        let waiting = if outer {
+            waiting
+        } else {
+            let longest = upper.max(lower.saturating_neg()).max(1);
+            let ttl = std::time::Duration::from_millis(u64::try_from(longest).unwrap_or(u64::MAX));
+            waiting.with_ttl(StateTtl::event_time(ttl).visibility(TtlVisibility::ReturnExpiredIfNotCleanedUp))
+        };
         Ok(Self {
             lower,
             upper,
             outer,
             join,
             names: ["left".to_owned(), "right".to_owned()],
-            waiting: MapState::new("waiting"),
+            waiting,
             found: Vec::new(),
         })
     }
@@ -197,7 +216,7 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
             self.found.push((o, t));
         }
         self.emit_found(ctx);
-        if waits {
+        if waits && self.outer {
             ctx.register_event_time_timer(clamp(wait_until));
         }
         Ok(())
@@ -229,7 +248,7 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
             waiting.get_or_insert_with(t, Sides::default).right.push(Waiting { value: r, joined: false });
         }
         self.emit_found(ctx);
-        if waits {
+        if waits && self.outer {
             ctx.register_event_time_timer(clamp(wait_until));
         }
         Ok(())

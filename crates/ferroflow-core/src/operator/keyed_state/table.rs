@@ -513,7 +513,9 @@ impl<C: Cell> Table for KeyedTable<C> {
     }
 
     fn sweep(&mut self, now: &Now) {
-        let paid = self.writes.saturating_mul(8) >= self.len();
+        // At the end of time every event-time value expires: the last clean-up does not wait
+        // for writes to pay for it, so that nothing is left behind.
+        let paid = self.writes.saturating_mul(8) >= self.len() || now.watermark == Timestamp::MAX;
         let Some(ttl) = self.ttl.filter(|t| paid && t.sweep_due(self.last_sweep, now)) else {
             return;
         };
