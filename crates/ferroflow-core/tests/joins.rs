@@ -146,6 +146,32 @@ fn a_record_waits_until_the_watermark_reaches_the_end_of_its_own_interval_not_a_
 }
 
 #[test]
+fn an_inner_join_with_lopsided_waits_lets_go_of_each_side_when_its_own_wait_ends() {
+    // Impressions (left) wait an hour for a click, clicks (right) only until their own time.
+    let mut j = Driver::new(inner(0, 3_600_000));
+    j.batch(&[(1, true, 100), (2, true, 200), (3, false, 150)]);
+    j.watermark(200);
+    assert_eq!(j.op.held(), (1, 1), "the clicks went at their own time, the impression waits");
+    // Waits within a factor of two share one clean-up: a click may stay as long as an
+    // impression waits, and goes with the clean-up after that, writes or none.
+    let mut j = Driver::new(inner(-5_000, 10_000));
+    j.batch(&[(1, true, 100)]);
+    j.watermark(10_099);
+    assert_eq!(j.op.held(), (1, 0));
+    j.watermark(30_000);
+    assert_eq!(j.op.held(), (0, 0));
+}
+
+#[test]
+fn the_end_of_time_lets_go_of_every_record_even_just_after_a_clean_up() {
+    let mut j = Driver::new(inner(-10, 10));
+    j.batch(&[(1, false, i64::MAX - 5)]);
+    j.watermark(i64::MAX - 1);
+    j.watermark(i64::MAX);
+    assert_eq!(j.op.held(), (0, 0));
+}
+
+#[test]
 fn negative_bounds_join_partners_before_the_left_record() {
     let mut j = Driver::new(inner(-20, -10));
     assert_eq!(j.batch(&[(1, true, 85), (1, true, 90), (1, true, 95)]), []);

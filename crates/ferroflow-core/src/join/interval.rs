@@ -54,10 +54,12 @@ type Buffer<L, R> = MapState<Timestamp, Sides<L, R>>;
 /// - Each record waits in keyed state while a partner can still arrive: a left record until the
 ///   watermark reaches `ts + upper`, a right one until it reaches `ts - lower`. A record whose
 ///   wait is already over when it arrives joins with what is waiting and is not kept. A
-///   left-outer join lets go of each record with a timer at the end of its wait; an inner one,
-///   which emits nothing then, with a clean-up of its state as the watermark moves (an
-///   event-time TTL of `max(upper, -lower)`, swept at least every quarter of it, and at the end
-///   of time): no timer per record.
+///   left-outer join lets go of each record with a timer at the end of its wait. An inner one,
+///   which emits nothing then, does so with a clean-up of its state as the watermark moves (an
+///   event-time TTL of `max(upper, -lower)`, swept at most every quarter of it once writes have
+///   paid for the walk, at least once per time to live, and at the end of time), without a
+///   timer per record, when the two sides' waits are within a factor of two; with timers
+///   otherwise.
 /// - A record at or below the watermark is late: its partners may be gone, so it goes to the
 ///   dead letters (`late_event`, naming its input) instead of joining with some of them.
 /// - [`left_outer`](Self::left_outer) also emits each left record that met no partner, alone,
@@ -92,6 +94,8 @@ pub struct IntervalJoin<L, R, O> {
     lower: Timestamp,
     upper: Timestamp,
     outer: bool,
+    /// Records are let go by the clean-up of an event-time TTL, not by timers (see `build`).
+    swept: bool,
     join: JoinFn<L, R, O>,
     names: [String; 2],
     waiting: Buffer<L, R>,
@@ -163,22 +167,27 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
             )));
         }
         let waiting = MapState::new("waiting");
-        // An inner join emits nothing when a record's wait ends: its records are let go by a
+        // An inner join emits nothing when a record's wait ends: its records can be let go by a
         // clean-up that walks the state as the watermark moves, instead of a timer per record
         // that looks its key up a second time. Every record waits at most `max(upper, -lower)`
-        // past its own time, the time its entry is stamped with. One that waits longer matches
-        // nothing: a partner of it would be late.
-        let waiting = if outer {
-            waiting
-        } else {
+        // past its own time, the time its entry is stamped with; one kept longer matches
+        // nothing, since a partner of it would be late. With one time to live for both sides,
+        // the side with the shorter wait is kept as long as the other: only while the shorter
+        // is at least half the longer (at most twice the memory), timers otherwise.
+        let (left_wait, right_wait) = (i128::from(upper), -i128::from(lower));
+        let swept = !outer && 2 * left_wait.min(right_wait) >= left_wait.max(right_wait);
+        let waiting = if swept {
             let longest = upper.max(lower.saturating_neg()).max(1);
             let ttl = std::time::Duration::from_millis(u64::try_from(longest).unwrap_or(u64::MAX));
             waiting.with_ttl(StateTtl::event_time(ttl).visibility(TtlVisibility::ReturnExpiredIfNotCleanedUp))
+        } else {
+            waiting
         };
         Ok(Self {
             lower,
             upper,
             outer,
+            swept,
             join,
             names: ["left".to_owned(), "right".to_owned()],
             waiting,
@@ -216,7 +225,7 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
             self.found.push((o, t));
         }
         self.emit_found(ctx);
-        if waits && self.outer {
+        if waits && !self.swept {
             ctx.register_event_time_timer(clamp(wait_until));
         }
         Ok(())
@@ -248,7 +257,7 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> IntervalJoin<L, R, O> {
             waiting.get_or_insert_with(t, Sides::default).right.push(Waiting { value: r, joined: false });
         }
         self.emit_found(ctx);
-        if waits && self.outer {
+        if waits && !self.swept {
             ctx.register_event_time_timer(clamp(wait_until));
         }
         Ok(())

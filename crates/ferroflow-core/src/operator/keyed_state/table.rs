@@ -513,12 +513,17 @@ impl<C: Cell> Table for KeyedTable<C> {
     }
 
     fn sweep(&mut self, now: &Now) {
-        // At the end of time every event-time value expires: the last clean-up does not wait
-        // for writes to pay for it, so that nothing is left behind.
-        let paid = self.writes.saturating_mul(8) >= self.len() || now.watermark == Timestamp::MAX;
-        let Some(ttl) = self.ttl.filter(|t| paid && t.sweep_due(self.last_sweep, now)) else {
+        let Some(ttl) = self.ttl else { return };
+        // At the end of time every event-time value expires: the last clean-up waits neither
+        // for writes to pay for it nor for a quarter of the time to live since the one before,
+        // so that nothing is left behind.
+        let last = ttl.at_end_of_time(now) && self.last_sweep != Some(Timestamp::MAX);
+        // A clean-up walks every key: it waits until writes have paid for it, or a whole time
+        // to live has passed (state that no longer grows still goes, once per time to live).
+        let paid = self.writes.saturating_mul(8) >= self.len() || ttl.overdue(self.last_sweep, now);
+        if !(last || (paid && ttl.sweep_due(self.last_sweep, now))) {
             return;
-        };
+        }
         self.last_sweep = Some(ttl.sweep_time(now));
         self.writes = 0;
         let (tracking, touched, tier) = (self.tracking, &mut self.touched, &mut self.tier);

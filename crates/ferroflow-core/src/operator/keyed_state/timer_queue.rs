@@ -65,6 +65,17 @@ pub(super) struct Queue {
     pub(super) bytes: usize,
 }
 
+/// Most timers a slot keeps room for once it is empty: a burst at one time (a window's end for
+/// every key) must not hold its room for as long as the wheel turns.
+const KEPT_ROOM: usize = 64;
+
+/// Frees an emptied slot's room beyond [`KEPT_ROOM`].
+fn let_go_of_room(timers: &mut VecDeque<Timer>) {
+    if timers.is_empty() && timers.capacity() > KEPT_ROOM {
+        *timers = VecDeque::new();
+    }
+}
+
 /// Where `probe` lies in a slot's order from the timer `(at, key)`.
 fn order(probe: &Timer, at: Timestamp, key: &Key) -> std::cmp::Ordering {
     (probe.0, &probe.1).cmp(&(at, key))
@@ -105,6 +116,7 @@ impl Queue {
                 return false;
             };
             timers.remove(i);
+            let_go_of_room(timers);
             self.in_wheel = self.in_wheel.saturating_sub(1);
             self.settle();
         } else {
@@ -137,7 +149,9 @@ impl Queue {
             }
             (at, key)
         } else {
-            let timer = self.slot_at(self.base)?.pop_front()?;
+            let timers = self.slot_at(self.base)?;
+            let timer = timers.pop_front()?;
+            let_go_of_room(timers);
             self.in_wheel = self.in_wheel.saturating_sub(1);
             self.settle();
             timer
@@ -204,6 +218,7 @@ impl Queue {
         });
         for timers in &mut self.wheel {
             timers.retain(|(_, key)| keep(key));
+            let_go_of_room(timers);
         }
         self.in_wheel = self.wheel.iter().map(VecDeque::len).sum();
         self.len = self.far.values().map(|b| b.len()).sum::<usize>().saturating_add(self.in_wheel);
@@ -213,7 +228,7 @@ impl Queue {
 
     pub(super) fn clear(&mut self) {
         self.far.clear();
-        self.wheel.iter_mut().for_each(VecDeque::clear);
+        self.wheel = Vec::new();
         self.in_wheel = 0;
         self.len = 0;
         self.bytes = 0;
@@ -381,6 +396,22 @@ mod tests {
             }
             prop_assert!(set.is_empty());
         }
+    }
+
+    /// A burst of timers at one time lets go of its room once fired.
+    #[test]
+    fn an_emptied_slot_lets_go_of_a_bursts_room() {
+        let mut queue = Queue::default();
+        for k in 0..10_000u32 {
+            queue.insert((1_000, Key::from(u64::from(k))));
+        }
+        let room = |q: &Queue| q.wheel.iter().map(VecDeque::capacity).sum::<usize>();
+        assert!(room(&queue) >= 10_000);
+        while queue.pop_first().is_some() {}
+        assert!(room(&queue) <= KEPT_ROOM, "{} timers of room kept", room(&queue));
+        queue.insert((1_000, key(1)));
+        queue.clear();
+        assert_eq!(room(&queue), 0);
     }
 
     /// Timers set as a watermark moves, a few seconds after it, stay in the wheel: the B-tree is

@@ -130,6 +130,17 @@ impl StateTtl {
         self.update == TtlUpdate::OnReadAndWrite
     }
 
+    /// An event-time TTL whose watermark reached the end of time: every value has expired.
+    pub(super) fn at_end_of_time(&self, now: &Now) -> bool {
+        self.time == TtlTime::EventTime && now.watermark == Timestamp::MAX
+    }
+
+    /// A whole time to live has passed since the clean-up at `last`: every value it kept has
+    /// expired since, and the next one runs whether writes have paid for it or not.
+    pub(super) fn overdue(&self, last: Option<Timestamp>, now: &Now) -> bool {
+        last.is_none_or(|last| self.current(now).saturating_sub(last) >= self.ttl_ms())
+    }
+
     /// A clean-up last run at `last` runs again at `now` (every quarter of the time to live).
     pub(super) fn sweep_due(&self, last: Option<Timestamp>, now: &Now) -> bool {
         let every = (self.ttl_ms() / 4).max(1);
