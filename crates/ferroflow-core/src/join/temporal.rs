@@ -179,48 +179,31 @@ impl<L: StateValue, R: StateValue, O: Send + 'static> KeyedFunction for Temporal
             false
         });
         let mut versions = ctx.map(self.versions)?;
-        let mut pruned = false;
-        if let [(t, _)] = due.as_slice()
-            && *t == at
-        {
-            // Mostly the events of one time, the timer's: the version valid then, and whether an
-            // older one is left to drop, in one look-up.
-            let (valid, older) = {
-                let mut at_or_below = versions.range(..=at).rev();
-                let version = at_or_below.next();
-                let older = at_or_below.next().is_some();
-                for (t, events) in &due {
-                    for l in events {
-                        if let Some(o) = (self.join)(l, version.map(|(_, v)| v)) {
-                            self.found.push((o, *t));
-                        }
-                    }
-                }
-                (version.map(|(t, _)| *t), older)
-            };
-            pruned = !older;
-            if let Some(valid) = valid
-                && older
-            {
-                versions.remove_range(..valid);
-                pruned = true;
+        // Mostly the events of one time, the timer's: the look-up of the version valid then also
+        // tells whether an older one is left to drop.
+        let one_time = matches!(due.as_slice(), [(t, _)] if *t == at);
+        let mut older_than = None;
+        for (t, events) in &due {
+            let mut at_or_below = versions.range(..=*t).rev();
+            let version = at_or_below.next();
+            if one_time && at_or_below.next().is_some() {
+                older_than = version.map(|(valid, _)| *valid);
             }
-        } else {
-            for (t, events) in &due {
-                let version = versions.range(..=*t).next_back().map(|(_, v)| v);
-                for l in events {
-                    if let Some(o) = (self.join)(l, version) {
-                        self.found.push((o, *t));
-                    }
+            for l in events {
+                if let Some(o) = (self.join)(l, version.map(|(_, v)| v)) {
+                    self.found.push((o, *t));
                 }
             }
+        }
+        if let Some(valid) = older_than {
+            versions.remove_range(..valid);
         }
         due.clear();
         self.due = due;
         for (o, t) in self.found.drain(..) {
             ctx.emit_at(o, t);
         }
-        if !pruned {
+        if !one_time {
             self.prune(at, ctx)?;
         }
         Ok(())

@@ -51,8 +51,8 @@ type Bucket = SmallVec<[Key; 2]>;
 #[derive(Debug, Default)]
 pub(super) struct Queue {
     /// Slot `s` at `index(s)`, sorted: timers come mostly in time order and join the back, and
-    /// leave from the front. Allocated with the first timer, and each slot's queue kept as the
-    /// wheel turns.
+    /// leave from the front. Allocated with the first timer, and each slot's queue (up to
+    /// [`KEPT_ROOM`] once empty) kept as the wheel turns.
     wheel: Vec<VecDeque<Timer>>,
     /// The wheel's first slot.
     base: i64,
@@ -76,6 +76,18 @@ fn let_go_of_room(timers: &mut VecDeque<Timer>) {
     }
 }
 
+/// Puts the timer `(at, key)` in its place in a slot; `false` if it was there.
+fn place(timers: &mut VecDeque<Timer>, at: Timestamp, key: Key) -> bool {
+    // Mostly the latest of its slot so far.
+    if timers.back().is_none_or(|last| order(last, at, &key).is_lt()) {
+        timers.push_back((at, key));
+        return true;
+    }
+    let Err(i) = timers.binary_search_by(|probe| order(probe, at, &key)) else { return false };
+    timers.insert(i, (at, key));
+    true
+}
+
 /// Where `probe` lies in a slot's order from the timer `(at, key)`.
 fn order(probe: &Timer, at: Timestamp, key: &Key) -> std::cmp::Ordering {
     (probe.0, &probe.1).cmp(&(at, key))
@@ -89,14 +101,8 @@ impl Queue {
         }
         let bytes = cost(&key);
         if let Some(timers) = self.slot_mut(at) {
-            // Mostly the latest of its slot so far.
-            if timers.back().is_none_or(|last| order(last, at, &key).is_lt()) {
-                timers.push_back((at, key));
-            } else {
-                let Err(i) = timers.binary_search_by(|probe| order(probe, at, &key)) else {
-                    return false;
-                };
-                timers.insert(i, (at, key));
+            if !place(timers, at, key) {
+                return false;
             }
             self.in_wheel = self.in_wheel.saturating_add(1);
         } else {
@@ -294,10 +300,7 @@ impl Queue {
             let Some(bucket) = self.far.remove(&at) else { continue };
             let Some(timers) = self.slot_mut(at) else { continue };
             for key in bucket {
-                if let Err(i) = timers.binary_search_by(|probe| order(probe, at, &key)) {
-                    timers.insert(i, (at, key));
-                    moved = moved.saturating_add(1);
-                }
+                moved = moved.saturating_add(usize::from(place(timers, at, key)));
             }
         }
         self.in_wheel = self.in_wheel.saturating_add(moved);
